@@ -1,0 +1,1 @@
+"""modelhaul: fast, resumable, verified downloads of ML model files."""
