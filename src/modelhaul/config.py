@@ -1,0 +1,127 @@
+"""Frozen configuration values. Loose shorthand ("20M") is normalised at the CLI boundary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .policy.backoff import backoff_delay_s
+
+MiB = 1024 * 1024
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """How long to keep trying.
+
+    ``retries`` counts consecutive attempts that gained no byte; an attempt that made progress
+    resets the count, so a long download on a flaky line still completes.
+    """
+
+    retries: int = 3
+    initial_delay_s: float = 1.0
+    factor: float = 2.0
+    max_delay_s: float = 60.0
+    max_restarts: int = 3  # clean restarts because the remote file changed
+
+    def __post_init__(self) -> None:
+        _positive("retries", self.retries, allow_zero=True)
+        _positive("initial_delay_s", self.initial_delay_s, allow_zero=True)
+        if self.factor < 1:
+            raise ValueError(f"factor must be >= 1, got {self.factor!r}")
+        _positive("max_delay_s", self.max_delay_s, allow_zero=True)
+        _positive("max_restarts", self.max_restarts, allow_zero=True)
+
+    def delay_s(self, attempt: int) -> float:
+        return backoff_delay_s(
+            attempt, initial_s=self.initial_delay_s, factor=self.factor, max_s=self.max_delay_s
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """``stall_s``: a connection that delivers no byte for this long is dropped and resumed."""
+
+    connect_s: float = 30.0
+    stall_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _positive("connect_s", self.connect_s)
+        _positive("stall_s", self.stall_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentPolicy:
+    """How one file is split over connections.
+
+    ``connections=None`` is automatic: one connection for files under ``min_split_bytes``;
+    otherwise start with ``initial_connections`` and add more while the aggregate speed still
+    grows, up to ``max_connections``.
+    """
+
+    connections: int | None = None
+    initial_connections: int = 4
+    max_connections: int = 32
+    min_split_bytes: int = 16 * MiB
+    chunk_bytes: int | None = None  # None: derived from the file size
+    min_steal_bytes: int = 2 * MiB
+    write_batch_bytes: int = 1 * MiB
+    read_buffer_bytes: int = 4 * MiB
+    journal_every_bytes: int = 8 * MiB
+    journal_every_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.connections is not None and not 1 <= self.connections <= 64:
+            raise ValueError(f"connections must be 1..64, got {self.connections!r}")
+        if not 1 <= self.initial_connections <= 64:
+            raise ValueError("initial_connections must be 1..64")
+        if not 1 <= self.max_connections <= 64:
+            raise ValueError("max_connections must be 1..64")
+        for name in (
+            "min_split_bytes",
+            "min_steal_bytes",
+            "write_batch_bytes",
+            "read_buffer_bytes",
+        ):
+            _positive(name, getattr(self, name))
+        if self.chunk_bytes is not None:
+            _positive("chunk_bytes", self.chunk_bytes)
+
+    def chunk_for(self, size: int, connections: int) -> int:
+        """Request size for in-order chunks: small enough that the hashed prefix follows closely."""
+        if self.chunk_bytes is not None:
+            return self.chunk_bytes
+        chunk = size // max(1, 4 * connections)
+        return max(4 * MiB, min(64 * MiB, chunk - chunk % MiB))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimit:
+    """A bandwidth cap in bytes per second; None means unlimited."""
+
+    rate_bytes_per_s: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate_bytes_per_s is not None:
+            _positive("rate_bytes_per_s", self.rate_bytes_per_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DownloadConfig:
+    """Everything a Downloader needs, bundled."""
+
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    segments: SegmentPolicy = field(default_factory=SegmentPolicy)
+    rate: RateLimit = field(default_factory=RateLimit)
+    headers: tuple[tuple[str, str], ...] = ()
+    user_agent: str = "modelhaul/0.1"
+    verify_tls: bool = True
+    trust_env: bool = True  # HTTPS_PROXY / NO_PROXY / SSL_CERT_FILE
+    allow_https_downgrade: bool = False
+    max_redirects: int = 10
+    check_disk_space: bool = True

@@ -1,0 +1,83 @@
+"""Immutable progress and state records. The engine emits them; it never renders anything."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class State(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    VERIFYING = "verifying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in (State.COMPLETED, State.FAILED, State.CANCELLED)
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of one transfer."""
+
+    url: str
+    path: str
+    bytes_done: int
+    total: int | None
+    speed_bytes_per_s: float
+    eta_s: float | None
+    connections: int
+    attempts: int
+    resumed_from: int
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "progress",
+            "url": self.url,
+            "path": self.path,
+            "bytes_done": self.bytes_done,
+            "total": self.total,
+            "speed": round(self.speed_bytes_per_s, 1),
+            "eta": None if self.eta_s is None else round(self.eta_s, 1),
+            "connections": self.connections,
+            "attempts": self.attempts,
+            "resumed_from": self.resumed_from,
+            "elapsed": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a finished download produced."""
+
+    url: str
+    path: str
+    size: int
+    sha256: str
+    elapsed_s: float
+    attempts: int
+    resumed_from: int
+    bytes_transferred: int
+    etag: str | None = None
+    already_complete: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "event": "result",
+            "status": "completed",
+            "url": self.url,
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "elapsed": round(self.elapsed_s, 3),
+            "attempts": self.attempts,
+            "resumed_from": self.resumed_from,
+            "bytes_transferred": self.bytes_transferred,
+            "error": None,
+        }

@@ -1,0 +1,1 @@
+"""Pure policy: functions and small values with no I/O. Everything else may import these."""

@@ -1,0 +1,104 @@
+"""Which bytes each connection fetches next.
+
+Connections take the missing bytes in file order, one chunk at a time, so the complete prefix
+(and the hash that follows it) grows steadily. When nothing is left unassigned, an idle
+connection steals the upper half of the largest range still in flight, so a slow connection
+never leaves a long tail ("stuck at 99 %").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .ranges import Range, RangeSet, steal_point
+
+
+@dataclass(slots=True, eq=False)
+class Segment:
+    """A range one connection is fetching. ``end`` may shrink when another connection steals."""
+
+    start: int
+    end: int
+    pos: int  # next byte to receive
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.end - self.pos)
+
+
+class SegmentScheduler:
+    """Hands out segments of ``[0, size)`` minus what is already held."""
+
+    def __init__(
+        self, size: int, held: RangeSet, *, chunk_bytes: int, min_steal_bytes: int, align: int = 1
+    ) -> None:
+        if chunk_bytes <= 0:
+            raise ValueError("chunk_bytes must be > 0")
+        self.size = size
+        self._chunk = chunk_bytes
+        self._min_steal = min_steal_bytes
+        self._align = align
+        self._free: list[Range] = held.missing(size)
+        self.active: set[Segment] = set()
+
+    @property
+    def unassigned_bytes(self) -> int:
+        return sum(e - s for s, e in self._free)
+
+    @property
+    def remaining_bytes(self) -> int:
+        return self.unassigned_bytes + sum(s.remaining for s in self.active)
+
+    def set_chunk_bytes(self, chunk_bytes: int) -> None:
+        self._chunk = max(1, chunk_bytes)
+
+    def next_nowait(self) -> Segment | None:
+        """The next segment to fetch, or None when nothing is left worth a connection."""
+        if self._free:
+            start, end = self._free[0]
+            cut = min(end, start + self._chunk)
+            if cut == end:
+                self._free.pop(0)
+            else:
+                self._free[0] = (cut, end)
+            return self._activate(start, cut)
+        return self._steal()
+
+    def claim_nowait(self, start: int, end: int) -> Segment:
+        """Take exactly ``[start, end)`` (the range a probe response already covers)."""
+        for i, (s, e) in enumerate(self._free):
+            if s <= start and end <= e:
+                pieces = [(s, start), (end, e)]
+                self._free[i : i + 1] = [(a, b) for a, b in pieces if b > a]
+                return self._activate(start, end)
+        raise ValueError(f"[{start}, {end}) is not free")
+
+    def _activate(self, start: int, end: int) -> Segment:
+        seg = Segment(start, end, start)
+        self.active.add(seg)
+        return seg
+
+    def _steal(self) -> Segment | None:
+        if not self.active:
+            return None
+        victim = max(self.active, key=lambda s: s.remaining)
+        cut = steal_point(victim.pos, victim.end, min_bytes=self._min_steal, align=self._align)
+        if cut is None:
+            return None
+        upper_end = victim.end
+        victim.end = cut
+        return self._activate(cut, upper_end)
+
+    def release(self, seg: Segment) -> None:
+        """A connection stopped (finished, failed, paused): unreceived bytes become free again."""
+        self.active.discard(seg)
+        if seg.pos < seg.end:
+            self._free.append((seg.pos, seg.end))
+            self._free.sort()
+            merged: list[Range] = []
+            for s, e in self._free:
+                if merged and merged[-1][1] == s:
+                    merged[-1] = (merged[-1][0], e)
+                else:
+                    merged.append((s, e))
+            self._free = merged
