@@ -1,0 +1,139 @@
+"""SHA-256 of a file that is still being written, hashed as its complete prefix grows.
+
+Segments finish out of order, so the hash cannot be fed from the sockets; instead a worker
+thread reads back the completed prefix (from the page cache, so it is cheap) while the transfer
+goes on, and verification adds little wall time. hashlib releases the GIL on large updates, so
+this runs truly in parallel with the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+_BLOCK = 4 * 1024 * 1024
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-hash")
+
+
+class PrefixHasher:
+    """Hash ``[0, n)`` of an open file descriptor as ``advance(n)`` says it is complete."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._hash = hashlib.sha256()
+        self._pos = 0
+        self._target = 0
+        self._running = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], int]] = []
+        self._idle_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    @property
+    def hashed_bytes(self) -> int:
+        return self._pos
+
+    def advance(self, end: int) -> None:
+        """The bytes before ``end`` are final; hash them in the background. Never blocks."""
+        with self._lock:
+            if end <= self._target or self._closed:
+                return
+            self._target = end
+            if self._running:
+                return
+            self._running = True
+        _POOL.submit(self._run)
+
+    def _run(self) -> None:
+        buf = bytearray(_BLOCK)
+        view = memoryview(buf)
+        while True:
+            with self._lock:
+                target = self._target
+                if self._pos >= target or self._closed or self._error is not None:
+                    self._running = False
+                    self._wake_locked()
+                    return
+            try:
+                want = min(_BLOCK, target - self._pos)
+                got = os.preadv(self._fd, [view[:want]], self._pos)
+                if got <= 0:
+                    raise OSError("unexpected end of file while hashing")
+                self._hash.update(view[:got])
+            except Exception as exc:  # handed to the awaiting task, never lost
+                with self._lock:
+                    self._error = exc
+                    self._running = False
+                    self._wake_locked()
+                return
+            with self._lock:
+                self._pos += got
+                self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        if not self._running:
+            for loop, fut in self._idle_waiters:
+                loop.call_soon_threadsafe(_resolve, fut)
+            self._idle_waiters = []
+        still = []
+        for loop, fut, until in self._waiters:
+            if self._error is not None or self._pos >= until or self._closed:
+                loop.call_soon_threadsafe(_resolve, fut)
+            else:
+                still.append((loop, fut, until))
+        self._waiters = still
+
+    async def digest(self, size: int) -> str:
+        """Wait until ``[0, size)`` is hashed and return the hex digest."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._waiters.append((loop, fut, size))
+            self._wake_locked()
+        self.advance(size)
+        await fut
+        if self._error is not None:
+            raise self._error
+        if self._pos != size:
+            raise RuntimeError("hasher closed before the end")
+        return self._hash.hexdigest()
+
+    async def aclose(self) -> None:
+        """Stop hashing and wait until the worker thread no longer touches the descriptor.
+
+        The caller closes the descriptor next; a read still in flight could otherwise hit a
+        reused descriptor number.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._closed = True
+            self._wake_locked()
+            if not self._running:
+                return
+            self._idle_waiters.append((loop, fut))
+        await asyncio.shield(fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def sha256_file(path: str | os.PathLike[str], *, block: int = _BLOCK) -> str:
+    """Hash a whole file with one reusable buffer (flat memory)."""
+    h = hashlib.sha256()
+    buf = bytearray(block)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+async def sha256_file_async(path: str | os.PathLike[str]) -> str:
+    return await asyncio.get_running_loop().run_in_executor(_POOL, sha256_file, path)

@@ -1,0 +1,263 @@
+"""HTTP over aiohttp: the only module that imports it, and where its errors become ours.
+
+Redirects are followed by hand so that credentials (Authorization, Cookie, Proxy-Authorization)
+only ever go to the host the user named: a presigned CDN URL needs none, and a malicious
+redirect must not harvest them. Redirect loops, non-HTTP schemes and https->http downgrades are
+refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Self
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+
+from .errors import (
+    HTTPStatusError,
+    InvalidInput,
+    ModelhaulError,
+    NetworkError,
+    RedirectRefused,
+    StallTimeout,
+    TruncatedBody,
+)
+from .policy.backoff import parse_retry_after
+
+SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def check_url(url: str) -> str:
+    """Raise InvalidInput unless ``url`` is an absolute http(s) URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidInput(f"bad URL {url!r}: {exc}") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidInput(
+            f"unsupported URL scheme in {url!r}",
+            hint="Use an http:// or https:// URL (hf://ORG/NAME goes to 'modelhaul pull').",
+        )
+    if not parts.hostname:
+        raise InvalidInput(f"bad URL {url!r}: no host")
+    try:
+        _ = parts.port
+    except ValueError as exc:
+        raise InvalidInput(f"bad URL {url!r}: {exc}") from exc
+    return url
+
+
+def origin_of(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port
+
+
+def same_host(a: str, b: str) -> bool:
+    """Credentials may go to b if it is the same scheme, host and port as a."""
+    return origin_of(a) == origin_of(b)
+
+
+def strip_sensitive(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() not in SENSITIVE_HEADERS}
+
+
+class Response:
+    """An open response whose body is read in whatever pieces the socket delivered."""
+
+    __slots__ = ("_read", "_resp", "headers", "status", "url")
+
+    def __init__(self, resp: aiohttp.ClientResponse, url: str) -> None:
+        self._resp = resp
+        self._read = resp.content.readany
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self.url = url
+
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body (b'' at the end); errors are translated."""
+        try:
+            return await self._read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise map_error(exc, self.url) from exc
+
+    def close(self) -> None:
+        """Drop the connection (the body was not read to the end)."""
+        self._resp.close()
+
+    def release(self) -> None:
+        """Return the connection to the pool (the body was read to the end)."""
+        self._resp.release()
+
+
+def map_error(exc: BaseException, url: str) -> ModelhaulError:
+    """The one place where aiohttp/OS errors become modelhaul errors."""
+    if isinstance(exc, ModelhaulError):
+        return exc
+    if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError):
+        return StallTimeout(f"no data from {_host(url)} within the timeout")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return TruncatedBody(f"the connection to {_host(url)} ended early: {exc}")
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | ssl.SSLError):
+        return NetworkError(
+            f"TLS verification failed for {_host(url)}: {exc}",
+            hint="If you are behind a proxy with its own CA, point SSL_CERT_FILE at its "
+            "certificate bundle.",
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return InvalidInput(f"bad URL {url!r}")
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        text = str(exc) or type(exc).__name__
+        return NetworkError(f"connection to {_host(url)} failed: {text}")
+    return NetworkError(f"{type(exc).__name__}: {exc}")
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+class Transport:
+    """A pooled aiohttp session plus the redirect and error policy."""
+
+    def __init__(
+        self,
+        *,
+        connect_timeout_s: float = 30.0,
+        stall_timeout_s: float = 30.0,
+        verify_tls: bool = True,
+        trust_env: bool = True,
+        read_buffer_bytes: int = 4 * 1024 * 1024,
+        limit: int = 0,
+        limit_per_host: int = 0,
+        max_redirects: int = 10,
+        allow_https_downgrade: bool = False,
+        user_agent: str = "modelhaul",
+    ) -> None:
+        self._connect_timeout_s = connect_timeout_s
+        self._stall_timeout_s = stall_timeout_s
+        self._verify_tls = verify_tls
+        self._trust_env = trust_env
+        self._read_buffer_bytes = read_buffer_bytes
+        self._limit = limit
+        self._limit_per_host = limit_per_host
+        self._max_redirects = max_redirects
+        self._allow_downgrade = allow_https_downgrade
+        self._user_agent = user_agent
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        if self._session is not None:
+            return
+        # The default context loads the system store and honours SSL_CERT_FILE / SSL_CERT_DIR.
+        ssl_ctx: ssl.SSLContext | bool = ssl.create_default_context() if self._verify_tls else False
+        connector = aiohttp.TCPConnector(
+            limit=self._limit,
+            limit_per_host=self._limit_per_host,
+            ssl=ssl_ctx,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            trust_env=self._trust_env,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=self._connect_timeout_s,
+                sock_read=self._stall_timeout_s,
+            ),
+            read_bufsize=self._read_buffer_bytes,
+            auto_decompress=True,
+            headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        credential_url: str | None = None,
+    ) -> Response:
+        """Send a request, following redirects by hand; raise HTTPStatusError for >= 400.
+
+        ``credential_url`` is the URL whose host may see sensitive headers (default: ``url``).
+        """
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        trusted = credential_url or url
+        seen: set[str] = set()
+        current = url
+        for _hop in range(self._max_redirects + 1):
+            send = dict(headers or {})
+            if not same_host(trusted, current):
+                send = strip_sensitive(send)
+            try:
+                resp = await self._session.request(
+                    method, current, headers=send, allow_redirects=False
+                )
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise map_error(exc, current) from exc
+            if resp.status in _REDIRECTS and "Location" in resp.headers:
+                location = resp.headers["Location"]
+                resp.release()
+                seen.add(current)
+                current = self._next_hop(current, location, seen)
+                continue
+            if resp.status >= 400:
+                raise await _status_error(resp, current)
+            return Response(resp, current)
+        raise RedirectRefused(f"more than {self._max_redirects} redirects from {url}")
+
+    def _next_hop(self, current: str, location: str, seen: set[str]) -> str:
+        target = urljoin(current, location)
+        scheme = urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https"):
+            raise RedirectRefused(f"refusing a redirect to a non-HTTP URL: {target[:200]}")
+        downgrade = scheme == "http" and urlsplit(current).scheme.lower() == "https"
+        if downgrade and not self._allow_downgrade:
+            raise RedirectRefused(
+                f"refusing an https -> http downgrade redirect to {_host(target)}",
+                hint="Pass --allow-insecure-redirects if you trust this server.",
+            )
+        if target in seen:
+            raise RedirectRefused(f"redirect loop at {target[:200]}")
+        return target
+
+
+async def _status_error(resp: aiohttp.ClientResponse, url: str) -> HTTPStatusError:
+    headers = resp.headers
+    message = headers.get("X-Error-Message")
+    code = headers.get("X-Error-Code")
+    retry_after = parse_retry_after(headers.get("Retry-After"))
+    # The body of an error is small and not ours to keep; don't wait long for it.
+    resp.close()
+    text = f"HTTP {resp.status} from {_host(url)}"
+    if message:
+        text += f": {message[:300]}"
+    return HTTPStatusError(
+        resp.status, url, retry_after_s=retry_after, message=text, error_code=code
+    )
+
+
+async def sleep_s(seconds: float) -> None:
+    """Backoff sleeps live here so tests can see every wait goes through one place."""
+    await asyncio.sleep(seconds)
