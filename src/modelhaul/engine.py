@@ -1,0 +1,930 @@
+"""One file from an HTTP(S) origin to disk: probe, plan segments, fetch, resume, hash, publish.
+
+The life of a download:
+
+1. Lock the target (a second process waits, then finds the work done).
+2. Load the journal beside the partial file, if any, and probe the origin with a ranged GET
+   (``If-Range`` carries the validator when resuming), which also delivers the first bytes.
+3. Preallocate after a free-space check, then let connections take chunks in file order; idle
+   ones steal half of the largest range in flight. In automatic mode the connection count
+   doubles while the aggregate speed still grows.
+4. Every write is recorded in the journal (at least once a second and every few MiB per
+   connection); the SHA-256 of the completed prefix is computed in a thread as it grows.
+5. Verify, fsync, and ``os.replace`` into place; only then remove the journal.
+
+A response that shows the remote changed (200 to If-Range, another ETag or size) discards the
+partial data and restarts cleanly, so two versions are never mixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
+
+from .config import DownloadConfig, MiB
+from .errors import (
+    Cancelled,
+    DiskFull,
+    HTTPStatusError,
+    IntegrityError,
+    InvalidInput,
+    ModelhaulError,
+    PermissionDenied,
+    RangeNotHonoured,
+    RemoteChanged,
+    RetriesExhausted,
+    TransferError,
+    TruncatedBody,
+    human_bytes,
+)
+from .events import Progress, Result
+from .hashing import PrefixHasher, sha256_file_async
+from .journal import Journal, JournalState
+from .policy.backoff import retry_wait_s
+from .policy.headers import (
+    filename_from_disposition,
+    filename_from_url,
+    parse_content_range,
+    sanitize_filename,
+)
+from .policy.ranges import RangeSet
+from .policy.ratelimit import TokenBucket
+from .policy.segments import Segment, SegmentScheduler
+from .transport import Response, Transport, check_url, sleep_s
+
+ProgressCallback = Callable[[Progress], None]
+NoticeCallback = Callable[[str], None]
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+_PROBE_BYTES = 8 * MiB
+_UNKNOWN_END = 2**62
+_TICK_S = 0.1
+_PROGRESS_EVERY_S = 0.1
+_WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-write")
+_IOV_MAX = 512
+PART_SUFFIX = ".modelhaul.part"
+JOURNAL_SUFFIX = ".modelhaul.journal"
+
+
+def check_sha256(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not _HEX64.match(value):
+        raise InvalidInput(
+            f"bad SHA-256 {value!r}: expected 64 hexadecimal digits",
+            hint="Copy the checksum exactly as published (sha256sum prints it first).",
+        )
+    return value.lower()
+
+
+def part_paths(dest: Path) -> tuple[Path, Path]:
+    """Where the partial file and its journal live for a target path."""
+    return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
+
+
+def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | None = None) -> None:
+    """Remove the partial data and journal of a target (what cancel means)."""
+    default_part, default_journal = part_paths(dest)
+    (part or default_part).unlink(missing_ok=True)
+    Journal(journal or default_journal).remove()
+
+
+@dataclass(slots=True, eq=False)
+class _Transfer:
+    """Mutable state of one download while it runs."""
+
+    url: str
+    dest: Path
+    part: Path
+    journal: Journal
+    headers: dict[str, str]
+    expected_sha256: str | None
+    expected_size: int | None
+    limiters: tuple[TokenBucket, ...]
+    on_progress: ProgressCallback | None
+    state: JournalState
+    fd: int = -1
+    size: int | None = None
+    resolved_url: str | None = None
+    single: bool = False  # one connection, no ranges (origin ignores Range or size unknown)
+    name_pending: bool = False  # dest is a guess until the response names the file
+    sched: SegmentScheduler | None = None
+    hasher: PrefixHasher | None = None
+    received: int = 0  # bytes received in this process (for speed)
+    attempts: int = 0
+    resumed_from: int = 0
+    started: float = field(default_factory=time.monotonic)
+    history: list[ModelhaulError] = field(default_factory=list)
+    alive: int = 0
+    target: int = 1
+    throttled: bool = False
+    journal_dirty: bool = False
+    journal_saved_at: float = 0.0
+    all_exited: asyncio.Event = field(default_factory=asyncio.Event)
+    speed_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    last_progress_at: float = 0.0
+
+    @property
+    def request_url(self) -> str:
+        return self.resolved_url or self.url
+
+    def bytes_done(self) -> int:
+        return self.state.done.total()
+
+
+class Downloader:
+    """Downloads files; one instance shares connections and one bandwidth bucket.
+
+    Example::
+
+        async with Downloader() as dl:
+            result = await dl.download(url, "model.safetensors", sha256=digest)
+    """
+
+    def __init__(
+        self,
+        config: DownloadConfig | None = None,
+        *,
+        limiter: TokenBucket | None = None,
+        lock_dir: Path | None = None,
+        transport: Transport | None = None,
+    ) -> None:
+        self.config = config or DownloadConfig()
+        cfg = self.config
+        self.limiter = limiter or TokenBucket(cfg.rate.rate_bytes_per_s)
+        # Locks live outside the target directory, so a finished download leaves nothing there.
+        self._lock_dir = lock_dir or Path.home() / ".cache" / "modelhaul" / "locks"
+        self._own_transport = transport is None
+        self.transport = transport or Transport(
+            connect_timeout_s=cfg.timeouts.connect_s,
+            stall_timeout_s=cfg.timeouts.stall_s,
+            verify_tls=cfg.verify_tls,
+            trust_env=cfg.trust_env,
+            read_buffer_bytes=cfg.segments.read_buffer_bytes,
+            max_redirects=cfg.max_redirects,
+            allow_https_downgrade=cfg.allow_https_downgrade,
+            user_agent=cfg.user_agent,
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.transport.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._own_transport:
+            await self.transport.close()
+
+    def set_rate_limit(self, rate_bytes_per_s: float | None) -> None:
+        """Change the shared bandwidth cap while downloads run (None: unlimited)."""
+        self.limiter.set_rate(rate_bytes_per_s)
+
+    # ------------------------------------------------------------------ public entry point
+
+    async def download(
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        expected_size: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_notice: NoticeCallback | None = None,
+        limiters: Iterable[TokenBucket] = (),
+        part_path: Path | None = None,
+        journal_path: Path | None = None,
+        lock: bool = True,
+    ) -> Result:
+        """Download ``url`` to ``dest``, resuming and verifying; returns a Result.
+
+        With ``directory`` instead of ``dest`` the file name comes from the response
+        (Content-Disposition, else the URL path), sanitised to a plain name in that directory.
+
+        Raises:
+            InvalidInput: bad URL or checksum.
+            TransferError: the network failed for good (category network, timeout, HTTP ...).
+            IntegrityError: the bytes did not match ``sha256`` or ``expected_size``.
+            DiskFull, PermissionDenied: the target could not be written.
+        """
+        check_url(url)
+        sha256 = check_sha256(sha256)
+        name_pending = dest is None
+        if dest is None:
+            if directory is None:
+                raise InvalidInput("download() needs dest or directory")
+            folder = Path(directory).absolute()
+            # A name fixed before any request, so a re-run finds the partial data again.
+            key = hashlib.sha256(url.encode()).hexdigest()[:16]
+            default_part = folder / f".modelhaul-{key}{PART_SUFFIX}"
+            default_journal = folder / f".modelhaul-{key}{JOURNAL_SUFFIX}"
+            dest = folder / sanitize_filename(filename_from_url(url))
+        else:
+            dest = Path(dest).absolute()
+            default_part, default_journal = part_paths(dest)
+        part = part_path or default_part
+        journal = Journal(journal_path or default_journal)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, dest.parent) from exc
+        merged = {k: v for k, v in self.config.headers}
+        merged.update(headers or {})
+        t = _Transfer(
+            url=url,
+            dest=dest,
+            part=part,
+            journal=journal,
+            headers=merged,
+            expected_sha256=sha256,
+            expected_size=expected_size,
+            limiters=(self.limiter, *limiters),
+            on_progress=on_progress,
+            state=JournalState(url=url, size=None, sha256=sha256),
+            name_pending=name_pending,
+        )
+        if not lock:
+            return await self._download_locked(t)
+        async with self._target_lock(part, on_notice):
+            return await self._download_locked(t)
+
+    # ------------------------------------------------------------------ locking
+
+    def _lock_path(self, dest: Path) -> Path:
+        digest = hashlib.sha256(str(dest).encode()).hexdigest()[:32]
+        return self._lock_dir / f"{digest}.lock"
+
+    def _target_lock(self, dest: Path, on_notice: NoticeCallback | None) -> _AsyncFileLock:
+        path = self._lock_path(dest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return _AsyncFileLock(path, on_wait=on_notice, what=str(dest))
+
+    # ------------------------------------------------------------------ the whole download
+
+    async def _download_locked(self, t: _Transfer) -> Result:
+        if t.expected_sha256 and t.dest.is_file():
+            digest = await sha256_file_async(t.dest)
+            if digest == t.expected_sha256:
+                size = t.dest.stat().st_size
+                discard_partial(t.dest, part=t.part, journal=t.journal.path)
+                return Result(
+                    url=t.url,
+                    path=str(t.dest),
+                    size=size,
+                    sha256=digest,
+                    elapsed_s=time.monotonic() - t.started,
+                    attempts=0,
+                    resumed_from=size,
+                    bytes_transferred=0,
+                    already_complete=True,
+                )
+        restarts = 0
+        while True:
+            if restarts > 1:
+                await sleep_s(self.config.retry.delay_s(restarts - 2))
+            try:
+                return await self._transfer_once(t)
+            except RemoteChanged as exc:
+                restarts += 1
+                t.history.append(exc)
+                if restarts > self.config.retry.max_restarts:
+                    raise RemoteChanged(
+                        f"{exc.message}; gave up after {restarts} clean restarts",
+                        hint="The file keeps changing on the server; try again later.",
+                    ) from exc
+                discard_partial(t.dest, part=t.part, journal=t.journal.path)
+                t.state = JournalState(url=t.url, size=None, sha256=t.expected_sha256)
+                t.resolved_url = None
+                t.single = t.single or isinstance(exc, RangeNotHonoured)
+
+    async def _transfer_once(self, t: _Transfer) -> Result:
+        self._open_part(t)
+        try:
+            probe = await self._probe(t)
+            self._prepare_file(t)
+            t.hasher = PrefixHasher(t.fd)
+            t.hasher.advance(t.state.done.prefix_end())
+            t.resumed_from = t.bytes_done()
+            await self._run_workers(t, probe)
+            size = t.size if t.size is not None else t.bytes_done()
+            t.size = size
+            self._save_journal(t)
+            self._emit_progress(t, force=True)
+            digest = await t.hasher.digest(size)
+            if t.expected_sha256 and digest != t.expected_sha256:
+                t.journal.remove()
+                t.part.unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"SHA-256 mismatch for {t.dest.name}: expected {t.expected_sha256}, got {digest}"
+                )
+            await self._publish(t)
+            return Result(
+                url=t.url,
+                path=str(t.dest),
+                size=size,
+                sha256=digest,
+                elapsed_s=time.monotonic() - t.started,
+                attempts=t.attempts,
+                resumed_from=t.resumed_from,
+                bytes_transferred=t.received,
+                etag=t.state.etag,
+            )
+        finally:
+            if t.hasher is not None:
+                await t.hasher.aclose()
+                t.hasher = None
+            if t.fd >= 0:
+                if t.part.exists() and t.size is not None and t.state.done:
+                    with contextlib.suppress(ModelhaulError):
+                        self._save_journal(t)
+                os.close(t.fd)
+                t.fd = -1
+
+    def _open_part(self, t: _Transfer) -> None:
+        loaded = t.journal.load()
+        exists = t.part.is_file() and not t.part.is_symlink()
+        if (
+            loaded
+            and exists
+            and (loaded.url == t.url or (t.expected_sha256 and loaded.sha256 == t.expected_sha256))
+        ):
+            t.state = loaded
+            t.state.url = t.url
+            t.state.sha256 = t.expected_sha256
+        else:
+            t.journal.remove()
+            t.state = JournalState(url=t.url, size=None, sha256=t.expected_sha256)
+        try:
+            # O_NOFOLLOW: a symlink planted at the partial path must not redirect our writes.
+            # 0o664 with the user's umask: never world-writable.
+            t.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
+        except OSError as exc:
+            raise _os_error(exc, t.part) from exc
+        if not t.state.done:
+            os.ftruncate(t.fd, 0)
+
+    # ------------------------------------------------------------------ probing
+
+    async def _probe(self, t: _Transfer) -> tuple[Segment, Response] | Response | None:
+        """First request: learn size and validator, and keep the response for its bytes."""
+        retry = self.config.retry
+        fails = 0
+        while True:
+            t.attempts += 1
+            try:
+                return await self._probe_once(t)
+            except TransferError as exc:
+                if isinstance(exc, RemoteChanged) or not exc.retryable:
+                    raise
+                t.history.append(exc)
+                fails += 1
+                if fails > retry.retries:
+                    raise RetriesExhausted(exc, list(t.history)) from exc
+                await sleep_s(
+                    retry_wait_s(
+                        fails - 1,
+                        getattr(exc, "retry_after_s", None),
+                        max_s=retry.max_delay_s,
+                        initial_s=retry.initial_delay_s,
+                        factor=retry.factor,
+                    )
+                )
+
+    async def _probe_once(self, t: _Transfer) -> tuple[Segment, Response] | Response | None:
+        st = t.state
+        headers = dict(t.headers)
+        resuming = st.size is not None and bool(st.done)
+        if t.single:
+            start, stop = 0, None
+        elif resuming:
+            assert st.size is not None
+            holes = st.done.missing(st.size)
+            if not holes:
+                t.size = st.size
+                return None
+            start = holes[0][0]
+            stop = min(holes[0][1], start + _PROBE_BYTES)
+        else:
+            start, stop = 0, _PROBE_BYTES if self._may_split() else None
+        if not t.single:
+            headers["Range"] = f"bytes={start}-" + ("" if stop is None else str(stop - 1))
+            validator = st.validator() if resuming else None
+            if validator:
+                headers["If-Range"] = validator
+        try:
+            resp = await self.transport.request(
+                "GET", t.request_url, headers=headers, credential_url=t.url
+            )
+        except HTTPStatusError as exc:
+            if exc.status == 416 and not resuming and not t.single:
+                # An empty file cannot satisfy bytes=0-...; ask again without Range.
+                t.single = True
+                return await self._probe_once(t)
+            if exc.status == 416 and resuming:
+                raise RemoteChanged("the remote file is shorter than the partial data") from exc
+            raise
+        t.resolved_url = resp.url
+        if t.name_pending:
+            named = filename_from_disposition(resp.headers.get("Content-Disposition"))
+            fallback = filename_from_url(t.url) or filename_from_url(resp.url)
+            t.dest = t.dest.with_name(sanitize_filename(named or fallback))
+            t.name_pending = False
+        etag = resp.headers.get("ETag")
+        last_modified = resp.headers.get("Last-Modified")
+        encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+        if resp.status == 206 and not encoded:
+            cr = parse_content_range(resp.headers.get("Content-Range"))
+            if cr is None or cr.total is None or cr.start != start:
+                resp.close()
+                raise RangeNotHonoured("the server sent a Content-Range that does not match")
+            if resuming and (cr.total != st.size or _etag_changed(st.etag, etag)):
+                resp.close()
+                raise RemoteChanged("the remote file changed since the partial download")
+            t.size = cr.total
+            st.size, st.etag, st.last_modified = cr.total, etag, last_modified
+            self._check_expected_size(t, resp)
+            self._plan(t)
+            assert t.sched is not None
+            seg = t.sched.claim_nowait(cr.start, cr.end)
+            return seg, resp
+        if resp.status == 206:  # ranged and content-encoded: meaningless, start plainly
+            resp.close()
+            raise RangeNotHonoured("the server encoded a ranged response")
+        if resuming and "If-Range" in headers:
+            resp.close()
+            raise RemoteChanged("the remote file changed since the partial download")
+        # 200: the whole body from byte 0, in one connection.
+        t.single = True
+        length = resp.headers.get("Content-Length")
+        size = int(length) if length and length.isdigit() and not encoded else None
+        t.size = size
+        st.size, st.etag, st.last_modified = size, etag, last_modified
+        st.done = RangeSet()
+        os.ftruncate(t.fd, 0)
+        self._check_expected_size(t, resp)
+        return resp
+
+    def _may_split(self) -> bool:
+        n = self.config.segments.connections
+        return n is None or n > 1
+
+    def _check_expected_size(self, t: _Transfer, resp: Response) -> None:
+        if t.expected_size is not None and t.size is not None and t.size != t.expected_size:
+            resp.close()
+            raise IntegrityError(
+                f"{t.dest.name}: the server has {t.size} bytes, expected {t.expected_size}",
+                hint="The file on the server differs from the one published; check the source.",
+            )
+
+    def _plan(self, t: _Transfer) -> None:
+        assert t.size is not None
+        seg_cfg = self.config.segments
+        fixed = seg_cfg.connections
+        if fixed is not None:
+            t.target = fixed
+        elif t.size < seg_cfg.min_split_bytes:
+            t.target = 1
+        else:
+            t.target = min(seg_cfg.initial_connections, seg_cfg.max_connections)
+        conns = fixed or seg_cfg.max_connections
+        chunk = t.size if t.target == 1 else seg_cfg.chunk_for(t.size, conns)
+        t.sched = SegmentScheduler(
+            t.size,
+            t.state.done,
+            chunk_bytes=chunk,
+            min_steal_bytes=seg_cfg.min_steal_bytes,
+            align=64 * 1024,
+        )
+
+    # ------------------------------------------------------------------ disk
+
+    def _prepare_file(self, t: _Transfer) -> None:
+        if t.size is None:
+            return
+        try:
+            allocated = os.fstat(t.fd).st_blocks * 512
+        except OSError:
+            allocated = 0
+        needed = max(0, t.size - allocated)
+        if self.config.check_disk_space and needed:
+            free = shutil.disk_usage(t.part.parent).free
+            if free < needed:
+                raise DiskFull(
+                    f"not enough disk space for {t.dest.name}: needs {human_bytes(needed)} more, "
+                    f"{human_bytes(free)} free in {t.part.parent}",
+                    hint=f"Free at least {human_bytes(needed - free)} in {t.part.parent}, or "
+                    "download elsewhere with -d DIR.",
+                )
+        try:
+            if os.fstat(t.fd).st_size > t.size:
+                os.ftruncate(t.fd, t.size)
+            if t.size:
+                os.posix_fallocate(t.fd, 0, t.size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _os_error(exc, t.part) from exc
+            # Filesystems without fallocate still work; the space check above stands.
+        self._save_journal(t)
+
+    def _save_journal(self, t: _Transfer) -> None:
+        try:
+            t.journal.save(t.state)
+        except OSError as exc:
+            raise _os_error(exc, t.journal.path) from exc
+        t.journal_dirty = False
+        t.journal_saved_at = time.monotonic()
+
+    async def _publish(self, t: _Transfer) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(_WRITE_POOL, os.fsync, t.fd)
+        os.close(t.fd)
+        t.fd = -1
+        try:
+            os.replace(t.part, t.dest)
+        except OSError as exc:
+            raise _os_error(exc, t.dest) from exc
+        _fsync_dir(t.dest.parent)
+        t.journal.remove()
+
+    # ------------------------------------------------------------------ workers
+
+    async def _run_workers(
+        self, t: _Transfer, probe: tuple[Segment, Response] | Response | None
+    ) -> None:
+        if probe is None:
+            return
+        t.alive = 0
+        t.all_exited = asyncio.Event()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                if isinstance(probe, Response):
+                    seg = Segment(0, t.size if t.size is not None else _UNKNOWN_END, 0)
+                    t.target = 1
+                    self._spawn(tg, t, (seg, probe))
+                else:
+                    self._spawn(tg, t, probe)
+                    for _ in range(t.target - 1):
+                        self._spawn(tg, t, None)
+                ticker = tg.create_task(self._tick(t, tg))
+                await t.all_exited.wait()
+                ticker.cancel()
+        except ExceptionGroup as eg:
+            raise _primary_error(eg) from None
+        if t.size is not None and t.state.done.total() < t.size:
+            last = t.history[-1] if t.history else TruncatedBody("the download stopped early")
+            raise RetriesExhausted(last, list(t.history))
+
+    def _spawn(
+        self, tg: asyncio.TaskGroup, t: _Transfer, first: tuple[Segment, Response] | None
+    ) -> None:
+        t.alive += 1
+        tg.create_task(self._worker(t, first))
+
+    async def _worker(self, t: _Transfer, first: tuple[Segment, Response] | None) -> None:
+        retry = self.config.retry
+        fails = 0
+        seg, resp = first if first else (None, None)
+        try:
+            while True:
+                if seg is None:
+                    if t.single or t.sched is None or t.alive > t.target:
+                        return
+                    seg = t.sched.next_nowait()
+                    if seg is None:
+                        return
+                before = seg.pos
+                try:
+                    if resp is None:
+                        t.attempts += 1
+                        resp = await self._open_segment(t, seg)
+                    await self._stream(t, seg, resp)
+                    resp.release()
+                    resp = None
+                    fails = 0
+                    self._finish_segment(t, seg)
+                    seg = None
+                except TransferError as exc:
+                    if resp is not None:
+                        resp.close()
+                        resp = None
+                    if isinstance(exc, RemoteChanged) or not exc.retryable:
+                        raise
+                    t.history.append(exc)
+                    if t.single:
+                        # No ranges: whatever arrived is useless for a retry from byte 0.
+                        raise RangeNotHonoured(exc.message) from exc
+                    gained = seg.pos > before
+                    self._finish_segment(t, seg)
+                    seg = None
+                    fails = 0 if gained else fails + 1
+                    if isinstance(exc, HTTPStatusError) and exc.status in (429, 503):
+                        t.throttled = True
+                        t.target = max(1, min(t.target, t.alive) // 2)
+                    if fails > retry.retries:
+                        return
+                    await sleep_s(
+                        retry_wait_s(
+                            max(0, fails - 1),
+                            getattr(exc, "retry_after_s", None),
+                            max_s=retry.max_delay_s,
+                            initial_s=retry.initial_delay_s,
+                            factor=retry.factor,
+                        )
+                    )
+        finally:
+            if resp is not None:
+                resp.close()
+            if seg is not None:
+                self._finish_segment(t, seg)
+            t.alive -= 1
+            if t.alive <= 0:
+                t.all_exited.set()
+
+    def _finish_segment(self, t: _Transfer, seg: Segment) -> None:
+        if t.sched is not None:
+            t.sched.release(seg)
+
+    async def _open_segment(self, t: _Transfer, seg: Segment) -> Response:
+        headers = dict(t.headers)
+        headers["Range"] = f"bytes={seg.pos}-{seg.end - 1}"
+        validator = t.state.validator()
+        if validator:
+            headers["If-Range"] = validator
+        try:
+            resp = await self.transport.request(
+                "GET", t.request_url, headers=headers, credential_url=t.url
+            )
+        except HTTPStatusError as exc:
+            if t.resolved_url and t.resolved_url != t.url and exc.status in (401, 403, 404, 410):
+                # A presigned redirect target may have expired: resolve again from the start.
+                t.resolved_url = None
+                raise TruncatedBody(f"the redirect target answered {exc.status}") from exc
+            if exc.status == 416:
+                raise RemoteChanged("the remote file is shorter than before") from exc
+            raise
+        if resp.status != 206:
+            resp.close()
+            raise RemoteChanged("the server answered a ranged request with the whole file")
+        cr = parse_content_range(resp.headers.get("Content-Range"))
+        if cr is None or cr.start != seg.pos or cr.total != t.size:
+            resp.close()
+            raise RemoteChanged("the server's Content-Range does not match the file")
+        if _etag_changed(t.state.etag, resp.headers.get("ETag")):
+            resp.close()
+            raise RemoteChanged("the remote file changed (another ETag)")
+        # The server may send less than asked; the rest goes back to the scheduler.
+        seg.end = min(seg.end, cr.end)
+        return resp
+
+    async def _stream(self, t: _Transfer, seg: Segment, resp: Response) -> None:
+        """Receive into ``seg`` until its end; bytes are written in batches with pwritev.
+
+        This is the hot path: per chunk only a length check, the limiter and a list append.
+        """
+        read = resp.read_chunk
+        limiters = t.limiters
+        batch = self.config.segments.write_batch_bytes
+        journal_every = self.config.segments.journal_every_bytes
+        bufs: list[bytes] = []
+        pending = 0
+        write_at = seg.pos
+        since_journal = 0
+        try:
+            while seg.pos < seg.end:
+                chunk = await read()
+                if not chunk:
+                    if seg.end >= _UNKNOWN_END:  # unknown length: the body's end is the file's
+                        t.size = seg.pos
+                        seg.end = seg.pos
+                        break
+                    raise TruncatedBody(
+                        f"the server closed the connection {human_bytes(seg.end - seg.pos)} early"
+                    )
+                n = len(chunk)
+                over = seg.pos + n - seg.end
+                if over > 0:  # another connection stole the rest, or the body runs long
+                    n -= over
+                    chunk = chunk[:n]
+                for lim in limiters:
+                    await lim.acquire(n)
+                bufs.append(chunk)
+                pending += n
+                seg.pos += n
+                t.received += n
+                if pending >= batch or len(bufs) >= _IOV_MAX:
+                    await self._write(t, bufs, write_at)
+                    write_at += pending
+                    since_journal += pending
+                    bufs, pending = [], 0
+                    if since_journal >= journal_every:
+                        self._save_journal(t)
+                        since_journal = 0
+                    if t.expected_size is not None and seg.pos > t.expected_size:
+                        raise IntegrityError(f"{t.dest.name}: the server sent more than expected")
+        finally:
+            if bufs:
+                # Keep what arrived even when failing or cancelled: a resume needs less.
+                await asyncio.shield(self._write(t, bufs, write_at))
+
+    async def _write(self, t: _Transfer, bufs: list[bytes], offset: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            n = await loop.run_in_executor(_WRITE_POOL, _pwritev_all, t.fd, bufs, offset)
+        except OSError as exc:
+            raise _os_error(exc, t.part) from exc
+        t.state.done.add(offset, offset + n)
+        t.journal_dirty = True
+        if t.hasher is not None:
+            t.hasher.advance(t.state.done.prefix_end())
+
+    # ------------------------------------------------------------------ ticker
+
+    async def _tick(self, t: _Transfer, tg: asyncio.TaskGroup) -> None:
+        """Every tick: progress, journal flush, and (automatic mode) the connection count."""
+        seg_cfg = self.config.segments
+        auto = seg_cfg.connections is None and not t.single and t.target > 1
+        level_start = time.monotonic()
+        window_start: tuple[float, int] | None = None
+        prev_speed = 0.0
+        while True:
+            await asyncio.sleep(_TICK_S)
+            now = time.monotonic()
+            self._emit_progress(t)
+            if t.journal_dirty and now - t.journal_saved_at >= seg_cfg.journal_every_s:
+                self._save_journal(t)
+            if not auto or t.throttled or t.sched is None:
+                continue
+            if window_start is None:
+                if now - level_start >= 0.15:
+                    window_start = (now, t.received)
+                continue
+            if now - window_start[0] < 0.3:
+                continue
+            speed = (t.received - window_start[1]) / (now - window_start[0])
+            grow = t.target * 2 if speed > prev_speed * 1.15 else t.target
+            grow = min(grow, seg_cfg.max_connections)
+            if grow <= t.target or t.sched.remaining_bytes < grow * seg_cfg.min_steal_bytes * 2:
+                auto = False
+                continue
+            prev_speed = speed
+            # Smaller chunks keep the hashed prefix close behind many connections.
+            assert t.size is not None
+            t.sched.set_chunk_bytes(seg_cfg.chunk_for(t.size, grow))
+            for _ in range(grow - t.target):
+                self._spawn(tg, t, None)
+            t.target = grow
+            level_start, window_start = now, None
+
+    def _emit_progress(self, t: _Transfer, *, force: bool = False) -> None:
+        now = time.monotonic()
+        t.speed_samples.append((now, t.received))
+        if t.on_progress is None or (not force and now - t.last_progress_at < _PROGRESS_EVERY_S):
+            return
+        t.last_progress_at = now
+        t.on_progress(progress_of(t, now))
+
+
+def progress_of(t: _Transfer, now: float) -> Progress:
+    # Speed over the last ~3 s of samples: smooth enough for an ETA, quick to react.
+    samples = t.speed_samples
+    speed = 0.0
+    if len(samples) >= 2:
+        t0, b0 = samples[0]
+        for ts, b in samples:
+            if now - ts <= 3.0:
+                t0, b0 = ts, b
+                break
+        if now > t0:
+            speed = (t.received - b0) / (now - t0)
+    done = t.bytes_done()
+    eta = (t.size - done) / speed if t.size is not None and speed > 0 else None
+    return Progress(
+        url=t.url,
+        path=str(t.dest),
+        bytes_done=done,
+        total=t.size,
+        speed_bytes_per_s=speed,
+        eta_s=eta,
+        connections=max(t.alive, 0),
+        attempts=t.attempts,
+        resumed_from=t.resumed_from,
+        elapsed_s=now - t.started,
+    )
+
+
+def _primary_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to report from a torn-down task group: ours first, the first one seen."""
+    flat: list[BaseException] = []
+
+    def walk(g: BaseExceptionGroup[BaseException]) -> None:
+        for e in g.exceptions:
+            if isinstance(e, BaseExceptionGroup):
+                walk(e)
+            else:
+                flat.append(e)
+
+    walk(eg)
+    for e in flat:
+        if isinstance(e, RemoteChanged):
+            return e
+    for e in flat:
+        if isinstance(e, ModelhaulError):
+            return e
+    return flat[0] if flat else eg
+
+
+def _etag_changed(known: str | None, seen: str | None) -> bool:
+    return bool(known and seen and known != seen)
+
+
+def _pwritev_all(fd: int, bufs: list[bytes], offset: int) -> int:
+    total = sum(map(len, bufs))
+    written = os.pwritev(fd, bufs, offset)
+    if written < total:  # short write: rare, finish it plainly
+        rest = b"".join(bufs)[written:]
+        view = memoryview(rest)
+        while view:
+            n = os.pwrite(fd, view, offset + written)
+            written += n
+            view = view[n:]
+    return written
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _os_error(exc: OSError, path: Path) -> ModelhaulError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"the disk is full while writing {path}",
+            hint=f"Free space in {path.parent} and run again: the partial data was kept.",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(f"cannot write {path}: {exc.strerror}")
+    if exc.errno == errno.ELOOP:
+        return PermissionDenied(f"refusing to write through a symbolic link at {path}")
+    return PermissionDenied(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class _AsyncFileLock:
+    """A cross-process file lock acquired without blocking the event loop."""
+
+    def __init__(self, path: Path, *, on_wait: NoticeCallback | None, what: str) -> None:
+        # Not thread-local: it is acquired in a worker thread and released on the loop thread.
+        self._lock = FileLock(str(path), thread_local=False)
+        self._on_wait = on_wait
+        self._what = what
+
+    async def __aenter__(self) -> None:
+        try:
+            self._lock.acquire(timeout=0)
+            return
+        except LockTimeout:
+            pass
+        if self._on_wait:
+            self._on_wait(f"another modelhaul process is downloading {self._what}; waiting for it")
+        while True:
+            try:
+                await asyncio.to_thread(self._lock.acquire, timeout=0.5)
+                return
+            except LockTimeout:
+                continue
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._lock.release()
+
+
+__all__ = ["Cancelled", "Downloader", "check_sha256", "discard_partial", "part_paths"]
