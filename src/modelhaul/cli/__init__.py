@@ -1,0 +1,1 @@
+"""The command line: argument parsing, environment, rendering. Nothing below imports this."""

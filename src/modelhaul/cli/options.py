@@ -1,0 +1,112 @@
+"""Options shared by commands, and their conversion from loose CLI text to config values."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..config import DownloadConfig, RateLimit, RetryPolicy, SegmentPolicy, Timeouts
+from ..errors import InvalidInput
+from ..policy.units import parse_rate
+
+
+def add_transfer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-x",
+        "--connections",
+        type=int,
+        metavar="N",
+        help="connections per file, 1-64 (default: automatic, up to 32)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=32,
+        metavar="N",
+        help="upper bound of the automatic connection count (default 32)",
+    )
+    p.add_argument(
+        "--limit-rate",
+        metavar="RATE",
+        help="cap the total speed, bytes/s with optional K/M/G suffix (1024-based)",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        metavar="N",
+        help="consecutive attempts without progress before giving up (default 3)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="drop and resume a connection that delivers nothing for this long (default 30)",
+    )
+    p.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        metavar="'Name: value'",
+        help="extra request header (repeatable); never sent to another host after a redirect",
+    )
+    p.add_argument("--json", action="store_true", help="JSON lines on stdout, result line last")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument(
+        "--allow-insecure-redirects",
+        action="store_true",
+        help="follow https -> http redirects",
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="do not verify TLS certificates (not advised)"
+    )
+
+
+def parse_headers(values: list[str]) -> tuple[tuple[str, str], ...]:
+    out = []
+    for raw in values:
+        name, sep, value = raw.partition(":")
+        name = name.strip()
+        if not sep or not name or any(c in name for c in " \t\r\n") or "\n" in value:
+            raise InvalidInput(f"bad header {raw!r}", hint="Write headers as -H 'Name: value'.")
+        out.append((name, value.strip()))
+    return tuple(out)
+
+
+def download_config(args: argparse.Namespace) -> DownloadConfig:
+    if args.connections is not None and not 1 <= args.connections <= 64:
+        raise InvalidInput(f"-x must be between 1 and 64, got {args.connections}")
+    if not 1 <= args.max_connections <= 64:
+        raise InvalidInput(
+            f"--max-connections must be between 1 and 64, got {args.max_connections}"
+        )
+    if args.retries < 0:
+        raise InvalidInput(f"--retries must be >= 0, got {args.retries}")
+    if not args.timeout > 0:
+        raise InvalidInput(f"--timeout must be > 0, got {args.timeout}")
+    return DownloadConfig(
+        retry=RetryPolicy(retries=args.retries),
+        timeouts=Timeouts(stall_s=args.timeout, connect_s=max(args.timeout, 10.0)),
+        segments=SegmentPolicy(
+            connections=args.connections,
+            max_connections=args.max_connections,
+            initial_connections=min(8, args.max_connections),
+        ),
+        rate=RateLimit(rate_bytes_per_s=parse_rate(args.limit_rate)),
+        headers=parse_headers(args.header),
+        allow_https_downgrade=args.allow_insecure_redirects,
+        verify_tls=not args.insecure,
+    )
+
+
+def state_dir() -> Path:
+    """Where modelhaul keeps locks and its own state (MODELHAUL_STATE_DIR, else XDG cache)."""
+    env = os.environ.get("MODELHAUL_STATE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "modelhaul"

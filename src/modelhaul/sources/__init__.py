@@ -1,0 +1,1 @@
+"""Where file lists come from: plain URL lists, the Hugging Face Hub, manifests."""
