@@ -125,3 +125,34 @@ class DownloadConfig:
     allow_https_downgrade: bool = False
     max_redirects: int = 10
     check_disk_space: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerConfig:
+    """Limits of a DownloadManager.
+
+    ``max_active_files`` bounds large files (and files of unknown size) in flight; small files
+    (known to be under ``small_file_bytes``) may run alongside, up to ``max_small_files``
+    in all, because for them the round trip, not the bandwidth, is the cost. Set
+    ``adaptive=False`` to make ``max_active_files`` a hard count of every file (``-j N``).
+    """
+
+    max_active_files: int = 4
+    max_small_files: int = 16
+    small_file_bytes: int = 16 * MiB
+    adaptive: bool = True
+    max_connections_per_host: int = 16
+    max_connections: int = 64
+    rate_bytes_per_s: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_active_files",
+            "max_small_files",
+            "max_connections_per_host",
+            "max_connections",
+            "small_file_bytes",
+        ):
+            _positive(name, getattr(self, name))
+        if self.rate_bytes_per_s is not None:
+            _positive("rate_bytes_per_s", self.rate_bytes_per_s)

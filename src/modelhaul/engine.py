@@ -66,10 +66,12 @@ from .policy.headers import (
 from .policy.ranges import RangeSet
 from .policy.ratelimit import TokenBucket
 from .policy.segments import Segment, SegmentScheduler
+from .records import CompletionRecords
 from .transport import Response, Transport, check_url, sleep_s
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
+PhaseCallback = Callable[[str, int | None], None]
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _PROBE_BYTES = 8 * MiB
@@ -98,6 +100,38 @@ def part_paths(dest: Path) -> tuple[Path, Path]:
     return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
 
 
+@dataclass(frozen=True, slots=True)
+class TargetPaths:
+    dest: Path  # a guess from the URL while name_pending
+    part: Path
+    journal: Path
+    name_pending: bool
+
+
+def plan_paths(
+    url: str,
+    dest: str | os.PathLike[str] | None,
+    directory: str | os.PathLike[str] | None = None,
+) -> TargetPaths:
+    """Where a download's file, partial data and journal go, decided before any request."""
+    if dest is not None:
+        target = Path(dest).absolute()
+        part, journal = part_paths(target)
+        return TargetPaths(target, part, journal, False)
+    if directory is None:
+        raise InvalidInput("a download needs a destination file or directory")
+    folder = Path(directory).absolute()
+    # The name comes from the response; the partial file is named after the URL so that a
+    # re-run finds it again before asking the server anything.
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return TargetPaths(
+        folder / sanitize_filename(filename_from_url(url)),
+        folder / f".modelhaul-{key}{PART_SUFFIX}",
+        folder / f".modelhaul-{key}{JOURNAL_SUFFIX}",
+        True,
+    )
+
+
 def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | None = None) -> None:
     """Remove the partial data and journal of a target (what cancel means)."""
     default_part, default_journal = part_paths(dest)
@@ -124,6 +158,8 @@ class _Transfer:
     resolved_url: str | None = None
     single: bool = False  # one connection, no ranges (origin ignores Range or size unknown)
     name_pending: bool = False  # dest is a guess until the response names the file
+    on_phase: PhaseCallback | None = None
+    force: bool = False
     sched: SegmentScheduler | None = None
     hasher: PrefixHasher | None = None
     received: int = 0  # bytes received in this process (for speed)
@@ -162,14 +198,17 @@ class Downloader:
         config: DownloadConfig | None = None,
         *,
         limiter: TokenBucket | None = None,
-        lock_dir: Path | None = None,
+        state_dir: Path | None = None,
         transport: Transport | None = None,
     ) -> None:
         self.config = config or DownloadConfig()
         cfg = self.config
         self.limiter = limiter or TokenBucket(cfg.rate.rate_bytes_per_s)
-        # Locks live outside the target directory, so a finished download leaves nothing there.
-        self._lock_dir = lock_dir or Path.home() / ".cache" / "modelhaul" / "locks"
+        # Locks and completion records live outside the target directory, so a finished
+        # download leaves nothing beside the file.
+        state = state_dir or Path.home() / ".cache" / "modelhaul"
+        self._lock_dir = state / "locks"
+        self.records = CompletionRecords(state / "done")
         self._own_transport = transport is None
         self.transport = transport or Transport(
             connect_timeout_s=cfg.timeouts.connect_s,
@@ -212,7 +251,9 @@ class Downloader:
         headers: Mapping[str, str] | None = None,
         on_progress: ProgressCallback | None = None,
         on_notice: NoticeCallback | None = None,
+        on_phase: PhaseCallback | None = None,
         limiters: Iterable[TokenBucket] = (),
+        force: bool = False,
         part_path: Path | None = None,
         journal_path: Path | None = None,
         lock: bool = True,
@@ -221,6 +262,8 @@ class Downloader:
 
         With ``directory`` instead of ``dest`` the file name comes from the response
         (Content-Disposition, else the URL path), sanitised to a plain name in that directory.
+        A target this Downloader already completed (same URL, file untouched since) is not
+        fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying".
 
         Raises:
             InvalidInput: bad URL or checksum.
@@ -230,21 +273,10 @@ class Downloader:
         """
         check_url(url)
         sha256 = check_sha256(sha256)
-        name_pending = dest is None
-        if dest is None:
-            if directory is None:
-                raise InvalidInput("download() needs dest or directory")
-            folder = Path(directory).absolute()
-            # A name fixed before any request, so a re-run finds the partial data again.
-            key = hashlib.sha256(url.encode()).hexdigest()[:16]
-            default_part = folder / f".modelhaul-{key}{PART_SUFFIX}"
-            default_journal = folder / f".modelhaul-{key}{JOURNAL_SUFFIX}"
-            dest = folder / sanitize_filename(filename_from_url(url))
-        else:
-            dest = Path(dest).absolute()
-            default_part, default_journal = part_paths(dest)
-        part = part_path or default_part
-        journal = Journal(journal_path or default_journal)
+        paths = plan_paths(url, dest, directory)
+        dest = paths.dest
+        part = part_path or paths.part
+        journal = Journal(journal_path or paths.journal)
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -262,7 +294,9 @@ class Downloader:
             limiters=(self.limiter, *limiters),
             on_progress=on_progress,
             state=JournalState(url=url, size=None, sha256=sha256),
-            name_pending=name_pending,
+            name_pending=paths.name_pending,
+            on_phase=on_phase,
+            force=force,
         )
         if not lock:
             return await self._download_locked(t)
@@ -283,6 +317,20 @@ class Downloader:
     # ------------------------------------------------------------------ the whole download
 
     async def _download_locked(self, t: _Transfer) -> Result:
+        known = None if t.force else self.records.lookup(t.url, t.part)
+        if known is not None and (not t.expected_sha256 or known.sha256 == t.expected_sha256):
+            return Result(
+                url=t.url,
+                path=str(known.dest),
+                size=known.size,
+                sha256=known.sha256,
+                elapsed_s=time.monotonic() - t.started,
+                attempts=0,
+                resumed_from=known.size,
+                bytes_transferred=0,
+                etag=known.etag,
+                already_complete=True,
+            )
         if t.expected_sha256 and t.dest.is_file():
             digest = await sha256_file_async(t.dest)
             if digest == t.expected_sha256:
@@ -322,6 +370,8 @@ class Downloader:
         self._open_part(t)
         try:
             probe = await self._probe(t)
+            if t.on_phase:
+                t.on_phase("probed", t.size)
             self._prepare_file(t)
             t.hasher = PrefixHasher(t.fd)
             t.hasher.advance(t.state.done.prefix_end())
@@ -331,6 +381,8 @@ class Downloader:
             t.size = size
             self._save_journal(t)
             self._emit_progress(t, force=True)
+            if t.on_phase:
+                t.on_phase("verifying", size)
             digest = await t.hasher.digest(size)
             if t.expected_sha256 and digest != t.expected_sha256:
                 t.journal.remove()
@@ -339,6 +391,7 @@ class Downloader:
                     f"SHA-256 mismatch for {t.dest.name}: expected {t.expected_sha256}, got {digest}"
                 )
             await self._publish(t)
+            self.records.store(t.url, t.part, t.dest, size=size, sha256=digest, etag=t.state.etag)
             return Result(
                 url=t.url,
                 path=str(t.dest),
@@ -360,6 +413,10 @@ class Downloader:
                         self._save_journal(t)
                 os.close(t.fd)
                 t.fd = -1
+                if not t.state.done:
+                    # Nothing worth resuming: leave no empty partial file behind.
+                    t.part.unlink(missing_ok=True)
+                    t.journal.remove()
 
     def _open_part(self, t: _Transfer) -> None:
         loaded = t.journal.load()

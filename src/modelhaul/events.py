@@ -81,3 +81,38 @@ class Result:
             "bytes_transferred": self.bytes_transferred,
             "error": None,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """Something happened to one managed download (``kind`` "state" or "progress"), or to all
+    of them (``kind`` "total", ``task_id`` empty)."""
+
+    kind: str
+    task_id: str
+    state: State
+    time: float
+    progress: Progress | None = None
+    error: dict[str, str] | None = None
+    result: dict[str, Any] | None = None
+    bytes_done: int = 0
+    total: int | None = None
+    speed_bytes_per_s: float = 0.0
+    eta_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "event": self.kind,
+            "id": self.task_id,
+            "state": self.state.value,
+            "time": round(self.time, 3),
+            "bytes_done": self.bytes_done,
+            "total": self.total,
+            "speed": round(self.speed_bytes_per_s, 1),
+            "eta": None if self.eta_s is None else round(self.eta_s, 1),
+        }
+        if self.error is not None:
+            out["error"] = self.error
+        if self.result is not None:
+            out["result"] = self.result
+        return out

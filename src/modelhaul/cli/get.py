@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..engine import Downloader, check_sha256
+from ..config import ManagerConfig
+from ..engine import check_sha256
 from ..errors import Cancelled, InvalidInput, ModelhaulError
+from ..events import TaskEvent
+from ..manager import DownloadHandle, DownloadManager
 from ..sources.url import UrlEntry, parse_input_list
 from ..transport import check_url
 from .options import add_transfer_options, download_config, state_dir
@@ -64,46 +68,57 @@ async def run(args: argparse.Namespace) -> int:
     config = download_config(args)
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
     directory = Path(args.dir)
-    records: list[dict[str, Any]] = []
+    single = len(entries) == 1
+    if args.jobs:
+        mconf = ManagerConfig(max_active_files=args.jobs, max_small_files=args.jobs, adaptive=False)
+    else:
+        mconf = ManagerConfig()
+    if single:
+        # One file may use every connection the automatic mode wants.
+        mconf = replace(mconf, max_connections_per_host=max(16, config.segments.max_connections))
+    labels: dict[str, str] = {}
+    handles: list[tuple[UrlEntry, DownloadHandle]] = []
+
+    def on_event(ev: TaskEvent) -> None:
+        if ev.kind == "progress" and ev.progress is not None:
+            renderer.progress(labels.get(ev.task_id, ev.task_id), ev.progress)
+
     renderer.start()
     try:
-        async with Downloader(config, lock_dir=state_dir() / "locks") as dl:
-            sem = asyncio.Semaphore(args.jobs or 4)
-
-            async def one(entry: UrlEntry) -> dict[str, Any]:
-                async with sem:
-                    return await _fetch(dl, entry, args, directory, renderer)
-
+        async with DownloadManager(mconf, download_config=config, state_dir=state_dir()) as mgr:
+            mgr.subscribe(on_event)
+            for entry in entries:
+                dest = (
+                    Path(args.output)
+                    if args.output
+                    else (directory / entry.out if entry.out else None)
+                )
+                h = mgr.add(entry.url, dest, directory=directory, sha256=entry.sha256)
+                labels[h.id] = _label(entry, dest)
+                handles.append((entry, h))
             try:
-                records = list(await asyncio.gather(*(one(e) for e in entries)))
+                records = [await _wait(entry, h, renderer, labels) for entry, h in handles]
             except asyncio.CancelledError:
                 renderer.stop()
-                renderer.result(_cancelled_record(entries, args))
+                renderer.result(_cancelled_record(args))
                 raise
     finally:
         renderer.stop()
-    return _finish(records, renderer, single=len(entries) == 1)
+    return _finish(records, renderer, single=single)
 
 
-async def _fetch(
-    dl: Downloader, entry: UrlEntry, args: argparse.Namespace, directory: Path, renderer: Renderer
+def _label(entry: UrlEntry, dest: Path | None) -> str:
+    if dest is not None:
+        return dest.name
+    return entry.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or entry.url
+
+
+async def _wait(
+    entry: UrlEntry, handle: DownloadHandle, renderer: Renderer, labels: dict[str, str]
 ) -> dict[str, Any]:
-    if args.output:
-        dest: Path | None = Path(args.output)
-    elif entry.out:
-        dest = directory / entry.out
-    else:
-        dest = None
-    key = (dest.name if dest else None) or entry.url.rsplit("/", 1)[-1] or entry.url
+    key = labels[handle.id]
     try:
-        result = await dl.download(
-            entry.url,
-            dest,
-            directory=directory,
-            sha256=entry.sha256,
-            on_progress=lambda p: renderer.progress(key, p),
-            on_notice=renderer.notice,
-        )
+        result = await handle.wait()
     except ModelhaulError as exc:
         record = _failed_record(entry, exc)
         renderer.file_done(key, record)
@@ -126,7 +141,7 @@ def _failed_record(entry: UrlEntry, exc: ModelhaulError) -> dict[str, Any]:
     }
 
 
-def _cancelled_record(entries: list[UrlEntry], args: argparse.Namespace) -> dict[str, Any]:
+def _cancelled_record(args: argparse.Namespace) -> dict[str, Any]:
     err = Cancelled("interrupted; partial data was kept")
     return {
         "event": "result",

@@ -1,0 +1,580 @@
+"""Many downloads at once: a priority queue, limits, pause/resume/cancel, and events.
+
+The manager owns one Downloader (one connection pool, one bandwidth bucket) and runs each file
+in its own asyncio task, so pausing or cancelling one never disturbs another. Every method that
+steers (add, pause, resume, cancel, set_priority, set_limit) returns at once and must be called
+on the manager's event loop; ``sync.SyncDownloadManager`` makes them callable from any thread.
+
+Scheduling: the highest priority first, a file already started before a new one of the same
+priority, then first come first served. Small files (known to be under ``small_file_bytes``)
+may run beside the large ones, since for them the round trip, not bandwidth, is the cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from .config import DownloadConfig, ManagerConfig
+from .engine import Downloader, TargetPaths, discard_partial, plan_paths
+from .errors import Cancelled, ModelhaulError
+from .events import Progress, Result, State, TaskEvent
+from .policy.ratelimit import TokenBucket
+from .transport import Transport, check_url
+
+log = logging.getLogger(__name__)
+
+EventCallback = Callable[[TaskEvent], None]
+_ACTIVE = (State.RUNNING, State.VERIFYING)
+_TOTAL_EVERY_S = 0.1
+_QUEUE_MAX = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    """A snapshot of one managed download."""
+
+    id: str
+    url: str
+    path: str | None
+    state: State
+    priority: int
+    bytes_done: int
+    total: int | None
+    speed_bytes_per_s: float
+    eta_s: float | None
+    rate_limit: float | None
+    error: dict[str, str] | None
+    result: dict[str, object] | None
+
+
+@dataclass(slots=True, eq=False)
+class _Task:
+    id: str
+    url: str
+    paths: TargetPaths
+    dest: Path | None
+    directory: Path | None
+    sha256: str | None
+    expected_size: int | None
+    headers: dict[str, str]
+    priority: int
+    seq: int
+    limiter: TokenBucket
+    future: asyncio.Future[Result]
+    state: State = State.QUEUED
+    started_once: bool = False
+    size: int | None = None
+    runner: asyncio.Task[Result] | None = None
+    pause_requested: bool = False
+    cancel_requested: bool = False
+    last: Progress | None = None
+    error: ModelhaulError | None = None
+    result: Result | None = None
+    aliases: list[Path] = field(default_factory=list)
+
+
+class DownloadHandle:
+    """What ``add`` returns: steer and await one download."""
+
+    def __init__(self, manager: DownloadManager, task_id: str) -> None:
+        self._manager = manager
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"DownloadHandle({self.id!r})"
+
+    def pause(self) -> None:
+        self._manager.pause(self.id)
+
+    def resume(self) -> None:
+        self._manager.resume(self.id)
+
+    def cancel(self) -> None:
+        self._manager.cancel(self.id)
+
+    def set_priority(self, priority: int) -> None:
+        self._manager.set_priority(self.id, priority)
+
+    def set_limit(self, rate_bytes_per_s: float | None) -> None:
+        self._manager.set_task_limit(self.id, rate_bytes_per_s)
+
+    def info(self) -> TaskInfo:
+        return self._manager.info(self.id)
+
+    async def wait(self) -> Result:
+        """The result once completed; raises the categorised error, or Cancelled."""
+        return await self._manager.wait(self.id)
+
+
+class DownloadManager:
+    """Run many downloads under limits, with live control and events.
+
+    Example::
+
+        async with DownloadManager() as mgr:
+            a = mgr.add(url_a, "a.bin", priority=10)
+            b = mgr.add(url_b, "b.bin")
+            b.pause()
+            await a.wait()
+    """
+
+    def __init__(
+        self,
+        config: ManagerConfig | None = None,
+        *,
+        download_config: DownloadConfig | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.config = config or ManagerConfig()
+        dc = download_config or DownloadConfig()
+        per_file = min(dc.segments.max_connections, self.config.max_connections_per_host)
+        dc = replace(dc, segments=replace(dc.segments, max_connections=per_file))
+        if dc.segments.connections is not None:
+            conns = min(dc.segments.connections, per_file)
+            dc = replace(dc, segments=replace(dc.segments, connections=conns))
+        transport = Transport(
+            connect_timeout_s=dc.timeouts.connect_s,
+            stall_timeout_s=dc.timeouts.stall_s,
+            verify_tls=dc.verify_tls,
+            trust_env=dc.trust_env,
+            read_buffer_bytes=dc.segments.read_buffer_bytes,
+            limit=self.config.max_connections,
+            limit_per_host=self.config.max_connections_per_host,
+            max_redirects=dc.max_redirects,
+            allow_https_downgrade=dc.allow_https_downgrade,
+            user_agent=dc.user_agent,
+        )
+        self.downloader = Downloader(
+            dc,
+            limiter=TokenBucket(self.config.rate_bytes_per_s or dc.rate.rate_bytes_per_s),
+            state_dir=state_dir,
+            transport=transport,
+        )
+        self._transport = transport
+        self._tasks: dict[str, _Task] = {}
+        self._by_key: dict[tuple[str, ...], _Task] = {}
+        self._seq = itertools.count()
+        self._callbacks: list[EventCallback] = []
+        self._queues: list[asyncio.Queue[TaskEvent]] = []
+        self._presume_small = False
+        self._last_total = 0.0
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self._transport.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Pause everything still running (partial data kept) and release connections."""
+        self._closed = True
+        runners = []
+        for task in self._tasks.values():
+            if task.runner is not None and not task.runner.done():
+                task.pause_requested = True
+                task.runner.cancel()
+                runners.append(task.runner)
+        for runner in runners:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+        await self._transport.close()
+
+    # ------------------------------------------------------------------ adding
+
+    def add(
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        expected_size: int | None = None,
+        priority: int = 0,
+        rate_limit: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        paused: bool = False,
+    ) -> DownloadHandle:
+        """Queue a download and return its handle at once.
+
+        Adding the same URL and target again (or the same expected SHA-256 for another path)
+        returns the existing download: the bytes are fetched once.
+        """
+        if self._closed:
+            raise RuntimeError("the manager is closed")
+        check_url(url)
+        from .engine import check_sha256
+
+        sha256 = check_sha256(sha256)
+        paths = plan_paths(url, dest, directory)
+        key = ("sha256", sha256) if sha256 else ("target", url, str(paths.part))
+        existing = self._by_key.get(key)
+        if existing is not None and existing.state not in (State.FAILED, State.CANCELLED):
+            if existing.paths.dest != paths.dest and not paths.name_pending:
+                existing.aliases.append(paths.dest)
+                if existing.state is State.COMPLETED:
+                    self._materialize_aliases(existing)
+            return DownloadHandle(self, existing.id)
+        loop = asyncio.get_running_loop()
+        seq = next(self._seq)
+        task = _Task(
+            id=f"d{seq + 1}",
+            url=url,
+            paths=paths,
+            dest=None if dest is None else Path(dest),
+            directory=None if directory is None else Path(directory),
+            sha256=sha256,
+            expected_size=expected_size,
+            headers=dict(headers or {}),
+            priority=priority,
+            seq=seq,
+            limiter=TokenBucket(rate_limit),
+            future=loop.create_future(),
+            size=expected_size,
+            state=State.PAUSED if paused else State.QUEUED,
+        )
+        task.future.add_done_callback(_mark_retrieved)
+        self._tasks[task.id] = task
+        self._by_key[key] = task
+        self._publish_state(task)
+        self._schedule()
+        return DownloadHandle(self, task.id)
+
+    # ------------------------------------------------------------------ steering
+
+    def handle(self, task_id: str) -> DownloadHandle:
+        self._get(task_id)
+        return DownloadHandle(self, task_id)
+
+    def _get(self, task_id: str) -> _Task:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise KeyError(f"no download with id {task_id!r}") from None
+
+    def pause(self, task_id: str) -> None:
+        task = self._get(task_id)
+        if task.state is State.QUEUED:
+            self._set_state(task, State.PAUSED)
+        elif task.state in _ACTIVE and task.runner is not None:
+            task.pause_requested = True
+            task.runner.cancel()
+
+    def resume(self, task_id: str) -> None:
+        task = self._get(task_id)
+        if task.state is State.PAUSED or (task.state is State.FAILED and not task.future.done()):
+            self._set_state(task, State.QUEUED)
+            self._schedule()
+        elif task.state is State.FAILED:
+            # A failed download may be retried: it gets a fresh future.
+            task.future = asyncio.get_running_loop().create_future()
+            task.future.add_done_callback(_mark_retrieved)
+            task.error = None
+            self._set_state(task, State.QUEUED)
+            self._schedule()
+
+    def cancel(self, task_id: str) -> None:
+        task = self._get(task_id)
+        if task.state.final:
+            return
+        if task.state in _ACTIVE and task.runner is not None:
+            task.cancel_requested = True
+            task.runner.cancel()
+            return
+        self._finish_cancelled(task)
+
+    def set_priority(self, task_id: str, priority: int) -> None:
+        task = self._get(task_id)
+        task.priority = priority
+        self._publish_state(task)
+        self._schedule()
+
+    def set_task_limit(self, task_id: str, rate_bytes_per_s: float | None) -> None:
+        self._get(task_id).limiter.set_rate(rate_bytes_per_s)
+
+    def set_limit(self, rate_bytes_per_s: float | None) -> None:
+        """Change the global bandwidth cap (None: unlimited); effective within a fraction of
+        a second for running downloads."""
+        self.downloader.set_rate_limit(rate_bytes_per_s)
+
+    @property
+    def rate_limit(self) -> float | None:
+        return self.downloader.limiter.rate_bytes_per_s
+
+    def pause_all(self) -> None:
+        for task_id in list(self._tasks):
+            self.pause(task_id)
+
+    # ------------------------------------------------------------------ observing
+
+    def info(self, task_id: str) -> TaskInfo:
+        task = self._get(task_id)
+        p = task.last
+        return TaskInfo(
+            id=task.id,
+            url=task.url,
+            path=str(task.result.path if task.result else task.paths.dest),
+            state=task.state,
+            priority=task.priority,
+            bytes_done=task.result.size if task.result else (p.bytes_done if p else 0),
+            total=task.result.size if task.result else task.size,
+            speed_bytes_per_s=p.speed_bytes_per_s if p and task.state in _ACTIVE else 0.0,
+            eta_s=p.eta_s if p and task.state in _ACTIVE else None,
+            rate_limit=task.limiter.rate_bytes_per_s,
+            error=task.error.to_dict() if task.error else None,
+            result=task.result.to_dict() if task.result else None,
+        )
+
+    def tasks(self) -> list[TaskInfo]:
+        return [self.info(t) for t in self._tasks]
+
+    async def wait(self, task_id: str) -> Result:
+        return await asyncio.shield(self._get(task_id).future)
+
+    async def join(self) -> None:
+        """Wait until nothing is queued or running (paused downloads do not count)."""
+        while not self._idle_now():
+            self._idle.clear()
+            await self._idle.wait()
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback`` on the manager's loop for every event; returns an unsubscriber."""
+        self._callbacks.append(callback)
+        return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
+
+    async def events(self) -> AsyncIterator[TaskEvent]:
+        """Every event from now on, in order (progress events may be dropped if you lag)."""
+        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _idle_now(self) -> bool:
+        return not any(t.state in (State.QUEUED, *_ACTIVE) for t in self._tasks.values())
+
+    def _is_small(self, task: _Task) -> bool:
+        if task.size is not None:
+            return task.size < self.config.small_file_bytes
+        return self._presume_small
+
+    def _has_slot(self, candidate: _Task) -> bool:
+        active = [t for t in self._tasks.values() if t.state in _ACTIVE]
+        cfg = self.config
+        if not cfg.adaptive:
+            return len(active) < cfg.max_active_files
+        if len(active) >= max(cfg.max_small_files, cfg.max_active_files):
+            return False
+        if self._is_small(candidate):
+            return True
+        large = sum(1 for t in active if not self._is_small(t))
+        return large < cfg.max_active_files
+
+    def _schedule(self) -> None:
+        if self._closed:
+            return
+        while True:
+            queued = [t for t in self._tasks.values() if t.state is State.QUEUED]
+            if not queued:
+                break
+            best = max(queued, key=lambda t: (t.priority, t.started_once, -t.seq))
+            if not self._has_slot(best):
+                break
+            self._start(best)
+        if self._idle_now():
+            self._idle.set()
+
+    def _start(self, task: _Task) -> None:
+        task.pause_requested = task.cancel_requested = False
+        task.started_once = True
+        self._set_state(task, State.RUNNING)
+        task.runner = asyncio.create_task(self._run(task), name=f"modelhaul-{task.id}")
+        task.runner.add_done_callback(lambda r, t=task: self._on_runner_done(t, r))
+
+    async def _run(self, task: _Task) -> Result:
+        result = await self.downloader.download(
+            task.url,
+            task.dest,
+            directory=task.directory,
+            sha256=task.sha256,
+            expected_size=task.expected_size,
+            headers=task.headers,
+            limiters=(task.limiter,),
+            on_progress=lambda p: self._on_progress(task, p),
+            on_phase=lambda phase, size: self._on_phase(task, phase, size),
+        )
+        task.result = result
+        self._materialize_aliases(task)
+        return result
+
+    def _on_runner_done(self, task: _Task, runner: asyncio.Task[Result]) -> None:
+        task.runner = None
+        if runner.cancelled():
+            if task.cancel_requested:
+                self._finish_cancelled(task)
+            else:
+                self._set_state(task, State.PAUSED)
+        else:
+            exc = runner.exception()
+            if exc is None:
+                result = runner.result()
+                task.result = result
+                self._set_state(task, State.COMPLETED)
+                if not task.future.done():
+                    task.future.set_result(result)
+            else:
+                err = exc if isinstance(exc, ModelhaulError) else _wrap(exc)
+                task.error = err
+                self._set_state(task, State.FAILED)
+                if not task.future.done():
+                    task.future.set_exception(err)
+        self._schedule()
+
+    def _finish_cancelled(self, task: _Task) -> None:
+        with contextlib.suppress(OSError):
+            discard_partial(task.paths.dest, part=task.paths.part, journal=task.paths.journal)
+        self._set_state(task, State.CANCELLED)
+        if not task.future.done():
+            task.future.set_exception(Cancelled(f"download {task.id} was cancelled"))
+        self._schedule()
+
+    def _materialize_aliases(self, task: _Task) -> None:
+        if task.result is None:
+            return
+        source = Path(task.result.path)
+        for alias in task.aliases:
+            if alias == source or alias.exists():
+                continue
+            alias.parent.mkdir(parents=True, exist_ok=True)
+            tmp = alias.with_name(alias.name + ".modelhaul.tmp")
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, alias)
+        task.aliases.clear()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_phase(self, task: _Task, phase: str, size: int | None) -> None:
+        if phase == "probed":
+            task.size = size
+            if size is not None:
+                self._presume_small = size < self.config.small_file_bytes
+            self._schedule()
+        elif phase == "verifying" and task.state is State.RUNNING:
+            self._set_state(task, State.VERIFYING)
+
+    def _on_progress(self, task: _Task, p: Progress) -> None:
+        if task.state not in _ACTIVE:
+            return
+        task.last = p
+        task.size = p.total
+        self._publish(
+            TaskEvent(
+                "progress",
+                task.id,
+                task.state,
+                time.time(),
+                progress=p,
+                bytes_done=p.bytes_done,
+                total=p.total,
+                speed_bytes_per_s=p.speed_bytes_per_s,
+                eta_s=p.eta_s,
+            )
+        )
+        now = time.monotonic()
+        if now - self._last_total >= _TOTAL_EVERY_S:
+            self._last_total = now
+            self._publish(self._total_event())
+
+    def _total_event(self) -> TaskEvent:
+        done = total = 0
+        speed = 0.0
+        unknown = False
+        for t in self._tasks.values():
+            if t.state in (State.CANCELLED, State.FAILED):
+                continue
+            size = t.result.size if t.result else t.size
+            done += t.result.size if t.result else (t.last.bytes_done if t.last else 0)
+            if size is None:
+                unknown = True
+            else:
+                total += size
+            if t.state in _ACTIVE and t.last:
+                speed += t.last.speed_bytes_per_s
+        remaining = None if unknown else max(0, total - done)
+        eta = remaining / speed if remaining is not None and speed > 0 else None
+        state = State.RUNNING if not self._idle_now() else State.COMPLETED
+        return TaskEvent(
+            "total",
+            "",
+            state,
+            time.time(),
+            bytes_done=done,
+            total=None if unknown else total,
+            speed_bytes_per_s=speed,
+            eta_s=eta,
+        )
+
+    def _set_state(self, task: _Task, state: State) -> None:
+        task.state = state
+        self._publish_state(task)
+
+    def _publish_state(self, task: _Task) -> None:
+        info = self.info(task.id)
+        self._publish(
+            TaskEvent(
+                "state",
+                task.id,
+                task.state,
+                time.time(),
+                error=info.error,
+                result=info.result,
+                bytes_done=info.bytes_done,
+                total=info.total,
+            )
+        )
+
+    def _publish(self, event: TaskEvent) -> None:
+        for cb in list(self._callbacks):
+            try:
+                cb(event)
+            except Exception:  # a broken subscriber must not break downloads
+                log.exception("event callback failed")
+        for q in self._queues:
+            if q.qsize() < _QUEUE_MAX or event.kind != "progress":
+                q.put_nowait(event)
+
+
+def _mark_retrieved(fut: asyncio.Future[Result]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
+def _wrap(exc: BaseException) -> ModelhaulError:
+    err = ModelhaulError(f"unexpected error: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
