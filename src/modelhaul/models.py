@@ -1,0 +1,499 @@
+"""A model as a set of files: pull what is missing, verify, and repair only what is bad.
+
+Pulls go through the DownloadManager (several files at once, big ones segmented) into the
+Hugging Face cache layout kept by ``store.RepoStore``. A blob is linked into the snapshot only
+after it was verified, so a snapshot never points at a missing or wrong blob.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .engine import part_paths
+from .errors import (
+    DiskFull,
+    IntegrityError,
+    InvalidInput,
+    ModelhaulError,
+    PermissionDenied,
+    human_bytes,
+)
+from .journal import Journal, JournalState
+from .manager import DownloadManager
+from .policy.paths import safe_relpath
+from .policy.ranges import RangeSet
+from .sources.model import ModelFile, ModelSpec
+from .store import RepoStore, bad_chunks, check_revision
+
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+FileCallback = Callable[[str, str], None]  # (path, what happened)
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    repo_id: str
+    commit: str
+    snapshot: Path
+    fetched: tuple[str, ...]
+    present: tuple[str, ...]
+    bytes_fetched: int
+    offline: bool = False
+    local_dir: Path | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "event": "result",
+            "status": "completed",
+            "model": self.repo_id,
+            "commit": self.commit,
+            "path": str(self.snapshot),
+            "files": len(self.fetched) + len(self.present),
+            "fetched": list(self.fetched),
+            "bytes_fetched": self.bytes_fetched,
+            "offline": self.offline,
+            "local_dir": str(self.local_dir) if self.local_dir else None,
+            "error": None,
+        }
+
+
+@dataclass(slots=True)
+class FileProblem:
+    path: str
+    problem: str  # "missing", "size", "hash", "link"
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    repo_id: str
+    commit: str
+    checked: int = 0
+    problems: list[FileProblem] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    bytes_refetched: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "event": "result",
+            "status": "completed" if self.ok else "failed",
+            "model": self.repo_id,
+            "commit": self.commit,
+            "checked": self.checked,
+            "bad": [
+                {"path": p.path, "problem": p.problem, "detail": p.detail} for p in self.problems
+            ],
+            "repaired": self.repaired,
+            "bytes_refetched": self.bytes_refetched,
+        }
+
+
+class ModelPuller:
+    """Pulls ModelSpecs into a store through a DownloadManager."""
+
+    def __init__(
+        self,
+        root: Path,
+        manager: DownloadManager,
+        *,
+        symlinks: bool = True,
+        check_disk_space: bool = True,
+    ) -> None:
+        self.root = root
+        self.manager = manager
+        self.symlinks = symlinks
+        self.check_disk_space = check_disk_space
+
+    def repo(self, spec: ModelSpec) -> RepoStore:
+        return RepoStore(self.root, spec.repo_id, spec.repo_type)
+
+    # ------------------------------------------------------------------ pull
+
+    async def pull(
+        self,
+        spec: ModelSpec,
+        *,
+        local_dir: Path | None = None,
+        priority: int = 0,
+        on_file: FileCallback | None = None,
+        free_hint: Callable[[int], str] | None = None,
+    ) -> PullResult:
+        """Fetch the files of ``spec`` that are missing or fail verification, then link."""
+        rs = self.repo(spec)
+        rs.prepare()
+        present, missing = await self._sort_files(rs, spec.files)
+        if missing and self.check_disk_space:
+            self._check_space(rs, missing, free_hint)
+        results = await asyncio.gather(
+            *(self._fetch(rs, f, priority, on_file) for f in missing), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        fetched = [
+            f for f, r in zip(missing, results, strict=True) if not isinstance(r, BaseException)
+        ]
+        for f in (*present, *fetched):
+            rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
+        if errors:
+            for e in errors:
+                if not isinstance(e, Exception):
+                    raise e  # cancellation and the like propagate untouched
+            first = errors[0]
+            raise first if isinstance(first, ModelhaulError) else ModelhaulError(str(first))
+        rs.save_file_list(
+            spec.commit,
+            {
+                "repo_id": spec.repo_id,
+                "repo_type": spec.repo_type,
+                "source": spec.source,
+                "files": [f.to_json() for f in spec.files],
+            },
+        )
+        if spec.revision and spec.revision != spec.commit:
+            rs.write_ref(spec.revision, spec.commit)
+        if local_dir is not None:
+            place_local_dir(rs, spec, local_dir)
+        return PullResult(
+            repo_id=spec.repo_id,
+            commit=spec.commit,
+            snapshot=rs.snapshot_dir(spec.commit),
+            fetched=tuple(f.path for f in fetched),
+            present=tuple(f.path for f in present),
+            bytes_fetched=sum(f.size for f in fetched),
+            local_dir=local_dir,
+        )
+
+    async def _sort_files(
+        self, rs: RepoStore, files: Sequence[ModelFile]
+    ) -> tuple[list[ModelFile], list[ModelFile]]:
+        present: list[ModelFile] = []
+        missing: list[ModelFile] = []
+        checked: dict[str, bool] = {}
+        for f in files:
+            if f.blob_id not in checked:
+                checked[f.blob_id] = await asyncio.to_thread(_blob_good, rs, f)
+            (present if checked[f.blob_id] else missing).append(f)
+        return present, missing
+
+    def _check_space(
+        self, rs: RepoStore, missing: Sequence[ModelFile], free_hint: Callable[[int], str] | None
+    ) -> None:
+        unique = {f.blob_id: f for f in missing}
+        needed = 0
+        for f in unique.values():
+            part, _ = part_paths(rs.blob_path(f.blob_id))
+            try:
+                have = part.stat().st_blocks * 512
+            except OSError:
+                have = 0
+            needed += max(0, f.size - have)
+        free = shutil.disk_usage(rs.blobs).free
+        if needed > free:
+            short = needed - free
+            hint = f"Free at least {human_bytes(short)} in {self.root}."
+            if free_hint is not None:
+                hint = f"{hint} {free_hint(short)}"
+            raise DiskFull(
+                f"{rs.repo_id} needs {human_bytes(needed)} more, only {human_bytes(free)} free "
+                f"in {self.root}",
+                hint=hint,
+            )
+
+    async def _fetch(
+        self, rs: RepoStore, f: ModelFile, priority: int, on_file: FileCallback | None
+    ) -> None:
+        blob = rs.blob_path(f.blob_id)
+        last: ModelhaulError | None = None
+        for i, url in enumerate(f.urls):
+            # Credentials belong to the primary URL's host; mirrors get none.
+            headers = dict(f.headers) if i == 0 else {}
+            try:
+                handle = self.manager.add(
+                    url,
+                    blob,
+                    sha256=f.sha256,
+                    expected_size=f.size if f.size >= 0 else None,
+                    headers=headers,
+                    priority=priority,
+                )
+                if on_file:
+                    on_file(f.path, f"queued:{handle.id}")
+                await handle.wait()
+                break
+            except ModelhaulError as exc:
+                last = exc
+                if exc.category in ("invalid_input", "disk_full", "permission", "cancelled"):
+                    raise
+                if on_file and i + 1 < len(f.urls):
+                    on_file(f.path, f"mirror: {exc.message}")
+        else:
+            assert last is not None
+            raise last
+        if f.sha256 is None:
+            good = await asyncio.to_thread(rs.verify_blob, f.blob_id)
+            if not good:
+                blob.unlink(missing_ok=True)
+                raise IntegrityError(f"{f.path}: the downloaded file does not match its git hash")
+        else:
+            await asyncio.to_thread(rs.record_download, f.blob_id)
+        if on_file:
+            on_file(f.path, "done")
+
+    # ------------------------------------------------------------------ offline
+
+    def load_cached(
+        self, repo_id: str, revision: str | None, repo_type: str = "model"
+    ) -> PullResult:
+        """The complete snapshot of a model already in the store, or raise."""
+        rs = RepoStore(self.root, repo_id, repo_type)
+        commit = resolve_local_commit(rs, revision)
+        files = local_files(rs, commit)
+        if not files:
+            raise ModelhaulError(f"{repo_id} is not in the cache")
+        for f in files:
+            if (
+                not rs.blob_path(f.blob_id).is_file()
+                or not rs.snapshot_file(commit, f.path).exists()
+            ):
+                raise ModelhaulError(f"{repo_id} is only partly in the cache ({f.path} is missing)")
+        return PullResult(
+            repo_id=repo_id,
+            commit=commit,
+            snapshot=rs.snapshot_dir(commit),
+            fetched=(),
+            present=tuple(f.path for f in files),
+            bytes_fetched=0,
+            offline=True,
+        )
+
+    # ------------------------------------------------------------------ verify and repair
+
+    async def verify(
+        self,
+        repo_id: str,
+        revision: str | None,
+        *,
+        repo_type: str = "model",
+        repair: bool = False,
+        url_for: Callable[[str, str], ModelFile | None] | None = None,
+    ) -> VerifyReport:
+        """Check every file's size and hash; with ``repair`` refetch only what is bad.
+
+        ``url_for(commit, path)`` supplies a download source for files whose URL the store
+        does not know (models pulled by other tools).
+        """
+        rs = RepoStore(self.root, repo_id, repo_type)
+        commit = resolve_local_commit(rs, revision)
+        files = local_files(rs, commit)
+        report = VerifyReport(repo_id, commit)
+        bad: list[tuple[ModelFile, FileProblem]] = []
+        for f in files:
+            report.checked += 1
+            problem = await asyncio.to_thread(check_file, rs, commit, f)
+            if problem is not None:
+                bad.append((f, problem))
+        if repair and bad:
+            await self._repair(rs, commit, bad, report, url_for)
+        else:
+            report.problems = [p for _, p in bad]
+        return report
+
+    async def _repair(
+        self,
+        rs: RepoStore,
+        commit: str,
+        bad: list[tuple[ModelFile, FileProblem]],
+        report: VerifyReport,
+        url_for: Callable[[str, str], ModelFile | None] | None,
+    ) -> None:
+        for f, problem in bad:
+            source = f if f.urls else (url_for(commit, f.path) if url_for else None)
+            if source is None or not source.urls:
+                problem.detail += " (no download URL known; pull the model again)"
+                report.problems.append(problem)
+                continue
+            fetched = await asyncio.to_thread(_prepare_chunk_repair, rs, source)
+            try:
+                await self._fetch(rs, source, 0, None)
+            except ModelhaulError as exc:
+                problem.detail = f"repair failed: {exc.message}"
+                report.problems.append(problem)
+                continue
+            rs.link(commit, f.path, f.blob_id, symlinks=self.symlinks)
+            again = await asyncio.to_thread(check_file, rs, commit, f)
+            if again is not None:
+                report.problems.append(again)
+            else:
+                report.repaired.append(f.path)
+                report.bytes_refetched += fetched
+
+
+def _blob_good(rs: RepoStore, f: ModelFile) -> bool:
+    blob = rs.blob_path(f.blob_id)
+    try:
+        if blob.stat().st_size != f.size:
+            return False
+    except OSError:
+        return False
+    return rs.verify_blob(f.blob_id)
+
+
+def _prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int:
+    """Turn a corrupt blob with recorded chunk hashes into a partial file whose journal says
+    every good chunk is held; returns how many bytes will be fetched."""
+    blob = rs.blob_path(f.blob_id)
+    rec = rs.chunk_hashes(f.blob_id)
+    try:
+        size = blob.stat().st_size
+    except OSError:
+        return f.size
+    if rec is None or not rec.chunks or rec.size != f.size or size != f.size or f.sha256 is None:
+        blob.unlink(missing_ok=True)
+        rs.forget_record(f.blob_id)
+        return f.size
+    bad = bad_chunks(blob, rec)
+    held = RangeSet([(0, f.size)])
+    good = RangeSet()
+    pos = 0
+    for start, end in bad:
+        good.add(pos, start)
+        pos = end
+    good.add(pos, f.size)
+    part, journal = part_paths(blob)
+    rs.forget_record(f.blob_id)
+    os.replace(blob, part)
+    Journal(journal).save(
+        JournalState(url=f.urls[0], size=f.size, sha256=f.sha256, done=good if bad else held)
+    )
+    return sum(e - s for s, e in bad)
+
+
+def check_file(rs: RepoStore, commit: str, f: ModelFile) -> FileProblem | None:
+    blob = rs.blob_path(f.blob_id)
+    link = rs.snapshot_file(commit, f.path)
+    try:
+        st = blob.stat()
+    except OSError:
+        return FileProblem(f.path, "missing", "the blob is missing")
+    if f.size >= 0 and st.st_size != f.size:
+        return FileProblem(f.path, "size", f"{st.st_size} bytes, expected {f.size}")
+    rs.forget_record(f.blob_id)  # verify means hash again, whatever a record says
+    if not rs.verify_blob(f.blob_id):
+        return FileProblem(f.path, "hash", "the content does not match its hash")
+    try:
+        if link.resolve() != blob.resolve() and not (link.is_file() and _same_file(link, blob)):
+            return FileProblem(f.path, "link", "the snapshot entry points elsewhere")
+    except OSError:
+        return FileProblem(f.path, "link", "the snapshot entry is missing")
+    if not link.exists():
+        return FileProblem(f.path, "link", "the snapshot entry is missing")
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size
+    except OSError:
+        return False
+
+
+def resolve_local_commit(rs: RepoStore, revision: str | None) -> str:
+    if not rs.folder.is_dir():
+        raise ModelhaulError(
+            f"{rs.repo_id} is not in the store at {rs.root}",
+            hint=f"Pull it first: modelhaul pull hf://{rs.repo_id}",
+        )
+    if revision and _HEX40.match(revision) and rs.snapshot_dir(revision).is_dir():
+        return revision
+    commit = rs.read_ref(revision or "main")
+    if commit is None and revision is None:
+        snaps = (
+            sorted(
+                (p for p in rs.snapshots.iterdir() if p.is_dir()),
+                key=lambda p: p.stat().st_mtime,
+                reverse=True,
+            )
+            if rs.snapshots.is_dir()
+            else []
+        )
+        if snaps:
+            commit = snaps[0].name
+    if commit is None:
+        raise ModelhaulError(
+            f"revision {revision or 'main'} of {rs.repo_id} is not in the store",
+            hint="Pull it first, or name a revision that 'modelhaul ls' shows.",
+        )
+    return check_revision(commit)
+
+
+def local_files(rs: RepoStore, commit: str) -> list[ModelFile]:
+    """The files of a stored snapshot: from modelhaul's file list, else from the snapshot's
+    symlinks (models fetched by huggingface_hub)."""
+    data = rs.load_file_list(commit)
+    if data and isinstance(data.get("files"), list):
+        out = []
+        for e in data["files"]:
+            try:
+                out.append(
+                    ModelFile(
+                        path=safe_relpath(e["path"]),
+                        size=int(e["size"]),
+                        blob_id=str(e["blob_id"]),
+                        urls=tuple(str(u) for u in e.get("urls") or ()),
+                        sha256=e.get("sha256"),
+                    )
+                )
+            except (KeyError, TypeError, ValueError, InvalidInput):
+                continue
+        return out
+    snap = rs.snapshot_dir(commit)
+    out = []
+    if not snap.is_dir():
+        return out
+    for dirpath, _dirs, names in os.walk(snap):
+        for name in names:
+            p = Path(dirpath) / name
+            if not p.is_symlink():
+                continue
+            blob_id = Path(os.readlink(p)).name
+            try:
+                size = (rs.blobs / blob_id).stat().st_size
+            except OSError:
+                size = -1
+            rel = p.relative_to(snap).as_posix()
+            out.append(
+                ModelFile(
+                    path=rel,
+                    size=size,
+                    blob_id=blob_id,
+                    urls=(),
+                    sha256=blob_id if len(blob_id) == 64 else None,
+                )
+            )
+    return out
+
+
+def place_local_dir(rs: RepoStore, spec: ModelSpec, local_dir: Path) -> None:
+    """Plain files in ``local_dir`` (hard links to the blobs where possible, else copies)."""
+    base = local_dir.absolute()
+    for f in spec.files:
+        dest = base / safe_relpath(f.path)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.parent.resolve().is_relative_to(base.resolve()):
+            raise PermissionDenied(f"refusing to write through a symbolic link under {base}")
+        tmp = dest.with_name(f".{dest.name}.modelhaul-tmp")
+        tmp.unlink(missing_ok=True)
+        blob = rs.blob_path(f.blob_id)
+        try:
+            os.link(blob, tmp)
+        except OSError:
+            shutil.copyfile(blob, tmp)
+        os.replace(tmp, dest)

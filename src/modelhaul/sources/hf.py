@@ -1,0 +1,269 @@
+"""``hf://ORG/NAME[@REVISION]``: file lists from the Hugging Face Hub API.
+
+Metadata goes through huggingface_hub (its endpoints, pagination and error types); the bytes go
+through modelhaul's engine, with the token sent to the Hub host only (the transport drops it on
+the redirect to the CDN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import huggingface_hub
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import errors as hf_errors
+
+from ..config import RetryPolicy
+from ..errors import (
+    HTTPStatusError,
+    InvalidInput,
+    ModelhaulError,
+    NetworkError,
+    RetriesExhausted,
+    TransferError,
+)
+from ..policy.backoff import parse_retry_after, retry_wait_s
+from ..policy.paths import safe_relpath
+from ..store import check_repo_id, check_revision
+from .model import ModelFile, ModelSpec
+
+T = TypeVar("T")
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+@dataclass(frozen=True, slots=True)
+class HubRef:
+    repo_id: str
+    revision: str | None
+    repo_type: str = "model"
+
+    def __str__(self) -> str:
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        rev = f"@{self.revision}" if self.revision else ""
+        return f"hf://{prefix}{self.repo_id}{rev}"
+
+
+def parse_hf_uri(text: str) -> HubRef:
+    """``hf://[datasets/|spaces/]ORG/NAME[@REV]`` (also without the scheme) -> HubRef."""
+    rest = text[5:] if text.startswith("hf://") else text
+    repo_type = "model"
+    for kind in ("datasets", "spaces", "models"):
+        if rest.startswith(kind + "/"):
+            repo_type = kind[:-1]
+            rest = rest[len(kind) + 1 :]
+            break
+    name, at, rev = rest.partition("@")
+    if at and not rev:
+        raise InvalidInput(f"empty revision in {text!r}")
+    return HubRef(check_repo_id(name.strip("/")), check_revision(rev) if rev else None, repo_type)
+
+
+class HubSource:
+    """Resolves a HubRef to a ModelSpec through the Hub API."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
+        self.token = token
+        self._retry = retry or RetryPolicy(initial_delay_s=0.5, max_delay_s=10)
+        self._api = HfApi(endpoint=self.endpoint, token=token or False)
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.endpoint).netloc
+
+    def auth_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("Authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    async def resolve(self, ref: HubRef) -> ModelSpec:
+        """The commit and file list of ``ref`` (sizes, blob ids, SHA-256 of LFS files)."""
+        info = await self._call(
+            ref,
+            lambda: self._api.repo_info(
+                ref.repo_id, revision=ref.revision, repo_type=ref.repo_type
+            ),
+        )
+        commit = getattr(info, "sha", None)
+        if not isinstance(commit, str) or not _HEX40.match(commit):
+            raise ModelhaulError(
+                f"the Hub gave no commit for {ref}", hint="Check HF_ENDPOINT points at a Hub."
+            )
+        entries = await self._call(
+            ref,
+            lambda: list(
+                self._api.list_repo_tree(
+                    ref.repo_id, recursive=True, revision=commit, repo_type=ref.repo_type
+                )
+            ),
+        )
+        files = tuple(self._file(ref, commit, e) for e in entries if _is_file(e))
+        _check_unique(files, str(ref))
+        revision = (
+            ref.revision
+            if ref.revision and ref.revision != commit
+            else (None if ref.revision else "main")
+        )
+        return ModelSpec(
+            repo_id=ref.repo_id,
+            commit=commit,
+            files=files,
+            revision=revision,
+            repo_type=ref.repo_type,
+            source="hf",
+        )
+
+    def _file(self, ref: HubRef, commit: str, entry: Any) -> ModelFile:
+        where = f"{ref}: file entry"
+        path = safe_relpath(getattr(entry, "path", None), where=where)
+        size = getattr(entry, "size", None)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"{where} {path!r} has a bad size {size!r}")
+        lfs = getattr(entry, "lfs", None)
+        sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
+        if sha256 is not None:
+            if not isinstance(sha256, str) or not _HEX64.match(sha256):
+                raise InvalidInput(f"{where} {path!r} has a bad LFS sha256")
+            blob_id = sha256
+            lfs_size = getattr(lfs, "size", size)
+            if lfs_size != size:
+                raise InvalidInput(f"{where} {path!r}: LFS size {lfs_size} differs from {size}")
+        else:
+            blob_id = getattr(entry, "blob_id", None)
+            if not isinstance(blob_id, str) or not _HEX40.match(blob_id):
+                raise InvalidInput(f"{where} {path!r} has a bad blob id {blob_id!r}")
+        url = hf_hub_url(
+            ref.repo_id, path, repo_type=ref.repo_type, revision=commit, endpoint=self.endpoint
+        )
+        return ModelFile(
+            path=path,
+            size=size,
+            blob_id=blob_id,
+            urls=(url,),
+            sha256=sha256,
+            headers=self.auth_headers(),
+        )
+
+    async def _call(self, ref: HubRef, fn: Callable[[], T]) -> T:
+        """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying."""
+        history: list[ModelhaulError] = []
+        fails = 0
+        while True:
+            try:
+                return await asyncio.to_thread(fn)
+            except Exception as exc:  # huggingface_hub raises a wide family; mapped here
+                err = map_hub_error(exc, ref, self.endpoint)
+                if not err.retryable:
+                    raise err from exc
+                history.append(err)
+                fails += 1
+                if fails > self._retry.retries:
+                    raise RetriesExhausted(err, history) from exc
+                await asyncio.sleep(
+                    retry_wait_s(
+                        fails - 1,
+                        getattr(err, "retry_after_s", None),
+                        max_s=self._retry.max_delay_s,
+                        initial_s=self._retry.initial_delay_s,
+                    )
+                )
+
+
+def _is_file(entry: Any) -> bool:
+    return type(entry).__name__ == "RepoFile" or getattr(entry, "type", None) == "file"
+
+
+def _check_unique(files: tuple[ModelFile, ...], where: str) -> None:
+    seen: set[str] = set()
+    for f in files:
+        if f.path in seen:
+            raise InvalidInput(f"{where}: the file {f.path!r} is listed twice")
+        seen.add(f.path)
+
+
+def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulError:
+    """huggingface_hub's errors as modelhaul errors, with the hint a user needs."""
+    page = f"{endpoint}/{'' if ref.repo_type == 'model' else ref.repo_type + 's/'}{ref.repo_id}"
+    if isinstance(exc, ModelhaulError):
+        return exc
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return HTTPStatusError(
+            403,
+            page,
+            message=f"{ref.repo_id} is a gated repository: access must be granted first",
+            hint=f"Accept the licence on {page} while logged in, then set HF_TOKEN to a token of "
+            "that account (https://huggingface.co/settings/tokens).",
+            error_code="GatedRepo",
+        )
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return HTTPStatusError(
+            404,
+            page,
+            message=f"revision {ref.revision!r} not found in {ref.repo_id}",
+            hint=f"Check the branch, tag or commit; see {page}/tree/main for what exists.",
+            error_code="RevisionNotFound",
+        )
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return HTTPStatusError(
+            404,
+            page,
+            message=f"repository {ref.repo_id} not found",
+            hint="Check the name (ORG/NAME as on the Hub). For a private repository, log in: "
+            "set HF_TOKEN to a token with read access.",
+            error_code="RepoNotFound",
+        )
+    if isinstance(exc, hf_errors.EntryNotFoundError):
+        return HTTPStatusError(
+            404, page, message=f"file not found in {ref}", error_code="EntryNotFound"
+        )
+    if isinstance(exc, hf_errors.HfHubHTTPError):
+        resp = getattr(exc, "response", None)
+        status = getattr(resp, "status_code", 0) or 0
+        headers = getattr(resp, "headers", {}) or {}
+        retry_after = parse_retry_after(headers.get("Retry-After")) if headers else None
+        if status == 401:
+            return HTTPStatusError(
+                401,
+                page,
+                message=f"the Hub refused the token for {ref.repo_id}",
+                hint="The token in HF_TOKEN (or the huggingface_hub token file) is invalid or "
+                "expired; create a new one at https://huggingface.co/settings/tokens.",
+            )
+        if status:
+            return HTTPStatusError(
+                status,
+                page,
+                retry_after_s=retry_after,
+                message=f"HTTP {status} from the Hub: {exc}",
+            )
+    if isinstance(exc, OSError | TransferError) or _is_transport_error(exc):
+        return NetworkError(
+            f"cannot reach the Hub at {endpoint}: {exc}",
+            hint="Check the network, HF_ENDPOINT and proxy settings (HTTPS_PROXY); with the model "
+            "already in the cache, HF_HUB_OFFLINE=1 uses it without the network.",
+        )
+    return ModelhaulError(f"unexpected error from the Hub: {type(exc).__name__}: {exc}")
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    # huggingface_hub 2.x rides on httpx2; its transport errors share a base class name.
+    return any(c.__name__ in ("TransportError", "HTTPError") for c in type(exc).__mro__)
+
+
+def default_token() -> str | None:
+    """HF_TOKEN, else the token file huggingface_hub uses (HF_TOKEN_PATH or HF_HOME/token)."""
+    try:
+        return huggingface_hub.get_token()
+    except Exception:  # a broken token file is the same as none here
+        return None

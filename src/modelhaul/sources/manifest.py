@@ -1,0 +1,172 @@
+"""Manifests: a model as a list of URLs with sizes and SHA-256, in TOML, JSON or YAML.
+
+    name = "org/model"                 # required; stored as models--org--model
+    revision = "v1"                    # optional
+    [[files]]
+    path = "model.safetensors"         # required, relative, inside the model folder
+    size = 123456789                   # required, bytes
+    sha256 = "9f86d0..."               # required
+    url = "https://a.example/model.safetensors"          # required
+    mirrors = ["https://b.example/model.safetensors"]    # optional
+
+The commit of a manifest model is derived from its content, so the same manifest always lands
+in the same snapshot and a changed one in a new snapshot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import InvalidInput
+from ..policy.paths import safe_relpath
+from ..store import check_repo_id, check_revision
+from ..transport import check_url
+from .model import ModelFile, ModelSpec
+
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_FILE_SIZE = 2**53
+
+
+def parse_manifest_text(text: str, *, fmt: str, source: str = "manifest") -> ModelSpec:
+    """Parse and validate; every problem is an InvalidInput naming the field and entry."""
+    try:
+        if fmt == "toml":
+            data: Any = tomllib.loads(text)
+        elif fmt == "json":
+            data = json.loads(text)
+        elif fmt == "yaml":
+            data = yaml.safe_load(text)
+        else:
+            raise InvalidInput(f"{source}: unknown manifest format {fmt!r}")
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidInput(f"{source}: not valid {fmt.upper()}: {first}") from None
+    return manifest_from_data(data, source=source)
+
+
+def manifest_from_data(data: Any, *, source: str = "manifest") -> ModelSpec:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{source}: the manifest must be a table/object at the top level")
+    name = _field(data, "name", str, source)
+    try:
+        check_repo_id(name)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{source}: name: {exc.message}", hint=exc.hint) from None
+    revision = data.get("revision")
+    if revision is not None:
+        if not isinstance(revision, str):
+            raise InvalidInput(f"{source}: revision must be a string")
+        try:
+            check_revision(revision)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{source}: revision: {exc.message}") from None
+    entries = data.get("files")
+    if entries is None:
+        raise InvalidInput(f"{source}: the required field 'files' is missing")
+    if not isinstance(entries, list) or not entries:
+        raise InvalidInput(f"{source}: 'files' must be a list with at least one entry")
+    files = tuple(_file(e, i, source) for i, e in enumerate(entries))
+    seen: set[str] = set()
+    for f in files:
+        if f.path in seen:
+            raise InvalidInput(f"{source}: the path {f.path!r} is listed twice")
+        seen.add(f.path)
+    canonical = json.dumps(
+        {"name": name, "files": [f.to_json() for f in sorted(files, key=lambda f: f.path)]},
+        sort_keys=True,
+    )
+    commit = hashlib.sha1(canonical.encode(), usedforsecurity=False).hexdigest()
+    return ModelSpec(
+        repo_id=name,
+        commit=commit,
+        files=files,
+        revision=revision or "main",
+        source="manifest",
+    )
+
+
+def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in data:
+        raise InvalidInput(f"{where}: the required field {key!r} is missing")
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidInput(
+            f"{where}: {key!r} must be {'a string' if kind is str else 'an integer'}, "
+            f"got {type(value).__name__}"
+        )
+    return value
+
+
+def _file(entry: Any, index: int, source: str) -> ModelFile:
+    where = f"{source}: files[{index}]"
+    if not isinstance(entry, dict):
+        raise InvalidInput(f"{where}: each file entry must be a table/object")
+    path = _field(entry, "path", str, where)
+    where = f"{where} ({path!r})" if isinstance(path, str) else where
+    path = safe_relpath(path, where=f"{where}: path")
+    size = _field(entry, "size", int, where)
+    if not 0 <= size <= MAX_FILE_SIZE:
+        raise InvalidInput(f"{where}: size {size} is out of range")
+    sha256 = _field(entry, "sha256", str, where)
+    if not _HEX64.match(sha256):
+        raise InvalidInput(f"{where}: sha256 must be 64 hexadecimal digits")
+    url = _field(entry, "url", str, where)
+    urls = [url]
+    mirrors = entry.get("mirrors", [])
+    if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
+        raise InvalidInput(f"{where}: mirrors must be a list of URLs")
+    urls.extend(mirrors)
+    for u in urls:
+        try:
+            check_url(u)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{where}: url: {exc.message}") from None
+    return ModelFile(
+        path=path, size=size, blob_id=sha256.lower(), urls=tuple(urls), sha256=sha256.lower()
+    )
+
+
+def format_of(name: str) -> str | None:
+    lower = name.lower().split("?", 1)[0]
+    if lower.endswith(".toml"):
+        return "toml"
+    if lower.endswith(".json"):
+        return "json"
+    if lower.endswith((".yaml", ".yml")):
+        return "yaml"
+    return None
+
+
+def sniff_format(text: str) -> str:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")) and not stripped.startswith("[["):
+        return "json"
+    if re.search(r"^\s*\[\[files\]\]", text, re.MULTILINE) or re.search(
+        r"^\s*name\s*=", text, re.MULTILINE
+    ):
+        return "toml"
+    return "yaml"
+
+
+def load_manifest_file(path: Path) -> ModelSpec:
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise InvalidInput(f"{path}: the manifest is larger than 16 MiB")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"cannot read manifest {path}: {exc}") from None
+    return parse_manifest_text(
+        text, fmt=format_of(path.name) or sniff_format(text), source=str(path)
+    )
+
+
+def is_manifest_source(text: str) -> bool:
+    return format_of(text) is not None or Path(text).is_file()
