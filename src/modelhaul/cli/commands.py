@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import get
+from . import get, models
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get.register(sub)
+    models.register(sub)
