@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +56,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("modelhaul: interrupted; partial data was kept, run again to resume", file=sys.stderr)
         code = EXIT_INTERRUPTED
+    except Exception as exc:  # a bug of ours: still one line, never a traceback
+        if os.environ.get("MODELHAUL_DEBUG"):
+            raise
+        print(f"modelhaul: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            "  hint: this is a bug in modelhaul; run again with MODELHAUL_DEBUG=1 for the "
+            "traceback and report it.",
+            file=sys.stderr,
+        )
+        code = EXIT_FAILED
     sys.stdout.flush()
     return code
 

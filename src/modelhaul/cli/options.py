@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from pathlib import Path
 
@@ -85,8 +86,9 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
         )
     if args.retries < 0:
         raise InvalidInput(f"--retries must be >= 0, got {args.retries}")
-    if not args.timeout > 0:
-        raise InvalidInput(f"--timeout must be > 0, got {args.timeout}")
+    if not (args.timeout > 0 and math.isfinite(args.timeout)):
+        # inf and nan parse as floats but no socket timeout can hold them.
+        raise InvalidInput(f"--timeout must be a positive number of seconds, got {args.timeout}")
     return DownloadConfig(
         retry=RetryPolicy(retries=args.retries),
         timeouts=Timeouts(stall_s=args.timeout, connect_s=max(args.timeout, 10.0)),
