@@ -132,6 +132,28 @@ def plan_paths(
     )
 
 
+def lock_file_for(lock_dir: Path, part: Path) -> Path:
+    """The cross-process lock a download of ``part`` holds (one per partial file)."""
+    digest = hashlib.sha256(str(part).encode()).hexdigest()[:32]
+    return lock_dir / f"{digest}.lock"
+
+
+def is_downloading(lock_dir: Path, part: Path) -> bool:
+    """True while some process holds the download lock of ``part``."""
+    path = lock_file_for(lock_dir, part)
+    if not path.exists():
+        return False
+    lock = FileLock(str(path), thread_local=False)
+    try:
+        lock.acquire(timeout=0)
+    except LockTimeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
+    return False
+
+
 def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | None = None) -> None:
     """Remove the partial data and journal of a target (what cancel means)."""
     default_part, default_journal = part_paths(dest)
@@ -306,8 +328,7 @@ class Downloader:
     # ------------------------------------------------------------------ locking
 
     def _lock_path(self, dest: Path) -> Path:
-        digest = hashlib.sha256(str(dest).encode()).hexdigest()[:32]
-        return self._lock_dir / f"{digest}.lock"
+        return lock_file_for(self._lock_dir, dest)
 
     def _target_lock(self, dest: Path, on_notice: NoticeCallback | None) -> _AsyncFileLock:
         path = self._lock_path(dest)
