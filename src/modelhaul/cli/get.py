@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import ManagerConfig
 from ..engine import check_sha256
 from ..errors import Cancelled, InvalidInput, ModelhaulError
-from ..events import TaskEvent
+from ..events import State, TaskEvent
 from ..manager import DownloadHandle, DownloadManager
+from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list
 from ..transport import check_url
 from .options import add_transfer_options, download_config, state_dir
-from .render import Renderer, make_renderer, print_error
+from .render import JsonRenderer, Renderer, make_renderer, print_error
+
+# Connections one host may get when several files share it (each file still gets its -x).
+_SHARED_HOST_CONNECTIONS = 16
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -26,7 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Download one or more URLs. Re-running the same command resumes.",
     )
     p.add_argument("urls", nargs="*", metavar="URL")
-    p.add_argument("-o", "--output", metavar="PATH", help="output file (one URL only)")
+    p.add_argument(
+        "-o", "--output", metavar="PATH", help="output file (one URL only; relative to -d)"
+    )
     p.add_argument("-d", "--dir", default=".", metavar="DIR", help="output directory (default: .)")
     p.add_argument("--sha256", metavar="HEX", help="expected SHA-256 (one URL only)")
     p.add_argument(
@@ -35,6 +41,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="files in flight (default 4)")
     add_transfer_options(p)
     p.set_defaults(run=run)
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One requested file: where it goes, its handle once queued, and how it ended."""
+
+    entry: UrlEntry
+    dest: Path | None  # None: named by the response, in the output directory
+    label: str
+    handle: DownloadHandle | None = None
+    record: dict[str, Any] | None = None
+    error: ModelhaulError | None = None
 
 
 def collect_entries(args: argparse.Namespace) -> list[UrlEntry]:
@@ -47,64 +65,50 @@ def collect_entries(args: argparse.Namespace) -> list[UrlEntry]:
         listed = parse_input_list(text, source=args.input_file)
         if not listed:
             raise InvalidInput(f"input file {args.input_file} lists no URL")
-        entries.extend(listed)
+        entries.extend(_check_out(e, args.input_file) for e in listed)
     if not entries:
         raise InvalidInput("no URL given", hint="Usage: modelhaul get URL [URL ...] or -i FILE.")
-    if args.output and len(entries) > 1:
+    if args.output is not None and len(entries) > 1:
         raise InvalidInput("-o takes one URL; use -d DIR for several")
     if args.sha256:
         if len(entries) > 1:
             raise InvalidInput("--sha256 takes one URL; put sha256= lines in an input file")
-        entries[0] = UrlEntry(
-            url=entries[0].url, out=entries[0].out, sha256=check_sha256(args.sha256)
-        )
+        entries[0] = replace(entries[0], sha256=check_sha256(args.sha256))
     if args.jobs is not None and not 1 <= args.jobs <= 256:
         raise InvalidInput(f"-j must be between 1 and 256, got {args.jobs}")
     return entries
 
 
-async def run(args: argparse.Namespace) -> int:
-    entries = collect_entries(args)
-    config = download_config(args)
-    renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
-    directory = Path(args.dir)
-    single = len(entries) == 1
-    if args.jobs:
-        mconf = ManagerConfig(max_active_files=args.jobs, max_small_files=args.jobs, adaptive=False)
-    else:
-        mconf = ManagerConfig()
-    if single:
-        # One file may use every connection the automatic mode wants.
-        mconf = replace(mconf, max_connections_per_host=max(16, config.segments.max_connections))
-    labels: dict[str, str] = {}
-    handles: list[tuple[UrlEntry, DownloadHandle]] = []
-
-    def on_event(ev: TaskEvent) -> None:
-        if ev.kind == "progress" and ev.progress is not None:
-            renderer.progress(labels.get(ev.task_id, ev.task_id), ev.progress)
-
-    renderer.start()
+def _check_out(entry: UrlEntry, source: str) -> UrlEntry:
+    """An ``out=`` name must stay inside the output directory, as aria2 means it."""
+    if entry.out is None:
+        return entry
     try:
-        async with DownloadManager(mconf, download_config=config, state_dir=state_dir()) as mgr:
-            mgr.subscribe(on_event)
-            for entry in entries:
-                dest = (
-                    Path(args.output)
-                    if args.output
-                    else (directory / entry.out if entry.out else None)
-                )
-                h = mgr.add(entry.url, dest, directory=directory, sha256=entry.sha256)
-                labels[h.id] = _label(entry, dest)
-                handles.append((entry, h))
-            try:
-                records = [await _wait(entry, h, renderer, labels) for entry, h in handles]
-            except asyncio.CancelledError:
-                renderer.stop()
-                renderer.result(_cancelled_record(args))
-                raise
-    finally:
-        renderer.stop()
-    return _finish(records, renderer, single=single)
+        return replace(entry, out=safe_relpath(entry.out, where=f"{source}: out="))
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"{source}: out={entry.out!r} is not a relative path inside the output directory",
+            hint="Use a plain name or a relative path without '..' (the directory comes from -d).",
+        ) from exc
+
+
+def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
+    directory = Path(args.dir)
+    jobs = []
+    for entry in entries:
+        if args.output is not None:
+            dest: Path | None = directory / args.output
+        elif entry.out:
+            dest = directory / entry.out
+        else:
+            dest = None
+        if dest is not None and dest.is_dir():
+            raise InvalidInput(
+                f"the output path {dest} is a directory",
+                hint="Give a file name with -o, or use -d DIR to download into a directory.",
+            )
+        jobs.append(_Job(entry, dest, _label(entry, dest)))
+    return jobs
 
 
 def _label(entry: UrlEntry, dest: Path | None) -> str:
@@ -113,69 +117,132 @@ def _label(entry: UrlEntry, dest: Path | None) -> str:
     return entry.url.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or entry.url
 
 
-async def _wait(
-    entry: UrlEntry, handle: DownloadHandle, renderer: Renderer, labels: dict[str, str]
-) -> dict[str, Any]:
-    key = labels[handle.id]
+def manager_config(args: argparse.Namespace, connections: int, *, single: bool) -> ManagerConfig:
+    if args.jobs:
+        mconf = ManagerConfig(max_active_files=args.jobs, max_small_files=args.jobs, adaptive=False)
+    else:
+        mconf = ManagerConfig()
+    # One file may use every connection automatic mode wants; an explicit -x is per file.
+    per_host = max(_SHARED_HOST_CONNECTIONS, connections if single or args.connections else 0)
+    return replace(
+        mconf,
+        max_connections_per_host=per_host,
+        max_connections=max(mconf.max_connections, per_host),
+    )
+
+
+async def run(args: argparse.Namespace) -> int:
     try:
-        result = await handle.wait()
+        entries = collect_entries(args)
+        config = download_config(args)
+        jobs = plan_jobs(args, entries)
     except ModelhaulError as exc:
-        record = _failed_record(entry, exc)
-        renderer.file_done(key, record)
-        return record
-    record = result.to_dict()
-    renderer.file_done(key, record)
-    return record
+        if args.json:  # --json promises a result line last, even for a wrong command line
+            JsonRenderer().result(_failed_record(None, exc))
+        raise
+    conns = config.segments.connections or config.segments.max_connections
+    mconf = manager_config(args, conns, single=len(jobs) == 1)
+    by_id: dict[str, list[_Job]] = {}
+    paths: dict[str, str] = {}
+    renderer: Renderer = Renderer()
+
+    def on_event(ev: TaskEvent) -> None:
+        for job in by_id.get(ev.task_id, [])[:1]:
+            if ev.kind == "progress" and ev.progress is not None:
+                paths[ev.task_id] = ev.progress.path
+                renderer.progress(job.label, ev.progress)
+            elif ev.kind == "state" and ev.state in (State.COMPLETED, State.FAILED):
+                # Reported as each file ends, not in list order.
+                record = ev.result or _failed_dict(job.entry.url, ev.error or {})
+                renderer.file_done(job.label, record)
+
+    try:
+        async with DownloadManager(mconf, download_config=config, state_dir=state_dir()) as mgr:
+            mgr.subscribe(on_event)
+            try:
+                for job in jobs:
+                    job.handle = mgr.add(
+                        job.entry.url, job.dest, directory=Path(args.dir), sha256=job.entry.sha256
+                    )
+                    by_id.setdefault(job.handle.id, []).append(job)
+                # Nothing has run yet (no await since the first add): no event is missed.
+                renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
+                renderer.start()
+                for job in jobs:
+                    await _wait(job)
+            except asyncio.CancelledError:
+                renderer.stop()
+                renderer.result(_cancelled_record(jobs, paths))
+                raise
+    finally:
+        renderer.stop()
+    return _finish(jobs, renderer)
 
 
-def _failed_record(entry: UrlEntry, exc: ModelhaulError) -> dict[str, Any]:
+async def _wait(job: _Job) -> None:
+    assert job.handle is not None
+    try:
+        result = await job.handle.wait()
+    except ModelhaulError as exc:
+        job.error = exc
+        job.record = _failed_record(job.entry.url, exc)
+    else:
+        job.record = result.to_dict()
+
+
+def _failed_dict(url: str | None, error: dict[str, str]) -> dict[str, Any]:
     return {
         "event": "result",
-        "status": "cancelled" if isinstance(exc, Cancelled) else "failed",
-        "url": entry.url,
+        "status": "cancelled" if error.get("category") == "cancelled" else "failed",
+        "url": url,
         "path": None,
         "size": None,
         "sha256": None,
-        "error": exc.to_dict(),
-        "_exc": exc,
+        "error": error,
     }
 
 
-def _cancelled_record(args: argparse.Namespace) -> dict[str, Any]:
-    err = Cancelled("interrupted; partial data was kept")
-    return {
-        "event": "result",
-        "status": "cancelled",
-        "path": args.output,
-        "size": None,
-        "sha256": None,
-        "error": err.to_dict(),
-    }
+def _failed_record(url: str | None, exc: ModelhaulError) -> dict[str, Any]:
+    return _failed_dict(url, exc.to_dict())
 
 
-def _finish(records: list[dict[str, Any]], renderer: Renderer, *, single: bool) -> int:
-    failures = [r for r in records if r["status"] != "completed"]
-    for r in failures:
-        exc = r.pop("_exc", None)
-        if isinstance(exc, ModelhaulError):
-            print_error(exc)
-    clean = [{k: v for k, v in r.items() if k != "_exc"} for r in records]
-    if single:
-        renderer.result(clean[0])
+def _cancelled_record(jobs: list[_Job], paths: dict[str, str]) -> dict[str, Any]:
+    record = _failed_record(None, Cancelled("interrupted; partial data was kept"))
+    if len(jobs) == 1:
+        job = jobs[0]
+        record["url"] = job.entry.url
+        known = paths.get(job.handle.id) if job.handle is not None else None
+        record["path"] = known or (str(job.dest.absolute()) if job.dest is not None else None)
     else:
-        status = "completed" if not failures else "failed"
-        first_error = failures[0]["error"] if failures else None
+        record["files"] = [j.record for j in jobs if j.record is not None]
+    return record
+
+
+def _finish(jobs: list[_Job], renderer: Renderer) -> int:
+    failures = [j for j in jobs if j.error is not None]
+    for job in failures:
+        assert job.error is not None
+        print_error(job.error, what=job.label if len(jobs) > 1 else None)
+    records = [j.record for j in jobs if j.record is not None]
+    if len(jobs) == 1:
+        renderer.result(records[0])
+    else:
         renderer.result(
             {
                 "event": "result",
-                "status": status,
+                "status": "completed" if not failures else "failed",
                 "path": None,
-                "size": sum(r["size"] or 0 for r in clean),
+                "size": sum(r["size"] or 0 for r in records),
                 "sha256": None,
-                "error": first_error,
-                "files": clean,
+                "error": failures[0].record["error"] if failures and failures[0].record else None,
+                "files": records,
             }
         )
     if not failures:
         return 0
-    return 2 if all(r["error"]["category"] == "invalid_input" for r in failures) else 1
+    categories = {j.error.category for j in failures if j.error is not None}
+    if categories == {"invalid_input"}:
+        return 2
+    if categories == {"cancelled"}:
+        return 130
+    return 1

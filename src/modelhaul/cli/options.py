@@ -89,13 +89,15 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         # inf and nan parse as floats but no socket timeout can hold them.
         raise InvalidInput(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    # An explicit -x is what the user asked for; the automatic ceiling must not cut it down.
+    max_connections = max(args.max_connections, args.connections or 1)
     return DownloadConfig(
         retry=RetryPolicy(retries=args.retries),
         timeouts=Timeouts(stall_s=args.timeout, connect_s=max(args.timeout, 10.0)),
         segments=SegmentPolicy(
             connections=args.connections,
-            max_connections=args.max_connections,
-            initial_connections=min(8, args.max_connections),
+            max_connections=max_connections,
+            initial_connections=min(8, max_connections),
         ),
         rate=RateLimit(rate_bytes_per_s=parse_rate(args.limit_rate)),
         headers=parse_headers(args.header),
