@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import get, models
+from . import get, models, store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get.register(sub)
     models.register(sub)
+    store.register(sub)

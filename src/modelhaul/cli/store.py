@@ -1,0 +1,204 @@
+"""``modelhaul ls | rm | pin | unpin | gc``: managing the local model store."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import InvalidInput, human_bytes
+from ..inventory import Inventory, StoredModel, default_db_path, parse_model_ref
+from ..policy.units import parse_size
+from ..statedb import StateDB
+from ..store import hf_cache_root
+from .options import state_dir
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("ls", help="list the models in the store")
+    p.add_argument("--json", action="store_true", help="one JSON array, one object per model")
+    p.set_defaults(run=run_ls)
+
+    p = sub.add_parser("rm", help="remove a model or one revision and its unreferenced blobs")
+    p.add_argument("model", metavar="MODEL[@REVISION]")
+    p.add_argument("--force", action="store_true", help="remove even while it is downloading")
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_rm)
+
+    for name, pinned in (("pin", True), ("unpin", False)):
+        p = sub.add_parser(
+            name, help=f"{name} a model ({'never' if pinned else 'again'} evicted by gc)"
+        )
+        p.add_argument("model", metavar="MODEL")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(run=run_pin, pinned=pinned)
+
+    p = sub.add_parser("gc", help="evict least recently used unpinned models to fit a size")
+    p.add_argument("--max-size", metavar="SIZE", help="the store's size cap, e.g. 50G")
+    p.add_argument("--dry-run", action="store_true", help="say what would be removed")
+    p.add_argument(
+        "--partial-age",
+        default="7d",
+        metavar="AGE",
+        help="remove partial downloads untouched for this long (e.g. 12h, 7d; default 7d)",
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_gc)
+
+
+def open_inventory() -> Inventory:
+    root = hf_cache_root(os.environ)
+    db = StateDB(default_db_path(root, os.environ.get("MODELHAUL_DB")))
+    return Inventory(root, db, lock_dir=state_dir() / "locks")
+
+
+def parse_age(text: str) -> float:
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise InvalidInput(f"bad age {text!r}", hint="Use a number with s, m, h, d or w, e.g. 12h.")
+    mult = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return float(m.group(1)) * mult
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    delta = datetime.now(UTC).timestamp() - ts
+    for unit, secs in (("d", 86400), ("h", 3600), ("m", 60)):
+        if delta >= secs:
+            return f"{int(delta // secs)}{unit} ago"
+    return "just now"
+
+
+async def run_ls(args: argparse.Namespace) -> int:
+    inv = open_inventory()
+    models = inv.scan()
+    if args.json:
+        print(json.dumps([m.to_dict() for m in models]))
+        return 0
+    used, free = inv.total_size(models), inv.disk_free()
+    table = Table(box=None, header_style="bold")
+    for col in ("NAME", "REVISIONS", "FILES", "SIZE", "STATUS", "PINNED", "LAST USED"):
+        table.add_column(col, justify="right" if col in ("FILES", "SIZE") else "left")
+    for m in models:
+        table.add_row(
+            m.name if m.repo_type == "model" else f"{m.repo_type}s/{m.name}",
+            ", ".join(m.revisions) or "-",
+            str(m.files),
+            human_bytes(m.size),
+            _status_text(m),
+            "yes" if m.pinned else "",
+            _ago(m.last_used),
+        )
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    if models:
+        console.print(table)
+    else:
+        console.print(f"No models in {inv.root}.")
+    console.print(
+        f"{len(models)} models, {human_bytes(used)} used, {human_bytes(free)} free in {inv.root}"
+    )
+    return 0
+
+
+def _status_text(m: StoredModel) -> str:
+    if m.partial_bytes and m.status in ("partial", "downloading"):
+        return f"{m.status} (+{human_bytes(m.partial_bytes)})"
+    return m.status
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return True
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("y", "yes")
+
+
+async def run_rm(args: argparse.Namespace) -> int:
+    repo_type, repo_id, revision = parse_model_ref(args.model)
+    inv = open_inventory()
+    model = inv.find(repo_id, repo_type)
+    what = f"{repo_id}@{revision}" if revision else f"{repo_id} ({human_bytes(model.size)})"
+    if not args.yes and not _confirm(f"Remove {what}?"):
+        print("modelhaul: nothing removed", file=sys.stderr)
+        return 1
+    freed = inv.remove(repo_id, revision, repo_type=repo_type, force=args.force)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "event": "result",
+                    "status": "completed",
+                    "name": repo_id,
+                    "revision": revision,
+                    "freed": freed,
+                    "error": None,
+                }
+            )
+        )
+    else:
+        print(f"removed {what}, freed {human_bytes(freed)}")
+    return 0
+
+
+async def run_pin(args: argparse.Namespace) -> int:
+    repo_type, repo_id, _rev = parse_model_ref(args.model)
+    inv = open_inventory()
+    inv.set_pinned(repo_id, args.pinned, repo_type)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "event": "result",
+                    "status": "completed",
+                    "name": repo_id,
+                    "pinned": args.pinned,
+                    "error": None,
+                }
+            )
+        )
+    else:
+        print(f"{'pinned' if args.pinned else 'unpinned'} {repo_id}")
+    return 0
+
+
+async def run_gc(args: argparse.Namespace) -> int:
+    max_size = parse_size(args.max_size, what="--max-size") if args.max_size is not None else None
+    inv = open_inventory()
+    result = inv.gc(max_size, dry_run=args.dry_run, partial_age_s=parse_age(args.partial_age))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for m in result.evicted:
+        print(f"{verb} {m.name} ({human_bytes(m.size)}, last used {_ago(m.last_used)})")
+    for p in result.partials:
+        print(
+            f"{verb} partial {p.path} ({human_bytes(p.size)}, untouched for {p.age_s / 3600:.0f}h)"
+        )
+    print(
+        f"{'would free' if args.dry_run else 'freed'} {human_bytes(result.freed)}; "
+        f"store {human_bytes(result.size_before)} -> {human_bytes(result.size_after)}"
+    )
+    if result.unmet and max_size is not None:
+        print(
+            f"modelhaul: the store still exceeds {human_bytes(max_size)}: the rest is pinned or "
+            "downloading (modelhaul unpin MODEL to allow eviction)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def db_path_for(root: Path) -> Path:
+    return default_db_path(root, os.environ.get("MODELHAUL_DB"))

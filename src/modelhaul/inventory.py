@@ -1,0 +1,407 @@
+"""What is in the store and what to do about it: list, remove, pin, and evict to a size.
+
+The cache folders are scanned with huggingface_hub's ``scan_cache_dir`` (so models fetched by
+other tools are listed too); modelhaul's StateDB adds pins, last-used times and known
+corruption. Sizes count each blob once per model, as on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from huggingface_hub import scan_cache_dir
+from huggingface_hub.errors import CacheNotFound
+
+from .engine import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from .errors import InvalidInput, ModelhaulError, human_bytes
+from .statedb import StateDB
+from .store import RepoStore, check_repo_id, parse_repo_folder
+
+
+class NotInStore(ModelhaulError):
+    category = "not_found"
+    default_hint = "Run 'modelhaul ls' to see what the store holds."
+
+
+class Busy(ModelhaulError):
+    category = "client_error"
+    default_hint = "Wait for the download to finish, or pass --force."
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    name: str
+    repo_type: str
+    revisions: tuple[str, ...]  # ref names (main, v1.0); commits that no ref names
+    commits: tuple[str, ...]
+    files: int
+    size: int
+    status: str  # ready | partial | downloading | corrupt
+    pinned: bool
+    last_used: float | None
+    path: Path
+    partial_bytes: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "repo_type": self.repo_type,
+            "revisions": list(self.revisions),
+            "commits": list(self.commits),
+            "files": self.files,
+            "size": self.size,
+            "status": self.status,
+            "pinned": self.pinned,
+            "last_used": _iso(self.last_used),
+            "last_used_ts": self.last_used,
+            "path": str(self.path),
+            "partial_bytes": self.partial_bytes,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    path: Path
+    size: int
+    age_s: float
+    model: str | None
+
+
+@dataclass(slots=True)
+class GcResult:
+    evicted: list[StoredModel] = field(default_factory=list)
+    partials: list[Partial] = field(default_factory=list)
+    freed: int = 0
+    size_before: int = 0
+    size_after: int = 0
+    dry_run: bool = False
+    unmet: bool = False  # pinned or busy models alone exceed the cap
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "event": "result",
+            "status": "completed",
+            "dry_run": self.dry_run,
+            "evicted": [{"name": m.name, "size": m.size} for m in self.evicted],
+            "partials_removed": [{"path": str(p.path), "size": p.size} for p in self.partials],
+            "freed": self.freed,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "fits": not self.unmet,
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_model_ref(text: str) -> tuple[str, str, str | None]:
+    """``ORG/NAME[@REV]``, ``hf://[datasets/]ORG/NAME[@REV]`` -> (repo_type, repo_id, revision)."""
+    rest = text[5:] if text.startswith("hf://") else text
+    repo_type = "model"
+    for kind in ("datasets", "spaces", "models"):
+        if rest.startswith(kind + "/"):
+            repo_type, rest = kind[:-1], rest[len(kind) + 1 :]
+            break
+    name, at, rev = rest.partition("@")
+    if at and not rev:
+        raise InvalidInput(f"empty revision in {text!r}")
+    return repo_type, check_repo_id(name.strip("/")), rev or None
+
+
+class Inventory:
+    """The store seen as a list of models, with the actions that change it."""
+
+    def __init__(self, root: Path, db: StateDB, *, lock_dir: Path | None = None) -> None:
+        self.root = root
+        self.db = db
+        self.lock_dir = lock_dir
+
+    # ------------------------------------------------------------------ listing
+
+    def scan(self) -> list[StoredModel]:
+        try:
+            info = scan_cache_dir(self.root)
+        except CacheNotFound:
+            return []
+        facts = self.db.facts()
+        models = []
+        for repo in info.repos:
+            f = facts.get((repo.repo_type, repo.repo_id))
+            refs: set[str] = set()
+            for rev in repo.revisions:
+                refs.update(rev.refs)
+            named = {c for rev in repo.revisions for c in [rev.commit_hash] if rev.refs}
+            unnamed = sorted(
+                r.commit_hash[:12] for r in repo.revisions if r.commit_hash not in named
+            )
+            status, partial_bytes = self._status(
+                repo.repo_path, repo.revisions, bool(f and f.corrupt)
+            )
+            last_used = f.last_used if f and f.last_used is not None else repo.last_accessed
+            models.append(
+                StoredModel(
+                    name=repo.repo_id,
+                    repo_type=repo.repo_type,
+                    revisions=tuple(sorted(refs)) + tuple(unnamed),
+                    commits=tuple(sorted(r.commit_hash for r in repo.revisions)),
+                    files=max((len(r.files) for r in repo.revisions), default=0),
+                    size=repo.size_on_disk,
+                    status=status,
+                    pinned=bool(f and f.pinned),
+                    last_used=last_used,
+                    path=repo.repo_path,
+                    partial_bytes=partial_bytes,
+                )
+            )
+        models.extend(self._unscanned({(m.repo_type, m.name) for m in models}, facts))
+        return sorted(models, key=lambda m: (m.repo_type != "model", m.name.lower()))
+
+    def _unscanned(self, seen: set[tuple[str, str]], facts: dict) -> list[StoredModel]:
+        """Repo folders huggingface_hub skipped (no snapshot yet: a first pull in progress)."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in self.root.iterdir():
+            parsed = parse_repo_folder(d.name)
+            if parsed is None or parsed in seen or not d.is_dir():
+                continue
+            repo_type, repo_id = parsed
+            status, partial_bytes = self._status(d, (), False)
+            f = facts.get(parsed)
+            out.append(
+                StoredModel(
+                    name=repo_id,
+                    repo_type=repo_type,
+                    revisions=(),
+                    commits=(),
+                    files=0,
+                    size=_blobs_size(d),
+                    status=status if partial_bytes else "partial",
+                    pinned=bool(f and f.pinned),
+                    last_used=f.last_used if f else None,
+                    path=d,
+                    partial_bytes=partial_bytes,
+                )
+            )
+        return out
+
+    def _status(
+        self, repo_path: Path, revisions: Iterable[object], corrupt: bool
+    ) -> tuple[str, int]:
+        partial_bytes = 0
+        downloading = False
+        for part in self._parts(repo_path):
+            try:
+                partial_bytes += part.stat().st_blocks * 512
+            except OSError:
+                continue
+            if self.lock_dir is not None and is_downloading(self.lock_dir, part):
+                downloading = True
+        if downloading:
+            return "downloading", partial_bytes
+        if corrupt:
+            return "corrupt", partial_bytes
+        for rev in revisions:
+            for f in getattr(rev, "files", ()):
+                if not Path(f.blob_path).exists():
+                    return "partial", partial_bytes
+        if partial_bytes:
+            return "partial", partial_bytes
+        return "ready", partial_bytes
+
+    @staticmethod
+    def _parts(repo_path: Path) -> list[Path]:
+        blobs = repo_path / "blobs"
+        if not blobs.is_dir():
+            return []
+        return [p for p in blobs.iterdir() if p.name.endswith((PART_SUFFIX, ".incomplete"))]
+
+    def find(self, repo_id: str, repo_type: str = "model") -> StoredModel:
+        for m in self.scan():
+            if m.name == repo_id and m.repo_type == repo_type:
+                return m
+        raise NotInStore(f"{repo_id} is not in the store at {self.root}")
+
+    def total_size(self, models: list[StoredModel] | None = None) -> int:
+        return sum(m.size for m in (models if models is not None else self.scan()))
+
+    def disk_free(self) -> int:
+        probe = self.root if self.root.exists() else self.root.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return shutil.disk_usage(probe).free
+
+    # ------------------------------------------------------------------ changing
+
+    def touch(self, repo_id: str, repo_type: str = "model") -> None:
+        self.db.touch(repo_type, repo_id)
+
+    def set_pinned(self, repo_id: str, pinned: bool, repo_type: str = "model") -> StoredModel:
+        model = self.find(repo_id, repo_type)
+        self.db.set_pinned(repo_type, repo_id, pinned)
+        return model
+
+    def remove(
+        self,
+        repo_id: str,
+        revision: str | None = None,
+        *,
+        repo_type: str = "model",
+        force: bool = False,
+    ) -> int:
+        """Remove a model or one revision with its now-unreferenced blobs; returns bytes freed."""
+        model = self.find(repo_id, repo_type)
+        if model.status == "downloading" and not force:
+            raise Busy(f"{repo_id} is downloading right now")
+        if revision is None:
+            freed = model.size + model.partial_bytes
+            shutil.rmtree(model.path, ignore_errors=False)
+            shutil.rmtree(self.root / ".locks" / model.path.name, ignore_errors=True)
+            self.db.forget(repo_type, repo_id)
+            return freed
+        commit = self._commit_of(model, revision)
+        info = scan_cache_dir(self.root)
+        strategy = info.delete_revisions(commit)
+        freed = strategy.expected_freed_size
+        strategy.execute()
+        rs = RepoStore(self.root, repo_id, repo_type)
+        (rs.meta / f"files-{commit}.json").unlink(missing_ok=True)
+        for blob in strategy.blobs:
+            rs.forget_record(Path(blob).name)
+        if not model.path.exists():
+            self.db.forget(repo_type, repo_id)
+        return freed
+
+    def _commit_of(self, model: StoredModel, revision: str) -> str:
+        rs = RepoStore(self.root, model.name, model.repo_type)
+        commit = rs.read_ref(revision)
+        if commit and commit in model.commits:
+            return commit
+        matches = (
+            [c for c in model.commits if c.startswith(revision.lower())]
+            if len(revision) >= 7
+            else []
+        )
+        if len(matches) == 1:
+            return matches[0]
+        raise NotInStore(
+            f"revision {revision!r} of {model.name} is not in the store",
+            hint=f"Stored revisions: {', '.join(model.revisions) or 'none'}.",
+        )
+
+    def partials(self, *, older_than_s: float = 0.0) -> list[Partial]:
+        now = time.time()
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in self.root.iterdir():
+            parsed = parse_repo_folder(d.name)
+            if parsed is None:
+                continue
+            for part in self._parts(d):
+                try:
+                    st = part.stat()
+                except OSError:
+                    continue
+                age = now - st.st_mtime
+                if age < older_than_s:
+                    continue
+                if self.lock_dir is not None and is_downloading(self.lock_dir, part):
+                    continue
+                out.append(Partial(part, st.st_blocks * 512, age, parsed[1]))
+        return out
+
+    def lru(self, models: list[StoredModel], *, keep: Iterable[str] = ()) -> list[StoredModel]:
+        """Models that may be evicted, least recently used first."""
+        kept = set(keep)
+        candidates = [
+            m for m in models if not m.pinned and m.status != "downloading" and m.name not in kept
+        ]
+        return sorted(candidates, key=lambda m: (m.last_used or 0.0, m.name))
+
+    def gc(
+        self,
+        max_size: int | None,
+        *,
+        dry_run: bool = False,
+        partial_age_s: float = 7 * 24 * 3600,
+        keep: Iterable[str] = (),
+    ) -> GcResult:
+        """Evict LRU unpinned models until the store fits ``max_size``; drop stale partials."""
+        models = self.scan()
+        result = GcResult(dry_run=dry_run, size_before=self.total_size(models))
+        for p in self.partials(older_than_s=partial_age_s):
+            result.partials.append(p)
+            result.freed += p.size
+            if not dry_run:
+                p.path.unlink(missing_ok=True)
+                p.path.with_name(p.path.name.replace(PART_SUFFIX, JOURNAL_SUFFIX)).unlink(
+                    missing_ok=True
+                )
+        size = result.size_before
+        if max_size is not None:
+            for m in self.lru(models, keep=keep):
+                if size <= max_size:
+                    break
+                result.evicted.append(m)
+                size -= m.size
+                result.freed += m.size
+                if not dry_run:
+                    self.remove(m.name, repo_type=m.repo_type)
+            result.unmet = size > max_size
+        result.size_after = size
+        return result
+
+    def suggest_lru(self, short: int, *, keep: Iterable[str] = ()) -> str:
+        """A hint naming least recently used models that would free ``short`` bytes."""
+        picked, freed = [], 0
+        models = self.scan()
+        for m in self.lru(models, keep=keep):
+            if freed >= short:
+                break
+            picked.append(m)
+            freed += m.size
+        if not picked:
+            return "No unpinned model in the store could free that much."
+        names = ", ".join(
+            f"{m.name} ({human_bytes(m.size)}, last used {_iso(m.last_used) or 'never'})"
+            for m in picked
+        )
+        target = max(0, self.total_size(models) - freed)
+        enough = "would free enough" if freed >= short else "would help but not free enough"
+        return f"Removing the least recently used models {enough}: {names}; run: modelhaul gc --max-size {target}"
+
+
+def _blobs_size(repo_path: Path) -> int:
+    total = 0
+    blobs = repo_path / "blobs"
+    if blobs.is_dir():
+        for p in blobs.iterdir():
+            if p.is_file() and len(p.name) in (40, 64):
+                total += p.stat().st_size
+    return total
+
+
+def lru_suggestion(
+    root: Path, short: int, *, db_path: Path | None = None, lock_dir: Path | None = None
+) -> str:
+    """Used by 'pull' when the disk is short: which models to evict."""
+    db = StateDB(db_path or default_db_path(root))
+    try:
+        return Inventory(root, db, lock_dir=lock_dir).suggest_lru(short)
+    finally:
+        db.close()
+
+
+def default_db_path(root: Path, explicit: str | None = None) -> Path:
+    """The state database: ``explicit`` (MODELHAUL_DB, read by the CLI), else
+    ``modelhaul.sqlite`` beside the cache root."""
+    return Path(explicit) if explicit else root.parent / "modelhaul.sqlite"
