@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ManagerConfig
-from ..engine import check_sha256
+from ..engine import check_sha256, is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError
 from ..events import State, TaskEvent
 from ..manager import DownloadHandle, DownloadManager
@@ -168,6 +168,7 @@ async def run(args: argparse.Namespace) -> int:
                 # Nothing has run yet (no await since the first add): no event is missed.
                 renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
                 renderer.start()
+                _notice_busy(jobs, Path(args.dir), renderer)
                 for job in jobs:
                     await _wait(job)
             except asyncio.CancelledError:
@@ -177,6 +178,20 @@ async def run(args: argparse.Namespace) -> int:
     finally:
         renderer.stop()
     return _finish(jobs, renderer)
+
+
+def _notice_busy(jobs: list[_Job], directory: Path, renderer: Renderer) -> None:
+    """Say so when another process holds a target: this one will wait for it, then reuse it.
+
+    The manager waits on the lock without telling anyone, so the CLI looks before it starts.
+    """
+    lock_dir = state_dir() / "locks"
+    for job in jobs:
+        part = plan_paths(job.entry.url, job.dest, directory).part
+        if is_downloading(lock_dir, part):
+            renderer.notice(
+                f"another modelhaul process is downloading {job.label}; waiting for it to finish"
+            )
 
 
 async def _wait(job: _Job) -> None:

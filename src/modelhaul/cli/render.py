@@ -70,7 +70,9 @@ class JsonRenderer(Renderer):
         self._emit({**record, "event": "file"})
 
     def notice(self, message: str) -> None:
+        # Machines read stdout; a person watching the terminal still sees why nothing moves.
         self._emit({"event": "notice", "message": message})
+        super().notice(message)
 
     def result(self, record: dict[str, Any]) -> None:
         self._emit(record)
