@@ -227,7 +227,7 @@ class DownloadManager:
         paths = plan_paths(url, dest, directory)
         key = ("sha256", sha256) if sha256 else ("target", url, str(paths.part))
         existing = self._by_key.get(key)
-        if existing is not None and existing.state not in (State.FAILED, State.CANCELLED):
+        if existing is not None and _reusable(existing):
             if existing.paths.dest != paths.dest and not paths.name_pending:
                 existing.aliases.append(paths.dest)
                 if existing.state is State.COMPLETED:
@@ -567,6 +567,21 @@ class DownloadManager:
         for q in self._queues:
             if q.qsize() < _QUEUE_MAX or event.kind != "progress":
                 q.put_nowait(event)
+
+
+def _reusable(task: _Task) -> bool:
+    """Whether a new add() may share ``task``: running or queued, or completed with its file
+    still in place (a deleted result must be fetched again, not reported done)."""
+    if task.state in (State.FAILED, State.CANCELLED):
+        return False
+    if task.state is State.COMPLETED:
+        if task.result is None:
+            return False
+        try:
+            return Path(task.result.path).stat().st_size == task.result.size
+        except OSError:
+            return False
+    return True
 
 
 def _mark_retrieved(fut: asyncio.Future[Result]) -> None:
