@@ -1,0 +1,82 @@
+"""The public API and the one-way flow of imports (policy at the bottom, faces at the top)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import modelhaul
+
+SRC = Path(modelhaul.__file__).parent
+
+# A module may import only from its own layer or the layers below it.
+LAYERS: list[tuple[str, ...]] = [
+    ("errors", "policy"),
+    ("config", "events"),
+    ("transport", "journal", "hashing", "records"),
+    ("engine",),
+    ("manager", "sync", "store", "statedb", "sources"),
+    ("models", "inventory"),
+    ("availability", "guidance", "doctor"),
+    ("server",),
+    ("cli", "demo"),
+]
+
+
+def _layer_of(module: str) -> int:
+    head = module.split(".")[0]
+    for i, names in enumerate(LAYERS):
+        if head in names:
+            return i
+    raise AssertionError(f"module {module} is in no layer; add it to LAYERS")
+
+
+def _internal_imports(path: Path) -> set[str]:
+    rel = path.relative_to(SRC).with_suffix("")
+    package = list(rel.parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            target = [*base, *(node.module.split(".") if node.module else [])]
+            if target:
+                found.add(".".join(target))
+            else:
+                found.update(a.name for a in node.names)
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("modelhaul.")
+        ):
+            found.add(node.module.removeprefix("modelhaul."))
+    return found
+
+
+def test_all_is_sorted_and_importable() -> None:
+    assert modelhaul.__all__ == sorted(modelhaul.__all__)
+    for name in modelhaul.__all__:
+        assert getattr(modelhaul, name) is not None
+
+
+def test_imports_flow_one_way() -> None:
+    offenders = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "__init__.py" and path.parent == SRC:
+            continue  # the facade re-exports everything
+        rel = ".".join(path.relative_to(SRC).with_suffix("").parts)
+        own = _layer_of(rel)
+        for target in _internal_imports(path):
+            if _layer_of(target) > own:
+                offenders.append(f"{rel} imports {target}")
+    assert not offenders, offenders
+
+
+def test_only_transport_imports_aiohttp_in_the_core() -> None:
+    users = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC).as_posix()
+        if rel.startswith(("server/", "cli/")) or rel in ("transport.py", "doctor.py", "demo.py"):
+            continue
+        if "import aiohttp" in path.read_text() or "from aiohttp" in path.read_text():
+            users.append(rel)
+    assert not users, users
