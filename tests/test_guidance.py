@@ -1,0 +1,281 @@
+"""Failure guidance: every category explains itself, with the fix specific to the cause."""
+
+from __future__ import annotations
+
+import pytest
+
+from modelhaul.errors import (
+    CATEGORIES,
+    Cancelled,
+    DiskFull,
+    HTTPStatusError,
+    IntegrityError,
+    InvalidInput,
+    ModelhaulError,
+    NetworkError,
+    PermissionDenied,
+    RedirectRefused,
+    RetriesExhausted,
+    StallTimeout,
+    TruncatedBody,
+)
+from modelhaul.guidance import Guidance, explain, format_guidance
+
+HUB = "https://huggingface.co"
+RESOLVE = f"{HUB}/org/model/resolve/main/model.safetensors"
+
+ONE_PER_CATEGORY: dict[str, ModelhaulError] = {
+    "network": NetworkError("connection to huggingface.co failed: Connection reset by peer"),
+    "timeout": StallTimeout("no data from huggingface.co within the timeout"),
+    "not_found": HTTPStatusError(404, "https://example.org/model.bin"),
+    "auth": HTTPStatusError(401, RESOLVE),
+    "rate_limited": HTTPStatusError(429, RESOLVE),
+    "server_error": HTTPStatusError(503, RESOLVE),
+    "client_error": HTTPStatusError(400, "https://example.org/model.bin"),
+    "integrity": IntegrityError("sha256 mismatch for model.bin"),
+    "disk_full": DiskFull("the disk is full while writing /data/model.bin"),
+    "permission": PermissionDenied("cannot write /data/model.bin: Permission denied"),
+    "invalid_input": InvalidInput("bad URL 'ftp://x'"),
+    "cancelled": Cancelled("cancelled"),
+}
+
+
+def text_of(g: Guidance) -> str:
+    return "\n".join([g.what, g.why, *g.steps])
+
+
+def test_the_table_covers_every_category() -> None:
+    assert set(ONE_PER_CATEGORY) == set(CATEGORIES)
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_every_category_has_a_reason_and_steps(category: str) -> None:
+    err = ONE_PER_CATEGORY[category]
+    assert err.category == category
+    g = explain(err)
+    assert g.what == err.message
+    assert g.why
+    assert g.steps and all(s.strip() for s in g.steps)
+    assert g.to_dict() == {"what": g.what, "why": g.why, "steps": list(g.steps)}
+
+
+# (error, endpoint, model, cache_root, substrings the guidance must contain)
+CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
+    (
+        "gated: the model page to accept, then a token",
+        HTTPStatusError(401, RESOLVE, error_code="GatedRepo"),
+        {},
+        [f"{HUB}/org/model", "accept the licence", f"{HUB}/settings/tokens", "HF_TOKEN"],
+    ),
+    (
+        "gated with a model name and a private endpoint",
+        HTTPStatusError(403, "https://hub.corp/api/models/org/model", error_code="GatedRepo"),
+        {"endpoint": "https://hub.corp/", "model": "hf://org/model@v1"},
+        ["https://hub.corp/org/model while logged in", "https://hub.corp/settings/tokens"],
+    ),
+    (
+        "401 from the Hub: a new token",
+        HTTPStatusError(401, f"{HUB}/api/whoami-v2"),
+        {},
+        ["did not accept the token", f"{HUB}/settings/tokens", "HF_TOKEN", "modelhaul doctor"],
+    ),
+    (
+        "403 from the Hub: token permissions",
+        HTTPStatusError(403, RESOLVE),
+        {},
+        ["fine-grained", "accept the licence", "HF_TOKEN"],
+    ),
+    (
+        "401 from another host: a header, not HF_TOKEN",
+        HTTPStatusError(401, "https://files.example.org/model.bin"),
+        {},
+        ["files.example.org", "-H 'Authorization: Bearer TOKEN'"],
+    ),
+    (
+        "403 from a CDN: an expired presigned link",
+        HTTPStatusError(403, "https://cdn.example.net/blob?X-Amz-Signature=x"),
+        {},
+        ["expire"],
+    ),
+    (
+        "repo not found without a token",
+        HTTPStatusError(401, f"{HUB}/org/model", error_code="RepoNotFound"),
+        {},
+        ["private", "no token was sent", "HF_TOKEN", f"{HUB}/org/model"],
+    ),
+    (
+        "repo not found with a token",
+        HTTPStatusError(404, f"{HUB}/org/model", error_code="RepoNotFound"),
+        {"endpoint": "http://127.0.0.1:9"},
+        ["this token's account", "HF_ENDPOINT is http://127.0.0.1:9"],
+    ),
+    (
+        "revision not found",
+        HTTPStatusError(
+            404, f"{HUB}/api/models/org/model/revision/v9", error_code="RevisionNotFound"
+        ),
+        {},
+        ["branch, tag or commit", f"{HUB}/org/model/tree/main", "@REVISION"],
+    ),
+    (
+        "entry not found",
+        HTTPStatusError(404, RESOLVE, error_code="EntryNotFound"),
+        {},
+        ["no file at that path", f"{HUB}/org/model/tree/main", "--include"],
+    ),
+    (
+        "rate limited with Retry-After",
+        HTTPStatusError(429, RESOLVE, retry_after_s=42),
+        {},
+        ["Wait 42 s", "Retry-After", "-x 4", "HF_TOKEN"],
+    ),
+    (
+        "rate limited for long, inside RetriesExhausted",
+        RetriesExhausted(HTTPStatusError(429, RESOLVE, retry_after_s=600), []),
+        {},
+        ["Wait 10 min", "-x"],
+    ),
+    (
+        "rate limited without Retry-After",
+        HTTPStatusError(429, "https://example.org/a"),
+        {},
+        ["Wait a minute", "-x 4"],
+    ),
+    (
+        "TLS failure: SSL_CERT_FILE",
+        NetworkError(
+            "TLS verification failed for huggingface.co: [SSL: CERTIFICATE_VERIFY_FAILED]",
+            hint="...",
+        ),
+        {},
+        ["SSL_CERT_FILE", "corporate proxy", "clock"],
+    ),
+    (
+        "DNS failure",
+        NetworkError(
+            "connection to nohub.invalid:443 failed: Cannot connect to host nohub.invalid:443 "
+            "ssl:default [Name or service not known]"
+        ),
+        {"endpoint": "https://nohub.invalid"},
+        ["did not resolve", "HF_ENDPOINT (now https://nohub.invalid)", "HTTPS_PROXY", "NO_PROXY"],
+    ),
+    (
+        "connection refused",
+        NetworkError("cannot reach the Hub at http://127.0.0.1:9: [Errno 111] Connection refused"),
+        {"endpoint": "http://127.0.0.1:9"},
+        ["nothing answered", "port", "HTTPS_PROXY", "modelhaul doctor"],
+    ),
+    (
+        "generic network failure: proxy settings and offline mode",
+        NetworkError("connection to huggingface.co failed: Connection reset by peer"),
+        {},
+        ["HTTPS_PROXY", "NO_PROXY", "HF_HUB_OFFLINE=1", "resumes"],
+    ),
+    (
+        "a dropped body resumes",
+        RetriesExhausted(TruncatedBody("the connection to cdn ended early"), []),
+        {},
+        ["resumes from the partial file"],
+    ),
+    (
+        "proxy wants credentials",
+        HTTPStatusError(407, "https://huggingface.co/api/models/org/model"),
+        {},
+        ["HTTPS_PROXY=http://USER:PASSWORD@"],
+    ),
+    (
+        "stall: --timeout and resume",
+        RetriesExhausted(StallTimeout("no data from cdn within the timeout"), []),
+        {},
+        ["stall timeout", "--timeout", "resumes"],
+    ),
+    (
+        "integrity with a model: verify --repair",
+        IntegrityError("sha256 mismatch for model.safetensors"),
+        {"model": "org/model"},
+        ["modelhaul verify org/model --repair", "published checksum"],
+    ),
+    (
+        "integrity without a model: run again",
+        IntegrityError("sha256 mismatch for model.bin"),
+        {},
+        ["Run the same command again", "--repair"],
+    ),
+    (
+        "disk full before starting: sizes and gc",
+        DiskFull(
+            "org/model needs 3.2 GiB more, only 1.0 GiB free in /srv/hub",
+            hint="Free at least 2.2 GiB in /srv/hub.",
+        ),
+        {"model": "org/model"},
+        [
+            "needs 3.2 GiB more",
+            "only 1.0 GiB is free in /srv/hub",
+            "at least 2.2 GiB",
+            "modelhaul gc",
+            "HF_HUB_CACHE",
+            "--include",
+        ],
+    ),
+    (
+        "disk full while writing: the cache root, gc",
+        DiskFull("the disk is full while writing /srv/hub/blobs/x.modelhaul.part"),
+        {"cache_root": "/srv/hub"},
+        ["filled up while writing in /srv/hub", "modelhaul gc", "HF_HUB_CACHE"],
+    ),
+    (
+        "permission: the cache root, HF_HUB_CACHE",
+        PermissionDenied("cannot write the model store at /srv/hub: Read-only file system"),
+        {"cache_root": "/srv/hub"},
+        ["/srv/hub", "HF_HUB_CACHE", "modelhaul doctor"],
+    ),
+    (
+        "a refused downgrade redirect",
+        RedirectRefused("refusing an https -> http downgrade redirect to evil.example"),
+        {},
+        ["--allow-insecure-redirects"],
+    ),
+    (
+        "server error on the Hub: status page",
+        RetriesExhausted(HTTPStatusError(503, RESOLVE), []),
+        {},
+        ["HTTP 503", "status.huggingface.co", "run the same command again"],
+    ),
+    (
+        "invalid input keeps the error's own hint",
+        InvalidInput("bad header 'x'", hint="Write headers as -H 'Name: value'."),
+        {},
+        ["-H 'Name: value'", "--help"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("err", "kw", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_guidance_is_specific_to_the_cause(
+    err: ModelhaulError, kw: dict[str, str], needles: list[str]
+) -> None:
+    text = text_of(explain(err, **kw))
+    for needle in needles:
+        assert needle in text, f"{needle!r} missing from:\n{text}"
+
+
+def test_retries_exhausted_is_explained_by_its_last_error_but_says_it_gave_up() -> None:
+    last = HTTPStatusError(429, RESOLVE, retry_after_s=5)
+    g = explain(RetriesExhausted(last, [last, last]))
+    assert "gave up after 2 attempts" in g.what
+    assert g.steps == explain(last).steps
+
+
+def test_tls_is_not_mistaken_for_dns_or_the_other_way_round() -> None:
+    dns = NetworkError("Cannot connect to host x:443 ssl:default [Name or service not known]")
+    tls = NetworkError("connection to x failed: [SSL: WRONG_VERSION_NUMBER] wrong version number")
+    assert "SSL_CERT_FILE" not in text_of(explain(dns))
+    assert "SSL_CERT_FILE" in text_of(explain(tls))
+
+
+def test_format_guidance_numbers_steps_under_a_why_line() -> None:
+    g = Guidance(what="w", why="because", steps=("first", "second"))
+    assert format_guidance(g) == ["  why: because", "  try: 1. first", "       2. second"]
+    assert format_guidance(Guidance(what="w", why="", steps=())) == []
