@@ -182,6 +182,12 @@ class Transport:
             auto_decompress=True,
             headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"},
         )
+        # aiohttp silently resends an idempotent request once when the connection drops before
+        # the response, so RetryPolicy(retries=3) became 8 requests, the extra ones without
+        # backoff. The engine owns retries; this private switch is the only way to turn
+        # aiohttp's off (its own test_utils does the same).
+        if hasattr(self._session, "_retry_connection"):
+            self._session._retry_connection = False
 
     async def close(self) -> None:
         if self._session is not None:
