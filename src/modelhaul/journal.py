@@ -8,6 +8,7 @@ file lacks; at worst it forgets the last second of progress.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -96,6 +97,18 @@ class Journal:
 
     def save(self, state: JournalState) -> None:
         data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        try:
+            self._replace(data)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not self.path.is_file():
+                raise
+            # A full disk has no block for a new file, but the old journal has one. Without
+            # this the journal stays at its last save and the bytes written since are lost
+            # to the resume, though they are on disk.
+            self._overwrite(data)
+
+    def _replace(self, data: bytes) -> None:
         # O_EXCL-free temp name is fine: the caller holds the file lock for this target.
         fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
         try:
@@ -103,6 +116,20 @@ class Journal:
         finally:
             os.close(fd)
         os.replace(self._tmp, self.path)
+
+    def _overwrite(self, data: bytes) -> None:
+        """Rewrite the journal in place: one small write, then cut off the old tail.
+
+        Not atomic against a power cut, but a killed process does not tear a write this small,
+        and a journal left with the old tail fails to parse, which only costs the resume.
+        """
+        fd = os.open(self.path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            if os.pwrite(fd, data, 0) != len(data):
+                raise OSError(errno.ENOSPC, "short write to the journal")
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
 
     def remove(self) -> None:
         for p in (self.path, self._tmp):
