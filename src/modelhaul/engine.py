@@ -391,12 +391,18 @@ class Downloader:
         self._open_part(t)
         try:
             probe = await self._probe(t)
-            if t.on_phase:
-                t.on_phase("probed", t.size)
-            self._prepare_file(t)
-            t.hasher = PrefixHasher(t.fd)
-            t.hasher.advance(t.state.done.prefix_end())
-            t.resumed_from = t.bytes_done()
+            try:
+                if t.on_phase:
+                    t.on_phase("probed", t.size)
+                self._prepare_file(t)
+                t.hasher = PrefixHasher(t.fd)
+                t.hasher.advance(t.state.done.prefix_end())
+                t.resumed_from = t.bytes_done()
+            except Exception:
+                # No worker took the probe's response (a full disk, say): drop its connection,
+                # or the server goes on sending into it for as long as the error lives.
+                _close_probe(probe)
+                raise
             await self._run_workers(t, probe)
             size = t.size if t.size is not None else t.bytes_done()
             t.size = size
@@ -930,6 +936,12 @@ def _primary_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(e, ModelhaulError):
             return e
     return flat[0] if flat else eg
+
+
+def _close_probe(probe: tuple[Segment, Response] | Response | None) -> None:
+    resp = probe[1] if isinstance(probe, tuple) else probe
+    if resp is not None:
+        resp.close()
 
 
 def _etag_changed(known: str | None, seen: str | None) -> bool:
