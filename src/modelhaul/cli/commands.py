@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from . import get, models, store
+from . import demo, get, models, store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get.register(sub)
     models.register(sub)
     store.register(sub)
+    demo.register(sub)

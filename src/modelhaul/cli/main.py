@@ -20,6 +20,8 @@ from .render import print_error
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 Command = Callable[[argparse.Namespace], Awaitable[int]]
+# What Ctrl-C means, unless a command says otherwise with set_defaults(interrupted=...).
+INTERRUPTED = "interrupted; partial data was kept, run the same command to resume"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,12 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        code = _run(args.run(args))
+        code = _run(args.run(args), getattr(args, "interrupted", INTERRUPTED))
     except ModelhaulError as exc:
         print_error(exc)
         code = _exit_for(exc)
     except KeyboardInterrupt:
-        print("modelhaul: interrupted; partial data was kept, run again to resume", file=sys.stderr)
+        print(f"modelhaul: {getattr(args, 'interrupted', INTERRUPTED)}", file=sys.stderr)
         code = EXIT_INTERRUPTED
     except Exception as exc:  # a bug of ours: still one line, never a traceback
         if os.environ.get("MODELHAUL_DEBUG"):
@@ -78,7 +80,7 @@ def _exit_for(exc: ModelhaulError) -> int:
     return EXIT_FAILED
 
 
-def _run(coro: Awaitable[int]) -> int:
+def _run(coro: Awaitable[int], interrupted: str = INTERRUPTED) -> int:
     """Run a command; SIGINT/SIGTERM cancel it cleanly (journals saved) instead of killing it."""
 
     async def runner() -> int:
@@ -91,10 +93,7 @@ def _run(coro: Awaitable[int]) -> int:
             return await task
         except asyncio.CancelledError:
             if task.cancelled():
-                print(
-                    "modelhaul: interrupted; partial data was kept, run the same command to resume",
-                    file=sys.stderr,
-                )
+                print(f"modelhaul: {interrupted}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             raise
 
