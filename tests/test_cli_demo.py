@@ -1,0 +1,110 @@
+"""``modelhaul demo``: the offline demo completes, verifies, and reports what it survived."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from typing import Any
+
+import aiohttp
+
+from conftest import modelhaul_cmd
+from modelhaul.demo import DemoContent, DemoFaults, DemoOrigin
+
+MiB = 1024 * 1024
+RUN_TIMEOUT_S = 90
+
+
+def run_demo(*args: str) -> Any:
+    return subprocess.run(
+        modelhaul_cmd("demo", *args), capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+
+
+def expected_sha256(size: int, seed: int = 0) -> str:
+    content = DemoContent(size, seed=seed)
+    h = hashlib.sha256()
+    for index in range((size + MiB - 1) // MiB):
+        h.update(content.block(index))
+    return h.hexdigest()
+
+
+def test_demo_small_file_completes_and_verifies() -> None:
+    r = run_demo("--size", "8M")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"verified: sha256 {expected_sha256(8 * MiB)}" in r.stdout
+    assert "faults injected:" in r.stdout
+    assert "attempts:" in r.stdout
+
+
+def test_demo_json_result_line() -> None:
+    r = run_demo("--size", "4M", "--seed", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.splitlines()[-1])
+    assert result["event"] == "result"
+    assert result["status"] == "completed"
+    assert result["error"] is None
+    assert result["size"] == 4 * MiB
+    assert result["sha256"] == expected_sha256(4 * MiB, seed=3)
+    assert result["verified"] is True
+    assert set(result["faults"]) == {"dropped", "stalled", "http_503"}
+    assert all(isinstance(n, int) and n >= 0 for n in result["faults"].values())
+    assert isinstance(result["attempts"], int) and result["attempts"] >= 1
+
+
+def test_demo_quiet_and_bad_size() -> None:
+    r = run_demo("--size", "1M", "-q")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "" and r.stderr == ""
+    r = run_demo("--size", "12Q")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "modelhaul: error:" in r.stderr
+
+
+def test_demo_content_is_deterministic_and_not_repetitive() -> None:
+    a, b = DemoContent(3 * MiB + 5, seed=1), DemoContent(3 * MiB + 5, seed=1)
+    whole = b"".join(a.block(i) for i in range(4))
+    assert len(whole) == 3 * MiB + 5
+    assert a.sha256() == b.sha256() == hashlib.sha256(whole).hexdigest()
+    assert b"".join(a.pieces(MiB - 7, 2 * MiB + 9)) == whole[MiB - 7 : 2 * MiB + 9]
+    assert len({a.block(i)[:65536] for i in range(3)}) == 3  # no MiB repeats another
+
+
+async def test_demo_origin_serves_ranges_and_injects_scripted_faults() -> None:
+    content = DemoContent(2 * MiB, seed=2)
+    whole = b"".join(content.pieces(0, content.size))
+    faults = DemoFaults(
+        scripted=("http_503", "dropped"),
+        drop_p=0,
+        stall_p=0,
+        error_p=0,
+        connection_bytes_per_s=64 * MiB,
+        total_bytes_per_s=64 * MiB,
+    )
+    async with DemoOrigin(content, faults) as origin, aiohttp.ClientSession() as session:
+        ranged = {"Range": "bytes=1000-", "If-Range": origin.etag}
+        async with session.get(origin.url, headers=ranged) as resp:
+            assert resp.status == 503
+        async with session.get(origin.url, headers=ranged) as resp:
+            assert resp.status == 206
+            got = b""
+            try:
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+            except aiohttp.ClientError:
+                pass
+            assert 0 < len(got) < len(whole) - 1000  # cut off mid-body
+            assert got == whole[1000 : 1000 + len(got)]
+        async with session.get(origin.url, headers=ranged) as resp:
+            assert resp.status == 206
+            assert resp.headers["Content-Range"] == f"bytes 1000-{len(whole) - 1}/{len(whole)}"
+            assert await resp.read() == whole[1000:]
+        stale = {"Range": "bytes=1000-", "If-Range": '"another"'}
+        async with session.get(origin.url, headers=stale) as resp:
+            assert resp.status == 200
+            assert await resp.read() == whole
+        async with session.get(origin.url, headers={"Range": f"bytes={len(whole)}-"}) as resp:
+            assert resp.status == 416
+    assert origin.stats.faults == {"http_503": 1, "dropped": 1}
