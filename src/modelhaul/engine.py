@@ -674,7 +674,9 @@ class Downloader:
                 await t.all_exited.wait()
                 ticker.cancel()
         except ExceptionGroup as eg:
-            raise _primary_error(eg) from None
+            primary = _primary_error(eg)
+            # Hide the group, but keep the error's own cause (`from None` would erase it).
+            raise primary from primary.__cause__
         if t.size is not None and t.state.done.total() < t.size:
             last = t.history[-1] if t.history else TruncatedBody("the download stopped early")
             raise RetriesExhausted(last, list(t.history))
