@@ -374,10 +374,16 @@ class Downloader:
                 await sleep_s(self.config.retry.delay_s(restarts - 2))
             try:
                 return await self._transfer_once(t)
-            except RemoteChanged as exc:
+            except (RemoteChanged, RangeNotHonoured) as exc:
+                # Both mean the partial data is useless: the file changed, or the origin does
+                # not do ranges, so a retry starts over (for the latter, on one connection).
                 restarts += 1
                 t.history.append(exc)
                 if restarts > self.config.retry.max_restarts:
+                    if isinstance(exc, RangeNotHonoured):
+                        cause = exc.__cause__
+                        last = cause if isinstance(cause, ModelhaulError) else exc
+                        raise RetriesExhausted(last, list(t.history)) from exc
                     raise RemoteChanged(
                         f"{exc.message}; gave up after {restarts} clean restarts",
                         hint="The file keeps changing on the server; try again later.",
@@ -479,7 +485,7 @@ class Downloader:
             try:
                 return await self._probe_once(t)
             except TransferError as exc:
-                if isinstance(exc, RemoteChanged) or not exc.retryable:
+                if isinstance(exc, RemoteChanged | RangeNotHonoured) or not exc.retryable:
                     raise
                 t.history.append(exc)
                 fails += 1
