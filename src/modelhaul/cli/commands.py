@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from . import demo, get, models, store
+from . import demo, doctor, get, models, store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     get.register(sub)
     models.register(sub)
     store.register(sub)
+    doctor.register(sub)
     demo.register(sub)
