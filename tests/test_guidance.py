@@ -71,7 +71,7 @@ CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
         "gated with a model name and a private endpoint",
         HTTPStatusError(403, "https://hub.corp/api/models/org/model", error_code="GatedRepo"),
         {"endpoint": "https://hub.corp/", "model": "hf://org/model@v1"},
-        ["https://hub.corp/org/model while logged in", "https://hub.corp/settings/tokens"],
+        ["https://hub.corp/org/model while logged in", "https://huggingface.co/settings/tokens"],
     ),
     (
         "401 from the Hub: a new token",
@@ -266,6 +266,15 @@ def test_retries_exhausted_is_explained_by_its_last_error_but_says_it_gave_up() 
     g = explain(RetriesExhausted(last, [last, last]))
     assert "gave up after 2 attempts" in g.what
     assert g.steps == explain(last).steps
+
+
+def test_disk_full_with_the_cache_size_gives_the_gc_command_that_frees_enough() -> None:
+    err = DiskFull("org/model needs 3.0 GiB more, only 1.0 GiB free in /srv/hub")
+    g = explain(err, store_bytes=10 * 2**30)
+    assert "'modelhaul gc --max-size 8G'" in g.steps[0]
+    assert "at least 2.0 GiB" in g.steps[0]
+    small = explain(err, store_bytes=2 * 2**30 + 300 * 2**20)
+    assert "--max-size 300M" in small.steps[0]
 
 
 def test_tls_is_not_mistaken_for_dns_or_the_other_way_round() -> None:

@@ -34,6 +34,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 # The command that frees space in the cache; one place to change if its flags change.
 GC_COMMAND = "modelhaul gc"
 DOCTOR_COMMAND = "modelhaul doctor"
+TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 _SET_TOKEN = (
     "Set it for modelhaul: export HF_TOKEN=hf_... (or save it with 'hf auth login', which "
     "huggingface_hub and modelhaul both read), then run the same command again."
@@ -59,10 +60,10 @@ class _Context:
     endpoint: str
     model: str | None
     cache_root: str | None
+    store_bytes: int | None
 
-    @property
-    def tokens_page(self) -> str:
-        return f"{self.endpoint}/settings/tokens"
+    # Tokens come from huggingface.co even when HF_ENDPOINT names a mirror, which forwards them.
+    tokens_page: str = TOKENS_PAGE
 
 
 _Explainer = Callable[[ModelhaulError, _Context], tuple[str, list[str]]]
@@ -74,6 +75,7 @@ def explain(
     endpoint: str | None = None,
     model: str | None = None,
     cache_root: str | None = None,
+    store_bytes: int | None = None,
 ) -> Guidance:
     """Guidance for an error that ended a download.
 
@@ -83,6 +85,8 @@ def explain(
         model: ``ORG/NAME`` (``hf://`` and ``@REVISION`` are dropped) for model pages and
             ``modelhaul verify``.
         cache_root: the cache directory, for disk and permission advice.
+        store_bytes: the cache's current size, if known, to give the exact ``gc --max-size``
+            that frees enough when the disk is full.
     """
     cause = err
     while isinstance(cause, RetriesExhausted):
@@ -91,6 +95,7 @@ def explain(
         endpoint=(endpoint or DEFAULT_ENDPOINT).rstrip("/"),
         model=_model_id(model),
         cache_root=cache_root,
+        store_bytes=store_bytes,
     )
     explainer = _BY_CATEGORY.get(cause.category, _client_error)
     why, steps = explainer(cause, ctx)
@@ -433,10 +438,8 @@ def _disk_full(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
         why = f"the download needs {human_bytes(need)} more but only {human_bytes(free)} is free{place}."
     else:
         why = f"the disk filled up while writing{place}; the partial data was kept."
-    amount = f"at least {human_bytes(short)}" if short else "space"
     steps = [
-        f"Free {amount}: '{GC_COMMAND}' removes partial downloads and unused revisions from "
-        "the cache.",
+        _gc_step(short, ctx.store_bytes),
         "Or put the cache on a bigger disk: set HF_HUB_CACHE=/path/on/bigger/disk (for "
         "'get', -d DIR).",
         "Then run the same command again: finished files are kept.",
@@ -444,6 +447,23 @@ def _disk_full(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
     if ctx.model:
         steps.insert(1, "Fetch only what you need: --include '*.safetensors' --include '*.json'.")
     return why, steps
+
+
+def _gc_step(short: int | None, store_bytes: int | None) -> str:
+    """The gc command that frees ``short`` bytes, as exact as what is known allows."""
+    amount = f"at least {human_bytes(short)}" if short else "space"
+    partials = "and removes partial downloads untouched for 7 days"
+    if short and store_bytes is not None and store_bytes > short:
+        cap = _size_arg(store_bytes - short)
+        return (
+            f"Free {amount}: '{GC_COMMAND} --max-size {cap}' evicts least recently used unpinned "
+            f"models until the cache fits {cap} {partials} (add --dry-run to see what first)."
+        )
+    return (
+        f"Free {amount}: 'modelhaul ls' shows the cache's size; '{GC_COMMAND} --max-size SIZE' "
+        f"with SIZE that much smaller evicts least recently used unpinned models {partials} "
+        "(add --dry-run to see what first)."
+    )
 
 
 def _permission(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
@@ -602,6 +622,13 @@ def _disk_sizes(err: ModelhaulError) -> tuple[int | None, int | None, str | None
     if not m:
         return None, None, None
     return _parse_size(m["need"]), _parse_size(m["free"]), m["where"].strip()
+
+
+def _size_arg(n: int) -> str:
+    """Bytes as a --max-size argument, rounded down so that it frees at least enough."""
+    if n >= 1024**3:
+        return f"{int(n / 1024**3 * 10) / 10:g}G"
+    return f"{max(n // 1024**2, 0)}M"
 
 
 def _hinted_short(err: ModelhaulError) -> int | None:
