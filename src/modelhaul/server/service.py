@@ -1,0 +1,918 @@
+"""The service: one DownloadManager, the model store, and a queue that survives restarts.
+
+A *download* here is what a client asked for: one URL, or one model (``hf://`` or a manifest)
+that becomes several files in the manager. Downloads have stable ids (the queue table's row
+id), so an id a client holds means the same download after the service restarts; the manager's
+task ids do not survive a restart and only appear as ``task`` inside forwarded events.
+
+Everything runs on the event loop that serves HTTP, because the manager must be steered from
+its own loop. Store scans and changes run in one dedicated thread: they walk directories, and
+the store's SQLite connection belongs to the thread that opened it.
+
+Events go to subscribers as JSON-ready dicts with a rising ``seq``. A subscriber first gets a
+snapshot (``subscribe`` builds it and registers the subscriber without yielding to the loop,
+so nothing falls between the snapshot and the first event), then:
+
+    download   a download was added or changed state (its whole view)
+    state      a file of a download changed state (the manager's event, ``id`` = download)
+    progress   a file made progress (the manager's event plus the download's view), ~5/s
+    total      all downloads together, ~4/s
+    removed    a finished download was forgotten
+    limit      the global speed limit changed
+    store      the store's models, sizes and free space changed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..config import DownloadConfig, ManagerConfig
+from ..engine import check_sha256, discard_partial, plan_paths
+from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
+from ..events import State, TaskEvent
+from ..inventory import GcResult, Inventory, lru_suggestion
+from ..manager import DownloadManager, TaskInfo
+from ..models import ModelPuller
+from ..sources.hf import DEFAULT_ENDPOINT, HubSource, parse_hf_uri
+from ..sources.manifest import (
+    MAX_MANIFEST_BYTES,
+    format_of,
+    manifest_from_data,
+    parse_manifest_text,
+    sniff_format,
+)
+from ..sources.model import ModelSpec
+from ..statedb import StateDB
+from ..store import REPO_TYPES, check_repo_id
+from ..transport import Transport, check_url
+from .persist import JobRow, QueueDB
+from .security import resolve_output
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
+_PROGRESS_EVERY_S = 0.2
+_TOTAL_EVERY_S = 0.25
+_SUB_SOFT_MAX = 2_000  # beyond this a subscriber gets no progress events until it catches up
+_SUB_HARD_MAX = 20_000  # beyond this it is dropped (it reconnects and gets a new snapshot)
+_ACTIVE = (State.RUNNING, State.VERIFYING)
+_RATE_KEY = "rate_bytes_per_s"
+
+
+class NoSuchDownload(ModelhaulError):
+    category = "not_found"
+    default_hint = "List the downloads with 'modelhaul queue'."
+
+
+class Conflict(ModelhaulError):
+    """The download is in a state where that action means nothing."""
+
+    category = "client_error"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceConfig:
+    """Where the service keeps things and how it downloads; read by the CLI at its edge.
+
+    ``download_dir`` is the only place URL downloads may land; ``store_root`` is the Hugging
+    Face cache the models go to.
+    """
+
+    download_dir: Path
+    store_root: Path
+    state_dir: Path
+    store_db: Path
+    queue_db: Path | None = None  # default: state_dir / "server-queue.sqlite"
+    hf_endpoint: str = DEFAULT_ENDPOINT
+    hf_token: str | None = None
+    symlinks: bool = True
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    max_finished: int = 200
+
+    def __post_init__(self) -> None:
+        if self.max_finished < 0:
+            raise ValueError(f"max_finished must be >= 0, got {self.max_finished!r}")
+
+    @property
+    def queue_path(self) -> Path:
+        return self.queue_db or self.state_dir / "server-queue.sqlite"
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    id: str
+    kind: str  # "url" | "model"
+    request: dict[str, Any]
+    label: str
+    priority: int
+    created: float
+    paused: bool = False
+    outcome: str | None = None
+    error: dict[str, Any] | None = None
+    result: dict[str, Any] | None = None
+    bytes_done: int = 0  # as last recorded; shown while no manager task backs the job
+    total: int | None = None
+    tasks: list[str] = field(default_factory=list)
+    runner: asyncio.Task[None] | None = None
+    cancel_requested: bool = False
+    progress_at: float = 0.0
+
+
+class Subscription:
+    """One client's stream: ``snapshot``, then ``await next()`` until it returns None."""
+
+    def __init__(self, snapshot: dict[str, Any], on_close: Callable[[Subscription], None]) -> None:
+        self.snapshot = snapshot
+        self.lagged = False
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._on_close = on_close
+
+    def offer_nowait(self, event: dict[str, Any]) -> None:
+        if self.lagged:
+            return
+        size = self._queue.qsize()
+        if size >= _SUB_HARD_MAX:
+            self.lagged = True
+            self._queue.put_nowait(None)
+        elif size < _SUB_SOFT_MAX or event["event"] not in ("progress", "total"):
+            self._queue.put_nowait(event)
+
+    def end_nowait(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def next(self) -> dict[str, Any] | None:
+        """The next event; None once the stream ended (service stopping, or ``lagged``)."""
+        return await self._queue.get()
+
+    def close(self) -> None:
+        self._on_close(self)
+
+
+class Service:
+    """Owns the manager, the store and the queue; every method runs on the serving loop.
+
+    Example::
+
+        service = Service(config)
+        await service.start()
+        view, created = service.add_url("https://example.com/m.bin", out="m.bin")
+        ...
+        await service.close()
+    """
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.download_dir = config.download_dir
+        self._manager: DownloadManager | None = None
+        self._puller: ModelPuller | None = None
+        self._db: QueueDB | None = None
+        self._inventory = Inventory(
+            config.store_root, StateDB(config.store_db), lock_dir=config.state_dir / "locks"
+        )
+        self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelhaul-store")
+        self._store_lock: asyncio.Lock | None = None
+        self._store: dict[str, Any] | None = None
+        self._jobs: dict[str, _Job] = {}
+        self._by_task: dict[str, set[str]] = {}
+        self._subs: set[Subscription] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._publish_pending: set[str] = set()
+        self._orphans: dict[str, list[TaskEvent]] = {}
+        self._seq = 0
+        self._total_at = 0.0
+        self._closing = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the queue and the manager, and resume what was unfinished (idempotent)."""
+        if self._manager is not None:
+            return
+        cfg = self.config
+        try:
+            cfg.download_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PermissionDenied(
+                f"cannot use the download directory {cfg.download_dir}: {exc.strerror or exc}",
+                hint="Pass --download-dir (or MODELHAUL_DOWNLOAD_DIR) naming a writable folder.",
+            ) from exc
+        self.download_dir = cfg.download_dir.resolve()
+        self._store_lock = asyncio.Lock()
+        self._db = QueueDB(cfg.queue_path)
+        manager = DownloadManager(
+            cfg.manager, download_config=cfg.download, state_dir=cfg.state_dir
+        )
+        await manager.__aenter__()
+        self._manager = manager
+        self._puller = ModelPuller(cfg.store_root, manager, symlinks=cfg.symlinks)
+        stored_rate = self._db.get_setting(_RATE_KEY)
+        if stored_rate is not None and stored_rate.isdigit() and int(stored_rate) > 0:
+            manager.set_limit(int(stored_rate))
+        manager.subscribe(self._on_manager_event)
+        for row in self._db.load():
+            self._restore(row)
+        await self.refresh_store()
+
+    async def close(self) -> None:
+        """Stop: unfinished downloads keep their partial data and stay queued for next time."""
+        if self._closing:
+            return
+        self._closing = True
+        self.end_streams()
+        runners = [j.runner for j in self._jobs.values() if j.runner and not j.runner.done()]
+        for r in runners:
+            r.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
+        if self._manager is not None:
+            await self._manager.close()
+        for t in self._background:
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._db is not None:
+            self._db.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._store_pool, self._inventory.db.close)
+        self._store_pool.shutdown(wait=False)
+
+    def end_streams(self) -> None:
+        """End every event stream, so long-lived responses finish and the server can stop."""
+        for sub in list(self._subs):
+            sub.end_nowait()
+        self._subs.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    @property
+    def manager(self) -> DownloadManager:
+        if self._manager is None:
+            raise RuntimeError("the service is not started")
+        return self._manager
+
+    @property
+    def db(self) -> QueueDB:
+        if self._db is None:
+            raise RuntimeError("the service is not started")
+        return self._db
+
+    # ------------------------------------------------------------------ adding
+
+    def add_url(
+        self,
+        url: str,
+        *,
+        out: str | None = None,
+        sha256: str | None = None,
+        priority: int = 0,
+        paused: bool = False,
+    ) -> tuple[dict[str, Any], bool]:
+        """Queue a URL into the download directory; returns (view, created).
+
+        Asking again for a URL and name that is still queued returns that download.
+
+        Raises:
+            InvalidInput: bad URL, checksum, priority or output name.
+        """
+        check_url(url)
+        sha256 = check_sha256(sha256)
+        _check_priority(priority)
+        dest = resolve_output(self.download_dir, out) if out is not None else None
+        request = {"url": url, "out": out, "dir": str(self.download_dir), "sha256": sha256}
+        for job in self._jobs.values():
+            if job.kind == "url" and job.outcome is None and _same_target(job.request, request):
+                return self.view(job), False
+        label = (
+            dest.name if dest is not None else plan_paths(url, None, self.download_dir).dest.name
+        )
+        job = self._new_job("url", request, label, priority, paused)
+        try:
+            self._start_url(job)
+        except ModelhaulError:
+            self._drop(job)
+            raise
+        self._publish_download(job)
+        self._replay_orphans(job)
+        return self.view(job), True
+
+    def add_model(
+        self,
+        *,
+        source: str | None = None,
+        manifest: dict[str, Any] | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        priority: int = 0,
+        paused: bool = False,
+    ) -> tuple[dict[str, Any], bool]:
+        """Queue a model pull into the store from ``source`` (hf://ORG/NAME[@REV], ORG/NAME, a
+        manifest URL) or an inline ``manifest``; returns (view, created).
+
+        Raises:
+            InvalidInput: neither or both given, or the source or manifest is invalid.
+        """
+        _check_priority(priority)
+        if (source is None) == (manifest is None):
+            raise InvalidInput("give exactly one of 'source' and 'manifest'")
+        request: dict[str, Any] = {"include": list(include or ()), "exclude": list(exclude or ())}
+        if manifest is not None:
+            spec = _parse_inline_manifest(manifest)
+            request["manifest"] = manifest
+            label = spec.repo_id
+        else:
+            assert source is not None
+            if source.startswith(("http://", "https://")):
+                request["source"] = check_url(source)
+                label = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
+            else:
+                ref = parse_hf_uri(source)
+                request["source"] = str(ref)
+                label = ref.repo_id
+        for job in self._jobs.values():
+            if job.kind == "model" and job.outcome is None and job.request == request:
+                return self.view(job), False
+        job = self._new_job("model", request, label, priority, paused)
+        if not paused:
+            self._start_model(job)
+        self._publish_download(job)
+        return self.view(job), True
+
+    def _new_job(
+        self, kind: str, request: dict[str, Any], label: str, priority: int, paused: bool
+    ) -> _Job:
+        row = JobRow(kind=kind, request=request, label=label, priority=priority, paused=paused)
+        job_id = str(self.db.insert(row))
+        job = _Job(job_id, kind, request, label, priority, row.created, paused=paused)
+        self._jobs[job_id] = job
+        return job
+
+    def _drop(self, job: _Job) -> None:
+        self.db.delete(int(job.id))
+        self._forget_nowait(job)
+
+    def _forget_nowait(self, job: _Job) -> None:
+        self._jobs.pop(job.id, None)
+        for tid in job.tasks:
+            jobs = self._by_task.get(tid)
+            if jobs is not None:
+                jobs.discard(job.id)
+                if not jobs:
+                    del self._by_task[tid]
+
+    def _restore(self, row: JobRow) -> None:
+        assert row.id is not None
+        job = _Job(
+            str(row.id),
+            row.kind,
+            row.request,
+            row.label,
+            row.priority,
+            row.created,
+            paused=row.paused,
+            outcome=row.outcome,
+            error=row.error,
+            result=row.result,
+            bytes_done=row.bytes_done,
+            total=row.total,
+        )
+        self._jobs[job.id] = job
+        if job.outcome is not None:
+            return
+        try:
+            if job.kind == "url":
+                self._start_url(job)
+                self._replay_orphans(job)
+            elif not job.paused:
+                self._start_model(job)
+        except ModelhaulError as exc:
+            self._finish(job, "failed", error=exc.to_dict())
+
+    # ------------------------------------------------------------------ running
+
+    def _url_target(self, job: _Job) -> tuple[Path | None, Path]:
+        folder = Path(job.request["dir"])
+        out = job.request.get("out")
+        return (resolve_output(folder, out) if out is not None else None), folder
+
+    def _start_url(self, job: _Job) -> None:
+        dest, folder = self._url_target(job)
+        handle = self.manager.add(
+            job.request["url"],
+            dest,
+            directory=folder if dest is None else None,
+            sha256=job.request.get("sha256"),
+            priority=job.priority,
+            paused=job.paused,
+        )
+        for old in job.tasks:
+            self._by_task.get(old, set()).discard(job.id)
+        job.tasks = []
+        self._attach(job, handle.id)
+        info = self.manager.info(handle.id)
+        if info.state.final:  # the manager already had this file
+            self._finish_url(job, info)
+
+    def _attach(self, job: _Job, task_id: str) -> None:
+        if task_id not in job.tasks:
+            job.tasks.append(task_id)
+        self._by_task.setdefault(task_id, set()).add(job.id)
+
+    def _replay_orphans(self, job: _Job) -> None:
+        """Forward the events a new file had before its download knew its task id.
+
+        ``DownloadManager.add`` announces the task (queued, often running) before it returns
+        the id, so those events arrive for a task no download claims yet.
+        """
+        for task_id in job.tasks:
+            for ev in self._orphans.pop(task_id, ()):
+                self._on_manager_event(ev)
+
+    def _start_model(self, job: _Job) -> None:
+        job.cancel_requested = False
+        job.runner = asyncio.create_task(self._run_model(job), name=f"modelhaul-pull-{job.id}")
+
+    async def _run_model(self, job: _Job) -> None:
+        assert self._puller is not None
+        try:
+            spec = await self._resolve_spec(job.request)
+            spec = spec.select(job.request.get("include") or (), job.request.get("exclude") or ())
+            if not spec.files:
+                raise InvalidInput("no file of the model matches include/exclude")
+            if job.label != spec.repo_id:
+                job.label = spec.repo_id
+                self.db.update(int(job.id), label=job.label)
+            self._spawn(self.refresh_store())
+            result = await self._puller.pull(
+                spec,
+                priority=job.priority,
+                on_file=partial(self._on_model_file, job),
+                free_hint=partial(self._free_hint, spec.repo_id),
+            )
+        except ModelhaulError as exc:
+            outcome = "cancelled" if exc.category == "cancelled" else "failed"
+            self._finish(job, outcome, error=exc.to_dict())
+        except asyncio.CancelledError:
+            if job.cancel_requested:
+                self._finish(job, "cancelled", error=Cancelled("cancelled").to_dict())
+            raise
+        except Exception as exc:  # a bug must not leave the download "running" forever
+            log.exception("model pull %s failed", job.id)
+            error = ModelhaulError(f"internal error: {type(exc).__name__}: {exc}")
+            self._finish(job, "failed", error=error.to_dict())
+        else:
+            self._finish(job, "completed", result=result.to_dict())
+        finally:
+            job.runner = None
+        if not self._closing:
+            self._spawn(self.refresh_store())
+
+    def _free_hint(self, repo_id: str, short: int) -> str:
+        return lru_suggestion(
+            self.config.store_root,
+            short,
+            db_path=self.config.store_db,
+            lock_dir=self.config.state_dir / "locks",
+        )
+
+    async def _resolve_spec(self, request: dict[str, Any]) -> ModelSpec:
+        if request.get("manifest") is not None:
+            return _parse_inline_manifest(request["manifest"])
+        source = str(request["source"])
+        if source.startswith(("http://", "https://")):
+            return await self._fetch_manifest(source)
+        hub = HubSource(endpoint=self.config.hf_endpoint, token=self.config.hf_token)
+        return await hub.resolve(parse_hf_uri(source))
+
+    async def _fetch_manifest(self, url: str) -> ModelSpec:
+        timeouts = self.config.download.timeouts
+        async with Transport(
+            connect_timeout_s=timeouts.connect_s, stall_timeout_s=timeouts.stall_s
+        ) as tr:
+            resp = await tr.request("GET", url)
+            chunks: list[bytes] = []
+            size = 0
+            try:
+                while chunk := await resp.read_chunk():
+                    size += len(chunk)
+                    if size > MAX_MANIFEST_BYTES:
+                        raise InvalidInput(f"manifest {url} is larger than 16 MiB")
+                    chunks.append(chunk)
+            finally:
+                resp.close()
+        try:
+            text = b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"manifest {url} is not UTF-8 text") from None
+        return parse_manifest_text(text, fmt=format_of(url) or sniff_format(text), source=url)
+
+    def _on_model_file(self, job: _Job, path: str, what: str) -> None:
+        if not what.startswith("queued:"):
+            return
+        task_id = what.split(":", 1)[1]
+        self._attach(job, task_id)
+        self._replay_orphans(job)
+        if job.paused:
+            self.manager.pause(task_id)
+        elif self.manager.info(task_id).priority != job.priority:
+            self.manager.set_priority(task_id, job.priority)
+        # A model may have thousands of files, all queued in one go: one event for them all.
+        if job.id not in self._publish_pending:
+            self._publish_pending.add(job.id)
+            asyncio.get_running_loop().call_soon(self._publish_pending_nowait, job)
+
+    def _publish_pending_nowait(self, job: _Job) -> None:
+        self._publish_pending.discard(job.id)
+        self._publish_download(job)
+
+    # ------------------------------------------------------------------ steering
+
+    def _job(self, job_id: str) -> _Job:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NoSuchDownload(f"no download with id {job_id!r}")
+        return job
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        job = self._job(job_id)
+        if job.outcome is not None:
+            raise Conflict(f"download {job_id} is {job.outcome}; there is nothing to pause")
+        job.paused = True
+        self.db.update(int(job.id), paused=True)
+        for info in self._infos(job):
+            if not info.state.final:
+                self.manager.pause(info.id)
+        self._publish_download(job)
+        return self.view(job)
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        """Resume a paused download, or retry a failed one (only missing bytes are fetched)."""
+        job = self._job(job_id)
+        if job.outcome in ("completed", "cancelled"):
+            raise Conflict(
+                f"download {job_id} is {job.outcome}",
+                hint="Add it again to download it anew.",
+            )
+        job.paused = False
+        job.outcome = job.error = None
+        self.db.update(int(job.id), paused=False, outcome=None, error=None)
+        if job.kind == "url":
+            infos = self._infos(job)
+            if infos and infos[0].state in (State.PAUSED, State.FAILED):
+                self.manager.resume(infos[0].id)
+            elif not infos:
+                self._start_url(job)
+        elif job.runner is None:
+            self._start_model(job)  # a failed pull starts over; finished files are kept
+        else:
+            for info in self._infos(job):
+                if info.state is State.PAUSED:
+                    self.manager.resume(info.id)
+        self._publish_download(job)
+        return self.view(job)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Stop a download for good and delete its partial data."""
+        job = self._job(job_id)
+        if job.outcome in ("completed", "cancelled"):
+            raise Conflict(f"download {job_id} is already {job.outcome}")
+        job.cancel_requested = True
+        live = [i for i in self._infos(job) if not i.state.final]
+        for info in live:
+            self.manager.cancel(info.id)
+        if job.kind == "model":
+            if job.runner is not None:
+                job.runner.cancel()  # it records the outcome as it ends
+            else:
+                self._finish(job, "cancelled", error=Cancelled("cancelled").to_dict())
+        elif not live and job.outcome != "cancelled":
+            # Failed, or not in the manager: drop the partial data here.
+            dest, folder = self._url_target(job)
+            paths = plan_paths(job.request["url"], dest, folder)
+            discard_partial(paths.dest, part=paths.part, journal=paths.journal)
+            self._finish(job, "cancelled", error=Cancelled("cancelled").to_dict())
+        return self.view(job)
+
+    def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
+        _check_priority(priority)
+        job = self._job(job_id)
+        job.priority = priority
+        self.db.update(int(job.id), priority=priority)
+        for info in self._infos(job):
+            if not info.state.final:
+                self.manager.set_priority(info.id, priority)
+        self._publish_download(job)
+        return self.view(job)
+
+    def forget(self, job_id: str) -> None:
+        """Remove a finished download from the list (its file stays)."""
+        job = self._job(job_id)
+        if job.outcome is None:
+            raise Conflict(
+                f"download {job_id} is not finished", hint="Cancel it first to remove it."
+            )
+        self._drop(job)
+        self._publish({"event": "removed", "id": job.id})
+
+    @property
+    def rate_limit(self) -> int | None:
+        rate = self.manager.rate_limit
+        return None if rate is None else int(rate)
+
+    def set_limit(self, rate_bytes_per_s: int | None) -> dict[str, Any]:
+        """The global speed cap in bytes per second; None or 0 removes it."""
+        if rate_bytes_per_s is not None and rate_bytes_per_s < 0:
+            raise InvalidInput(f"rate must be >= 0, got {rate_bytes_per_s}")
+        rate = rate_bytes_per_s or None
+        self.manager.set_limit(rate)
+        self.db.set_setting(_RATE_KEY, None if rate is None else str(rate))
+        view = self.limit_view()
+        self._publish({"event": "limit", **view})
+        return view
+
+    def limit_view(self) -> dict[str, Any]:
+        return {"rate_bytes_per_s": self.rate_limit}
+
+    # ------------------------------------------------------------------ observing
+
+    def downloads(self) -> list[dict[str, Any]]:
+        return [self.view(j) for j in self._jobs.values()]
+
+    def download(self, job_id: str) -> dict[str, Any]:
+        return self.view(self._job(job_id))
+
+    def _infos(self, job: _Job) -> list[TaskInfo]:
+        if self._manager is None:
+            return []
+        out = []
+        for tid in job.tasks:
+            try:
+                out.append(self._manager.info(tid))
+            except KeyError:
+                continue
+        return out
+
+    def _state_of(self, job: _Job, infos: list[TaskInfo]) -> str:
+        if job.outcome is not None:
+            return job.outcome
+        if job.kind == "url":
+            if infos:
+                return infos[0].state.value
+            return "paused" if job.paused else "queued"
+        if job.paused:
+            return "paused"
+        if any(i.state in _ACTIVE for i in infos):
+            return "running"
+        if infos and all(i.state is State.COMPLETED for i in infos):
+            return "running"  # linking into the snapshot
+        return "queued"
+
+    def view(self, job: _Job) -> dict[str, Any]:
+        """The JSON shape of one download, as the API and the events show it."""
+        infos = self._infos(job)
+        state = self._state_of(job, infos)
+        if infos:
+            done = sum(i.bytes_done for i in infos)
+            totals = [i.total for i in infos]
+            total = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
+            speed = sum(i.speed_bytes_per_s for i in infos) if state == "running" else 0.0
+        else:
+            done, total, speed = job.bytes_done, job.total, 0.0
+        eta = (
+            round(max(0, total - done) / speed, 1)
+            if total is not None and speed > 0 and state == "running"
+            else None
+        )
+        if job.kind == "url":
+            source = job.request["url"]
+            path = (job.result or {}).get("path") or (infos[0].path if infos else None)
+        else:
+            source = job.request.get("source") or f"manifest:{job.label}"
+            path = (job.result or {}).get("path")
+        return {
+            "id": job.id,
+            "kind": job.kind,
+            "source": source,
+            "name": job.label,
+            "path": None if path is None else str(path),
+            "state": state,
+            "priority": job.priority,
+            "bytes_done": done,
+            "total": total,
+            "speed": round(speed, 1),
+            "eta": eta,
+            "files": len(job.tasks),
+            "created": round(job.created, 3),
+            "paused": job.paused,
+            "error": job.error,
+            "result": job.result,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "event": "snapshot",
+            "seq": self._seq,
+            "downloads": self.downloads(),
+            "limit": self.limit_view(),
+            "store": self._store,
+            "download_dir": str(self.download_dir),
+        }
+
+    def subscribe(self) -> Subscription:
+        """A snapshot and then every later event; call ``close()`` when done."""
+        if self._closing:
+            raise RuntimeError("the service is stopping")
+        sub = Subscription(self.snapshot(), self._subs.discard)
+        self._subs.add(sub)
+        return sub
+
+    # ------------------------------------------------------------------ events
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        self._seq += 1
+        event["seq"] = self._seq
+        for sub in list(self._subs):
+            sub.offer_nowait(event)
+
+    def _publish_download(self, job: _Job) -> None:
+        if not self._closing and job.id in self._jobs:
+            self._publish({"event": "download", "download": self.view(job)})
+
+    def _on_manager_event(self, ev: TaskEvent) -> None:
+        if self._closing:
+            return  # closing pauses everything; that is not the user's decision to record
+        if ev.kind == "total":
+            now = time.monotonic()
+            if now - self._total_at >= _TOTAL_EVERY_S:
+                self._total_at = now
+                self._publish(ev.to_dict())
+            return
+        claimed = self._by_task.get(ev.task_id)
+        if not claimed:
+            if ev.kind == "state":
+                if not self._orphans:  # kept for the current step of the loop only
+                    asyncio.get_running_loop().call_soon(self._orphans.clear)
+                self._orphans.setdefault(ev.task_id, []).append(ev)
+            return
+        for job_id in sorted(claimed, key=int):
+            job = self._jobs.get(job_id)
+            if job is None:
+                continue
+            if ev.kind == "state":
+                self._publish({**ev.to_dict(), "id": job.id, "task": ev.task_id})
+                if job.kind == "url" and ev.state.final and job.outcome is None:
+                    self._finish_url(job, self.manager.info(ev.task_id))
+                else:
+                    self._publish_download(job)
+            elif ev.kind == "progress":
+                now = time.monotonic()
+                if now - job.progress_at >= _PROGRESS_EVERY_S:
+                    job.progress_at = now
+                    self._publish(
+                        {
+                            **ev.to_dict(),
+                            "id": job.id,
+                            "task": ev.task_id,
+                            "download": self.view(job),
+                        }
+                    )
+
+    def _finish_url(self, job: _Job, info: TaskInfo) -> None:
+        if info.state is State.COMPLETED:
+            self._finish(job, "completed", result=info.result)
+        elif info.state is State.CANCELLED:
+            self._finish(job, "cancelled", error=info.error or Cancelled("cancelled").to_dict())
+        else:
+            self._finish(job, "failed", error=info.error)
+
+    def _finish(
+        self,
+        job: _Job,
+        outcome: str,
+        *,
+        error: dict[str, Any] | None = None,
+        result: dict[str, Any] | None = None,
+    ) -> None:
+        if job.id not in self._jobs:
+            return
+        view = self.view(job)
+        job.outcome, job.error, job.result = outcome, error, result
+        job.paused = False
+        job.bytes_done, job.total = view["bytes_done"], view["total"]
+        self.db.update(
+            int(job.id),
+            outcome=outcome,
+            error=error,
+            result=result,
+            paused=False,
+            bytes_done=job.bytes_done,
+            total=job.total,
+            label=job.label,
+        )
+        self._publish_download(job)
+        for old in self.db.prune_finished(self.config.max_finished):
+            gone = self._jobs.get(str(old))
+            if gone is not None:
+                self._forget_nowait(gone)
+                self._publish({"event": "removed", "id": gone.id})
+
+    # ------------------------------------------------------------------ the store
+
+    async def _in_store_thread(self, fn: Callable[[Inventory], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_pool, fn, self._inventory)
+
+    async def refresh_store(self) -> dict[str, Any]:
+        """Scan the store; tell subscribers if anything changed."""
+        assert self._store_lock is not None
+        async with self._store_lock:
+            view = await self._in_store_thread(_store_view)
+        if view != self._store:
+            self._store = view
+            if not self._closing:
+                self._publish({"event": "store", "store": view})
+        return view
+
+    async def set_pinned(self, name: str, pinned: bool, repo_type: str = "model") -> dict[str, Any]:
+        _check_model_ref(name, repo_type)
+        await self._in_store_thread(lambda inv: inv.set_pinned(name, pinned, repo_type))
+        view = await self.refresh_store()
+        for m in view["models"]:
+            if m["name"] == name and m["repo_type"] == repo_type:
+                return dict(m)
+        return {"name": name, "repo_type": repo_type, "pinned": pinned}
+
+    async def remove_model(
+        self,
+        name: str,
+        *,
+        revision: str | None = None,
+        repo_type: str = "model",
+        force: bool = False,
+    ) -> dict[str, Any]:
+        _check_model_ref(name, repo_type)
+        freed = await self._in_store_thread(
+            lambda inv: inv.remove(name, revision, repo_type=repo_type, force=force)
+        )
+        await self.refresh_store()
+        return {"name": name, "repo_type": repo_type, "revision": revision, "freed": freed}
+
+    async def gc(
+        self, max_size: int | None, *, dry_run: bool = False, partial_age_s: float = 7 * 86400
+    ) -> dict[str, Any]:
+        """Evict least recently used unpinned models to fit ``max_size``; never what a
+        download in the queue is pulling."""
+        keep = [j.label for j in self._jobs.values() if j.kind == "model" and j.outcome is None]
+
+        def run(inv: Inventory) -> GcResult:
+            return inv.gc(max_size, dry_run=dry_run, partial_age_s=partial_age_s, keep=keep)
+
+        result = await self._in_store_thread(run)
+        await self.refresh_store()
+        return result.to_dict()
+
+
+def _store_view(inv: Inventory) -> dict[str, Any]:
+    models = inv.scan()
+    return {
+        "root": str(inv.root),
+        "models": [m.to_dict() for m in models],
+        "used": inv.total_size(models),
+        "free": inv.disk_free(),
+    }
+
+
+def _parse_inline_manifest(data: dict[str, Any]) -> ModelSpec:
+    try:
+        return manifest_from_data(data, source="manifest")
+    except UnicodeEncodeError:
+        # Lone surrogates are valid JSON escapes but no file name; the path checks below
+        # manifest_from_data encode to UTF-8 and would crash on them.
+        raise InvalidInput("manifest: a text field is not valid Unicode") from None
+
+
+def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a.get(k) == b.get(k) for k in ("url", "out", "dir"))
+
+
+def _check_priority(priority: int) -> None:
+    if isinstance(priority, bool) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
+        raise InvalidInput(
+            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
+        )
+
+
+def _check_model_ref(name: str, repo_type: str) -> None:
+    check_repo_id(name)
+    if repo_type not in REPO_TYPES:
+        raise InvalidInput(f"repo_type must be one of {', '.join(REPO_TYPES)}")
