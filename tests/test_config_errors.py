@@ -1,0 +1,453 @@
+"""Frozen config values, the error tree's categories and hints, and the journal's JSON shape."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modelhaul import errors
+from modelhaul.config import (
+    DownloadConfig,
+    RateLimit,
+    RetryPolicy,
+    SegmentPolicy,
+    Timeouts,
+)
+from modelhaul.errors import (
+    CATEGORIES,
+    HTTPStatusError,
+    InvalidInput,
+    ModelhaulError,
+    NetworkError,
+    RetriesExhausted,
+    StallTimeout,
+    status_info,
+)
+from modelhaul.journal import VERSION, JournalState
+from modelhaul.policy.ranges import RangeSet
+
+MiB = 1024 * 1024
+
+# ---------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value"),
+    [
+        (RetryPolicy, "retries", -1),
+        (RetryPolicy, "initial_delay_s", -0.5),
+        (RetryPolicy, "factor", 0.5),
+        (RetryPolicy, "max_delay_s", -1.0),
+        (RetryPolicy, "max_restarts", -1),
+        (Timeouts, "connect_s", 0),
+        (Timeouts, "connect_s", -1.0),
+        (Timeouts, "stall_s", 0.0),
+        (SegmentPolicy, "connections", 0),
+        (SegmentPolicy, "connections", 65),
+        (SegmentPolicy, "initial_connections", 0),
+        (SegmentPolicy, "initial_connections", 100),
+        (SegmentPolicy, "max_connections", 0),
+        (SegmentPolicy, "max_connections", 65),
+        (SegmentPolicy, "min_split_bytes", 0),
+        (SegmentPolicy, "chunk_bytes", 0),
+        (SegmentPolicy, "chunk_bytes", -MiB),
+        (SegmentPolicy, "min_steal_bytes", 0),
+        (SegmentPolicy, "write_batch_bytes", -1),
+        (SegmentPolicy, "read_buffer_bytes", 0),
+        (RateLimit, "rate_bytes_per_s", 0),
+        (RateLimit, "rate_bytes_per_s", -100),
+    ],
+)
+def test_invalid_values_are_refused_naming_the_field(cls: type, field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=rf"^{field} "):
+        cls(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("cls", "field"),
+    [
+        (RetryPolicy, "initial_delay_s"),
+        (RetryPolicy, "factor"),
+        (RetryPolicy, "max_delay_s"),
+        (Timeouts, "connect_s"),
+        (Timeouts, "stall_s"),
+        (RateLimit, "rate_bytes_per_s"),
+    ],
+)
+def test_nan_is_refused(cls: type, field: str) -> None:
+    """NaN slips past ``value < 0`` and ``value == 0``; a NaN timeout or delay is never meant."""
+    with pytest.raises(ValueError, match=field):
+        cls(**{field: math.nan})
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (RetryPolicy, {"retries": 0, "initial_delay_s": 0.0, "max_delay_s": 0.0, "factor": 1.0}),
+        (RetryPolicy, {"max_restarts": 0}),
+        (Timeouts, {"connect_s": 0.001, "stall_s": 1e6}),
+        (SegmentPolicy, {"connections": 1}),
+        (SegmentPolicy, {"connections": 64, "initial_connections": 64, "max_connections": 64}),
+        (SegmentPolicy, {"chunk_bytes": 1}),
+        (RateLimit, {"rate_bytes_per_s": 1}),
+        (RateLimit, {"rate_bytes_per_s": None}),
+    ],
+)
+def test_boundary_values_are_accepted(cls: type, kwargs: dict[str, Any]) -> None:
+    value = cls(**kwargs)
+    for k, v in kwargs.items():
+        assert getattr(value, k) == v
+
+
+def test_configs_are_frozen_keyword_only_and_replaceable() -> None:
+    policy = RetryPolicy()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        policy.retries = 10  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        RetryPolicy(5)  # type: ignore[misc]
+    more = dataclasses.replace(policy, retries=10)
+    assert (policy.retries, more.retries) == (3, 10)
+    with pytest.raises(ValueError, match="retries"):
+        dataclasses.replace(policy, retries=-2)  # replace validates too
+
+
+def test_download_config_defaults_are_independent_values() -> None:
+    a, b = DownloadConfig(), DownloadConfig()
+    assert a == b
+    assert isinstance(a.retry, RetryPolicy) and isinstance(a.segments, SegmentPolicy)
+    assert a.rate.rate_bytes_per_s is None
+
+
+@pytest.mark.parametrize(
+    ("size", "connections", "expected"),
+    [
+        (0, 4, 4 * MiB),  # never below 4 MiB
+        (10 * MiB, 4, 4 * MiB),
+        (1024 * MiB, 4, 64 * MiB),  # 1 GiB / 16 = 64 MiB
+        (1024 * MiB, 8, 32 * MiB),
+        (10 * 1024 * MiB, 4, 64 * MiB),  # never above 64 MiB
+        (100 * MiB + 12345, 1, 25 * MiB),  # rounded down to whole MiB
+    ],
+)
+def test_chunk_for_table(size: int, connections: int, expected: int) -> None:
+    assert SegmentPolicy().chunk_for(size, connections) == expected
+
+
+def test_chunk_for_honours_a_fixed_chunk() -> None:
+    assert SegmentPolicy(chunk_bytes=12345).chunk_for(10**12, 32) == 12345
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(0, 2**50), connections=st.integers(1, 64))
+def test_chunk_for_is_whole_mib_within_bounds(size: int, connections: int) -> None:
+    chunk = SegmentPolicy().chunk_for(size, connections)
+    assert 4 * MiB <= chunk <= 64 * MiB
+    assert chunk % MiB == 0
+    assert chunk <= max(4 * MiB, size // (4 * connections))
+
+
+# ---------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("status", "category", "retryable"),
+    [
+        (400, "client_error", False),
+        (401, "auth", False),
+        (403, "auth", False),
+        (404, "not_found", False),
+        (410, "not_found", False),
+        (405, "client_error", False),
+        (416, "client_error", False),
+        (408, "server_error", True),
+        (425, "server_error", True),
+        (429, "rate_limited", True),
+        (500, "server_error", True),
+        (501, "server_error", False),
+        (502, "server_error", True),
+        (503, "server_error", True),
+        (504, "server_error", True),
+        (505, "server_error", False),
+        (599, "server_error", False),
+        (302, "client_error", False),
+    ],
+)
+def test_status_mapping(status: int, category: str, retryable: bool) -> None:
+    got_category, got_retryable, hint = status_info(status)
+    assert (got_category, got_retryable) == (category, retryable)
+    assert hint
+    exc = HTTPStatusError(status, "https://example.com/a.bin")
+    assert (exc.category, exc.retryable) == (category, retryable)
+    assert exc.hint == hint
+    assert exc.status == status
+    assert str(status) in exc.message and "https://example.com/a.bin" in exc.message
+    assert isinstance(exc, errors.TransferError)
+
+
+def test_status_hints_point_to_the_next_step() -> None:
+    assert "HF_TOKEN" in status_info(401)[2]
+    assert "licence" in status_info(403)[2]
+    assert "URL" in status_info(404)[2]
+    assert "-x" in status_info(429)[2]
+
+
+def test_http_status_error_keeps_server_details() -> None:
+    exc = HTTPStatusError(
+        429, "u", retry_after_s=12.0, message="slow down", hint="wait", error_code="RateLimit"
+    )
+    assert exc.retry_after_s == 12.0
+    assert exc.error_code == "RateLimit"
+    assert exc.to_dict() == {"category": "rate_limited", "message": "slow down", "hint": "wait"}
+
+
+def all_error_classes() -> list[type[ModelhaulError]]:
+    """Every class of the tree drawn in errors.py."""
+    found: list[type[ModelhaulError]] = []
+    todo: list[type[ModelhaulError]] = [ModelhaulError]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__ == errors.__name__:
+            found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_error_class_has_a_known_category_and_a_hint() -> None:
+    classes = all_error_classes()
+    assert len(classes) >= 14
+    for cls in classes:
+        if cls in (HTTPStatusError, RetriesExhausted):
+            continue  # category comes from the status / the last attempt
+        assert cls.category in CATEGORIES, cls
+        if cls is not ModelhaulError:
+            exc = cls("boom")
+            assert exc.hint, cls
+            assert exc.to_dict() == {"category": cls.category, "message": "boom", "hint": exc.hint}
+
+
+@pytest.mark.parametrize(
+    ("cls", "category", "retryable", "bases"),
+    [
+        (InvalidInput, "invalid_input", False, (ValueError,)),
+        (NetworkError, "network", True, (errors.TransferError,)),
+        (StallTimeout, "timeout", True, (errors.TransferError,)),
+        (errors.TruncatedBody, "network", True, ()),
+        (errors.RemoteChanged, "network", True, ()),
+        (errors.RangeNotHonoured, "network", True, ()),
+        (errors.RedirectRefused, "client_error", False, ()),
+        (errors.IntegrityError, "integrity", False, ()),
+        (errors.DiskFull, "disk_full", False, (OSError,)),
+        (errors.PermissionDenied, "permission", False, (OSError,)),
+        (errors.Cancelled, "cancelled", False, ()),
+    ],
+)
+def test_error_categories(
+    cls: type[ModelhaulError], category: str, retryable: bool, bases: tuple[type, ...]
+) -> None:
+    exc = cls("x")
+    assert exc.category == category
+    assert exc.retryable is retryable
+    assert isinstance(exc, ModelhaulError)
+    for base in bases:
+        assert isinstance(exc, base)
+
+
+def test_explicit_hint_overrides_the_default() -> None:
+    assert NetworkError("x", hint="try the mirror").hint == "try the mirror"
+    assert NetworkError("x", hint="").hint == ""  # an explicit empty hint is kept
+    assert "HTTPS_PROXY" in NetworkError("x").hint
+
+
+def test_retries_exhausted_keeps_history_and_takes_the_last_category() -> None:
+    first = NetworkError("connection reset")
+    second = StallTimeout("no byte for 30 s")
+    last = HTTPStatusError(503, "https://h/f")
+    attempts: list[ModelhaulError] = [first, second, last]
+    exc = RetriesExhausted(last, attempts)
+    assert exc.attempts == [first, second, last]
+    assert exc.last is last
+    assert exc.category == "server_error"
+    assert exc.retryable is False  # giving up is final, even though 503 was retryable
+    assert exc.hint == last.hint
+    assert last.message in exc.message and "3 attempts" in exc.message
+    assert exc.to_dict()["category"] == "server_error"
+    assert isinstance(exc, errors.TransferError)
+
+
+@pytest.mark.parametrize(
+    ("last", "category"),
+    [
+        (StallTimeout("stalled"), "timeout"),
+        (HTTPStatusError(429, "u"), "rate_limited"),
+        (HTTPStatusError(403, "u"), "auth"),
+        (NetworkError("reset"), "network"),
+    ],
+)
+def test_retries_exhausted_category_follows_last(last: ModelhaulError, category: str) -> None:
+    exc = RetriesExhausted(last, [NetworkError("earlier"), last])
+    assert exc.category == category
+
+
+def test_retries_exhausted_counts_one_attempt_in_the_singular() -> None:
+    last = NetworkError("reset")
+    assert RetriesExhausted(last, [last]).message.endswith("(gave up after 1 attempt)")
+
+
+def test_human_bytes() -> None:
+    assert errors.human_bytes(0) == "0 B"
+    assert errors.human_bytes(1023) == "1023 B"
+    assert errors.human_bytes(1536) == "1.5 KiB"
+    assert errors.human_bytes(5 * MiB) == "5.0 MiB"
+    assert errors.human_bytes(3 * 1024**4) == "3.0 TiB"
+    assert errors.human_bytes(3 * 1024**5) == "3072.0 TiB"
+
+
+# ---------------------------------------------------------------- journal JSON
+
+
+def state(**kw: Any) -> JournalState:
+    base: dict[str, Any] = {
+        "url": "https://h/org/repo/resolve/main/model.bin",
+        "size": 1000,
+        "etag": '"abc"',
+        "last_modified": "Wed, 01 May 2024 12:00:00 GMT",
+        "sha256": "0" * 64,
+        "done": RangeSet([(0, 100), (500, 600)]),
+    }
+    base.update(kw)
+    return JournalState(**base)
+
+
+@pytest.mark.parametrize(
+    "st_",
+    [
+        state(),
+        state(size=None, etag=None, last_modified=None, sha256=None, done=RangeSet()),
+        state(size=0, done=RangeSet()),
+        state(done=RangeSet([(0, 1000)])),
+    ],
+)
+def test_journal_round_trip(st_: JournalState) -> None:
+    data = st_.to_json()
+    assert data["version"] == VERSION
+    assert JournalState.from_json(data) == st_
+    assert JournalState.from_json(json.loads(json.dumps(data))) == st_  # through real JSON
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.one_of(st.none(), st.integers(0, 10**15)),
+    ranges=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=8),
+    etag=st.one_of(st.none(), st.text(max_size=20)),
+)
+def test_journal_round_trip_fuzz(
+    size: int | None, ranges: list[tuple[int, int]], etag: str | None
+) -> None:
+    done = RangeSet()
+    for a, n in ranges:
+        end = a + n if size is None else min(size, a + n)
+        done.add(min(a, end), end)
+    st_ = state(size=size, done=done, etag=etag)
+    assert JournalState.from_json(json.loads(json.dumps(st_.to_json()))) == st_
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        None,
+        [],
+        "journal",
+        42,
+        {},
+        {"version": 2, "url": "u", "size": 1, "done": []},
+        {"version": 1},
+        {"version": 1, "url": "u", "size": 10},  # no done
+        {"version": 1, "url": "u", "done": []},  # no size
+        {"version": 1, "size": 10, "done": []},  # no url
+        {"version": 1, "url": "u", "size": -1, "done": []},
+        {"version": 1, "url": "u", "size": "10", "done": []},
+        {"version": 1, "url": "u", "size": 10.5, "done": []},
+        {"version": 1, "url": "u", "size": 10, "done": [[0, 11]]},  # past the end
+        {"version": 1, "url": "u", "size": 10, "done": [[5, 2]]},  # backwards
+        {"version": 1, "url": "u", "size": 10, "done": [[-2, 2]]},
+        {"version": 1, "url": "u", "size": None, "done": [[-5, -1]]},
+        {"version": 1, "url": "u", "size": 10, "done": [[0, 1, 2]]},
+        {"version": 1, "url": "u", "size": 10, "done": [[0]]},
+        {"version": 1, "url": "u", "size": 10, "done": [["0", "5"]]},
+        {"version": 1, "url": "u", "size": 10, "done": [[0.0, 5.0]]},
+        {"version": 1, "url": "u", "size": 10, "done": [5]},
+        {"version": 1, "url": "u", "size": 10, "done": 5},
+        {"version": 1, "url": "u", "size": 10, "done": None},
+        {"version": 1, "url": "u", "size": 10, "done": [None]},
+    ],
+)
+def test_journal_rejects_malformed(data: Any) -> None:
+    assert JournalState.from_json(data) is None
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("etag", 5),
+        ("etag", ["x"]),
+        ("etag", {"a": 1}),
+        ("last_modified", 7),
+        ("sha256", 123),
+    ],
+)
+def test_journal_with_mistyped_strings_is_rejected(field: str, value: Any) -> None:
+    """A journal whose text fields are not text is malformed: None, not a state that later
+    crashes (``validator()`` calls ``.startswith`` on the ETag) or sends ``['x']`` as If-Range."""
+    data = state().to_json()
+    data[field] = value
+    assert JournalState.from_json(data) is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def journal_like(draw: st.DrawFn) -> Any:
+    """Mostly-valid journals with one part replaced by an arbitrary JSON value."""
+    data: dict[str, Any] = state().to_json()
+    for key in draw(st.lists(st.sampled_from([*data, "extra"]), max_size=3, unique=True)):
+        if draw(st.booleans()):
+            data.pop(key, None)
+        else:
+            data[key] = draw(json_values)
+    return data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(json_values, journal_like()))
+def test_journal_from_json_fuzz_never_raises(data: Any) -> None:
+    got = JournalState.from_json(data)
+    assert got is None or isinstance(got, JournalState)
+
+
+@settings(max_examples=200, deadline=None)
+@given(journal_like())
+def test_journal_from_json_fuzz_accepted_state_is_usable(data: Any) -> None:
+    got = JournalState.from_json(data)
+    if got is None:
+        return
+    # Whatever is accepted is a usable state: typed fields, ranges inside the file, round trip.
+    assert isinstance(got.url, str)
+    assert got.size is None or (isinstance(got.size, int) and got.size >= 0)
+    for s, e in got.done:
+        assert 0 <= s < e
+        assert got.size is None or e <= got.size
+    got.validator()
+    assert JournalState.from_json(json.loads(json.dumps(got.to_json()))) == got
