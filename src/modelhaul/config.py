@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from .policy.backoff import backoff_delay_s
@@ -10,7 +11,7 @@ MiB = 1024 * 1024
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
@@ -31,7 +32,7 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         _positive("retries", self.retries, allow_zero=True)
         _positive("initial_delay_s", self.initial_delay_s, allow_zero=True)
-        if self.factor < 1:
+        if not math.isfinite(self.factor) or self.factor < 1:
             raise ValueError(f"factor must be >= 1, got {self.factor!r}")
         _positive("max_delay_s", self.max_delay_s, allow_zero=True)
         _positive("max_restarts", self.max_restarts, allow_zero=True)

@@ -64,14 +64,12 @@ class JournalState:
                 if size is not None and end > size:
                     return None
                 done.add(start, end)
-            return cls(
-                url=str(data["url"]),
-                size=size,
-                etag=data.get("etag"),
-                last_modified=data.get("last_modified"),
-                sha256=data.get("sha256"),
-                done=done,
-            )
+            strings = {k: data.get(k) for k in ("etag", "last_modified", "sha256")}
+            if not isinstance(data["url"], str) or any(
+                v is not None and not isinstance(v, str) for v in strings.values()
+            ):
+                return None
+            return cls(url=data["url"], size=size, done=done, **strings)
         except (AttributeError, KeyError, TypeError, ValueError):
             return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,13 +20,17 @@ def backoff_delay_s(
     """Delay before retry number ``attempt`` (0 for the first retry), "equal jitter".
 
     ``d = min(max_s, initial_s * factor**attempt)``; the delay is ``d/2 + U(0, d/2)``. Half of
-    the delay is fixed, so successive waits keep growing (the jitter never undoes the growth)
-    while concurrent clients still spread out.
+    the delay is fixed, so with ``factor >= 2`` successive waits keep growing until ``d`` reaches
+    ``max_s`` (the jitter never undoes the growth); from there every wait lies in
+    ``[max_s/2, max_s]``, while concurrent clients still spread out.
     """
     if attempt < 0:
         raise ValueError("attempt must be >= 0")
-    # Cap the exponent so huge attempt numbers cannot overflow a float.
-    d = min(max_s, initial_s * factor ** min(attempt, 64))
+    d = min(max_s, initial_s)
+    if initial_s > 0 and factor > 1 and max_s > initial_s:
+        # Compare in log space so that no factor or attempt number can overflow a float.
+        capped = attempt * math.log(factor) >= math.log(max_s / initial_s)
+        d = max_s if capped else initial_s * factor**attempt
     return d / 2 + rand() * (d / 2)
 
 
@@ -40,8 +45,9 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     value = value.strip()
     if not value:
         return None
-    if value.isdigit():
-        return float(min(int(value), 24 * 3600))
+    if value.isascii() and value.isdigit():
+        # Very long digit strings are just "a long time"; int() would refuse them.
+        return float(min(int(value[:12]) if len(value) <= 12 else 24 * 3600, 24 * 3600))
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):

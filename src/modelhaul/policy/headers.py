@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.message import Message
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
-_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
+# At most 19 digits: beyond any real file size, and int() stays cheap and safe.
+_CONTENT_RANGE = re.compile(
+    r"^\s*bytes\s+(\d{1,19})-(\d{1,19})/(\d{1,19}|\*)\s*$", re.IGNORECASE | re.ASCII
+)
 _MAX_SANE = 2**60
+_EXT_FILENAME = re.compile(r"filename\*\s*=\s*([^;]+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,13 +54,26 @@ def filename_from_disposition(value: str | None) -> str | None:
     """The file name a Content-Disposition header proposes (filename* preferred), unsanitised."""
     if not value:
         return None
+    # RFC 6266 4.3: filename* (RFC 5987, charset'lang'pct-encoded) wins over filename.
+    ext = _EXT_FILENAME.search(value)
+    if ext:
+        charset, _, encoded = ext.group(1).strip().strip('"').partition("'")
+        _lang, _, encoded = encoded.partition("'")
+        try:
+            name = unquote(encoded, encoding=charset or "utf-8", errors="strict")
+        except (LookupError, UnicodeDecodeError):
+            name = ""
+        if name:
+            return name
     msg = Message()
     msg["content-disposition"] = value
     try:
-        name = msg.get_filename()
+        plain = msg.get_param("filename", header="content-disposition")
     except (ValueError, LookupError, TypeError):
         return None
-    return name or None
+    if isinstance(plain, tuple):  # an RFC 2231 continuation the email package decoded
+        plain = plain[2]
+    return plain or None
 
 
 def sanitize_filename(name: str | None, *, fallback: str = "download") -> str:
@@ -71,7 +88,8 @@ def sanitize_filename(name: str | None, *, fallback: str = "download") -> str:
     # Keep only the last path component, whichever separator the server used.
     name = re.split(r"[/\\]", name)[-1]
     name = "".join(ch for ch in name if ch.isprintable() and ch not in '<>:"|?*')
-    name = name.strip().lstrip(".").strip()
+    # Dots and spaces in any mix at the front would still hide the file ('. .x').
+    name = name.strip().lstrip(". ").rstrip()
     if len(name.encode("utf-8")) > 200:
         stem, dot, ext = name.rpartition(".")
         if not dot or len(ext) > 16:
@@ -83,8 +101,10 @@ def sanitize_filename(name: str | None, *, fallback: str = "download") -> str:
 
 
 def filename_from_url(url: str) -> str | None:
-    path = url.split("?", 1)[0].split("#", 1)[0]
-    tail = path.rstrip("/").rsplit("/", 1)[-1]
-    if "://" in url and path.count("/") <= 2:  # bare host, no path
+    """The last non-empty path segment of a URL (None for a bare host)."""
+    try:
+        path = urlsplit(url).path if "://" in url else url.split("?", 1)[0].split("#", 1)[0]
+    except ValueError:
         return None
+    tail = path.rstrip("/").rsplit("/", 1)[-1]
     return tail or None

@@ -9,8 +9,15 @@ allowance so that already-waiting callers are paid at the new rate within a frac
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
+
+
+def _check_rate(rate: float | None) -> None:
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"rate_bytes_per_s must be a positive finite number or None, got {rate!r}")
+
 
 # Sleep in slices so a rate change reaches waiters quickly.
 _MAX_SLICE_S = 0.2
@@ -26,8 +33,7 @@ class TokenBucket:
         burst_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if rate_bytes_per_s is not None and rate_bytes_per_s <= 0:
-            raise ValueError("rate_bytes_per_s must be positive or None")
+        _check_rate(rate_bytes_per_s)
         self._clock = clock
         self._rate = rate_bytes_per_s
         self._burst_s = burst_s
@@ -42,8 +48,7 @@ class TokenBucket:
 
     def set_rate(self, rate_bytes_per_s: float | None) -> None:
         """Change the rate now; ``None`` removes the limit."""
-        if rate_bytes_per_s is not None and rate_bytes_per_s <= 0:
-            raise ValueError("rate_bytes_per_s must be positive or None")
+        _check_rate(rate_bytes_per_s)
         now = self._clock()
         self._base = self._allowed(now) if self._rate else self._reserved
         self._t0 = now

@@ -15,6 +15,8 @@ def parse_size(text: str | int, *, what: str = "size") -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         if text < 0:
             raise InvalidInput(f"{what} must not be negative: {text}")
+        if text > 2**62:
+            raise InvalidInput(f"{what} is too large: {text}")
         return text
     m = _SIZE.match(str(text))
     if not m:
@@ -33,4 +35,7 @@ def parse_rate(text: str | int | None) -> int | None:
     if text is None:
         return None
     value = parse_size(text, what="rate")
+    if value == 0 and str(text).strip() not in ("0", "0K", "0M", "0G", "0k", "0m", "0g"):
+        # '0.5' would round to 0, which means "unlimited": refuse rather than surprise.
+        raise InvalidInput(f"rate {text!r} is below 1 byte/s", hint="Use 0 for unlimited.")
     return value or None
