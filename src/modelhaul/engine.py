@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
+from urllib.parse import urlsplit
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
@@ -534,6 +535,15 @@ class Downloader:
             if exc.status == 416 and resuming:
                 raise RemoteChanged("the remote file is shorter than the partial data") from exc
             raise
+        if resp.status not in (200, 206):
+            # A redirect without Location, 202 Accepted, 204 No Content: whatever the body is,
+            # it is not the file, and publishing it would report success.
+            resp.close()
+            raise HTTPStatusError(
+                resp.status,
+                resp.url,
+                message=f"HTTP {resp.status} from {urlsplit(resp.url).netloc} is not the file",
+            )
         t.resolved_url = resp.url
         if t.name_pending:
             named = filename_from_disposition(resp.headers.get("Content-Disposition"))
