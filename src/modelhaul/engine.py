@@ -447,8 +447,9 @@ class Downloader:
                         self._save_journal(t)
                 os.close(t.fd)
                 t.fd = -1
-                if not t.state.done:
-                    # Nothing worth resuming: leave no empty partial file behind.
+                if not t.state.done or t.size is None:
+                    # Nothing worth resuming (without a size no range can be asked for):
+                    # leave no partial file behind.
                     t.part.unlink(missing_ok=True)
                     t.journal.remove()
 
@@ -458,6 +459,9 @@ class Downloader:
         if (
             loaded
             and exists
+            # Bytes of a body of unknown length (chunked, content-encoded) cannot be resumed;
+            # treated as held, they would collide with the next probe's range.
+            and loaded.size is not None
             and (loaded.url == t.url or (t.expected_sha256 and loaded.sha256 == t.expected_sha256))
         ):
             t.state = loaded
