@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from . import demo, doctor, get, models, store
+from . import demo, doctor, get, models, remote, serve, store
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,3 +13,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     store.register(sub)
     doctor.register(sub)
     demo.register(sub)
+    serve.register(sub)
+    remote.register(sub)

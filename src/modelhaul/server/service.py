@@ -666,8 +666,9 @@ class Service:
         if job.outcome is not None:
             return job.outcome
         if job.kind == "url":
-            if infos:
+            if infos and not (job.paused and not infos[0].state.final):
                 return infos[0].state.value
+            # Paused is what the user decided: say so at once, while the transfer winds down.
             return "paused" if job.paused else "queued"
         if job.paused:
             return "paused"
