@@ -8,7 +8,7 @@ Everything generated lives in ``benchmarks/_work/`` (gitignored); downloads go t
 Cases
   A  4 GiB from /plain/ (unshaped loopback; modelhaul verifies SHA-256, peers verify nothing)
   B  1 GiB from /capped/ (nginx ``limit_rate 20m`` per connection, a CDN capping each flow)
-  C  300 files 1 KiB..2 MiB (~80 MB) through a 30 ms per-request delay proxy
+  C  300 files 1 KiB..2 MiB (87 MB) through a 30 ms per-request delay proxy
   D  limiter accuracy: ``--limit-rate 20M`` over 4 downloads (and over one ``-x 4`` download)
 """
 
@@ -1254,7 +1254,8 @@ def limiter_table(runs: list[LimiterRun]) -> str:
             f"| {worst.err_pct:+.1f} % "
             f"| {min(r.rate_1s_min for r in ok) / MiB:.1f}–{max(r.rate_1s_max for r in ok) / MiB:.1f} "
             f"| {f'{min(fairs):.2f}' if fairs else 'n/a'} "
-            f"| {', '.join(sorted({r.method for r in ok}))} | {'PASS' if passed else 'FAIL'} |"
+            f"| {', '.join(sorted({r.method for r in ok}))} "
+            f"| {'PASS' if passed else 'FAIL'}{'' if ok[0].tool.startswith('modelhaul') else ' (ref)'} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -1555,7 +1556,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - t_begin
     md = [
         "# modelhaul benchmark results\n",
-        f"Command: `benchmarks/run.sh {shlex.join(argv if argv is not None else sys.argv[1:])}` "
+        f"Command: `{shlex.join(['benchmarks/run.sh', *(argv if argv is not None else sys.argv[1:])])}` "
         f"— {'QUICK smoke run (smaller files), ' if args.quick else ''}{args.reps} rep(s) per "
         f"tool, medians; total {elapsed / 60:.1f} min.\n",
         *env_lines,
