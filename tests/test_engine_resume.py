@@ -262,6 +262,46 @@ async def test_directory_mode_resumes_and_names_the_file_from_the_response(
     assert (out / "weights.bin").read_bytes() == data
 
 
+async def test_partial_data_of_unknown_length_is_not_kept(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    data = blob(24 * MiB, seed=28)
+    origin.add_file("u.bin", data)
+    # Content-encoded: no usable length, so nothing to resume against.
+    origin.set_default("u.bin", Fault(gzip=True, rate_bytes_per_s=2 * MiB))
+    dest = tmp_path / "u.bin"
+    async with Downloader(config(), state_dir=state_dir) as dl:
+        task = asyncio.create_task(dl.download(origin.url("u.bin"), dest))
+        await origin.wait_bytes_async("u.bin", 3 * MiB, timeout=20)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    # The origin now does ranges: a plain, segmented download.
+    origin.set_default("u.bin", None)
+    async with Downloader(config(connections=4), state_dir=state_dir) as dl:
+        result = await dl.download(origin.url("u.bin"), dest)
+    assert dest.read_bytes() == data
+    assert result.resumed_from == 0
+
+
+async def test_a_journal_without_a_size_is_not_trusted(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    # What a killed download of a chunked or encoded body leaves behind.
+    data = blob(12 * MiB, seed=29)
+    origin.add_file("n.bin", data)
+    dest = tmp_path / "n.bin"
+    (tmp_path / "n.bin.modelhaul.part").write_bytes(data[:MiB])
+    journal = {"version": 1, "url": origin.url("n.bin"), "size": None, "done": [[0, MiB]]}
+    (tmp_path / "n.bin.modelhaul.journal").write_text(json.dumps(journal))
+    async with Downloader(config(connections=2), state_dir=state_dir) as dl:
+        result = await dl.download(origin.url("n.bin"), dest)
+    assert dest.read_bytes() == data
+    assert result.resumed_from == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["home", "n.bin"]
+
+
 # ---------------------------------------------------------------------- never mix versions
 
 

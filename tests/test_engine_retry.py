@@ -392,3 +392,20 @@ async def test_without_ranges_giving_up_is_bounded(
     # RetryPolicy.max_restarts=3: the first pass and three fresh starts.
     assert len(origin.requests_for("nr.bin")) == 4
     assert not dest.exists()
+
+
+@pytest.mark.parametrize("status", [202, 204, 300, 302])
+async def test_a_success_or_redirect_without_the_file_is_an_error(
+    origin: Origin, tmp_path: Path, state_dir: Path, status: int
+) -> None:
+    # A redirect without Location, or a 2xx that is not 200/206, carries no file.
+    origin.add_file("n.bin", blob(1000, seed=14))
+    origin.set_default("n.bin", Fault(status=status))
+    dest = tmp_path / "n.bin"
+    async with Downloader(config(), state_dir=state_dir) as dl:
+        with pytest.raises(HTTPStatusError) as info:
+            await dl.download(origin.url("n.bin"), dest)
+    assert info.value.status == status
+    assert info.value.category == "client_error"
+    assert len(origin.requests_for("n.bin")) == 1
+    assert not dest.exists()

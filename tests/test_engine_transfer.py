@@ -409,6 +409,21 @@ async def test_an_unexpected_size_fails_before_the_transfer(
         assert origin.bytes_served("sz.bin") < len(data)
 
 
+async def test_an_endless_body_stops_at_the_expected_size(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    origin.add_file("e.bin", b"x")
+    origin.set_default("e.bin", Fault(endless=True))
+    out = tmp_path / "out"
+    async with Downloader(config(), state_dir=state_dir) as dl:
+        with pytest.raises(IntegrityError) as info:
+            await asyncio.wait_for(
+                dl.download(origin.url("e.bin"), out / "e.bin", expected_size=MiB), 20
+            )
+    assert "more than expected" in info.value.message
+    assert leftovers(out) == []
+
+
 # ---------------------------------------------------------------------- progress
 
 
