@@ -54,6 +54,7 @@ def _internal_imports(path: Path) -> set[str]:
 
 def test_all_is_sorted_and_importable() -> None:
     assert modelhaul.__all__ == sorted(modelhaul.__all__)
+    assert set(modelhaul.__all__) == set(modelhaul._EXPORTS)
     for name in modelhaul.__all__:
         assert getattr(modelhaul, name) is not None
 

@@ -1,40 +1,94 @@
 """modelhaul: fast, resumable, verified downloads of ML model files.
 
 The public API; everything else is internal and may change.
+Imports are lazy (PEP 562): ``import modelhaul`` stays cheap, so the command line starts fast
+and pulls in huggingface_hub or the server only when a command needs them.
 """
 
-from .availability import AvailabilityEvent, ModelAvailability, ModelState, ModelStatus
-from .config import (
-    DownloadConfig,
-    ManagerConfig,
-    RateLimit,
-    RetryPolicy,
-    SegmentPolicy,
-    Timeouts,
-)
-from .engine import Downloader
-from .errors import (
-    Cancelled,
-    DiskFull,
-    HTTPStatusError,
-    IntegrityError,
-    InvalidInput,
-    ModelhaulError,
-    NetworkError,
-    PermissionDenied,
-    RetriesExhausted,
-    StallTimeout,
-    TransferError,
-)
-from .events import Progress, Result, State, TaskEvent
-from .inventory import Inventory, StoredModel
-from .manager import DownloadHandle, DownloadManager, TaskInfo
-from .models import ModelPuller, PullResult, VerifyReport
-from .sources.hf import HubSource, parse_hf_uri
-from .sources.manifest import load_manifest_file, parse_manifest_text
-from .sources.model import ModelFile, ModelSpec
-from .statedb import StateDB
-from .sync import SyncDownloadManager, download
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .availability import AvailabilityEvent, ModelAvailability, ModelState, ModelStatus
+    from .config import (
+        DownloadConfig,
+        ManagerConfig,
+        RateLimit,
+        RetryPolicy,
+        SegmentPolicy,
+        Timeouts,
+    )
+    from .engine import Downloader
+    from .errors import (
+        Cancelled,
+        DiskFull,
+        HTTPStatusError,
+        IntegrityError,
+        InvalidInput,
+        ModelhaulError,
+        NetworkError,
+        PermissionDenied,
+        RetriesExhausted,
+        StallTimeout,
+        TransferError,
+    )
+    from .events import Progress, Result, State, TaskEvent
+    from .inventory import Inventory, StoredModel
+    from .manager import DownloadHandle, DownloadManager, TaskInfo
+    from .models import ModelPuller, PullResult, VerifyReport
+    from .sources.hf import HubSource, parse_hf_uri
+    from .sources.manifest import load_manifest_file, parse_manifest_text
+    from .sources.model import ModelFile, ModelSpec
+    from .statedb import StateDB
+    from .sync import SyncDownloadManager, download
+
+_EXPORTS: dict[str, str] = {
+    "AvailabilityEvent": "availability",
+    "Cancelled": "errors",
+    "DiskFull": "errors",
+    "DownloadConfig": "config",
+    "DownloadHandle": "manager",
+    "DownloadManager": "manager",
+    "Downloader": "engine",
+    "HTTPStatusError": "errors",
+    "HubSource": "sources.hf",
+    "IntegrityError": "errors",
+    "InvalidInput": "errors",
+    "Inventory": "inventory",
+    "ManagerConfig": "config",
+    "ModelAvailability": "availability",
+    "ModelFile": "sources.model",
+    "ModelPuller": "models",
+    "ModelSpec": "sources.model",
+    "ModelState": "availability",
+    "ModelStatus": "availability",
+    "ModelhaulError": "errors",
+    "NetworkError": "errors",
+    "PermissionDenied": "errors",
+    "Progress": "events",
+    "PullResult": "models",
+    "RateLimit": "config",
+    "Result": "events",
+    "RetriesExhausted": "errors",
+    "RetryPolicy": "config",
+    "SegmentPolicy": "config",
+    "StallTimeout": "errors",
+    "State": "events",
+    "StateDB": "statedb",
+    "StoredModel": "inventory",
+    "SyncDownloadManager": "sync",
+    "TaskEvent": "events",
+    "TaskInfo": "manager",
+    "Timeouts": "config",
+    "TransferError": "errors",
+    "VerifyReport": "models",
+    "download": "sync",
+    "load_manifest_file": "sources.manifest",
+    "parse_hf_uri": "sources.hf",
+    "parse_manifest_text": "sources.manifest",
+}
 
 __version__ = "0.1.0"
 
@@ -83,3 +137,16 @@ __all__ = [
     "parse_hf_uri",
     "parse_manifest_text",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'modelhaul' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*__all__, "__version__"])

@@ -8,17 +8,20 @@ import os
 import re
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
 from ..errors import InvalidInput, human_bytes
-from ..inventory import Inventory, StoredModel, default_db_path, parse_model_ref
 from ..policy.units import parse_size
-from ..statedb import StateDB
-from ..store import hf_cache_root
 from .options import state_dir
+
+if TYPE_CHECKING:
+    from ..inventory import Inventory, StoredModel
+
+# inventory pulls in huggingface_hub; imported inside the commands so that other commands
+# (and --help) start without it.
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +58,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def open_inventory() -> Inventory:
+    from ..inventory import Inventory, default_db_path
+    from ..statedb import StateDB
+    from ..store import hf_cache_root
+
     root = hf_cache_root(os.environ)
     db = StateDB(default_db_path(root, os.environ.get("MODELHAUL_DB")))
     return Inventory(root, db, lock_dir=state_dir() / "locks")
@@ -126,6 +133,8 @@ def _confirm(question: str) -> bool:
 
 
 async def run_rm(args: argparse.Namespace) -> int:
+    from ..inventory import parse_model_ref
+
     repo_type, repo_id, revision = parse_model_ref(args.model)
     inv = open_inventory()
     model = inv.find(repo_id, repo_type)
@@ -153,6 +162,8 @@ async def run_rm(args: argparse.Namespace) -> int:
 
 
 async def run_pin(args: argparse.Namespace) -> int:
+    from ..inventory import parse_model_ref
+
     repo_type, repo_id, _rev = parse_model_ref(args.model)
     inv = open_inventory()
     inv.set_pinned(repo_id, args.pinned, repo_type)
@@ -198,7 +209,3 @@ async def run_gc(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
-
-
-def db_path_for(root: Path) -> Path:
-    return default_db_path(root, os.environ.get("MODELHAUL_DB"))
