@@ -52,6 +52,8 @@ Auth and errors, as the real Hub answers them (``X-Error-Code``, ``X-Error-Messa
 - Unknown revision: 404 ``RevisionNotFound``. Missing file: 404 ``EntryNotFound`` with
   ``X-Repo-Commit``.
 - ``rate_limit(n)``: the next n Hub requests get 429 with ``Retry-After`` and ``RateLimit``.
+- ``add_raw_tree_entry(repo, entry)``: an unchecked entry in the root tree listing, for testing
+  what clients do with hostile names (``../x``, absolute paths, backslashes, NUL).
 
 Faults, keyed by blob, for file bodies on either site (CDN for LFS files, Hub for regular ones):
 
@@ -156,6 +158,7 @@ class _Repo:
     gated: bool
     refs: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict[str, _File]] = field(default_factory=dict)
+    raw_entries: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by commit
 
     def resolve(self, revision: str) -> str | None:
         if revision in self.refs:
@@ -323,6 +326,27 @@ class FakeHub:
             }
             repo.refs[revision] = commit
         return commit
+
+    def add_raw_tree_entry(
+        self,
+        repo_id: str,
+        entry: Mapping[str, Any],
+        *,
+        repo_type: str = "model",
+        revision: str = "main",
+    ) -> None:
+        """Append ``entry`` verbatim to the root tree listing of ``revision`` (hostile names too).
+
+        Nothing checks it and nothing serves it under ``/resolve/``: it exists to test how a
+        client treats what a compromised or buggy Hub could list (``../x``, ``/etc/x``, NUL).
+        """
+        _check_repo_type(repo_type)
+        with self._lock:
+            repo = self._repos.get((repo_type, repo_id))
+            commit = repo.resolve(revision) if repo else None
+            if repo is None or commit is None:
+                raise ValueError(f"unknown {repo_type} repo {repo_id!r} or revision {revision!r}")
+            repo.raw_entries.setdefault(commit, []).append(dict(entry))
 
     def set_token(self, token: str | None) -> None:
         """Accept ``token`` (and only it); it opens private and gated repos. None: no token."""
@@ -683,6 +707,10 @@ class FakeHub:
         files = repo.commits[commit]
         recursive = request.query.get("recursive", "").lower() == "true"
         entries = _tree_entries(files, path, recursive)
+        with self._lock:
+            raw = list(repo.raw_entries.get(commit, ())) if not path else []
+        if raw:
+            entries = [*(entries or []), *raw]
         if entries is None:
             return _error(404, f"{path} does not exist on {revision}", code="EntryNotFound")
         if request.query.get("expand", "").lower() == "true":
