@@ -15,16 +15,21 @@ huggingface_hub ignores ``.modelhaul/`` (it reads refs, snapshots and blobs only
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
+from filelock import Timeout as LockTimeout
 
 from .errors import InvalidInput, PermissionDenied
 from .hashing import sha256_file
@@ -35,6 +40,8 @@ CACHEDIR_TAG = (
     "# This file is a cache directory tag created by modelhaul (Hugging Face cache layout).\n"
 )
 CHUNK_BYTES = 16 * 1024 * 1024
+EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+EMPTY_GIT_OID = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REV = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
 REPO_TYPES = ("model", "dataset", "space")
@@ -175,8 +182,8 @@ class RepoStore:
         # A symlink planted inside the snapshot must not carry our writes elsewhere.
         if not dest.parent.resolve().is_relative_to(snap.resolve()):
             raise PermissionDenied(f"refusing to write through a symbolic link under {snap}")
-        tmp = dest.with_name(f".{dest.name}.modelhaul-tmp")
-        tmp.unlink(missing_ok=True)
+        # A name of our own: two pulls of one model link the same entries at the same time.
+        tmp = unique_tmp(dest)
         if symlinks:
             try:
                 os.symlink(os.path.relpath(blob, dest.parent), tmp)
@@ -187,7 +194,11 @@ class RepoStore:
                 os.link(blob, tmp)
             except OSError:
                 shutil.copyfile(blob, tmp)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         return dest
 
     def save_file_list(self, commit: str, data: dict[str, Any]) -> None:
@@ -239,14 +250,19 @@ class RepoStore:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def verify_blob(self, etag: str, *, record: bool = True) -> bool:
-        """Hash a blob and compare with its name; record chunk hashes when it is good."""
+    def verify_blob(self, etag: str, *, record: bool = True, rehash: bool = False) -> bool:
+        """Hash a blob and compare with its name; record chunk hashes when it is good.
+
+        A valid record stands in for hashing unless ``rehash``. A blob found bad keeps the chunk
+        hashes of its last good state (a repair needs them to find the bad chunks) but loses the
+        record's word that it is good.
+        """
         path = self.blob_path(etag)
         try:
             st = path.stat()
         except OSError:
             return False
-        if self.record(etag) is not None:
+        if not rehash and self.record(etag) is not None:
             return True
         if len(etag) == 40:
             ok = git_blob_sha1(path) == etag
@@ -256,6 +272,8 @@ class RepoStore:
             ok = digest == etag
         if ok and record:
             self.save_record(etag, st, chunks)
+        elif not ok:
+            self.discredit_record(etag)
         return ok
 
     def record_download(self, etag: str) -> None:
@@ -283,6 +301,18 @@ class RepoStore:
 
     def forget_record(self, etag: str) -> None:
         self._record_path(etag).unlink(missing_ok=True)
+
+    def discredit_record(self, etag: str) -> None:
+        """Keep a record's chunk hashes but make ``record()`` stop vouching for the blob."""
+        try:
+            data = json.loads(self._record_path(etag).read_bytes())
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except (OSError, ValueError):
+            return
+        data["mtime_ns"] = -1  # never a real mtime: the record no longer matches the blob
+        with contextlib.suppress(OSError):
+            _atomic_write(self._record_path(etag), json.dumps(data).encode())
 
 
 def sha256_with_chunks(path: Path, chunk_bytes: int) -> tuple[str, tuple[str, ...]]:
@@ -346,14 +376,77 @@ def bad_chunks(path: Path, rec: BlobRecord) -> list[tuple[int, int]]:
     return bad
 
 
+def unique_tmp(path: Path) -> Path:
+    """A temporary name beside ``path`` that no other process or thread uses."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.modelhaul-tmp")
+
+
+class BlobLock:
+    """The per-blob lock huggingface_hub also takes (``.locks/<repo folder>/<etag>.lock``).
+
+    Held while a blob is fetched or repaired, so two processes (modelhaul or huggingface_hub)
+    never fetch the same blob at once, whichever state directory each uses. Acquired without
+    blocking the event loop; ``on_wait`` is called once if another holder makes us wait.
+    """
+
+    def __init__(self, path: Path, *, on_wait: Callable[[], None] | None = None) -> None:
+        self.path = path
+        # Not thread-local: it may be acquired in a worker thread and released on the loop.
+        self._lock = FileLock(str(path), thread_local=False)
+        self._on_wait = on_wait
+        self.waited = False  # another holder made us wait: what it did may be done now
+
+    def _acquire_within(self, timeout_s: float) -> bool:
+        try:
+            self._lock.acquire(timeout=timeout_s)
+        except LockTimeout:
+            return False
+        return True
+
+    async def __aenter__(self) -> BlobLock:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._acquire_within(0):
+                return self
+        except OSError as exc:
+            raise PermissionDenied(
+                f"cannot create the lock {self.path}: {exc.strerror or exc}",
+                hint="Set HF_HUB_CACHE (or HF_HOME) to a writable directory.",
+            ) from exc
+        self.waited = True
+        if self._on_wait is not None:
+            self._on_wait()
+        while True:
+            attempt = asyncio.ensure_future(asyncio.to_thread(self._acquire_within, 0.5))
+            try:
+                if await asyncio.shield(attempt):
+                    return self
+            except asyncio.CancelledError:
+                # The thread may still get the lock after we stopped waiting: give it back.
+                attempt.add_done_callback(self._release_if_acquired)
+                raise
+
+    def _release_if_acquired(self, attempt: asyncio.Future[bool]) -> None:
+        if not attempt.cancelled() and attempt.exception() is None and attempt.result():
+            self._lock.release()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    tmp = unique_tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 __all__ = [
+    "BlobLock",
     "BlobRecord",
     "RepoStore",
     "bad_chunks",
@@ -364,4 +457,5 @@ __all__ = [
     "repo_folder_name",
     "sha256_file",
     "sha256_with_chunks",
+    "unique_tmp",
 ]
