@@ -12,10 +12,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import huggingface_hub
-from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub import HfApi
 from huggingface_hub import errors as hf_errors
 
 from ..config import RetryPolicy
@@ -30,7 +30,8 @@ from ..errors import (
 from ..policy.backoff import parse_retry_after, retry_wait_s
 from ..policy.paths import safe_relpath
 from ..store import check_repo_id, check_revision
-from .model import ModelFile, ModelSpec
+from ..transport import same_host
+from .model import ModelFile, ModelSpec, check_paths
 
 T = TypeVar("T")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -74,10 +75,21 @@ class HubSource:
         endpoint: str | None = None,
         token: str | None = None,
         retry: RetryPolicy | None = None,
+        network_retries: int | None = None,
     ) -> None:
+        """A client for the Hub's metadata API.
+
+        Args:
+        endpoint: the Hub (``$HF_ENDPOINT``); default https://huggingface.co.
+        token: sent to the endpoint's host only.
+        retry: how often and how long to retry metadata calls (429, 5xx, network).
+        network_retries: a separate, usually smaller budget for an unreachable Hub, for
+            callers that have a fallback (a complete copy in the cache); None: ``retry``'s.
+        """
         self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.token = token
         self._retry = retry or RetryPolicy(initial_delay_s=0.5, max_delay_s=10)
+        self._network_retries = network_retries
         self._api = HfApi(endpoint=self.endpoint, token=token or False)
 
     @property
@@ -109,7 +121,7 @@ class HubSource:
             ),
         )
         files = tuple(self._file(ref, commit, e) for e in entries if _is_file(e))
-        _check_unique(files, str(ref))
+        check_paths(files, str(ref))
         revision = (
             ref.revision
             if ref.revision and ref.revision != commit
@@ -143,9 +155,7 @@ class HubSource:
             blob_id = getattr(entry, "blob_id", None)
             if not isinstance(blob_id, str) or not _HEX40.match(blob_id):
                 raise InvalidInput(f"{where} {path!r} has a bad blob id {blob_id!r}")
-        url = hf_hub_url(
-            ref.repo_id, path, repo_type=ref.repo_type, revision=commit, endpoint=self.endpoint
-        )
+        url = resolve_url(self.endpoint, ref.repo_id, path, commit, ref.repo_type)
         return ModelFile(
             path=path,
             size=size,
@@ -168,7 +178,10 @@ class HubSource:
                     raise err from exc
                 history.append(err)
                 fails += 1
-                if fails > self._retry.retries:
+                budget = self._retry.retries
+                if self._network_retries is not None and err.category in ("network", "timeout"):
+                    budget = self._network_retries
+                if fails > budget:
                     raise RetriesExhausted(err, history) from exc
                 await asyncio.sleep(
                     retry_wait_s(
@@ -184,52 +197,80 @@ def _is_file(entry: Any) -> bool:
     return type(entry).__name__ == "RepoFile" or getattr(entry, "type", None) == "file"
 
 
-def _check_unique(files: tuple[ModelFile, ...], where: str) -> None:
-    seen: set[str] = set()
-    for f in files:
-        if f.path in seen:
-            raise InvalidInput(f"{where}: the file {f.path!r} is listed twice")
-        seen.add(f.path)
+def resolve_url(
+    endpoint: str, repo_id: str, path: str, revision: str, repo_type: str = "model"
+) -> str:
+    """``{endpoint}/[datasets/]{repo}/resolve/{revision}/{path}``, quoted as huggingface_hub
+    quotes it; built here so that only ``endpoint`` decides the host (huggingface_hub's
+    ``hf_hub_url`` starts from the endpoint it read at import time)."""
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    return (
+        f"{endpoint.rstrip('/')}/{prefix}{repo_id}/resolve/{quote(revision, safe='')}/{quote(path)}"
+    )
 
 
-def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulError:
-    """huggingface_hub's errors as modelhaul errors, with the hint a user needs."""
-    page = f"{endpoint}/{'' if ref.repo_type == 'model' else ref.repo_type + 's/'}{ref.repo_id}"
-    if isinstance(exc, ModelhaulError):
-        return exc
-    if isinstance(exc, hf_errors.GatedRepoError):
+def repo_page(ref: HubRef, endpoint: str) -> str:
+    return f"{endpoint}/{'' if ref.repo_type == 'model' else ref.repo_type + 's/'}{ref.repo_id}"
+
+
+def hub_error(
+    code: str, ref: HubRef, endpoint: str, *, status: int, path: str | None = None
+) -> HTTPStatusError:
+    """The error for one of the Hub's ``X-Error-Code`` values, with the user's next step."""
+    page = repo_page(ref, endpoint)
+    if code == "GatedRepo":
         return HTTPStatusError(
-            403,
+            status if status in (401, 403) else 403,
             page,
             message=f"{ref.repo_id} is a gated repository: access must be granted first",
             hint=f"Accept the licence on {page} while logged in, then set HF_TOKEN to a token of "
             "that account (https://huggingface.co/settings/tokens).",
-            error_code="GatedRepo",
+            error_code=code,
         )
-    if isinstance(exc, hf_errors.RevisionNotFoundError):
+    if code == "RevisionNotFound":
         return HTTPStatusError(
             404,
             page,
             message=f"revision {ref.revision!r} not found in {ref.repo_id}",
             hint=f"Check the branch, tag or commit; see {page}/tree/main for what exists.",
-            error_code="RevisionNotFound",
+            error_code=code,
         )
-    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+    if code == "EntryNotFound":
+        what = f"file {path!r}" if path else "a file"
         return HTTPStatusError(
             404,
             page,
-            message=f"repository {ref.repo_id} not found",
-            hint="Check the name (ORG/NAME as on the Hub). For a private repository, log in: "
-            "set HF_TOKEN to a token with read access.",
-            error_code="RepoNotFound",
+            message=f"{what} not found in {ref}",
+            hint=f"Check the file name (see {page}/tree/{ref.revision or 'main'}); if the "
+            "repository changed since it was listed, run the same command again.",
+            error_code=code,
         )
+    return HTTPStatusError(
+        404,
+        page,
+        message=f"repository {ref.repo_id} not found",
+        hint="Check the name (ORG/NAME as on the Hub). For a private repository, log in: "
+        "set HF_TOKEN to a token with read access.",
+        error_code="RepoNotFound",
+    )
+
+
+def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulError:
+    """huggingface_hub's errors as modelhaul errors, with the hint a user needs."""
+    page = repo_page(ref, endpoint)
+    if isinstance(exc, ModelhaulError):
+        return exc
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return hub_error("GatedRepo", ref, endpoint, status=_status_of(exc))
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return hub_error("RevisionNotFound", ref, endpoint, status=404)
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return hub_error("RepoNotFound", ref, endpoint, status=404)
     if isinstance(exc, hf_errors.EntryNotFoundError):
-        return HTTPStatusError(
-            404, page, message=f"file not found in {ref}", error_code="EntryNotFound"
-        )
+        return hub_error("EntryNotFound", ref, endpoint, status=404)
     if isinstance(exc, hf_errors.HfHubHTTPError):
         resp = getattr(exc, "response", None)
-        status = getattr(resp, "status_code", 0) or 0
+        status = _status_of(exc)
         headers = getattr(resp, "headers", {}) or {}
         retry_after = parse_retry_after(headers.get("Retry-After")) if headers else None
         if status == 401:
@@ -240,6 +281,8 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
                 hint="The token in HF_TOKEN (or the huggingface_hub token file) is invalid or "
                 "expired; create a new one at https://huggingface.co/settings/tokens.",
             )
+        if status == 429:
+            return rate_limited(ref, endpoint, retry_after)
         if status:
             return HTTPStatusError(
                 status,
@@ -254,6 +297,49 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
             "already in the cache, HF_HUB_OFFLINE=1 uses it without the network.",
         )
     return ModelhaulError(f"unexpected error from the Hub: {type(exc).__name__}: {exc}")
+
+
+def rate_limited(ref: HubRef, endpoint: str, retry_after_s: float | None) -> HTTPStatusError:
+    wait = f"wait {retry_after_s:.0f} s" if retry_after_s else "wait a little"
+    return HTTPStatusError(
+        429,
+        repo_page(ref, endpoint),
+        retry_after_s=retry_after_s,
+        message=f"the Hub is rate limiting requests for {ref.repo_id}",
+        hint=f"{wait.capitalize()}, then run the same command again; requests with a token "
+        "(HF_TOKEN) get higher limits than anonymous ones.",
+    )
+
+
+def explain_download_error(exc: ModelhaulError, ref: HubRef, endpoint: str) -> ModelhaulError:
+    """A download from the Hub that failed with one of its error codes (a gated file, a file
+    gone since the listing) or a rate limit gets the same message and hint as the metadata
+    calls give; any other error is returned as it is."""
+    inner = exc.last if isinstance(exc, RetriesExhausted) else exc
+    if not isinstance(inner, HTTPStatusError) or not same_host(inner.url, endpoint):
+        return exc
+    if inner.status == 429:
+        err = rate_limited(ref, endpoint, inner.retry_after_s)
+    elif inner.error_code in _HUB_CODES:
+        path = _path_in_resolve_url(inner.url)
+        err = hub_error(inner.error_code, ref, endpoint, status=inner.status, path=path)
+    else:
+        return exc
+    err.__cause__ = exc
+    return err
+
+
+_HUB_CODES = ("GatedRepo", "RepoNotFound", "RevisionNotFound", "EntryNotFound")
+
+
+def _path_in_resolve_url(url: str) -> str | None:
+    _, sep, rest = urlsplit(url).path.partition("/resolve/")
+    _rev, slash, path = rest.partition("/")
+    return unquote(path) if sep and slash and path else None
+
+
+def _status_of(exc: BaseException) -> int:
+    return getattr(getattr(exc, "response", None), "status_code", 0) or 0
 
 
 def _is_transport_error(exc: BaseException) -> bool:

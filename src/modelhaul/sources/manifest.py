@@ -28,7 +28,7 @@ from ..errors import InvalidInput
 from ..policy.paths import safe_relpath
 from ..store import check_repo_id, check_revision
 from ..transport import check_url
-from .model import ModelFile, ModelSpec
+from .model import ModelFile, ModelSpec, check_paths
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
@@ -74,11 +74,7 @@ def manifest_from_data(data: Any, *, source: str = "manifest") -> ModelSpec:
     if not isinstance(entries, list) or not entries:
         raise InvalidInput(f"{source}: 'files' must be a list with at least one entry")
     files = tuple(_file(e, i, source) for i, e in enumerate(entries))
-    seen: set[str] = set()
-    for f in files:
-        if f.path in seen:
-            raise InvalidInput(f"{source}: the path {f.path!r} is listed twice")
-        seen.add(f.path)
+    check_paths(files, source)
     canonical = json.dumps(
         {"name": name, "files": [f.to_json() for f in sorted(files, key=lambda f: f.path)]},
         sort_keys=True,
@@ -119,16 +115,16 @@ def _file(entry: Any, index: int, source: str) -> ModelFile:
     if not _HEX64.match(sha256):
         raise InvalidInput(f"{where}: sha256 must be 64 hexadecimal digits")
     url = _field(entry, "url", str, where)
-    urls = [url]
     mirrors = entry.get("mirrors", [])
     if not isinstance(mirrors, list) or not all(isinstance(m, str) for m in mirrors):
         raise InvalidInput(f"{where}: mirrors must be a list of URLs")
-    urls.extend(mirrors)
-    for u in urls:
+    urls = [url, *mirrors]
+    for i, u in enumerate(urls):
         try:
             check_url(u)
         except InvalidInput as exc:
-            raise InvalidInput(f"{where}: url: {exc.message}") from None
+            field = "url" if i == 0 else f"mirrors[{i - 1}]"
+            raise InvalidInput(f"{where}: {field}: {exc.message}") from None
     return ModelFile(
         path=path, size=size, blob_id=sha256.lower(), urls=tuple(urls), sha256=sha256.lower()
     )

@@ -6,6 +6,8 @@ import fnmatch
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..errors import InvalidInput
+
 
 @dataclass(frozen=True, slots=True)
 class ModelFile:
@@ -61,3 +63,21 @@ class ModelSpec:
             source=self.source,
             extra=self.extra,
         )
+
+
+def check_paths(files: Sequence[ModelFile], where: str) -> None:
+    """Refuse a file list in which two entries would land on the same place in a folder: the
+    same path twice, or a file that another entry needs as a directory (``a`` and ``a/b``)."""
+    seen: set[str] = set()
+    for f in files:
+        if f.path in seen:
+            raise InvalidInput(f"{where}: the path {f.path!r} is listed twice")
+        seen.add(f.path)
+    for f in files:
+        parts = f.path.split("/")
+        for i in range(1, len(parts)):
+            parent = "/".join(parts[:i])
+            if parent in seen:
+                raise InvalidInput(
+                    f"{where}: {parent!r} is listed as a file, but {f.path!r} needs it as a folder"
+                )
