@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .engine import part_paths
@@ -22,6 +22,7 @@ from .errors import (
     InvalidInput,
     ModelhaulError,
     PermissionDenied,
+    RetriesExhausted,
     human_bytes,
 )
 from .journal import Journal, JournalState
@@ -29,7 +30,15 @@ from .manager import DownloadManager
 from .policy.paths import safe_relpath
 from .policy.ranges import RangeSet
 from .sources.model import ModelFile, ModelSpec
-from .store import RepoStore, bad_chunks, check_revision
+from .store import (
+    EMPTY_GIT_OID,
+    EMPTY_SHA256,
+    BlobLock,
+    RepoStore,
+    bad_chunks,
+    check_revision,
+    unique_tmp,
+)
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 FileCallback = Callable[[str, str], None]  # (path, what happened)
@@ -127,19 +136,32 @@ class ModelPuller:
         on_file: FileCallback | None = None,
         free_hint: Callable[[int], str] | None = None,
     ) -> PullResult:
-        """Fetch the files of ``spec`` that are missing or fail verification, then link."""
+        """Fetch the files of ``spec`` that are missing or fail verification, then link.
+
+        Each blob is fetched once, however many paths share it, under the per-blob lock that
+        huggingface_hub also takes, so two processes never fetch the same blob at once.
+        ``on_file(path, what)`` hears "queued:<task id>", "mirror: <why>", "waiting: <why>"
+        and "done".
+        """
         rs = self.repo(spec)
         rs.prepare()
         present, missing = await self._sort_files(rs, spec.files)
         if missing and self.check_disk_space:
             self._check_space(rs, missing, free_hint)
+        by_blob: dict[str, list[ModelFile]] = {}
+        for f in missing:
+            by_blob.setdefault(f.blob_id, []).append(f)
         results = await asyncio.gather(
-            *(self._fetch(rs, f, priority, on_file) for f in missing), return_exceptions=True
+            *(self._fetch_blob(rs, files, priority, on_file) for files in by_blob.values()),
+            return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
-        fetched = [
-            f for f, r in zip(missing, results, strict=True) if not isinstance(r, BaseException)
-        ]
+        fetched: list[ModelFile] = []
+        for files, r in zip(by_blob.values(), results, strict=True):
+            if r is True:
+                fetched.extend(files)
+            elif r is False:  # another process fetched it meanwhile
+                present.extend(files)
         for f in (*present, *fetched):
             rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
         if errors:
@@ -148,27 +170,40 @@ class ModelPuller:
                     raise e  # cancellation and the like propagate untouched
             first = errors[0]
             raise first if isinstance(first, ModelhaulError) else ModelhaulError(str(first))
+        self._save_file_list(rs, spec)
+        if spec.revision and spec.revision != spec.commit:
+            rs.write_ref(spec.revision, spec.commit)
+        if local_dir is not None:
+            place_local_dir(rs, spec, local_dir)
+        order = {f.path: i for i, f in enumerate(spec.files)}
+        return PullResult(
+            repo_id=spec.repo_id,
+            commit=spec.commit,
+            snapshot=rs.snapshot_dir(spec.commit),
+            fetched=tuple(sorted((f.path for f in fetched), key=order.__getitem__)),
+            present=tuple(sorted((f.path for f in present), key=order.__getitem__)),
+            bytes_fetched=sum(f.size for f in fetched),
+            local_dir=local_dir,
+        )
+
+    @staticmethod
+    def _save_file_list(rs: RepoStore, spec: ModelSpec) -> None:
+        """Record the files of the snapshot, adding to what earlier (filtered) pulls recorded:
+        a commit's files never change, and verify must see every file pulled so far."""
+        old = rs.load_file_list(spec.commit) or {}
+        entries: dict[str, object] = {}
+        for e in old.get("files") or ():
+            if isinstance(e, dict) and isinstance(e.get("path"), str):
+                entries[e["path"]] = e
+        entries.update({f.path: f.to_json() for f in spec.files})
         rs.save_file_list(
             spec.commit,
             {
                 "repo_id": spec.repo_id,
                 "repo_type": spec.repo_type,
                 "source": spec.source,
-                "files": [f.to_json() for f in spec.files],
+                "files": list(entries.values()),
             },
-        )
-        if spec.revision and spec.revision != spec.commit:
-            rs.write_ref(spec.revision, spec.commit)
-        if local_dir is not None:
-            place_local_dir(rs, spec, local_dir)
-        return PullResult(
-            repo_id=spec.repo_id,
-            commit=spec.commit,
-            snapshot=rs.snapshot_dir(spec.commit),
-            fetched=tuple(f.path for f in fetched),
-            present=tuple(f.path for f in present),
-            bytes_fetched=sum(f.size for f in fetched),
-            local_dir=local_dir,
         )
 
     async def _sort_files(
@@ -207,11 +242,44 @@ class ModelPuller:
                 hint=hint,
             )
 
-    async def _fetch(
+    async def _fetch_blob(
+        self,
+        rs: RepoStore,
+        files: Sequence[ModelFile],
+        priority: int,
+        on_file: FileCallback | None,
+    ) -> bool:
+        """Fetch the blob of ``files`` (all share it); False if another process did meanwhile."""
+        f = files[0]
+        if f.size == 0:
+            await asyncio.to_thread(_write_empty_blob, rs, f)
+            fetched = True
+        else:
+            async with self._blob_lock(rs, f, on_file) as lock:
+                if await _done_meanwhile(rs, f, lock):
+                    fetched = False
+                else:
+                    await self._download(rs, f, priority, on_file)
+                    fetched = True
+        if on_file:
+            for g in files:
+                on_file(g.path, "done")
+        return fetched
+
+    @staticmethod
+    def _blob_lock(rs: RepoStore, f: ModelFile, on_file: FileCallback | None) -> BlobLock:
+        def on_wait() -> None:
+            if on_file:
+                on_file(f.path, "waiting: another process is fetching it")
+
+        return BlobLock(rs.lock_path(f.blob_id), on_wait=on_wait)
+
+    async def _download(
         self, rs: RepoStore, f: ModelFile, priority: int, on_file: FileCallback | None
     ) -> None:
+        """Download one blob from its first URL that works, then verify and record it."""
         blob = rs.blob_path(f.blob_id)
-        last: ModelhaulError | None = None
+        errors: list[ModelhaulError] = []
         for i, url in enumerate(f.urls):
             # Credentials belong to the primary URL's host; mirrors get none.
             headers = dict(f.headers) if i == 0 else {}
@@ -229,23 +297,22 @@ class ModelPuller:
                 await handle.wait()
                 break
             except ModelhaulError as exc:
-                last = exc
                 if exc.category in ("invalid_input", "disk_full", "permission", "cancelled"):
                     raise
+                errors.append(exc)
                 if on_file and i + 1 < len(f.urls):
                     on_file(f.path, f"mirror: {exc.message}")
         else:
-            assert last is not None
-            raise last
+            raise _every_url_failed(errors)
+        if not blob.is_file():
+            raise ModelhaulError(f"{f.path}: the download reported success but left no file")
         if f.sha256 is None:
-            good = await asyncio.to_thread(rs.verify_blob, f.blob_id)
+            good = await asyncio.to_thread(rs.verify_blob, f.blob_id, rehash=True)
             if not good:
                 blob.unlink(missing_ok=True)
                 raise IntegrityError(f"{f.path}: the downloaded file does not match its git hash")
         else:
             await asyncio.to_thread(rs.record_download, f.blob_id)
-        if on_file:
-            on_file(f.path, "done")
 
     # ------------------------------------------------------------------ offline
 
@@ -284,11 +351,14 @@ class ModelPuller:
         repo_type: str = "model",
         repair: bool = False,
         url_for: Callable[[str, str], ModelFile | None] | None = None,
+        headers_for: Callable[[str], Sequence[tuple[str, str]]] | None = None,
+        on_file: FileCallback | None = None,
     ) -> VerifyReport:
         """Check every file's size and hash; with ``repair`` refetch only what is bad.
 
         ``url_for(commit, path)`` supplies a download source for files whose URL the store
-        does not know (models pulled by other tools).
+        does not know (models pulled by other tools). ``headers_for(url)`` gives the
+        credentials for a stored URL (the store never keeps tokens).
         """
         rs = RepoStore(self.root, repo_id, repo_type)
         commit = resolve_local_commit(rs, revision)
@@ -301,7 +371,7 @@ class ModelPuller:
             if problem is not None:
                 bad.append((f, problem))
         if repair and bad:
-            await self._repair(rs, commit, bad, report, url_for)
+            await self._repair(rs, commit, bad, report, url_for, headers_for, on_file)
         else:
             report.problems = [p for _, p in bad]
         return report
@@ -313,16 +383,20 @@ class ModelPuller:
         bad: list[tuple[ModelFile, FileProblem]],
         report: VerifyReport,
         url_for: Callable[[str, str], ModelFile | None] | None,
+        headers_for: Callable[[str], Sequence[tuple[str, str]]] | None,
+        on_file: FileCallback | None,
     ) -> None:
+        rs.prepare()
         for f, problem in bad:
             source = f if f.urls else (url_for(commit, f.path) if url_for else None)
             if source is None or not source.urls:
                 problem.detail += " (no download URL known; pull the model again)"
                 report.problems.append(problem)
                 continue
-            fetched = await asyncio.to_thread(_prepare_chunk_repair, rs, source)
+            if headers_for is not None and not source.headers:
+                source = replace(source, headers=tuple(headers_for(source.urls[0])))
             try:
-                await self._fetch(rs, source, 0, None)
+                fetched = await self._repair_blob(rs, source, on_file)
             except ModelhaulError as exc:
                 problem.detail = f"repair failed: {exc.message}"
                 report.problems.append(problem)
@@ -335,6 +409,50 @@ class ModelPuller:
                 report.repaired.append(f.path)
                 report.bytes_refetched += fetched
 
+    async def _repair_blob(self, rs: RepoStore, f: ModelFile, on_file: FileCallback | None) -> int:
+        """Refetch what is bad in one blob (only its bad chunks when their hashes are known);
+        returns the bytes fetched."""
+        if f.size == 0:
+            await asyncio.to_thread(_write_empty_blob, rs, f)
+            return 0
+        async with self._blob_lock(rs, f, on_file) as lock:
+            if await _done_meanwhile(rs, f, lock):
+                return 0
+            fetched = await asyncio.to_thread(_prepare_chunk_repair, rs, f)
+            await self._download(rs, f, 0, on_file)
+        if fetched is None:
+            fetched = rs.blob_path(f.blob_id).stat().st_size
+        return fetched
+
+
+async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
+    """Whether another process fetched the blob since we found it missing or bad: only worth
+    hashing if we waited for its lock or a fresh record vouches for it (a cheap check)."""
+    if not lock.waited and rs.record(f.blob_id) is None:
+        return False
+    return await asyncio.to_thread(_blob_good, rs, f)
+
+
+def _every_url_failed(errors: list[ModelhaulError]) -> ModelhaulError:
+    """One error for a file none of whose URLs worked: a wrong file anywhere matters most (the
+    source publishes something else), else the primary URL's error; the rest is history."""
+    chosen = next((e for e in errors if e.category == "integrity"), errors[0])
+    if len(errors) == 1:
+        return chosen
+    return RetriesExhausted(chosen, errors)
+
+
+def _write_empty_blob(rs: RepoStore, f: ModelFile) -> None:
+    """An empty file needs no download, only a check that its listed hash is the empty one."""
+    if f.blob_id not in (EMPTY_SHA256, EMPTY_GIT_OID):
+        raise IntegrityError(f"{f.path}: listed as empty, but its hash is not the empty file's")
+    blob = rs.blob_path(f.blob_id)
+    if not blob.is_file() or blob.stat().st_size:
+        tmp = unique_tmp(blob)
+        tmp.write_bytes(b"")
+        os.replace(tmp, blob)
+    rs.verify_blob(f.blob_id)
+
 
 def _blob_good(rs: RepoStore, f: ModelFile) -> bool:
     blob = rs.blob_path(f.blob_id)
@@ -346,21 +464,24 @@ def _blob_good(rs: RepoStore, f: ModelFile) -> bool:
     return rs.verify_blob(f.blob_id)
 
 
-def _prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int:
+def _prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int | None:
     """Turn a corrupt blob with recorded chunk hashes into a partial file whose journal says
-    every good chunk is held; returns how many bytes will be fetched."""
+    every good chunk is held; returns how many bytes will be fetched (None: all of it)."""
     blob = rs.blob_path(f.blob_id)
     rec = rs.chunk_hashes(f.blob_id)
     try:
         size = blob.stat().st_size
     except OSError:
-        return f.size
+        return None
     if rec is None or not rec.chunks or rec.size != f.size or size != f.size or f.sha256 is None:
         blob.unlink(missing_ok=True)
         rs.forget_record(f.blob_id)
-        return f.size
+        return None
     bad = bad_chunks(blob, rec)
-    held = RangeSet([(0, f.size)])
+    if not bad:  # the chunks agree but the whole does not: trust nothing
+        blob.unlink(missing_ok=True)
+        rs.forget_record(f.blob_id)
+        return None
     good = RangeSet()
     pos = 0
     for start, end in bad:
@@ -370,9 +491,7 @@ def _prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int:
     part, journal = part_paths(blob)
     rs.forget_record(f.blob_id)
     os.replace(blob, part)
-    Journal(journal).save(
-        JournalState(url=f.urls[0], size=f.size, sha256=f.sha256, done=good if bad else held)
-    )
+    Journal(journal).save(JournalState(url=f.urls[0], size=f.size, sha256=f.sha256, done=good))
     return sum(e - s for s, e in bad)
 
 
@@ -385,8 +504,8 @@ def check_file(rs: RepoStore, commit: str, f: ModelFile) -> FileProblem | None:
         return FileProblem(f.path, "missing", "the blob is missing")
     if f.size >= 0 and st.st_size != f.size:
         return FileProblem(f.path, "size", f"{st.st_size} bytes, expected {f.size}")
-    rs.forget_record(f.blob_id)  # verify means hash again, whatever a record says
-    if not rs.verify_blob(f.blob_id):
+    # Verify means hash again, whatever a record says; a bad blob keeps its chunk hashes.
+    if not rs.verify_blob(f.blob_id, rehash=True):
         return FileProblem(f.path, "hash", "the content does not match its hash")
     try:
         if link.resolve() != blob.resolve() and not (link.is_file() and _same_file(link, blob)):
@@ -489,8 +608,7 @@ def place_local_dir(rs: RepoStore, spec: ModelSpec, local_dir: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.parent.resolve().is_relative_to(base.resolve()):
             raise PermissionDenied(f"refusing to write through a symbolic link under {base}")
-        tmp = dest.with_name(f".{dest.name}.modelhaul-tmp")
-        tmp.unlink(missing_ok=True)
+        tmp = unique_tmp(dest)
         blob = rs.blob_path(f.blob_id)
         try:
             os.link(blob, tmp)
