@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,19 @@ from ..config import DownloadConfig, ManagerConfig
 from ..errors import InvalidInput, ModelhaulError, NetworkError, RetriesExhausted
 from ..events import TaskEvent
 from ..manager import DownloadManager
-from ..models import ModelPuller, PullResult
-from ..sources.hf import HubRef, HubSource, default_token, parse_hf_uri
+from ..models import ModelPuller, PullResult, VerifyReport, local_files
+from ..sources.hf import (
+    HubRef,
+    HubSource,
+    default_token,
+    explain_download_error,
+    parse_hf_uri,
+    resolve_url,
+)
 from ..sources.manifest import format_of, load_manifest_file, parse_manifest_text, sniff_format
 from ..sources.model import ModelFile, ModelSpec
-from ..store import hf_cache_root
+from ..store import CHUNK_BYTES, RepoStore, hf_cache_root
+from ..transport import same_host
 from .options import add_transfer_options, download_config, state_dir
 from .render import Renderer, make_renderer, print_error
 
@@ -144,37 +153,46 @@ def _renderer_hook(renderer: Renderer, labels: dict[str, str]) -> Any:
     return on_event
 
 
+def exit_status(exc: ModelhaulError) -> int:
+    if exc.category == "invalid_input":
+        return 2
+    if exc.category == "cancelled":
+        return 130
+    return 1
+
+
+def _cancelled_record() -> dict[str, Any]:
+    return {
+        "event": "result",
+        "status": "cancelled",
+        "path": None,
+        "error": {
+            "category": "cancelled",
+            "message": "interrupted; partial data was kept",
+            "hint": "Run the same command again to resume.",
+        },
+    }
+
+
 async def run_pull(args: argparse.Namespace) -> int:
-    env = Environment.read()
-    config = download_config(args)
+    # Created first: --json promises a result line last, even for a bad command line.
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
-    local_dir = Path(args.local_dir) if args.local_dir else None
     try:
+        env = Environment.read()
+        config = download_config(args)
+        local_dir = Path(args.local_dir) if args.local_dir else None
         result = await _pull(args, env, config, renderer, local_dir)
     except ModelhaulError as exc:
         renderer.stop()
         print_error(exc)
         renderer.result(_failed(exc))
-        return 2 if exc.category == "invalid_input" else 1
+        return exit_status(exc)
     except asyncio.CancelledError:
         renderer.stop()
-        renderer.result(
-            {
-                "event": "result",
-                "status": "cancelled",
-                "path": None,
-                "error": {
-                    "category": "cancelled",
-                    "message": "interrupted; partial data was kept",
-                    "hint": "Run the same command again to resume.",
-                },
-            }
-        )
+        renderer.result(_cancelled_record())
         raise
     renderer.stop()
-    if result.offline:
-        renderer.notice(f"{result.repo_id} is complete in the cache; used it without the network")
-    elif not args.json and not args.quiet:
+    if not result.offline and not args.json and not args.quiet:
         renderer.notice(
             f"{result.repo_id}@{result.commit[:12]}: {len(result.fetched)} fetched, "
             f"{len(result.present)} already present -> {result.snapshot}"
@@ -195,32 +213,58 @@ async def _pull(
         puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks)
         if isinstance(source, HubRef):
             if env.offline:
-                return _offline(puller, source, None)
-            hub = HubSource(endpoint=env.endpoint, token=env.token)
+                return _offline(puller, source, None, renderer)
+            # With a complete copy at hand, an unreachable Hub is not worth waiting for.
+            cached = _cached_or_none(puller, source) is not None
+            hub = HubSource(
+                endpoint=env.endpoint,
+                token=env.token,
+                retry=config.retry,
+                network_retries=0 if cached else None,
+            )
             try:
                 spec = await hub.resolve(source)
             except (NetworkError, RetriesExhausted) as exc:
                 if exc.category not in ("network", "timeout"):
                     raise
-                return _offline(puller, source, exc)
+                return _offline(puller, source, exc, renderer)
         else:
             spec = source
         spec = spec.select(args.include, args.exclude)
         if not spec.files:
             raise InvalidInput("no file of the model matches --include/--exclude")
         labels: dict[str, str] = {}
+        by_path = {f.path: f for f in spec.files}
+        rs = RepoStore(env.cache_root, spec.repo_id, spec.repo_type)
         mgr.subscribe(_renderer_hook(renderer, labels))
         renderer.start()
 
         def on_file(path: str, what: str) -> None:
             if what.startswith("queued:"):
                 labels[what.split(":", 1)[1]] = path
-            elif what.startswith("mirror:"):
-                renderer.notice(f"{path}: trying a mirror ({what[8:]})")
+            elif what.startswith(("mirror:", "waiting:")):
+                kind, _, why = what.partition(": ")
+                verb = "trying a mirror" if kind == "mirror" else "waiting"
+                renderer.notice(f"{path}: {verb} ({why})")
+            elif what == "done":
+                f = by_path[path]
+                record = {
+                    "status": "completed",
+                    "file": path,
+                    "path": str(rs.snapshot_file(spec.commit, path)),
+                    "size": f.size,
+                    "sha256": f.sha256 or f.blob_id,
+                }
+                renderer.file_done(path, record)
 
-        return await puller.pull(
-            spec, local_dir=local_dir, on_file=on_file, free_hint=_free_hint(env)
-        )
+        try:
+            return await puller.pull(
+                spec, local_dir=local_dir, on_file=on_file, free_hint=_free_hint(env)
+            )
+        except ModelhaulError as exc:
+            if isinstance(source, HubRef):
+                raise explain_download_error(exc, source, env.endpoint) from None
+            raise
 
 
 def _free_hint(env: Environment) -> Any:
@@ -229,15 +273,24 @@ def _free_hint(env: Environment) -> Any:
             from ..inventory import lru_suggestion
 
             return lru_suggestion(env.cache_root, short)
-        except ImportError:
+        except Exception:  # a hint that cannot be computed must not hide the disk_full error
             return ""
 
     return hint
 
 
-def _offline(puller: ModelPuller, ref: HubRef, cause: ModelhaulError | None) -> PullResult:
+def _cached_or_none(puller: ModelPuller, ref: HubRef) -> PullResult | None:
     try:
         return puller.load_cached(ref.repo_id, ref.revision, ref.repo_type)
+    except ModelhaulError:
+        return None
+
+
+def _offline(
+    puller: ModelPuller, ref: HubRef, cause: ModelhaulError | None, renderer: Renderer
+) -> PullResult:
+    try:
+        result = puller.load_cached(ref.repo_id, ref.revision, ref.repo_type)
     except ModelhaulError as exc:
         if cause is not None:
             raise cause from None
@@ -245,6 +298,12 @@ def _offline(puller: ModelPuller, ref: HubRef, cause: ModelhaulError | None) -> 
             f"offline mode (HF_HUB_OFFLINE) and {exc.message}",
             hint="Unset HF_HUB_OFFLINE to download it, or pull it on a connected machine first.",
         ) from None
+    why = "offline mode (HF_HUB_OFFLINE)" if cause is None else f"the Hub is unreachable: {cause}"
+    renderer.notice(
+        f"{why}; {ref.repo_id} is complete in the cache, used it without the network "
+        f"-> {result.snapshot}"
+    )
+    return result
 
 
 def _failed(exc: ModelhaulError) -> dict[str, Any]:
@@ -256,31 +315,24 @@ def parse_model_arg(text: str) -> HubRef:
 
 
 async def run_verify(args: argparse.Namespace) -> int:
-    env = Environment.read()
-    ref = parse_model_arg(args.model)
-    config = download_config(args)
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
-    hub = HubSource(endpoint=env.endpoint, token=env.token)
-
-    def url_for(commit: str, path: str) -> ModelFile | None:
-        from huggingface_hub import hf_hub_url
-
-        url = hf_hub_url(
-            ref.repo_id, path, repo_type=ref.repo_type, revision=commit, endpoint=env.endpoint
-        )
-        return ModelFile(path=path, size=-1, blob_id="", urls=(url,), headers=hub.auth_headers())
-
-    async with manager_for(args, config) as mgr:
-        puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks)
-        report = await puller.verify(
-            ref.repo_id,
-            ref.revision,
-            repo_type=ref.repo_type,
-            repair=args.repair,
-            url_for=lambda c, p: _complete_source(puller, ref, c, p, url_for),
-        )
+    try:
+        env = Environment.read()
+        ref = parse_model_arg(args.model)
+        config = download_config(args)
+        report = await _verify(args, env, ref, config, renderer)
+    except ModelhaulError as exc:
+        renderer.stop()
+        print_error(exc)
+        renderer.result(_failed(exc))
+        return exit_status(exc)
+    except asyncio.CancelledError:
+        renderer.stop()
+        renderer.result(_cancelled_record())
+        raise
+    renderer.stop()
     for p in report.problems:
-        print(f"modelhaul: bad: {p.path}: {p.problem} ({p.detail})", file=__import__("sys").stderr)
+        print(f"modelhaul: bad: {p.path}: {p.problem} ({p.detail})", file=sys.stderr)
     if not args.json and not args.quiet:
         for path in report.repaired:
             renderer.notice(f"repaired: {path}")
@@ -292,15 +344,52 @@ async def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _complete_source(
-    puller: ModelPuller, ref: HubRef, commit: str, path: str, url_for: Any
-) -> ModelFile | None:
-    """A repair source for a file known only from its snapshot link."""
-    from ..models import local_files
-    from ..store import RepoStore
+async def _verify(
+    args: argparse.Namespace,
+    env: Environment,
+    ref: HubRef,
+    config: DownloadConfig,
+    renderer: Renderer,
+) -> VerifyReport:
+    hub = HubSource(endpoint=env.endpoint, token=env.token)
 
-    base = url_for(commit, path)
-    for f in local_files(RepoStore(puller.root, ref.repo_id, ref.repo_type), commit):
-        if f.path == path:
-            return replace(base, size=f.size, blob_id=f.blob_id, sha256=f.sha256)
-    return None
+    def headers_for(url: str) -> tuple[tuple[str, str], ...]:
+        # Stored URLs carry no token: the Hub's own host gets it back, nobody else.
+        return hub.auth_headers() if same_host(url, env.endpoint) else ()
+
+    def url_for(commit: str, path: str) -> ModelFile | None:
+        """A source for a file known only from its snapshot link (a huggingface_hub cache)."""
+        rs = RepoStore(env.cache_root, ref.repo_id, ref.repo_type)
+        for f in local_files(rs, commit):
+            if f.path == path:
+                url = resolve_url(env.endpoint, ref.repo_id, path, commit, ref.repo_type)
+                return replace(f, urls=(url,))
+        return None
+
+    labels: dict[str, str] = {}
+
+    def on_file(path: str, what: str) -> None:
+        if what.startswith("queued:"):
+            labels[what.split(":", 1)[1]] = path
+
+    if args.repair:
+        # A repair fetches whole bad chunks; splitting one already in flight between two
+        # connections fetches the bytes on the wire twice (the victim's buffers are lost).
+        segments = replace(
+            config.segments, min_steal_bytes=max(config.segments.min_steal_bytes, CHUNK_BYTES)
+        )
+        config = replace(config, segments=segments)
+    async with manager_for(args, config) as mgr:
+        mgr.subscribe(_renderer_hook(renderer, labels))
+        if args.repair:
+            renderer.start()
+        puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks)
+        return await puller.verify(
+            ref.repo_id,
+            ref.revision,
+            repo_type=ref.repo_type,
+            repair=args.repair,
+            url_for=url_for,
+            headers_for=headers_for,
+            on_file=on_file,
+        )
