@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import pathlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
+from fastapi import FastAPI, Path, Request, WebSocket, WebSocketDisconnect
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -33,7 +33,7 @@ from ..policy.units import parse_rate, parse_size
 from .security import TOKEN_COOKIE, AccessPolicy, token_matches
 from .service import PRIORITY_MAX, PRIORITY_MIN, Service, Subscription
 
-STATIC_DIR = Path(__file__).with_name("static")
+STATIC_DIR = pathlib.Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1024 * 1024
 SSE_KEEPALIVE_S = 15.0
 _PUBLIC_PATHS = frozenset({"/", "/api/health", "/openapi.json", "/favicon.ico"})
@@ -57,9 +57,25 @@ _PAGE_HEADERS = {
 }
 
 Priority = Annotated[int, Field(ge=PRIORITY_MIN, le=PRIORITY_MAX)]
+DownloadId = Annotated[str, Path(pattern=r"^[0-9]{1,18}$", description="a download's id")]
 Glob = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 RepoType = Literal["model", "dataset", "space"]
-SizeText = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+SizeText = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=32,
+        pattern=r"^\s*[0-9]+(\.[0-9]+)?\s*[kKmMgGtT]?([iI]?[bB])?\s*(/s)?\s*$",
+    ),
+]
+RepoName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=192,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$",
+    ),
+]
 
 
 class _Body(BaseModel):
@@ -69,7 +85,12 @@ class _Body(BaseModel):
 class AddDownload(_Body):
     """A URL to fetch into the download directory."""
 
-    url: str = Field(min_length=1, max_length=8192, description="http:// or https:// URL")
+    url: str = Field(
+        min_length=8,
+        max_length=8192,
+        pattern=r"^[hH][tT][tT][pP][sS]?://",
+        description="http(s) URL",
+    )
     out: str | None = Field(
         None,
         min_length=1,
@@ -110,7 +131,7 @@ class SetLimit(_Body):
 
 
 class ModelRef(_Body):
-    name: str = Field(min_length=1, max_length=256, description="ORG/NAME")
+    name: RepoName = Field(description="ORG/NAME as on the Hub")
     repo_type: RepoType = "model"
 
 
@@ -361,7 +382,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def get_download(download_id: str) -> dict[str, Any]:
+    async def get_download(download_id: DownloadId) -> dict[str, Any]:
         return service.download(download_id)
 
     @app.post(
@@ -370,7 +391,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def pause(download_id: str) -> dict[str, Any]:
+    async def pause(download_id: DownloadId) -> dict[str, Any]:
         """Stop fetching, keep the partial data."""
         return service.pause(download_id)
 
@@ -380,7 +401,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def resume(download_id: str) -> dict[str, Any]:
+    async def resume(download_id: DownloadId) -> dict[str, Any]:
         """Resume a paused download, or retry a failed one."""
         return service.resume(download_id)
 
@@ -390,7 +411,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def cancel(download_id: str) -> dict[str, Any]:
+    async def cancel(download_id: DownloadId) -> dict[str, Any]:
         """Stop for good and delete the partial data."""
         return service.cancel(download_id)
 
@@ -400,14 +421,14 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def set_priority(download_id: str, body: SetPriority) -> dict[str, Any]:
+    async def set_priority(download_id: DownloadId, body: SetPriority) -> dict[str, Any]:
         """Higher runs first; a started file goes before a new one of the same priority."""
         return service.set_priority(download_id, body.priority)
 
     @app.delete(
         "/api/downloads/{download_id}", status_code=204, responses=_ERRORS, tags=["downloads"]
     )
-    async def forget(download_id: str) -> Response:
+    async def forget(download_id: DownloadId) -> Response:
         """Remove a finished download from the list (its file stays)."""
         service.forget(download_id)
         return Response(status_code=204)
