@@ -247,6 +247,8 @@ async def _connect_stages(
     except (OSError, TimeoutError) as exc:
         return "dns", f"DNS lookup of {host} failed: {_os_text(exc)}"
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    if not addresses:
+        return "dns", f"DNS lookup of {host} returned no address"
     shown = ", ".join(addresses[:3]) + (", …" if len(addresses) > 3 else "")
     stages.append(f"address {host}" if _is_ip(host) else f"DNS {host} -> {shown}")
     writer: asyncio.StreamWriter | None = None
@@ -263,8 +265,7 @@ async def _connect_stages(
         except (OSError, TimeoutError) as exc:
             error = exc
     if writer is None:
-        where = _hostport(addresses[0], port) if addresses else f"{host}:{port}"
-        return "tcp", f"TCP connect to {where} failed: {_os_text(error)}"
+        return "tcp", f"TCP connect to {_hostport(addresses[0], port)} failed: {_os_text(error)}"
     try:
         if tls:
             try:
