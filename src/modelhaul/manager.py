@@ -8,6 +8,10 @@ on the manager's event loop; ``sync.SyncDownloadManager`` makes them callable fr
 Scheduling: the highest priority first, a file already started before a new one of the same
 priority, then first come first served. Small files (known to be under ``small_file_bytes``)
 may run beside the large ones, since for them the round trip, not bandwidth, is the cost.
+
+Bandwidth: under a global cap every running file gets its own bucket at a max-min fair share
+(``policy.fairshare``), rebalanced twice a second, so a file on many connections cannot crowd
+out one on a single connection, and what a slow file leaves unused goes to the others.
 """
 
 from __future__ import annotations
@@ -16,10 +20,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import os
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +34,7 @@ from .config import DownloadConfig, ManagerConfig
 from .engine import Downloader, TargetPaths, discard_partial, plan_paths
 from .errors import Cancelled, ModelhaulError
 from .events import Progress, Result, State, TaskEvent
+from .policy.fairshare import estimate_demand, water_fill
 from .policy.ratelimit import TokenBucket
 from .transport import Transport, check_url
 
@@ -38,6 +44,7 @@ EventCallback = Callable[[TaskEvent], None]
 _ACTIVE = (State.RUNNING, State.VERIFYING)
 _TOTAL_EVERY_S = 0.1
 _QUEUE_MAX = 10_000
+_REBALANCE_EVERY_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +65,70 @@ class TaskInfo:
     result: dict[str, object] | None
 
 
+class _TaskBucket(TokenBucket):
+    """One download's bucket. It counts the bytes that passed and notes whether a connection
+    had to wait, which tells the fair-share rebalance whether the download wants more."""
+
+    def __init__(self, rate_bytes_per_s: float | None) -> None:
+        super().__init__(rate_bytes_per_s)
+        self.passed = 0
+        self.waiting = 0  # connections parked in acquire() right now
+        self.waited = False  # some connection had to wait since the last rebalance
+
+    async def acquire(self, n: int) -> None:
+        started = time.monotonic()
+        self.waiting += 1
+        try:
+            await super().acquire(n)
+        finally:
+            self.waiting -= 1
+        if time.monotonic() - started > 0.001:
+            self.waited = True
+        self.passed += n
+
+    def wanted_more(self) -> bool:
+        """A connection waited since the last call (or waits now, maybe for a large chunk)."""
+        wanted, self.waited = self.waited or self.waiting > 0, False
+        return wanted
+
+
+class EventStream:
+    """Every event from its creation on, in order; ends when the manager closes.
+
+    Progress events are dropped, never state events, if the reader lags far behind.
+    """
+
+    def __init__(self, streams: list[EventStream]) -> None:
+        self._queue: asyncio.Queue[TaskEvent | None] = asyncio.Queue()
+        self._streams = streams
+        streams.append(self)
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> TaskEvent:
+        event = await self._queue.get()
+        if event is None:
+            self.close()
+            raise StopAsyncIteration
+        return event
+
+    def put_nowait(self, event: TaskEvent) -> None:
+        if self._queue.qsize() < _QUEUE_MAX or event.kind != "progress":
+            self._queue.put_nowait(event)
+
+    def end_nowait(self) -> None:
+        self._queue.put_nowait(None)
+
+    def close(self) -> None:
+        """Stop receiving events (the iterator still yields what it already holds)."""
+        if self in self._streams:
+            self._streams.remove(self)
+
+    async def aclose(self) -> None:
+        self.close()
+
+
 @dataclass(slots=True, eq=False)
 class _Task:
     id: str
@@ -70,7 +141,8 @@ class _Task:
     headers: dict[str, str]
     priority: int
     seq: int
-    limiter: TokenBucket
+    rate_limit: float | None  # the caller's cap for this download
+    limiter: _TaskBucket  # at the lower of rate_limit and the fair share
     future: asyncio.Future[Result]
     state: State = State.QUEUED
     started_once: bool = False
@@ -78,6 +150,9 @@ class _Task:
     runner: asyncio.Task[Result] | None = None
     pause_requested: bool = False
     cancel_requested: bool = False
+    resume_requested: bool = False  # resume() came while a pause was winding down
+    share: float | None = None  # fair share of the global cap, while running under one
+    passed_mark: int = 0
     last: Progress | None = None
     error: ModelhaulError | None = None
     result: Result | None = None
@@ -157,21 +232,27 @@ class DownloadManager:
         )
         self.downloader = Downloader(
             dc,
-            limiter=TokenBucket(self.config.rate_bytes_per_s or dc.rate.rate_bytes_per_s),
+            # The global cap is enforced by the downloads' own buckets, whose fair shares add
+            # up to it: a shared bucket in front of them would queue first come, first served
+            # again and hide from the rebalance which download is held back.
+            limiter=TokenBucket(None),
             state_dir=state_dir,
             transport=transport,
         )
         self._transport = transport
+        self._rate_limit: float | None = self.config.rate_bytes_per_s or dc.rate.rate_bytes_per_s
         self._tasks: dict[str, _Task] = {}
         self._by_key: dict[tuple[str, ...], _Task] = {}
         self._seq = itertools.count()
         self._callbacks: list[EventCallback] = []
-        self._queues: list[asyncio.Queue[TaskEvent]] = []
+        self._streams: list[EventStream] = []
         self._presume_small = False
         self._last_total = 0.0
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._rebalancer: asyncio.Task[None] | None = None
+        self._measured_at = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -185,17 +266,35 @@ class DownloadManager:
         await self.close()
 
     async def close(self) -> None:
-        """Pause everything still running (partial data kept) and release connections."""
+        """Pause everything still running (partial data kept) and release connections.
+
+        Whoever still waits for an unfinished download gets ``Cancelled``; event streams end.
+        """
+        if self._closed:
+            return
         self._closed = True
+        if self._rebalancer is not None:
+            self._rebalancer.cancel()
         runners = []
         for task in self._tasks.values():
             if task.runner is not None and not task.runner.done():
                 task.pause_requested = True
+                task.resume_requested = False
                 task.runner.cancel()
                 runners.append(task.runner)
         for runner in runners:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await runner
+        await asyncio.sleep(0)  # let the runners' done callbacks record their states
+        for task in self._tasks.values():
+            if task.state is State.QUEUED:
+                self._set_state(task, State.PAUSED)
+            if not task.future.done():
+                task.future.set_exception(
+                    Cancelled(f"the manager closed before download {task.id} finished")
+                )
+        for stream in list(self._streams):
+            stream.end_nowait()
         await self._transport.close()
 
     # ------------------------------------------------------------------ adding
@@ -225,9 +324,15 @@ class DownloadManager:
 
         sha256 = check_sha256(sha256)
         paths = plan_paths(url, dest, directory)
-        key = ("sha256", sha256) if sha256 else ("target", url, str(paths.part))
-        existing = self._by_key.get(key)
-        if existing is not None and _reusable(existing):
+        # One partial file is one transfer, whatever checksum each caller knows; one checksum
+        # is one blob, wherever each caller wants it.
+        keys: list[tuple[str, ...]] = [("target", url, str(paths.part))]
+        if sha256:
+            keys.insert(0, ("sha256", sha256))
+        for key in keys:
+            existing = self._by_key.get(key)
+            if existing is None or not _reusable(existing):
+                continue
             if existing.paths.dest != paths.dest and not paths.name_pending:
                 existing.aliases.append(paths.dest)
                 if existing.state is State.COMPLETED:
@@ -246,15 +351,17 @@ class DownloadManager:
             headers=dict(headers or {}),
             priority=priority,
             seq=seq,
-            limiter=TokenBucket(rate_limit),
+            rate_limit=rate_limit,
+            limiter=_TaskBucket(rate_limit),
             future=loop.create_future(),
             size=expected_size,
             state=State.PAUSED if paused else State.QUEUED,
         )
         task.future.add_done_callback(_mark_retrieved)
         self._tasks[task.id] = task
-        self._by_key[key] = task
-        self._publish_state(task)
+        for key in keys:
+            self._by_key[key] = task
+        self._set_state(task, task.state)
         self._schedule()
         return DownloadHandle(self, task.id)
 
@@ -271,16 +378,24 @@ class DownloadManager:
             raise KeyError(f"no download with id {task_id!r}") from None
 
     def pause(self, task_id: str) -> None:
+        """Stop the download's connections, keep its partial data and journal, free its slot."""
         task = self._get(task_id)
         if task.state is State.QUEUED:
             self._set_state(task, State.PAUSED)
         elif task.state in _ACTIVE and task.runner is not None:
             task.pause_requested = True
+            task.resume_requested = False
             task.runner.cancel()
 
     def resume(self, task_id: str) -> None:
+        """Queue a paused (or failed) download again; it continues from its journal."""
         task = self._get(task_id)
-        if task.state is State.PAUSED or (task.state is State.FAILED and not task.future.done()):
+        if self._closed:
+            return
+        if task.state in _ACTIVE and task.pause_requested and not task.cancel_requested:
+            # Still winding down: queue it again as soon as it has stopped.
+            task.resume_requested = True
+        elif task.state is State.PAUSED:
             self._set_state(task, State.QUEUED)
             self._schedule()
         elif task.state is State.FAILED:
@@ -308,16 +423,23 @@ class DownloadManager:
         self._schedule()
 
     def set_task_limit(self, task_id: str, rate_bytes_per_s: float | None) -> None:
-        self._get(task_id).limiter.set_rate(rate_bytes_per_s)
+        """Cap one download (None: no cap of its own); effective at once while it runs."""
+        task = self._get(task_id)
+        _check_rate(rate_bytes_per_s)
+        task.rate_limit = rate_bytes_per_s
+        self._rebalance()
 
     def set_limit(self, rate_bytes_per_s: float | None) -> None:
         """Change the global bandwidth cap (None: unlimited); effective within a fraction of
         a second for running downloads."""
-        self.downloader.set_rate_limit(rate_bytes_per_s)
+        _check_rate(rate_bytes_per_s)
+        self._rate_limit = rate_bytes_per_s
+        self._rebalance()
 
     @property
     def rate_limit(self) -> float | None:
-        return self.downloader.limiter.rate_bytes_per_s
+        """The global bandwidth cap in bytes per second (None: unlimited)."""
+        return self._rate_limit
 
     def pause_all(self) -> None:
         for task_id in list(self._tasks):
@@ -338,7 +460,7 @@ class DownloadManager:
             total=task.result.size if task.result else task.size,
             speed_bytes_per_s=p.speed_bytes_per_s if p and task.state in _ACTIVE else 0.0,
             eta_s=p.eta_s if p and task.state in _ACTIVE else None,
-            rate_limit=task.limiter.rate_bytes_per_s,
+            rate_limit=task.rate_limit,
             error=task.error.to_dict() if task.error else None,
             result=task.result.to_dict() if task.result else None,
         )
@@ -360,15 +482,21 @@ class DownloadManager:
         self._callbacks.append(callback)
         return lambda: self._callbacks.remove(callback) if callback in self._callbacks else None
 
-    async def events(self) -> AsyncIterator[TaskEvent]:
-        """Every event from now on, in order (progress events may be dropped if you lag)."""
-        queue: asyncio.Queue[TaskEvent] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
+    def events(self) -> EventStream:
+        """Every event from this call on, in order, until the manager closes.
+
+        Progress events may be dropped if you lag far behind; state events never are.
+
+        Example::
+
+            async for event in mgr.events():
+                if event.kind == "state" and event.task_id == h.id and event.state.final:
+                    break
+        """
+        stream = EventStream(self._streams)
+        if self._closed:
+            stream.end_nowait()
+        return stream
 
     # ------------------------------------------------------------------ scheduling
 
@@ -403,12 +531,13 @@ class DownloadManager:
             if not self._has_slot(best):
                 break
             self._start(best)
-        if self._idle_now():
-            self._idle.set()
 
     def _start(self, task: _Task) -> None:
         task.pause_requested = task.cancel_requested = False
         task.started_once = True
+        # A fresh bucket: connections of a paused run booked bytes they never received, and a
+        # bucket never gives bookings back, so the old one would hold the new run back.
+        task.limiter = _TaskBucket(task.rate_limit)
         self._set_state(task, State.RUNNING)
         task.runner = asyncio.create_task(self._run(task), name=f"modelhaul-{task.id}")
         task.runner.add_done_callback(lambda r, t=task: self._on_runner_done(t, r))
@@ -436,6 +565,9 @@ class DownloadManager:
                 self._finish_cancelled(task)
             else:
                 self._set_state(task, State.PAUSED)
+                if task.resume_requested and not self._closed:
+                    task.resume_requested = False
+                    self._set_state(task, State.QUEUED)
         else:
             exc = runner.exception()
             if exc is None:
@@ -527,7 +659,12 @@ class DownloadManager:
                 speed += t.last.speed_bytes_per_s
         remaining = None if unknown else max(0, total - done)
         eta = remaining / speed if remaining is not None and speed > 0 else None
-        state = State.RUNNING if not self._idle_now() else State.COMPLETED
+        if not self._idle_now():
+            state = State.RUNNING
+        elif any(t.state is State.PAUSED for t in self._tasks.values()):
+            state = State.PAUSED
+        else:
+            state = State.COMPLETED
         return TaskEvent(
             "total",
             "",
@@ -540,8 +677,18 @@ class DownloadManager:
         )
 
     def _set_state(self, task: _Task, state: State) -> None:
+        was_running = task.state is State.RUNNING
         task.state = state
         self._publish_state(task)
+        if was_running != (state is State.RUNNING):
+            task.share = None  # until measured, a download is presumed to want a full share
+            task.passed_mark = task.limiter.passed
+            self._rebalance()
+        if not self._idle_now():
+            self._idle.clear()
+        elif not self._idle.is_set():
+            self._idle.set()
+            self._publish(self._total_event())  # the last word on the aggregate
 
     def _publish_state(self, task: _Task) -> None:
         info = self.info(task.id)
@@ -564,9 +711,67 @@ class DownloadManager:
                 cb(event)
             except Exception:  # a broken subscriber must not break downloads
                 log.exception("event callback failed")
-        for q in self._queues:
-            if q.qsize() < _QUEUE_MAX or event.kind != "progress":
-                q.put_nowait(event)
+        for stream in list(self._streams):
+            stream.put_nowait(event)
+
+    # ------------------------------------------------------------------ bandwidth
+
+    def _rebalance(self, *, measure: bool = False) -> None:
+        """Set each download's bucket: its own cap, or under a global cap its max-min fair
+        share; with ``measure``, first learn who used less than offered and did not wait."""
+        running = [t for t in self._tasks.values() if t.state is State.RUNNING]
+        cap = self.rate_limit
+        if cap is None:
+            for task in self._tasks.values():
+                task.share = None
+                task.limiter.set_rate(task.rate_limit)
+            return
+        floor = cap / (4 * max(1, len(running)))
+        now = time.monotonic()
+        elapsed = now - self._measured_at
+        if measure:
+            self._measured_at = now
+        demands: list[float | None] = []
+        for task in running:
+            demand: float | None = None
+            if measure and elapsed > 0:
+                used = (task.limiter.passed - task.passed_mark) / elapsed
+                waited = task.limiter.wanted_more()
+                demand = estimate_demand(used, task.share, waited=waited, floor=floor)
+                task.passed_mark = task.limiter.passed
+            if task.rate_limit is not None:
+                demand = task.rate_limit if demand is None else min(demand, task.rate_limit)
+            demands.append(demand)
+        for task, share in zip(running, water_fill(cap, demands), strict=True):
+            task.share = max(share, 1.0)
+            task.limiter.set_rate(task.share)
+        if running and self._rebalancer is None and not self._closed:
+            self._rebalancer = asyncio.get_running_loop().create_task(
+                self._rebalance_while_capped(), name="modelhaul-rebalance"
+            )
+
+    async def _rebalance_while_capped(self) -> None:
+        self._measured_at = time.monotonic()
+        try:
+            while True:
+                await asyncio.sleep(_REBALANCE_EVERY_S)
+                if self.rate_limit is None or not any(
+                    t.state is State.RUNNING for t in self._tasks.values()
+                ):
+                    return
+                self._rebalance(measure=True)
+        finally:
+            self._rebalancer = None
+
+
+def _check_rate(rate_bytes_per_s: float | None) -> None:
+    # Checked when called, not later inside a rebalance that a state change set off.
+    if rate_bytes_per_s is not None and not (
+        math.isfinite(rate_bytes_per_s) and rate_bytes_per_s > 0
+    ):
+        raise ValueError(
+            f"rate_bytes_per_s must be a positive number or None, got {rate_bytes_per_s!r}"
+        )
 
 
 def _reusable(task: _Task) -> bool:
