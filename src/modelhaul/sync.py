@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping
@@ -25,10 +26,17 @@ T = TypeVar("T")
 
 
 class LoopThread:
-    """An event loop running forever in a daemon thread."""
+    """An event loop running forever in a daemon thread.
+
+    A call from another thread always returns: with the result, with the exception, or with
+    ``RuntimeError`` once the loop has stopped; it never waits for a loop that is gone.
+    """
 
     def __init__(self, name: str = "modelhaul-loop") -> None:
         self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+        self._stopped = False
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -36,30 +44,89 @@ class LoopThread:
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run a coroutine on the loop and wait for its result here."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """Run a coroutine on the loop and wait for its result here.
+
+        Raises:
+            TimeoutError: not done within ``timeout`` seconds; the coroutine is cancelled.
+            RuntimeError: the loop has stopped, or this is the loop thread itself (waiting
+                there for the loop would wait forever).
+        """
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "a blocking call on the manager's own thread would deadlock; "
+                "from an event callback, use the non-blocking calls (pause, resume, ...)"
+            )
+        with self._lock:
+            if self._stopped:
+                coro.close()
+                raise RuntimeError("the loop thread has stopped")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._pending.add(future)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Call a plain function on the loop thread and return its result here."""
-        if threading.current_thread() is self._thread:
+        if self.in_loop_thread():
             return fn(*args)
-        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def invoke() -> None:
             try:
-                fut.set_result(fn(*args))
+                result = fn(*args)
             except Exception as exc:  # delivered to the calling thread
-                fut.set_exception(exc)
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_exception(exc)
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    future.set_result(result)
 
-        self.loop.call_soon_threadsafe(invoke)
-        return fut.result()
+        with self._lock:
+            if self._stopped:
+                raise RuntimeError("the loop thread has stopped")
+            self.loop.call_soon_threadsafe(invoke)
+            self._pending.add(future)
+        try:
+            return future.result()
+        finally:
+            with self._lock:
+                self._pending.discard(future)
 
     def stop(self) -> None:
+        """Stop the loop and its thread; calls still waiting get ``RuntimeError``.
+
+        Calling it again does nothing.
+        """
+        if self.in_loop_thread():
+            raise RuntimeError("the loop thread cannot stop itself")
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         if not self.loop.is_running():
             self.loop.close()
+        with self._lock:
+            stranded = list(self._pending)
+        for future in stranded:
+            with contextlib.suppress(concurrent.futures.InvalidStateError):
+                future.set_exception(RuntimeError("the loop thread stopped before answering"))
 
 
 def download(
@@ -153,13 +220,18 @@ class SyncDownloadManager:
         state_dir: Path | None = None,
     ) -> None:
         self._thread = LoopThread("modelhaul-manager")
+        self._close_lock = threading.Lock()
 
         async def make() -> DownloadManager:
             mgr = DownloadManager(config, download_config=download_config, state_dir=state_dir)
             await mgr.__aenter__()
             return mgr
 
-        self.manager = self._thread.run(make())
+        try:
+            self.manager = self._thread.run(make())
+        except BaseException:
+            self._thread.stop()
+            raise
 
     def __enter__(self) -> Self:
         return self
@@ -170,36 +242,86 @@ class SyncDownloadManager:
         self.close()
 
     def close(self) -> None:
-        self._thread.run(self.manager.close())
-        self._thread.stop()
+        """Pause what still runs (partial data kept), wake every waiting thread with
+        ``Cancelled``, and stop the loop thread. Calling it again does nothing."""
+        if self._thread.in_loop_thread():
+            raise RuntimeError("close the manager from your own thread, not an event callback")
+        with self._close_lock:
+            if self._thread.stopped:
+                return
+            try:
+                self._thread.run(self.manager.close())
+            finally:
+                self._thread.stop()
 
-    def add(self, url: str, dest: str | os.PathLike[str] | None = None, **kw: Any) -> SyncHandle:
-        handle = self._thread.call(lambda: self.manager.add(url, dest, **kw))
+    def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._thread.stopped:
+            raise RuntimeError("the manager is closed")
+        return self._thread.call(fn, *args)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        # Once the loop thread is gone nothing changes any more: answer directly.
+        if self._thread.loop.is_closed():
+            return fn(*args)
+        return self._call(fn, *args)
+
+    def add(
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        expected_size: int | None = None,
+        priority: int = 0,
+        rate_limit: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        paused: bool = False,
+    ) -> SyncHandle:
+        """Queue a download and return its handle at once; see ``DownloadManager.add``."""
+        handle = self._call(
+            lambda: self.manager.add(
+                url,
+                dest,
+                directory=directory,
+                sha256=sha256,
+                expected_size=expected_size,
+                priority=priority,
+                rate_limit=rate_limit,
+                headers=headers,
+                paused=paused,
+            )
+        )
         return SyncHandle(self, handle.id)
 
     def pause(self, task_id: str) -> None:
-        self._thread.call(self.manager.pause, task_id)
+        self._call(self.manager.pause, task_id)
 
     def resume(self, task_id: str) -> None:
-        self._thread.call(self.manager.resume, task_id)
+        self._call(self.manager.resume, task_id)
 
     def cancel(self, task_id: str) -> None:
-        self._thread.call(self.manager.cancel, task_id)
+        self._call(self.manager.cancel, task_id)
 
     def set_priority(self, task_id: str, priority: int) -> None:
-        self._thread.call(self.manager.set_priority, task_id, priority)
+        self._call(self.manager.set_priority, task_id, priority)
 
     def set_task_limit(self, task_id: str, rate_bytes_per_s: float | None) -> None:
-        self._thread.call(self.manager.set_task_limit, task_id, rate_bytes_per_s)
+        self._call(self.manager.set_task_limit, task_id, rate_bytes_per_s)
 
     def set_limit(self, rate_bytes_per_s: float | None) -> None:
-        self._thread.call(self.manager.set_limit, rate_bytes_per_s)
+        self._call(self.manager.set_limit, rate_bytes_per_s)
+
+    @property
+    def rate_limit(self) -> float | None:
+        """The global bandwidth cap in bytes per second (None: unlimited)."""
+        return self._read(lambda: self.manager.rate_limit)
 
     def info(self, task_id: str) -> TaskInfo:
-        return self._thread.call(self.manager.info, task_id)
+        return self._read(self.manager.info, task_id)
 
     def tasks(self) -> list[TaskInfo]:
-        return self._thread.call(self.manager.tasks)
+        return self._read(self.manager.tasks)
 
     def wait(self, task_id: str, timeout: float | None = None) -> Result:
         return self._thread.run(self.manager.wait(task_id), timeout)
@@ -209,5 +331,5 @@ class SyncDownloadManager:
 
     def subscribe(self, callback: Callable[[TaskEvent], None]) -> Callable[[], None]:
         """``callback`` runs on the manager's loop thread."""
-        unsubscribe = self._thread.call(self.manager.subscribe, callback)
-        return lambda: self._thread.call(unsubscribe)
+        unsubscribe = self._call(self.manager.subscribe, callback)
+        return lambda: self._call(unsubscribe)
