@@ -28,7 +28,8 @@ import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -197,6 +198,7 @@ class _Transfer:
     journal_saved_at: float = 0.0
     all_exited: asyncio.Event = field(default_factory=asyncio.Event)
     speed_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    writes: set[Future[int]] = field(default_factory=set)  # pwritev jobs not yet finished
     last_progress_at: float = 0.0
 
     @property
@@ -445,6 +447,9 @@ class Downloader:
                 if t.part.exists() and t.size is not None and t.state.done:
                     with contextlib.suppress(ModelhaulError):
                         self._save_journal(t)
+                # A cancelled await does not stop a write already running in its thread; it
+                # must end before the descriptor number can be reused by another open file.
+                wait_futures(list(t.writes))
                 os.close(t.fd)
                 t.fd = -1
                 if not t.state.done or t.size is None:
@@ -854,9 +859,11 @@ class Downloader:
                 await asyncio.shield(self._write(t, bufs, write_at))
 
     async def _write(self, t: _Transfer, bufs: list[bytes], offset: int) -> None:
-        loop = asyncio.get_running_loop()
+        job = _WRITE_POOL.submit(_pwritev_all, t.fd, bufs, offset)
+        t.writes.add(job)
+        job.add_done_callback(t.writes.discard)
         try:
-            n = await loop.run_in_executor(_WRITE_POOL, _pwritev_all, t.fd, bufs, offset)
+            n = await asyncio.wrap_future(job)
         except OSError as exc:
             raise _os_error(exc, t.part) from exc
         t.state.done.add(offset, offset + n)
