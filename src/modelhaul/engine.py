@@ -85,6 +85,18 @@ _IOV_MAX = 512
 PART_SUFFIX = ".modelhaul.part"
 JOURNAL_SUFFIX = ".modelhaul.journal"
 
+_stage_hook: Callable[[str], None] | None = None
+"""A seam for crash tests only (tests/crash_runner.py): called with the name of each stage a
+download passes ("probed", "segment_done_before_journal", "hashing",
+"renamed_before_journal_removal"; models.py adds "linking"), so a test can kill the process
+exactly there. None in normal use."""
+
+
+def _stage(name: str) -> None:
+    hook = _stage_hook
+    if hook is not None:
+        hook(name)
+
 
 def check_sha256(value: str | None) -> str | None:
     if value is None:
@@ -400,6 +412,7 @@ class Downloader:
         self._open_part(t)
         try:
             probe = await self._probe(t)
+            _stage("probed")
             try:
                 if t.on_phase:
                     t.on_phase("probed", t.size)
@@ -419,6 +432,7 @@ class Downloader:
             self._emit_progress(t, force=True)
             if t.on_phase:
                 t.on_phase("verifying", size)
+            _stage("hashing")
             digest = await t.hasher.digest(size)
             if t.expected_sha256 and digest != t.expected_sha256:
                 t.journal.remove()
@@ -674,6 +688,7 @@ class Downloader:
         except OSError as exc:
             raise _os_error(exc, t.dest) from exc
         _fsync_dir(t.dest.parent)
+        _stage("renamed_before_journal_removal")
         t.journal.remove()
 
     # ------------------------------------------------------------------ workers
@@ -730,6 +745,7 @@ class Downloader:
                         t.attempts += 1
                         resp = await self._open_segment(t, seg)
                     await self._stream(t, seg, resp)
+                    _stage("segment_done_before_journal")
                     resp.release()
                     resp = None
                     fails = 0

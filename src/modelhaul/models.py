@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .engine import part_paths
+from .engine import _stage, part_paths
 from .errors import (
     DiskFull,
     IntegrityError,
@@ -163,6 +163,7 @@ class ModelPuller:
             elif r is False:  # another process fetched it meanwhile
                 present.extend(files)
         for f in (*present, *fetched):
+            _stage("linking")
             rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
         if errors:
             for e in errors:
