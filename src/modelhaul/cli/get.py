@@ -17,7 +17,7 @@ from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list
 from ..transport import check_url
 from .options import add_transfer_options, download_config, state_dir
-from .render import JsonRenderer, Renderer, make_renderer, print_error
+from .render import JsonRenderer, Renderer, error_dict, make_renderer, print_error
 
 # Connections one host may get when several files share it (each file still gets its -x).
 _SHARED_HOST_CONNECTIONS = 16
@@ -218,7 +218,7 @@ def _failed_dict(url: str | None, error: dict[str, str]) -> dict[str, Any]:
 
 
 def _failed_record(url: str | None, exc: ModelhaulError) -> dict[str, Any]:
-    return _failed_dict(url, exc.to_dict())
+    return _failed_dict(url, error_dict(exc))
 
 
 def _cancelled_record(jobs: list[_Job], paths: dict[str, str]) -> dict[str, Any]:

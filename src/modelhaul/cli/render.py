@@ -234,9 +234,33 @@ def make_renderer(*, json_mode: bool, quiet: bool, files: int | None = None) -> 
     return PlainRenderer()
 
 
-def print_error(err: ModelhaulError, *, what: str | None = None) -> None:
-    """One line saying what happened (prefixed with ``what`` failed), one with the next step."""
+_NO_GUIDANCE = ("invalid_input", "cancelled")
+
+
+def print_error(
+    err: ModelhaulError, *, what: str | None = None, context: dict[str, Any] | None = None
+) -> None:
+    """One line saying what happened (prefixed with ``what`` failed), one with the next step;
+    for a download that failed for good, then why it is likely and the steps to fix it."""
     subject = f"{what}: " if what else ""
     print(f"modelhaul: error: {subject}{err.message}", file=sys.stderr)
     if err.hint:
         print(f"  hint: {err.hint}", file=sys.stderr)
+    if err.category not in _NO_GUIDANCE:
+        from ..guidance import explain, format_guidance
+
+        for line in format_guidance(explain(err, **(context or {}))):
+            print(line, file=sys.stderr)
+
+
+def error_dict(err: ModelhaulError, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``error`` object of a JSON result: category, message, hint, and (for failures that
+    are not usage errors) ``why`` and ``steps``."""
+    out: dict[str, Any] = err.to_dict()
+    if err.category not in _NO_GUIDANCE:
+        from ..guidance import explain
+
+        g = explain(err, **(context or {}))
+        out["why"] = g.why
+        out["steps"] = list(g.steps)
+    return out
