@@ -302,3 +302,15 @@ async def test_set_rate_after_idle_does_not_release_the_idle_time(vt: VirtualTim
     for when, _ in log:
         # At most a burst at the new rate (1000 B) ahead, not 60 s of banked allowance.
         assert passed_by(log, when) <= 2000.0 * (when - 60.0) + 1000.0 + 1e-6, when
+
+
+async def test_cancelled_acquire_gives_its_booking_back() -> None:
+    """A pause mid-wait must not leave the next caller waiting for bytes that never moved."""
+    bucket = TokenBucket(1024 * 1024, burst_s=0.0)
+    waiter = asyncio.create_task(bucket.acquire(8 * 1024 * 1024))
+    await asyncio.sleep(0)  # let it book and start waiting
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    mark = bucket.reserve_nowait(64 * 1024)
+    assert bucket.wait_s_nowait(mark) < 0.5

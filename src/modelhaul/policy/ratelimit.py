@@ -82,8 +82,13 @@ class TokenBucket:
         if self._rate is None:
             return
         mark = self.reserve_nowait(n)
-        while True:
-            wait = self.wait_s_nowait(mark)
-            if wait <= 0:
-                return
-            await asyncio.sleep(min(wait, _MAX_SLICE_S))
+        try:
+            while True:
+                wait = self.wait_s_nowait(mark)
+                if wait <= 0:
+                    return
+                await asyncio.sleep(min(wait, _MAX_SLICE_S))
+        except asyncio.CancelledError:
+            # Bytes that will never move must not delay whoever asks next.
+            self._reserved -= n
+            raise
