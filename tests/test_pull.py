@@ -316,6 +316,69 @@ def test_local_dir_gets_plain_files_linked_to_the_blobs(
     assert (Path(run.result["path"]) / "config.json").read_bytes() == CONFIG
 
 
+def test_without_symlinks_the_snapshot_holds_files_huggingface_hub_reads(
+    hub: FakeHub, cache: Path
+) -> None:
+    commit = hub.add_repo("org/model", FILES)
+
+    run = run_cli("pull", "hf://org/model", "-q", HF_HUB_DISABLE_SYMLINKS="1")
+
+    assert run.code == 0, run.stderr
+    snapshot = repo_folder(cache) / "snapshots" / commit
+    for path, data in FILES.items():
+        assert not (snapshot / path).is_symlink() and (snapshot / path).read_bytes() == data
+        got = hf_hub_download("org/model", path, cache_dir=cache, local_files_only=True)
+        assert Path(got).read_bytes() == data
+    assert run_cli("verify", "org/model", "-q").code == 0
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("hf://org/model", HubRef("org/model", None)),
+        ("org/model@v1.0", HubRef("org/model", "v1.0")),
+        ("hf://org/model@refs/pr/1", HubRef("org/model", "refs/pr/1")),
+        ("hf://datasets/org/data@main", HubRef("org/data", "main", "dataset")),
+        ("hf://gpt2", HubRef("gpt2", None)),
+    ],
+)
+def test_hf_uris(uri: str, expected: HubRef) -> None:
+    assert parse_hf_uri(uri) == expected
+
+
+@pytest.mark.parametrize(
+    "uri", ["hf://org/model@", "hf://../x", "hf://org/../x", "hf://org/model/extra", "hf://",
+            "hf://org/model@../../etc", "hf://org/model@a b"],
+)  # fmt: skip
+def test_bad_hf_uris_are_invalid_input(uri: str) -> None:
+    with pytest.raises(InvalidInput):
+        parse_hf_uri(uri)
+
+
+def test_a_bad_hf_uri_exits_2_with_a_result_line(cache: Path) -> None:
+    run = run_cli("pull", "hf://org/../../x", "--json")
+
+    assert run.code == 2
+    assert run.result["error"]["category"] == "invalid_input"
+    assert not list(cache.parent.rglob("x"))
+
+
+def test_a_folder_in_the_way_in_local_dir_is_an_error_not_a_traceback(
+    hub: FakeHub, cache: Path, tmp_path: Path
+) -> None:
+    hub.add_repo("org/model", FILES)
+    target = tmp_path / "out"
+    (target / "config.json" / "inner").mkdir(parents=True)
+
+    run = run_cli("pull", "hf://org/model", "--local-dir", str(target), "--json")
+
+    assert run.code == 1
+    assert "Traceback" not in run.stderr
+    assert run.result["error"]["category"] == "permission"
+    assert "config.json" in run.result["error"]["message"]
+    assert not [p for p in target.rglob("*") if "tmp" in p.name]
+
+
 # ---------------------------------------------------------------------------------- selection
 
 
@@ -752,7 +815,12 @@ def test_an_interrupted_pull_keeps_its_partial_beside_the_blob_and_resumes(
     hub.stall_after(sha256(W1), 1024 * 1024)
     proc = _popen("pull", "hf://org/model", "--json")
     procs.append(proc)
-    hub.wait_bytes(sha256(W1), 1024 * 1024, timeout_s=30)
+    assert proc.stdout is not None
+    # The client has written bytes once it reports them (the server's count runs ahead).
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and event["bytes_done"] > 0:
+            break
 
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)

@@ -462,7 +462,23 @@ def _blob_good(rs: RepoStore, f: ModelFile) -> bool:
             return False
     except OSError:
         return False
-    return rs.verify_blob(f.blob_id)
+    if not rs.verify_blob(f.blob_id):
+        return False
+    _forget_stale_journal(blob)
+    return True
+
+
+def _forget_stale_journal(blob: Path) -> None:
+    """Remove a journal left beside a good blob without its partial file.
+
+    A process killed between publishing the blob and removing its journal leaves one; nothing
+    can resume from it (its partial file is the blob now), and a blob found good is never
+    downloaded again, so without this it would stay in the store for good. A download in
+    progress always has its partial file, so its journal is never taken for a stale one.
+    """
+    part, journal = part_paths(blob)
+    if not part.exists():
+        Journal(journal).remove()
 
 
 def _prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int | None:
