@@ -8,10 +8,12 @@ after it was verified, so a snapshot never points at a missing or wrong blob.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -164,16 +166,18 @@ class ModelPuller:
                 present.extend(files)
         for f in (*present, *fetched):
             _stage("linking")
-            rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
+            with _writing(rs.snapshot_file(spec.commit, f.path)):
+                rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
         if errors:
             for e in errors:
                 if not isinstance(e, Exception):
                     raise e  # cancellation and the like propagate untouched
             first = errors[0]
             raise first if isinstance(first, ModelhaulError) else ModelhaulError(str(first))
-        self._save_file_list(rs, spec)
-        if spec.revision and spec.revision != spec.commit:
-            rs.write_ref(spec.revision, spec.commit)
+        with _writing(rs.folder):
+            self._save_file_list(rs, spec)
+            if spec.revision and spec.revision != spec.commit:
+                rs.write_ref(spec.revision, spec.commit)
         if local_dir is not None:
             place_local_dir(rs, spec, local_dir)
         order = {f.path: i for i, f in enumerate(spec.files)}
@@ -402,7 +406,8 @@ class ModelPuller:
                 problem.detail = f"repair failed: {exc.message}"
                 report.problems.append(problem)
                 continue
-            rs.link(commit, f.path, f.blob_id, symlinks=self.symlinks)
+            with _writing(rs.snapshot_file(commit, f.path)):
+                rs.link(commit, f.path, f.blob_id, symlinks=self.symlinks)
             again = await asyncio.to_thread(check_file, rs, commit, f)
             if again is not None:
                 report.problems.append(again)
@@ -622,13 +627,31 @@ def place_local_dir(rs: RepoStore, spec: ModelSpec, local_dir: Path) -> None:
     base = local_dir.absolute()
     for f in spec.files:
         dest = base / safe_relpath(f.path)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if not dest.parent.resolve().is_relative_to(base.resolve()):
-            raise PermissionDenied(f"refusing to write through a symbolic link under {base}")
-        tmp = unique_tmp(dest)
-        blob = rs.blob_path(f.blob_id)
-        try:
-            os.link(blob, tmp)
-        except OSError:
-            shutil.copyfile(blob, tmp)
-        os.replace(tmp, dest)
+        with _writing(dest):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.parent.resolve().is_relative_to(base.resolve()):
+                raise PermissionDenied(f"refusing to write through a symbolic link under {base}")
+            tmp = unique_tmp(dest)
+            blob = rs.blob_path(f.blob_id)
+            try:
+                try:
+                    os.link(blob, tmp)
+                except OSError:
+                    shutil.copyfile(blob, tmp)
+                os.replace(tmp, dest)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """OS errors while writing ``path`` as modelhaul errors: a full disk, or a path that cannot
+    be written (permissions, a folder where a file goes), never a traceback."""
+    try:
+        yield
+    except ModelhaulError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"the disk is full while writing {path}") from exc
+        raise PermissionDenied(f"cannot write {path}: {exc.strerror or exc}") from exc
