@@ -607,11 +607,6 @@ def test_two_processes_on_one_output_never_corrupt_it(origin: Origin, work: Path
     assert origin.bytes_served("shared.bin") == len(data)  # the second fetched nothing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: with --limit-rate a chunk waits in the token bucket before it is kept, "
-    "and readany() hands over up to 4 MiB at once, so Ctrl-C discards what already arrived",
-)
 def test_ctrl_c_while_rate_limited_keeps_what_arrived(origin: Origin, work: Path) -> None:
     origin.add_file("capped.bin", payload(8 * MiB, seed=60))
     out = work / "capped.bin"

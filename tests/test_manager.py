@@ -655,11 +655,6 @@ async def test_bandwidth_a_slow_download_leaves_unused_goes_to_the_others(
     assert rate > 0.7 * (cap - 256 * KiB), rate / MiB
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: _stream charges the limiters per readany() chunk, which under a cap grows "
-    "to 2 x read_buffer_bytes (8 MiB by default), so capped bytes pass in multi-second lumps",
-)
 async def test_a_capped_download_moves_steadily_with_the_default_buffers(
     origin: Origin, tmp_path: Path, state_dir: Path
 ) -> None:

@@ -82,6 +82,7 @@ _TICK_S = 0.1
 _PROGRESS_EVERY_S = 0.1
 _WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-write")
 _IOV_MAX = 512
+_BATCH_MAX_AGE_S = 0.5
 PART_SUFFIX = ".modelhaul.part"
 JOURNAL_SUFFIX = ".modelhaul.journal"
 
@@ -765,7 +766,12 @@ class Downloader:
                     self._finish_segment(t, seg)
                     seg = None
                     fails = 0 if gained else fails + 1
-                    if isinstance(exc, HTTPStatusError) and exc.status in (429, 503):
+                    if (
+                        isinstance(exc, HTTPStatusError)
+                        and exc.status in (429, 503)
+                        and self.config.segments.connections is None
+                    ):
+                        # Automatic mode backs off; an explicit -x is the user's to keep.
                         t.throttled = True
                         t.target = max(1, min(t.target, t.alive) // 2)
                     if fails > retry.retries:
@@ -820,8 +826,9 @@ class Downloader:
         if _etag_changed(t.state.etag, resp.headers.get("ETag")):
             resp.close()
             raise RemoteChanged("the remote file changed (another ETag)")
-        # The server may send less than asked; the rest goes back to the scheduler.
-        seg.end = min(seg.end, cr.end)
+        # The server may send less than asked: the stream stops at the response's end and the
+        # rest of the segment goes back to the scheduler when the segment is released.
+        resp.end = cr.end
         return resp
 
     async def _stream(self, t: _Transfer, seg: Segment, resp: Response) -> None:
@@ -831,14 +838,19 @@ class Downloader:
         """
         read = resp.read_chunk
         limiters = t.limiters
+        stop = resp.end
         batch = self.config.segments.write_batch_bytes
         journal_every = self.config.segments.journal_every_bytes
         bufs: list[bytes] = []
         pending = 0
         write_at = seg.pos
         since_journal = 0
+        clock = time.monotonic
+        # A slow or capped connection would take seconds to fill a batch; flush by age too,
+        # so progress moves steadily and little is lost to a crash.
+        flush_at = clock() + _BATCH_MAX_AGE_S
         try:
-            while seg.pos < seg.end:
+            while seg.pos < seg.end and seg.pos < stop:
                 chunk = await read()
                 if not chunk:
                     if seg.end >= _UNKNOWN_END:  # unknown length: the body's end is the file's
@@ -849,17 +861,20 @@ class Downloader:
                         f"the server closed the connection {human_bytes(seg.end - seg.pos)} early"
                     )
                 n = len(chunk)
-                over = seg.pos + n - seg.end
+                over = seg.pos + n - min(seg.end, stop)
                 if over > 0:  # another connection stole the rest, or the body runs long
                     n -= over
                     chunk = chunk[:n]
-                for lim in limiters:
-                    await lim.acquire(n)
+                # Keep the chunk before waiting on the limiter: a pause while waiting must not
+                # throw away bytes that already arrived.
                 bufs.append(chunk)
                 pending += n
                 seg.pos += n
                 t.received += n
-                if pending >= batch or len(bufs) >= _IOV_MAX:
+                for lim in limiters:
+                    await lim.acquire(n)
+                if pending >= batch or len(bufs) >= _IOV_MAX or clock() >= flush_at:
+                    flush_at = clock() + _BATCH_MAX_AGE_S
                     await self._write(t, bufs, write_at)
                     write_at += pending
                     since_journal += pending
@@ -905,10 +920,10 @@ class Downloader:
             if not auto or t.throttled or t.sched is None:
                 continue
             if window_start is None:
-                if now - level_start >= 0.15:
+                if now - level_start >= 0.1:
                     window_start = (now, t.received)
                 continue
-            if now - window_start[0] < 0.3:
+            if now - window_start[0] < 0.25:
                 continue
             speed = (t.received - window_start[1]) / (now - window_start[0])
             grow = t.target * 2 if speed > prev_speed * 1.15 else t.target

@@ -69,11 +69,14 @@ def strip_sensitive(headers: Mapping[str, str]) -> dict[str, str]:
 class Response:
     """An open response whose body is read in whatever pieces the socket delivered."""
 
-    __slots__ = ("_read", "_resp", "headers", "status", "url")
+    __slots__ = ("_read", "_resp", "end", "headers", "status", "url")
 
     def __init__(self, resp: aiohttp.ClientResponse, url: str) -> None:
         self._resp = resp
-        self._read = resp.content.readany
+        # readchunk hands over one buffered piece as it came off the socket; readany would
+        # join everything buffered (a copy, and lumps of many MiB under a rate limit).
+        self._read = resp.content.readchunk
+        self.end = 2**62  # where the body ends in file offsets, when ranged
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
         self.url = url
@@ -81,7 +84,11 @@ class Response:
     async def read_chunk(self) -> bytes:
         """The next piece of the body (b'' at the end); errors are translated."""
         try:
-            return await self._read()
+            while True:
+                data, end_of_http_chunk = await self._read()
+                # (b"", True) marks a chunk boundary of a chunked body, not its end.
+                if data or not end_of_http_chunk:
+                    return data
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise map_error(exc, self.url) from exc
 
