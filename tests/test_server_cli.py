@@ -200,6 +200,20 @@ async def test_get_via_server(
     with pytest.raises(InvalidInput, match="download directory"):
         await remote.maybe_via_server(outside)
 
+    nobody = f"http://127.0.0.1:{free_port()}"
+    capfd.readouterr()
+    unreachable = parser.parse_args(
+        ["get", "--via-server", "--server", nobody, "--json", origin.url("v.bin")]
+    )
+    assert await remote.maybe_via_server(unreachable) == 1
+    out, err = capfd.readouterr()
+    assert json.loads(out.splitlines()[-1])["error"]["category"] == "network"
+    assert err.splitlines() == [
+        f"modelhaul: error: no modelhaul service is running at {nobody} (Connection refused)",
+        "  hint: Start one with 'modelhaul serve', or point --server (or MODELHAUL_SERVER) "
+        "at a running one.",
+    ]
+
 
 async def test_pull_via_server_sends_a_local_manifest_inline(
     server: ServerThread, origin: Origin, tmp_path: Path, capfd: pytest.CaptureFixture[str]

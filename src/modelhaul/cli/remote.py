@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -20,7 +21,7 @@ import threading
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -328,6 +329,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(run=run_limit)
 
 
+def _report(exc: ModelhaulError) -> int:
+    """What went wrong talking to the service: one line and the hint, exit status 1.
+
+    Not print_error: its download-failure guidance (endpoint, proxy, HF_TOKEN) would send
+    someone whose service is simply not running down the wrong path.
+    """
+    print(f"modelhaul: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+    return 1
+
+
+def _service_errors(
+    fn: Callable[[argparse.Namespace], Awaitable[int]],
+) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    @functools.wraps(fn)
+    async def run(args: argparse.Namespace) -> int:
+        try:
+            return await fn(args)
+        except InvalidInput:
+            raise  # a usage error: the CLI's own report, exit status 2
+        except ModelhaulError as exc:
+            return _report(exc)
+
+    return run
+
+
 async def _call(client: ServiceClient, method: str, path: str, body: Any = None) -> Any:
     return await asyncio.to_thread(client.call, method, path, body)
 
@@ -336,6 +364,7 @@ def _id_path(download_id: str) -> str:
     return quote(download_id, safe="")
 
 
+@_service_errors
 async def run_queue(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     data = await _call(client, "GET", "/api/downloads")
@@ -379,6 +408,7 @@ def _say(args: argparse.Namespace, verb: str, d: dict[str, Any]) -> None:
         print(f"{verb} {d['id']}: {d['name']} ({d['state']})")
 
 
+@_service_errors
 async def run_action(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     past = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}[args.action]
@@ -398,6 +428,7 @@ async def run_action(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+@_service_errors
 async def run_priority(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     d = await _call(
@@ -410,6 +441,7 @@ async def run_priority(args: argparse.Namespace) -> int:
     return 0
 
 
+@_service_errors
 async def run_limit(args: argparse.Namespace) -> int:
     client = client_from_args(args)
     if args.rate is None:
@@ -434,13 +466,24 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
     the exit status; otherwise None (the command runs locally)."""
     if not getattr(args, "via_server", False):
         return None
-    if getattr(args, "header", None):
-        raise InvalidInput("-H/--header cannot be used with --via-server")
-    if args.command == "get":
-        return await _follow(args, _get_requests(args))
-    if args.command == "pull":
-        return await _follow(args, [("/api/pulls", _pull_body(args))])
-    raise InvalidInput(f"--via-server does not apply to '{args.command}'")
+    try:
+        if getattr(args, "header", None):
+            raise InvalidInput("-H/--header cannot be used with --via-server")
+        if args.command == "get":
+            requests = _get_requests(args)
+        elif args.command == "pull":
+            requests = [("/api/pulls", _pull_body(args))]
+        else:
+            raise InvalidInput(f"--via-server does not apply to '{args.command}'")
+        return await _follow(args, requests)
+    except ModelhaulError as exc:
+        if getattr(args, "json", False):  # --json promises a result line last, whatever failed
+            JsonRenderer(sys.stdout).result(
+                {"event": "result", "status": "failed", "path": None, "error": exc.to_dict()}
+            )
+        if isinstance(exc, InvalidInput):
+            raise
+        return _report(exc)
 
 
 def _get_requests(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
