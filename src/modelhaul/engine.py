@@ -890,6 +890,11 @@ class Downloader:
                 await asyncio.shield(self._write(t, bufs, write_at))
 
     async def _write(self, t: _Transfer, bufs: list[bytes], offset: int) -> None:
+        # The state of the attempt this write belongs to, taken before anything can be
+        # awaited. A write shielded in a worker's finally outlives the worker when a failing
+        # task group cancels it mid-wait, and may finish after a clean restart has begun: its
+        # bytes went to the old partial file, so the restart's fresh state must not hear of them.
+        state = t.state
         job = _WRITE_POOL.submit(_pwritev_all, t.fd, bufs, offset)
         t.writes.add(job)
         job.add_done_callback(t.writes.discard)
@@ -897,10 +902,12 @@ class Downloader:
             n = await asyncio.wrap_future(job)
         except OSError as exc:
             raise _os_error(exc, t.part) from exc
-        t.state.done.add(offset, offset + n)
+        state.done.add(offset, offset + n)
+        if t.state is not state:
+            return
         t.journal_dirty = True
         if t.hasher is not None:
-            t.hasher.advance(t.state.done.prefix_end())
+            t.hasher.advance(state.done.prefix_end())
 
     # ------------------------------------------------------------------ ticker
 
