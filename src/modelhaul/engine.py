@@ -33,7 +33,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from filelock import FileLock
@@ -82,6 +82,8 @@ _TICK_S = 0.1
 _PROGRESS_EVERY_S = 0.1
 _WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-write")
 _IOV_MAX = 512
+_JOURNAL_MIN_BYTES = 2 * MiB
+_INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
 PART_SUFFIX = ".modelhaul.part"
 JOURNAL_SUFFIX = ".modelhaul.journal"
@@ -208,6 +210,10 @@ class _Transfer:
     target: int = 1
     throttled: bool = False
     journal_dirty: bool = False
+    journal_written: bool = False  # a journal file exists for this transfer
+    # Small files arriving in order are written and hashed on the loop: no thread hand-offs.
+    inline_hash: Any = None
+    inline_pos: int = 0
     journal_saved_at: float = 0.0
     all_exited: asyncio.Event = field(default_factory=asyncio.Event)
     speed_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
@@ -426,6 +432,13 @@ class Downloader:
                 # or the server goes on sending into it for as long as the error lives.
                 _close_probe(probe)
                 raise
+            if (
+                t.size is not None
+                and t.size <= _INLINE_MAX_BYTES
+                and t.target == 1
+                and not t.state.done
+            ):
+                t.inline_hash = hashlib.sha256()
             await self._run_workers(t, probe)
             size = t.size if t.size is not None else t.bytes_done()
             t.size = size
@@ -434,9 +447,13 @@ class Downloader:
             if t.on_phase:
                 t.on_phase("verifying", size)
             _stage("hashing")
-            digest = await t.hasher.digest(size)
+            if t.inline_hash is not None and t.inline_pos == size:
+                digest = t.inline_hash.hexdigest()
+            else:
+                t.hasher.advance(t.state.done.prefix_end())
+                digest = await t.hasher.digest(size)
             if t.expected_sha256 and digest != t.expected_sha256:
-                t.journal.remove()
+                self._drop_journal(t)
                 t.part.unlink(missing_ok=True)
                 raise IntegrityError(
                     f"SHA-256 mismatch for {t.dest.name}: expected {t.expected_sha256}, got {digest}"
@@ -471,7 +488,7 @@ class Downloader:
                     # Nothing worth resuming (without a size no range can be asked for):
                     # leave no partial file behind.
                     t.part.unlink(missing_ok=True)
-                    t.journal.remove()
+                    self._drop_journal(t)
 
     def _open_part(self, t: _Transfer) -> None:
         loaded = t.journal.load()
@@ -487,8 +504,10 @@ class Downloader:
             t.state = loaded
             t.state.url = t.url
             t.state.sha256 = t.expected_sha256
+            t.journal_written = True
         else:
-            t.journal.remove()
+            if loaded is not None or exists:
+                t.journal.remove()
             t.state = JournalState(url=t.url, size=None, sha256=t.expected_sha256)
         try:
             # O_NOFOLLOW: a symlink planted at the partial path must not redirect our writes.
@@ -672,25 +691,37 @@ class Downloader:
         self._save_journal(t)
 
     def _save_journal(self, t: _Transfer) -> None:
+        if t.size is not None and t.size < _JOURNAL_MIN_BYTES:
+            # Refetching a small file costs less than journaling it; it restarts instead.
+            t.journal_dirty = False
+            return
         try:
             t.journal.save(t.state)
         except OSError as exc:
             raise _os_error(exc, t.journal.path) from exc
+        t.journal_written = True
         t.journal_dirty = False
         t.journal_saved_at = time.monotonic()
 
+    def _drop_journal(self, t: _Transfer) -> None:
+        if t.journal_written:
+            t.journal.remove()
+            t.journal_written = False
+
     async def _publish(self, t: _Transfer) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(_WRITE_POOL, os.fsync, t.fd)
-        os.close(t.fd)
-        t.fd = -1
+        # fsync, rename and the directory fsync block for milliseconds: off the loop, so many
+        # small files publish in parallel and no other transfer stalls meanwhile.
+        job = _WRITE_POOL.submit(_commit_file, t.fd, t.part, t.dest)
+        t.writes.add(job)
+        job.add_done_callback(t.writes.discard)
         try:
-            os.replace(t.part, t.dest)
+            await asyncio.wrap_future(job)
         except OSError as exc:
             raise _os_error(exc, t.dest) from exc
-        _fsync_dir(t.dest.parent)
+        os.close(t.fd)
+        t.fd = -1
         _stage("renamed_before_journal_removal")
-        t.journal.remove()
+        self._drop_journal(t)
 
     # ------------------------------------------------------------------ workers
 
@@ -895,6 +926,20 @@ class Downloader:
         # task group cancels it mid-wait, and may finish after a clean restart has begun: its
         # bytes went to the old partial file, so the restart's fresh state must not hear of them.
         state = t.state
+        if t.inline_hash is not None:
+            if offset == t.inline_pos:
+                try:
+                    n = _pwritev_all(t.fd, bufs, offset)
+                except OSError as exc:
+                    raise _os_error(exc, t.part) from exc
+                for b in bufs:
+                    t.inline_hash.update(b)
+                t.inline_pos += n
+                t.state.done.add(offset, offset + n)
+                t.journal_dirty = True
+                return
+            # Out of order (a retry, a second connection): the file hasher takes over.
+            t.inline_hash = None
         job = _WRITE_POOL.submit(_pwritev_all, t.fd, bufs, offset)
         t.writes.add(job)
         job.add_done_callback(t.writes.discard)
@@ -1026,6 +1071,13 @@ def _pwritev_all(fd: int, bufs: list[bytes], offset: int) -> int:
             written += n
             view = view[n:]
     return written
+
+
+def _commit_file(fd: int, part: Path, dest: Path) -> None:
+    """Make the verified partial file durable, then atomically the target."""
+    os.fsync(fd)
+    os.replace(part, dest)
+    _fsync_dir(dest.parent)
 
 
 def _fsync_dir(path: Path) -> None:

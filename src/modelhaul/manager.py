@@ -722,9 +722,12 @@ class DownloadManager:
         running = [t for t in self._tasks.values() if t.state is State.RUNNING]
         cap = self.rate_limit
         if cap is None:
+            # Only tasks still holding a share need their own cap back; touching every task on
+            # every state change made a queue of n files cost O(n^2).
             for task in self._tasks.values():
-                task.share = None
-                task.limiter.set_rate(task.rate_limit)
+                if task.share is not None or task.limiter.rate_bytes_per_s != task.rate_limit:
+                    task.share = None
+                    task.limiter.set_rate(task.rate_limit)
             return
         floor = cap / (4 * max(1, len(running)))
         now = time.monotonic()
