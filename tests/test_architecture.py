@@ -81,3 +81,18 @@ def test_only_transport_imports_aiohttp_in_the_core() -> None:
         if "import aiohttp" in path.read_text() or "from aiohttp" in path.read_text():
             users.append(rel)
     assert not users, users
+
+
+def test_get_starts_without_the_heavy_dependencies() -> None:
+    """'modelhaul get' must not pay for huggingface_hub, the server or the demo at start-up."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from modelhaul.cli.main import build_parser; "
+        "build_parser(['get', 'http://x/y']).parse_args(['get', 'http://x/y']); "
+        "print(','.join(m for m in ('huggingface_hub', 'fastapi', 'uvicorn', 'modelhaul.demo') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
