@@ -242,6 +242,9 @@ class DownloadManager:
         self._transport = transport
         self._rate_limit: float | None = self.config.rate_bytes_per_s or dc.rate.rate_bytes_per_s
         self._tasks: dict[str, _Task] = {}
+        # Indexes by state, so scheduling and idleness cost O(1) per event, not O(tasks).
+        self._queued: set[_Task] = set()
+        self._active: set[_Task] = set()
         self._by_key: dict[tuple[str, ...], _Task] = {}
         self._seq = itertools.count()
         self._callbacks: list[EventCallback] = []
@@ -501,7 +504,16 @@ class DownloadManager:
     # ------------------------------------------------------------------ scheduling
 
     def _idle_now(self) -> bool:
-        return not any(t.state in (State.QUEUED, *_ACTIVE) for t in self._tasks.values())
+        return not self._queued and not self._active
+
+    def _index(self, task: _Task) -> None:
+        """Keep the state indexes in step with ``task.state``."""
+        self._queued.discard(task)
+        self._active.discard(task)
+        if task.state is State.QUEUED:
+            self._queued.add(task)
+        elif task.state in _ACTIVE:
+            self._active.add(task)
 
     def _is_small(self, task: _Task) -> bool:
         if task.size is not None:
@@ -509,7 +521,7 @@ class DownloadManager:
         return self._presume_small
 
     def _has_slot(self, candidate: _Task) -> bool:
-        active = [t for t in self._tasks.values() if t.state in _ACTIVE]
+        active = self._active
         cfg = self.config
         if not cfg.adaptive:
             return len(active) < cfg.max_active_files
@@ -523,11 +535,8 @@ class DownloadManager:
     def _schedule(self) -> None:
         if self._closed:
             return
-        while True:
-            queued = [t for t in self._tasks.values() if t.state is State.QUEUED]
-            if not queued:
-                break
-            best = max(queued, key=lambda t: (t.priority, t.started_once, -t.seq))
+        while self._queued:
+            best = max(self._queued, key=lambda t: (t.priority, t.started_once, -t.seq))
             if not self._has_slot(best):
                 break
             self._start(best)
@@ -679,11 +688,15 @@ class DownloadManager:
     def _set_state(self, task: _Task, state: State) -> None:
         was_running = task.state is State.RUNNING
         task.state = state
+        self._index(task)
         self._publish_state(task)
         if was_running != (state is State.RUNNING):
             task.share = None  # until measured, a download is presumed to want a full share
             task.passed_mark = task.limiter.passed
-            self._rebalance()
+            if self.rate_limit is not None:
+                self._rebalance()
+            elif task.limiter.rate_bytes_per_s != task.rate_limit:
+                task.limiter.set_rate(task.rate_limit)
         if not self._idle_now():
             self._idle.clear()
         elif not self._idle.is_set():
