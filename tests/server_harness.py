@@ -152,11 +152,22 @@ class ServerProcess:
         self._stderr.close()
 
     def stop(self) -> int:
+        """SIGTERM, as a service manager stops it; its exit status."""
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
-        code = self.proc.wait(20)
+        try:
+            code = self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise RuntimeError(
+                f"modelhaul serve did not stop within 20 s:\n{self.output()}"
+            ) from None
         self._stderr.close()
         return code
+
+    def output(self) -> str:
+        """What the service wrote to stderr (printed by tests, shown when they fail)."""
+        return self.log.read_text(errors="replace")
 
 
 class EventReader:

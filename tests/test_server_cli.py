@@ -255,3 +255,12 @@ def test_get_via_server_from_the_command_line(server: ServerThread, origin: Orig
     assert (server.config.download_dir / "w.bin").read_bytes() == data
     with httpx.Client(base_url=server.url) as api:
         assert [d["name"] for d in api.get("/api/downloads").json()["downloads"]] == ["w.bin"]
+
+
+def test_one_service_per_state_directory(server: ServerThread) -> None:
+    r = run_cli("serve", "--port", "0")
+    assert r.returncode == 1
+    assert r.stderr.splitlines()[0].startswith(
+        "modelhaul: error: another modelhaul service already runs with the state directory"
+    )
+    assert "Traceback" not in r.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -154,7 +155,8 @@ async def run(args: argparse.Namespace) -> int:
             )
         sys.stderr.flush()
 
-    server = make_server(create_app(service, policy), service, on_started=announce)
+    app = create_app(service, policy, version=_version())
+    server = make_server(app, service, on_started=announce)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         # Replaces the CLI's handler (which cancels the command): a graceful stop pauses every
@@ -167,3 +169,10 @@ async def run(args: argparse.Namespace) -> int:
     if not args.json:
         print("modelhaul: stopped; unfinished downloads resume at the next start", file=sys.stderr)
     return 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("modelhaul")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

@@ -484,7 +484,12 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         finally:
             sub.close()
 
-    @app.get("/events", tags=["service"], response_class=StreamingResponse)
+    @app.get(
+        "/events",
+        tags=["service"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "the stream"}},
+    )
     async def events() -> StreamingResponse:
         """Server-Sent Events: a snapshot, then every event (``data:`` JSON, ``id:`` seq)."""
         sub = service.subscribe()

@@ -34,6 +34,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from filelock import FileLock, Timeout
+
 from ..config import DownloadConfig, ManagerConfig
 from ..engine import check_sha256, discard_partial, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
@@ -191,6 +193,7 @@ class Service:
         self._seq = 0
         self._total_at = 0.0
         self._closing = False
+        self._state_lock: FileLock | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -207,6 +210,7 @@ class Service:
                 hint="Pass --download-dir (or MODELHAUL_DOWNLOAD_DIR) naming a writable folder.",
             ) from exc
         self.download_dir = cfg.download_dir.resolve()
+        self._claim_state_dir()
         self._store_lock = asyncio.Lock()
         self._db = QueueDB(cfg.queue_path)
         manager = DownloadManager(
@@ -222,6 +226,24 @@ class Service:
         for row in self._db.load():
             self._restore(row)
         await self.refresh_store()
+
+    def _claim_state_dir(self) -> None:
+        """One service per state directory: two would both resume the same queue.
+
+        An OS file lock, so a killed service leaves nothing to clean up.
+        """
+        state = self.config.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(state / "server.lock"), thread_local=False)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise ModelhaulError(
+                f"another modelhaul service already runs with the state directory {state}",
+                hint="Talk to that one ('modelhaul queue'), stop it, or give this one its own "
+                "MODELHAUL_STATE_DIR.",
+            ) from None
+        self._state_lock = lock
 
     async def close(self) -> None:
         """Stop: unfinished downloads keep their partial data and stay queued for next time."""
@@ -243,6 +265,9 @@ class Service:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._store_pool, self._inventory.db.close)
         self._store_pool.shutdown(wait=False)
+        if self._state_lock is not None:
+            self._state_lock.release()
+            self._state_lock = None
 
     def end_streams(self) -> None:
         """End every event stream, so long-lived responses finish and the server can stop."""
