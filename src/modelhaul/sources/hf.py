@@ -37,6 +37,9 @@ T = TypeVar("T")
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# More entries than any real repository lists (the Hub recommends under 100k files): a listing
+# that goes on past this is a server that never says "last page".
+MAX_TREE_ENTRIES = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +115,7 @@ class HubSource:
             raise ModelhaulError(
                 f"the Hub gave no commit for {ref}", hint="Check HF_ENDPOINT points at a Hub."
             )
-        entries = await self._call(
-            ref,
-            lambda: list(
-                self._api.list_repo_tree(
-                    ref.repo_id, recursive=True, revision=commit, repo_type=ref.repo_type
-                )
-            ),
-        )
+        entries = await self._call(ref, lambda: self._list_tree(ref, commit))
         files = tuple(self._file(ref, commit, e) for e in entries if _is_file(e))
         check_paths(files, str(ref))
         revision = (
@@ -135,6 +131,34 @@ class HubSource:
             repo_type=ref.repo_type,
             source="hf",
         )
+
+    def _list_tree(self, ref: HubRef, commit: str) -> list[Any]:
+        """Every entry of the recursive listing, refusing one that never ends.
+
+        huggingface_hub follows the ``Link: rel="next"`` of each page for as long as there is
+        one; a server whose next page is a page it already sent (or that keeps inventing new
+        names) would keep this thread and its memory busy forever.
+        """
+        entries: list[Any] = []
+        seen: set[object] = set()
+        tree = self._api.list_repo_tree(
+            ref.repo_id, recursive=True, revision=commit, repo_type=ref.repo_type
+        )
+        for entry in tree:
+            path = getattr(entry, "path", None)
+            if path in seen:
+                raise InvalidInput(
+                    f"{ref}: the Hub listed {path!r} twice; the listing may not end",
+                    hint="Check that HF_ENDPOINT points at a Hugging Face Hub, then try again.",
+                )
+            seen.add(path)
+            entries.append(entry)
+            if len(entries) > MAX_TREE_ENTRIES:
+                raise InvalidInput(
+                    f"{ref}: the Hub listed more than {MAX_TREE_ENTRIES} files and folders",
+                    hint="Check that HF_ENDPOINT points at a Hugging Face Hub, then try again.",
+                )
+        return entries
 
     def _file(self, ref: HubRef, commit: str, entry: Any) -> ModelFile:
         where = f"{ref}: file entry"
