@@ -30,8 +30,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ModelhaulError
 from ..policy.units import parse_rate, parse_size
+from .jobs import PRIORITY_MAX, PRIORITY_MIN
 from .security import TOKEN_COOKIE, AccessPolicy, token_matches
-from .service import PRIORITY_MAX, PRIORITY_MIN, Service, Subscription
+from .service import Service
+from .stream import Subscription
 
 STATIC_DIR = pathlib.Path(__file__).with_name("static")
 MAX_BODY_BYTES = 1024 * 1024

@@ -43,42 +43,29 @@ from ..events import State, TaskEvent
 from ..inventory import GcResult, Inventory, lru_suggestion
 from ..manager import DownloadManager, TaskInfo
 from ..models import ModelPuller
-from ..sources.hf import DEFAULT_ENDPOINT, HubSource, parse_hf_uri
-from ..sources.manifest import (
-    MAX_MANIFEST_BYTES,
-    format_of,
-    manifest_from_data,
-    parse_manifest_text,
-    sniff_format,
-)
-from ..sources.model import ModelSpec
+from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri
 from ..statedb import StateDB
 from ..store import REPO_TYPES, check_repo_id
-from ..transport import Transport, check_url
+from ..transport import check_url
+from .jobs import (
+    Conflict,
+    Job,
+    NoSuchDownload,
+    check_priority,
+    job_view,
+    same_target,
+)
 from .persist import JobRow, QueueDB
+from .resolve import parse_inline_manifest, resolve_spec
 from .security import resolve_output
+from .stream import EventStream, Subscription
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 _PROGRESS_EVERY_S = 0.2
 _TOTAL_EVERY_S = 0.25
-_SUB_SOFT_MAX = 2_000  # beyond this a subscriber gets no progress events until it catches up
-_SUB_HARD_MAX = 20_000  # beyond this it is dropped (it reconnects and gets a new snapshot)
-_ACTIVE = (State.RUNNING, State.VERIFYING)
 _RATE_KEY = "rate_bytes_per_s"
-
-
-class NoSuchDownload(ModelhaulError):
-    category = "not_found"
-    default_hint = "List the downloads with 'modelhaul queue'."
-
-
-class Conflict(ModelhaulError):
-    """The download is in a state where that action means nothing."""
-
-    category = "client_error"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,56 +97,6 @@ class ServiceConfig:
         return self.queue_db or self.state_dir / "server-queue.sqlite"
 
 
-@dataclass(slots=True, eq=False)
-class _Job:
-    id: str
-    kind: str  # "url" | "model"
-    request: dict[str, Any]
-    label: str
-    priority: int
-    created: float
-    paused: bool = False
-    outcome: str | None = None
-    error: dict[str, Any] | None = None
-    result: dict[str, Any] | None = None
-    bytes_done: int = 0  # as last recorded; shown while no manager task backs the job
-    total: int | None = None
-    tasks: list[str] = field(default_factory=list)
-    runner: asyncio.Task[None] | None = None
-    cancel_requested: bool = False
-    progress_at: float = 0.0
-
-
-class Subscription:
-    """One client's stream: ``snapshot``, then ``await next()`` until it returns None."""
-
-    def __init__(self, snapshot: dict[str, Any], on_close: Callable[[Subscription], None]) -> None:
-        self.snapshot = snapshot
-        self.lagged = False
-        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._on_close = on_close
-
-    def offer_nowait(self, event: dict[str, Any]) -> None:
-        if self.lagged:
-            return
-        size = self._queue.qsize()
-        if size >= _SUB_HARD_MAX:
-            self.lagged = True
-            self._queue.put_nowait(None)
-        elif size < _SUB_SOFT_MAX or event["event"] not in ("progress", "total"):
-            self._queue.put_nowait(event)
-
-    def end_nowait(self) -> None:
-        self._queue.put_nowait(None)
-
-    async def next(self) -> dict[str, Any] | None:
-        """The next event; None once the stream ended (service stopping, or ``lagged``)."""
-        return await self._queue.get()
-
-    def close(self) -> None:
-        self._on_close(self)
-
-
 class Service:
     """Owns the manager, the store and the queue; every method runs on the serving loop.
 
@@ -184,13 +121,12 @@ class Service:
         self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelhaul-store")
         self._store_lock: asyncio.Lock | None = None
         self._store: dict[str, Any] | None = None
-        self._jobs: dict[str, _Job] = {}
+        self._jobs: dict[str, Job] = {}
         self._by_task: dict[str, set[str]] = {}
-        self._subs: set[Subscription] = set()
+        self._stream = EventStream()
         self._background: set[asyncio.Task[Any]] = set()
         self._publish_pending: set[str] = set()
         self._orphans: dict[str, list[TaskEvent]] = {}
-        self._seq = 0
         self._total_at = 0.0
         self._closing = False
         self._state_lock: FileLock | None = None
@@ -271,9 +207,7 @@ class Service:
 
     def end_streams(self) -> None:
         """End every event stream, so long-lived responses finish and the server can stop."""
-        for sub in list(self._subs):
-            sub.end_nowait()
-        self._subs.clear()
+        self._stream.end_all_nowait()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)
@@ -312,11 +246,11 @@ class Service:
         """
         check_url(url)
         sha256 = check_sha256(sha256)
-        _check_priority(priority)
+        check_priority(priority)
         dest = resolve_output(self.download_dir, out) if out is not None else None
         request = {"url": url, "out": out, "dir": str(self.download_dir), "sha256": sha256}
         for job in self._jobs.values():
-            if job.kind == "url" and job.outcome is None and _same_target(job.request, request):
+            if job.kind == "url" and job.outcome is None and same_target(job.request, request):
                 return self.view(job), False
         label = (
             dest.name if dest is not None else plan_paths(url, None, self.download_dir).dest.name
@@ -347,12 +281,12 @@ class Service:
         Raises:
             InvalidInput: neither or both given, or the source or manifest is invalid.
         """
-        _check_priority(priority)
+        check_priority(priority)
         if (source is None) == (manifest is None):
             raise InvalidInput("give exactly one of 'source' and 'manifest'")
         request: dict[str, Any] = {"include": list(include or ()), "exclude": list(exclude or ())}
         if manifest is not None:
-            spec = _parse_inline_manifest(manifest)
+            spec = parse_inline_manifest(manifest)
             request["manifest"] = manifest
             label = spec.repo_id
         else:
@@ -375,18 +309,18 @@ class Service:
 
     def _new_job(
         self, kind: str, request: dict[str, Any], label: str, priority: int, paused: bool
-    ) -> _Job:
+    ) -> Job:
         row = JobRow(kind=kind, request=request, label=label, priority=priority, paused=paused)
         job_id = str(self.db.insert(row))
-        job = _Job(job_id, kind, request, label, priority, row.created, paused=paused)
+        job = Job(job_id, kind, request, label, priority, row.created, paused=paused)
         self._jobs[job_id] = job
         return job
 
-    def _drop(self, job: _Job) -> None:
+    def _drop(self, job: Job) -> None:
         self.db.delete(int(job.id))
         self._forget_nowait(job)
 
-    def _forget_nowait(self, job: _Job) -> None:
+    def _forget_nowait(self, job: Job) -> None:
         self._jobs.pop(job.id, None)
         for tid in job.tasks:
             jobs = self._by_task.get(tid)
@@ -397,7 +331,7 @@ class Service:
 
     def _restore(self, row: JobRow) -> None:
         assert row.id is not None
-        job = _Job(
+        job = Job(
             str(row.id),
             row.kind,
             row.request,
@@ -425,12 +359,12 @@ class Service:
 
     # ------------------------------------------------------------------ running
 
-    def _url_target(self, job: _Job) -> tuple[Path | None, Path]:
+    def _url_target(self, job: Job) -> tuple[Path | None, Path]:
         folder = Path(job.request["dir"])
         out = job.request.get("out")
         return (resolve_output(folder, out) if out is not None else None), folder
 
-    def _start_url(self, job: _Job) -> None:
+    def _start_url(self, job: Job) -> None:
         dest, folder = self._url_target(job)
         handle = self.manager.add(
             job.request["url"],
@@ -448,12 +382,12 @@ class Service:
         if info.state.final:  # the manager already had this file
             self._finish_url(job, info)
 
-    def _attach(self, job: _Job, task_id: str) -> None:
+    def _attach(self, job: Job, task_id: str) -> None:
         if task_id not in job.tasks:
             job.tasks.append(task_id)
         self._by_task.setdefault(task_id, set()).add(job.id)
 
-    def _replay_orphans(self, job: _Job) -> None:
+    def _replay_orphans(self, job: Job) -> None:
         """Forward the events a new file had before its download knew its task id.
 
         ``DownloadManager.add`` announces the task (queued, often running) before it returns
@@ -463,14 +397,19 @@ class Service:
             for ev in self._orphans.pop(task_id, ()):
                 self._on_manager_event(ev)
 
-    def _start_model(self, job: _Job) -> None:
+    def _start_model(self, job: Job) -> None:
         job.cancel_requested = False
         job.runner = asyncio.create_task(self._run_model(job), name=f"modelhaul-pull-{job.id}")
 
-    async def _run_model(self, job: _Job) -> None:
+    async def _run_model(self, job: Job) -> None:
         assert self._puller is not None
         try:
-            spec = await self._resolve_spec(job.request)
+            spec = await resolve_spec(
+                job.request,
+                hf_endpoint=self.config.hf_endpoint,
+                hf_token=self.config.hf_token,
+                timeouts=self.config.download.timeouts,
+            )
             spec = spec.select(job.request.get("include") or (), job.request.get("exclude") or ())
             if not spec.files:
                 raise InvalidInput("no file of the model matches include/exclude")
@@ -510,38 +449,7 @@ class Service:
             lock_dir=self.config.state_dir / "locks",
         )
 
-    async def _resolve_spec(self, request: dict[str, Any]) -> ModelSpec:
-        if request.get("manifest") is not None:
-            return _parse_inline_manifest(request["manifest"])
-        source = str(request["source"])
-        if source.startswith(("http://", "https://")):
-            return await self._fetch_manifest(source)
-        hub = HubSource(endpoint=self.config.hf_endpoint, token=self.config.hf_token)
-        return await hub.resolve(parse_hf_uri(source))
-
-    async def _fetch_manifest(self, url: str) -> ModelSpec:
-        timeouts = self.config.download.timeouts
-        async with Transport(
-            connect_timeout_s=timeouts.connect_s, stall_timeout_s=timeouts.stall_s
-        ) as tr:
-            resp = await tr.request("GET", url)
-            chunks: list[bytes] = []
-            size = 0
-            try:
-                while chunk := await resp.read_chunk():
-                    size += len(chunk)
-                    if size > MAX_MANIFEST_BYTES:
-                        raise InvalidInput(f"manifest {url} is larger than 16 MiB")
-                    chunks.append(chunk)
-            finally:
-                resp.close()
-        try:
-            text = b"".join(chunks).decode("utf-8")
-        except UnicodeDecodeError:
-            raise InvalidInput(f"manifest {url} is not UTF-8 text") from None
-        return parse_manifest_text(text, fmt=format_of(url) or sniff_format(text), source=url)
-
-    def _on_model_file(self, job: _Job, path: str, what: str) -> None:
+    def _on_model_file(self, job: Job, path: str, what: str) -> None:
         if not what.startswith("queued:"):
             return
         task_id = what.split(":", 1)[1]
@@ -556,13 +464,13 @@ class Service:
             self._publish_pending.add(job.id)
             asyncio.get_running_loop().call_soon(self._publish_pending_nowait, job)
 
-    def _publish_pending_nowait(self, job: _Job) -> None:
+    def _publish_pending_nowait(self, job: Job) -> None:
         self._publish_pending.discard(job.id)
         self._publish_download(job)
 
     # ------------------------------------------------------------------ steering
 
-    def _job(self, job_id: str) -> _Job:
+    def _job(self, job_id: str) -> Job:
         job = self._jobs.get(job_id)
         if job is None:
             raise NoSuchDownload(f"no download with id {job_id!r}")
@@ -629,7 +537,7 @@ class Service:
         return self.view(job)
 
     def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
-        _check_priority(priority)
+        check_priority(priority)
         job = self._job(job_id)
         job.priority = priority
         self.db.update(int(job.id), priority=priority)
@@ -676,7 +584,7 @@ class Service:
     def download(self, job_id: str) -> dict[str, Any]:
         return self.view(self._job(job_id))
 
-    def _infos(self, job: _Job) -> list[TaskInfo]:
+    def _infos(self, job: Job) -> list[TaskInfo]:
         if self._manager is None:
             return []
         out = []
@@ -687,67 +595,14 @@ class Service:
                 continue
         return out
 
-    def _state_of(self, job: _Job, infos: list[TaskInfo]) -> str:
-        if job.outcome is not None:
-            return job.outcome
-        if job.kind == "url":
-            if infos and not (job.paused and not infos[0].state.final):
-                return infos[0].state.value
-            # Paused is what the user decided: say so at once, while the transfer winds down.
-            return "paused" if job.paused else "queued"
-        if job.paused:
-            return "paused"
-        if any(i.state in _ACTIVE for i in infos):
-            return "running"
-        if infos and all(i.state is State.COMPLETED for i in infos):
-            return "running"  # linking into the snapshot
-        return "queued"
-
-    def view(self, job: _Job) -> dict[str, Any]:
+    def view(self, job: Job) -> dict[str, Any]:
         """The JSON shape of one download, as the API and the events show it."""
-        infos = self._infos(job)
-        state = self._state_of(job, infos)
-        if infos:
-            done = sum(i.bytes_done for i in infos)
-            totals = [i.total for i in infos]
-            total = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
-            speed = sum(i.speed_bytes_per_s for i in infos) if state == "running" else 0.0
-        else:
-            done, total, speed = job.bytes_done, job.total, 0.0
-        eta = (
-            round(max(0, total - done) / speed, 1)
-            if total is not None and speed > 0 and state == "running"
-            else None
-        )
-        if job.kind == "url":
-            source = job.request["url"]
-            path = (job.result or {}).get("path") or (infos[0].path if infos else None)
-        else:
-            source = job.request.get("source") or f"manifest:{job.label}"
-            path = (job.result or {}).get("path")
-        return {
-            "id": job.id,
-            "kind": job.kind,
-            "source": source,
-            "name": job.label,
-            "path": None if path is None else str(path),
-            "state": state,
-            "priority": job.priority,
-            "bytes_done": done,
-            "total": total,
-            "speed": round(speed, 1),
-            "eta": eta,
-            "files": len(job.tasks),
-            "created": round(job.created, 3),
-            "paused": job.paused,
-            "error": job.error,
-            "result": job.result,
-        }
+        return job_view(job, self._infos(job))
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "event": "snapshot",
-            "seq": self._seq,
+            "seq": self._stream.seq,
             "downloads": self.downloads(),
             "limit": self.limit_view(),
             "store": self._store,
@@ -758,19 +613,14 @@ class Service:
         """A snapshot and then every later event; call ``close()`` when done."""
         if self._closing:
             raise RuntimeError("the service is stopping")
-        sub = Subscription(self.snapshot(), self._subs.discard)
-        self._subs.add(sub)
-        return sub
+        return self._stream.subscribe_nowait(self.snapshot())
 
     # ------------------------------------------------------------------ events
 
     def _publish(self, event: dict[str, Any]) -> None:
-        self._seq += 1
-        event["seq"] = self._seq
-        for sub in list(self._subs):
-            sub.offer_nowait(event)
+        self._stream.publish_nowait(event)
 
-    def _publish_download(self, job: _Job) -> None:
+    def _publish_download(self, job: Job) -> None:
         if not self._closing and job.id in self._jobs:
             self._publish({"event": "download", "download": self.view(job)})
 
@@ -813,7 +663,7 @@ class Service:
                         }
                     )
 
-    def _finish_url(self, job: _Job, info: TaskInfo) -> None:
+    def _finish_url(self, job: Job, info: TaskInfo) -> None:
         if info.state is State.COMPLETED:
             self._finish(job, "completed", result=info.result)
         elif info.state is State.CANCELLED:
@@ -823,7 +673,7 @@ class Service:
 
     def _finish(
         self,
-        job: _Job,
+        job: Job,
         outcome: str,
         *,
         error: dict[str, Any] | None = None,
@@ -916,26 +766,6 @@ def _store_view(inv: Inventory) -> dict[str, Any]:
         "used": inv.total_size(models),
         "free": inv.disk_free(),
     }
-
-
-def _parse_inline_manifest(data: dict[str, Any]) -> ModelSpec:
-    try:
-        return manifest_from_data(data, source="manifest")
-    except UnicodeEncodeError:
-        # Lone surrogates are valid JSON escapes but no file name; the path checks below
-        # manifest_from_data encode to UTF-8 and would crash on them.
-        raise InvalidInput("manifest: a text field is not valid Unicode") from None
-
-
-def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("url", "out", "dir"))
-
-
-def _check_priority(priority: int) -> None:
-    if isinstance(priority, bool) or not PRIORITY_MIN <= priority <= PRIORITY_MAX:
-        raise InvalidInput(
-            f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
-        )
 
 
 def _check_model_ref(name: str, repo_type: str) -> None:
