@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -34,9 +33,6 @@ from ..errors import InvalidInput, ModelhaulError, human_bytes
 from ..events import Progress
 from ..policy.paths import safe_relpath
 from ..policy.units import parse_rate
-from ..sources.manifest import MAX_MANIFEST_BYTES, format_of, sniff_format
-from ..sources.url import UrlEntry, parse_input_list
-from ..transport import check_url
 from .options import state_dir
 from .render import JsonRenderer, Renderer, make_renderer, print_error
 
@@ -272,11 +268,15 @@ def client_from_args(args: argparse.Namespace) -> ServiceClient:
     base = getattr(args, "server", None) or os.environ.get("MODELHAUL_SERVER") or DEFAULT_SERVER
     base = base.strip().rstrip("/")
     try:
-        check_url(base)
-    except InvalidInput:
+        parts = urlsplit(base)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # a bad port raises ValueError
+    except ValueError:
+        usable = False
+    if not usable:
         raise InvalidInput(
             f"bad service address {base!r}", hint="Use http://HOST:PORT, e.g. " + DEFAULT_SERVER
-        ) from None
+        )
     token = getattr(args, "token", None) or os.environ.get("MODELHAUL_TOKEN") or None
     if token is None and _is_loopback_url(base):
         # The token file is this machine's; never send it to a service elsewhere.
@@ -487,6 +487,10 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
 
 
 def _get_requests(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+    # Imported here: the steering commands should not pay for aiohttp at start-up.
+    from ..sources.url import UrlEntry, parse_input_list
+    from ..transport import check_url
+
     entries = [UrlEntry(url=check_url(u)) for u in args.urls]
     if args.input_file:
         try:
@@ -528,6 +532,8 @@ def _pull_body(args: argparse.Namespace) -> dict[str, Any]:
             hint="The service writes only into its store; link or copy from there.",
         )
     body: dict[str, Any] = {"include": list(args.include), "exclude": list(args.exclude)}
+    from ..sources.manifest import format_of
+
     source = args.source
     path = Path(source)
     if not source.startswith(("http://", "https://")) and (
@@ -541,6 +547,10 @@ def _pull_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def _read_manifest(path: Path) -> Any:
     """A local manifest's data, sent inline: the service never reads client-named paths."""
+    import yaml
+
+    from ..sources.manifest import MAX_MANIFEST_BYTES, format_of, sniff_format
+
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise InvalidInput(f"{path}: the manifest is larger than 16 MiB")
