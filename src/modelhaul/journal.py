@@ -108,7 +108,9 @@ class Journal:
 
     def _replace(self, data: bytes) -> None:
         # O_EXCL-free temp name is fine: the caller holds the file lock for this target.
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666)
+        # 0o664, as the partial file: with the user's umask, and never world-writable even
+        # under umask 000 (anyone could otherwise make a resume skip bytes it never fetched).
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o664)
         try:
             os.write(fd, data)
         finally:
