@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,14 @@ class CompletionRecords:
                 "etag": etag,
             }
             path = self._path(url, part)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+            # A name no one can guess, created afresh: a symlink planted at a fixed temporary
+            # name would have carried this write to whatever file it points at.
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
+            try:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(data))
+                os.replace(tmp, path)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
