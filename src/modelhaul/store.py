@@ -177,11 +177,9 @@ class RepoStore:
         """
         dest = self.snapshot_file(commit, relpath)
         blob = self.blob_path(etag)
-        snap = self.snapshot_dir(commit)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        # A symlink planted inside the snapshot must not carry our writes elsewhere.
-        if not dest.parent.resolve().is_relative_to(snap.resolve()):
-            raise PermissionDenied(f"refusing to write through a symbolic link under {snap}")
+        # A symlink planted in the snapshot (its commit folder included) must not carry our
+        # writes elsewhere, not even the creation of a folder.
+        make_dirs_within(self.snapshots, dest.parent)
         # A name of our own: two pulls of one model link the same entries at the same time.
         tmp = unique_tmp(dest)
         if symlinks:
@@ -432,6 +430,28 @@ class BlobLock:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()
+
+
+def make_dirs_within(base: Path, path: Path) -> None:
+    """``mkdir -p path`` for a ``path`` below ``base``, refusing a symlink on the way.
+
+    ``mkdir(parents=True)`` followed by a check of where the result resolves would already
+    have created folders wherever a planted link pointed. ``base`` itself may be a link (a
+    cache moved to another disk); only the levels below it are checked.
+
+    Raises:
+        PermissionDenied: a level below ``base`` is a symbolic link (or not a folder).
+    """
+    base.mkdir(parents=True, exist_ok=True)
+    current = base
+    for part in path.relative_to(base).parts:
+        current = current / part
+        if current.is_symlink():
+            raise PermissionDenied(f"refusing to write through a symbolic link at {current}")
+        try:
+            current.mkdir(exist_ok=True)
+        except FileExistsError as exc:  # a file where a folder goes
+            raise PermissionDenied(f"cannot create the folder {current}: a file is there") from exc
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
