@@ -455,7 +455,9 @@ def _write_empty_blob(rs: RepoStore, f: ModelFile) -> None:
     blob = rs.blob_path(f.blob_id)
     if not blob.is_file() or blob.stat().st_size:
         tmp = unique_tmp(blob)
-        tmp.write_bytes(b"")
+        # 0o664 as every downloaded blob (a renamed partial file): never world-writable, or
+        # under umask 000 anyone could fill the "empty" file that snapshots point at.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664))
         os.replace(tmp, blob)
     rs.verify_blob(f.blob_id)
 
