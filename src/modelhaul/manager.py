@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -609,12 +610,17 @@ class DownloadManager:
             if alias == source or alias.exists():
                 continue
             alias.parent.mkdir(parents=True, exist_ok=True)
-            tmp = alias.with_name(alias.name + ".modelhaul.tmp")
+            # A name no one can guess: copyfile() follows a symlink planted at a fixed
+            # temporary name, which carried the file's bytes over whatever it pointed at.
+            tmp = alias.with_name(f".{alias.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, alias)
+                try:
+                    os.link(source, tmp)
+                except OSError:
+                    shutil.copyfile(source, tmp)
+                os.replace(tmp, alias)
+            finally:
+                tmp.unlink(missing_ok=True)
         task.aliases.clear()
 
     # ------------------------------------------------------------------ events
