@@ -170,7 +170,9 @@ class Transport:
         if self._session is not None:
             return
         # The default context loads the system store and honours SSL_CERT_FILE / SSL_CERT_DIR.
-        ssl_ctx: ssl.SSLContext | bool = ssl.create_default_context() if self._verify_tls else False
+        # True: aiohttp's verified default context, built once at import from the system store
+        # (SSL_CERT_FILE / SSL_CERT_DIR honoured); building our own costs ~30 ms per start.
+        ssl_ctx: ssl.SSLContext | bool = self._verify_tls
         connector = aiohttp.TCPConnector(
             limit=self._limit,
             limit_per_host=self._limit_per_host,
