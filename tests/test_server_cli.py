@@ -243,8 +243,7 @@ async def test_pull_via_server_sends_a_local_manifest_inline(
 
 def test_get_via_server_from_the_command_line(server: ServerThread, origin: Origin) -> None:
     r = run_cli("get", "--help")
-    if "--via-server" not in r.stdout:
-        pytest.skip("cli/get.py does not call remote.maybe_via_server yet (the two-line hook)")
+    assert "--via-server" in r.stdout
     data = random.Random(4).randbytes(300 * KiB)
     origin.add_file("w.bin", data)
     r = run_cli(

@@ -16,6 +16,7 @@ from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list
 from ..transport import check_url
+from . import remote
 from .options import add_transfer_options, download_config, state_dir
 from .render import JsonRenderer, Renderer, error_dict, make_renderer, print_error
 
@@ -40,6 +41,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="files in flight (default 4)")
     add_transfer_options(p)
+    remote.add_via_server_option(p)
     p.set_defaults(run=run)
 
 
@@ -132,6 +134,8 @@ def manager_config(args: argparse.Namespace, connections: int, *, single: bool) 
 
 
 async def run(args: argparse.Namespace) -> int:
+    if (code := await remote.maybe_via_server(args)) is not None:
+        return code
     try:
         entries = collect_entries(args)
         config = download_config(args)

@@ -27,6 +27,7 @@ from ..sources.manifest import format_of, load_manifest_file, parse_manifest_tex
 from ..sources.model import ModelFile, ModelSpec
 from ..store import CHUNK_BYTES, RepoStore, hf_cache_root
 from ..transport import same_host
+from . import remote
 from .options import add_transfer_options, download_config, state_dir
 from .render import Renderer, make_renderer, print_error
 
@@ -51,6 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-j", "--jobs", type=int, metavar="N", help="files in flight (default: adaptive)"
     )
     add_transfer_options(p)
+    remote.add_via_server_option(p)
     p.set_defaults(run=run_pull)
 
     v = sub.add_parser(
@@ -175,6 +177,8 @@ def _cancelled_record() -> dict[str, Any]:
 
 
 async def run_pull(args: argparse.Namespace) -> int:
+    if (code := await remote.maybe_via_server(args)) is not None:
+        return code
     # Created first: --json promises a result line last, even for a bad command line.
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
     try:
