@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig
-from ..errors import InvalidInput, ModelhaulError, NetworkError, RetriesExhausted
+from ..errors import InvalidInput, ModelhaulError, NetworkError, RetriesExhausted, human_bytes
 from ..events import TaskEvent
 from ..manager import DownloadManager
 from ..models import ModelPuller, PullResult, VerifyReport, local_files
@@ -48,6 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--exclude", action="append", default=[], metavar="GLOB", help="skip files matching"
     )
     p.add_argument("--local-dir", metavar="DIR", help="also place plain files in DIR (hard links)")
+    p.add_argument(
+        "--max-store-size",
+        metavar="SIZE",
+        help="evict least recently used unpinned models first so the store stays under SIZE "
+        "(default: $MODELHAUL_MAX_STORE_SIZE, else no cap)",
+    )
     p.add_argument(
         "-j", "--jobs", type=int, metavar="N", help="files in flight (default: adaptive)"
     )
@@ -186,6 +193,7 @@ async def run_pull(args: argparse.Namespace) -> int:
         config = download_config(args)
         local_dir = Path(args.local_dir) if args.local_dir else None
         result = await _pull(args, env, config, renderer, local_dir)
+        _touch(result.repo_id)
     except ModelhaulError as exc:
         renderer.stop()
         print_error(exc)
@@ -261,6 +269,9 @@ async def _pull(
                 }
                 renderer.file_done(path, record)
 
+        cap = _store_cap(args)
+        if cap is not None:
+            _make_room(rs, spec, cap, renderer)
         try:
             return await puller.pull(
                 spec, local_dir=local_dir, on_file=on_file, free_hint=_free_hint(env)
@@ -269,6 +280,38 @@ async def _pull(
             if isinstance(source, HubRef):
                 raise explain_download_error(exc, source, env.endpoint) from None
             raise
+
+
+def _store_cap(args: argparse.Namespace) -> int | None:
+    from ..policy.units import parse_size
+
+    text = args.max_store_size or os.environ.get("MODELHAUL_MAX_STORE_SIZE")
+    return parse_size(text, what="store size cap") if text else None
+
+
+def _make_room(rs: RepoStore, spec: ModelSpec, cap: int, renderer: Renderer) -> None:
+    """With a store cap, evict least recently used unpinned models before fetching."""
+    from .store import open_inventory
+
+    blobs = {f.blob_id: f.size for f in spec.files}
+    needed = sum(size for blob, size in blobs.items() if not rs.blob_path(blob).is_file())
+    if not needed:
+        return
+    inv = open_inventory()
+    if inv.total_size() + needed <= cap:
+        return
+    result = inv.gc(max(0, cap - needed), keep=[spec.repo_id])
+    for m in result.evicted:
+        renderer.notice(f"evicted {m.name} ({human_bytes(m.size)}) to stay under the store cap")
+
+
+def _touch(repo_id: str) -> None:
+    """Record the use for least-recently-used eviction; never fatal."""
+    from .store import open_inventory
+
+    # The state database is an index; a pull must not fail on it.
+    with contextlib.suppress(Exception):
+        open_inventory().touch(repo_id)
 
 
 def _free_hint(env: Environment) -> Any:
