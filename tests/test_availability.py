@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub
 
+from fakehub import FakeHub
 from modelhaul.availability import AvailabilityEvent, ModelAvailability, ModelState, hub_resolver
 from modelhaul.config import DownloadConfig, RetryPolicy
 from modelhaul.errors import ModelhaulError
@@ -25,7 +25,9 @@ def _files() -> dict[str, bytes]:
     return {"config.json": b'{"x": 1}', "model.safetensors": os.urandom(300_000)}
 
 
-async def _avail(hub: FakeHub, root: Path, tmp_path: Path, mgr: DownloadManager) -> ModelAvailability:
+async def _avail(
+    hub: FakeHub, root: Path, tmp_path: Path, mgr: DownloadManager
+) -> ModelAvailability:
     return ModelAvailability(
         root,
         mgr,
@@ -80,7 +82,9 @@ async def test_pull_that_fails_twice_then_succeeds_emits_the_sequence(
     assert seen[-1].state is ModelState.READY and seen[-1].path == str(path)
 
 
-async def test_failure_without_retries_raises_categorised_error(hub: FakeHub, tmp_path: Path) -> None:
+async def test_failure_without_retries_raises_categorised_error(
+    hub: FakeHub, tmp_path: Path
+) -> None:
     root = tmp_path / "hub"
     async with DownloadManager(download_config=FAST, state_dir=tmp_path / "st") as mgr:
         avail = await _avail(hub, root, tmp_path, mgr)
