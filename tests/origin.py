@@ -771,7 +771,11 @@ class Origin:
         # Abort rather than close: a graceful close waits to flush what an unread client
         # (an endless response, say) will never take, and would leave the socket open.
         for transport in list(self._transports):
-            transport.abort()
+            # A transport that finished closing by itself once its buffer drained has dropped
+            # its loop without counting the loss (CPython's selector transport), and abort()
+            # then raises AttributeError; there is nothing left to cut.
+            with contextlib.suppress(AttributeError):
+                transport.abort()
         tasks = list(self._handler_tasks)
         for task in tasks:
             task.cancel()
