@@ -247,12 +247,12 @@ def plan_downloads(cfg: SoakConfig) -> Iterator[_Plan]:
     for i in range(cfg.downloads):
         size = pick_size(rng, cfg.max_size)
         data_rng = random.Random(f"{cfg.seed}-{i}")
-        data = data_rng.randbytes(size)
+        data = _random_bytes(data_rng, size)
         change_after = new_data = None
         if size and rng.random() < 0.08:
             change_after = rng.randint(1, 4)
             new_size = size if rng.random() < 0.7 else rng.randint(1, size)
-            new_data = data_rng.randbytes(new_size)
+            new_data = _random_bytes(data_rng, new_size)
         kills = []
         for _ in range(kill_at[i]):
             sig = rng.choice(("SIGKILL", "SIGINT"))
@@ -272,6 +272,12 @@ def plan_downloads(cfg: SoakConfig) -> Iterator[_Plan]:
             kills=kills,
             with_sha=rng.random() < 0.8,
         )
+
+
+def _random_bytes(rng: random.Random, n: int) -> bytes:
+    """randbytes in pieces: one call cannot make more than 256 MiB."""
+    piece = 64 * MiB
+    return b"".join(rng.randbytes(min(piece, n - i)) for i in range(0, n, piece))
 
 
 def fault_kind(f: Fault | None) -> str | None:
@@ -369,6 +375,7 @@ class Soak:
         held: list[tuple[int, int]] = []  # what the journal vouched for after the last kill
         pending = list(plan.kills)
         last: _Run | None = None
+        discarded = False  # a run failed its checksum: the engine threw the bytes away
         for attempt in range(len(plan.kills) + 3):
             kill = pending.pop(0) if pending else None
             run = self._run_once(plan, url, out, final, kill)
@@ -382,6 +389,7 @@ class Soak:
             held = []
             if run.hung or self._judge(plan, run, out, right):
                 break
+            discarded |= _category(run) == "integrity"
             if attempt >= len(plan.kills) + 1:
                 break  # a failure, judged above; one more try was enough
         assert last is not None
@@ -389,7 +397,7 @@ class Soak:
             stats.completed += 1
         elif last.result is not None:
             stats.failed[str((last.result.get("error") or {}).get("category"))] += 1
-        self._account(plan, final)
+        self._account(plan, final, discarded)
         origin.add_file(plan.name, b"")  # the origin keeps files in memory
 
     def _url(self, plan: _Plan) -> str:
@@ -589,7 +597,7 @@ class Soak:
 
     # -------------------------------------------------------------- accounting
 
-    def _account(self, plan: _Plan, final: bytes) -> None:
+    def _account(self, plan: _Plan, final: bytes, discarded: bool) -> None:
         """Faults that took effect, bytes served, and what was served more than once, by cause."""
         stats = self.stats
         records = self.origin.requests_for(plan.name)
@@ -612,6 +620,8 @@ class Soak:
             kinds.add("content_change")
         if kinds & RESTART_KINDS:
             cause = "restart (file changed or Range not honoured)"
+        elif discarded:
+            cause = "checksum failure (bytes discarded, fetched again)"
         elif plan.kills:
             cause = "kill (" + "+".join(sorted({k for k, _ in plan.kills})) + ")"
         else:
@@ -663,6 +673,11 @@ def _union_size(spans: Iterable[tuple[int, int]]) -> int:
         total += e - max(s, reach)
         reach = e
     return total
+
+
+def _category(run: _Run) -> str | None:
+    error = (run.result or {}).get("error")
+    return error.get("category") if isinstance(error, dict) else None
 
 
 def _sha_file(path: Path) -> str:
