@@ -112,7 +112,7 @@ class HubSource:
         )
         commit = getattr(info, "sha", None)
         if not isinstance(commit, str) or not _HEX40.match(commit):
-            raise ModelhaulError(
+            raise InvalidInput(
                 f"the Hub gave no commit for {ref}", hint="Check HF_ENDPOINT points at a Hub."
             )
         entries = await self._call(ref, lambda: self._list_tree(ref, commit))
@@ -319,6 +319,15 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
             f"cannot reach the Hub at {endpoint}: {exc}",
             hint="Check the network, HF_ENDPOINT and proxy settings (HTTPS_PROXY); with the model "
             "already in the cache, HF_HUB_OFFLINE=1 uses it without the network.",
+        )
+    if isinstance(exc, ValueError | KeyError | TypeError | AttributeError):
+        # huggingface_hub turns the Hub's JSON into its dataclasses: an answer that is not
+        # JSON, or of another shape (a list for an object, a field missing), fails in there.
+        return InvalidInput(
+            f"the Hub at {endpoint} sent an answer that cannot be read "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            hint="Check that HF_ENDPOINT points at a Hugging Face Hub or a mirror of its API; "
+            "if it does, try again later.",
         )
     return ModelhaulError(f"unexpected error from the Hub: {type(exc).__name__}: {exc}")
 
