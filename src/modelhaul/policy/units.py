@@ -35,7 +35,9 @@ def parse_rate(text: str | int | None) -> int | None:
     if text is None:
         return None
     value = parse_size(text, what="rate")
-    if value == 0 and str(text).strip() not in ("0", "0K", "0M", "0G", "0k", "0m", "0g"):
-        # '0.5' would round to 0, which means "unlimited": refuse rather than surprise.
-        raise InvalidInput(f"rate {text!r} is below 1 byte/s", hint="Use 0 for unlimited.")
+    if value == 0 and not isinstance(text, int):
+        m = _SIZE.match(str(text))
+        if m and float(m.group(1)) != 0:
+            # '0.5' would round to 0, which means "unlimited": refuse rather than surprise.
+            raise InvalidInput(f"rate {text!r} is below 1 byte/s", hint="Use 0 for unlimited.")
     return value or None
