@@ -71,7 +71,7 @@ class SegmentPolicy:
     chunk_bytes: int | None = None  # None: derived from the file size
     min_steal_bytes: int = 2 * MiB
     write_batch_bytes: int = 1 * MiB
-    read_buffer_bytes: int = 4 * MiB
+    read_buffer_bytes: int = 2 * MiB
     journal_every_bytes: int = 8 * MiB
     journal_every_s: float = 1.0
 

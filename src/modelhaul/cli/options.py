@@ -97,7 +97,7 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
         segments=SegmentPolicy(
             connections=args.connections,
             max_connections=max_connections,
-            initial_connections=min(8, max_connections),
+            initial_connections=min(16, max_connections),
         ),
         rate=RateLimit(rate_bytes_per_s=parse_rate(args.limit_rate)),
         headers=parse_headers(args.header),
