@@ -744,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-size", type=_parse_bytes, default=300 * MiB, metavar="BYTES")
     p.add_argument("--retries", type=int, default=4)
     p.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS")
+    p.add_argument("--max-faults", type=int, default=4, metavar="N", help="per download")
     p.add_argument("--keep", action="store_true", help="keep the work directory")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per download")
     args = p.parse_args(argv)
@@ -754,6 +755,7 @@ def main(argv: list[str] | None = None) -> int:
         max_size=args.max_size,
         retries=args.retries,
         timeout_s=args.timeout,
+        max_faults=args.max_faults,
     )
     work = Path(tempfile.mkdtemp(prefix="modelhaul-soak-"))
     try:
