@@ -24,7 +24,7 @@ from ..sources.hf import (
     parse_hf_uri,
     resolve_url,
 )
-from ..sources.manifest import format_of, load_manifest_file, parse_manifest_text, sniff_format
+from ..sources.manifest import format_of, load_manifest_file
 from ..sources.model import ModelFile, ModelSpec
 from ..store import CHUNK_BYTES, RepoStore, hf_cache_root
 from ..transport import same_host
@@ -131,27 +131,9 @@ async def resolve_source(text: str, env: Environment, config: DownloadConfig) ->
 
 
 async def fetch_manifest(url: str, config: DownloadConfig) -> ModelSpec:
-    from ..transport import Transport
+    from ..sources.manifest import fetch_manifest as fetch
 
-    async with Transport(
-        connect_timeout_s=config.timeouts.connect_s, stall_timeout_s=config.timeouts.stall_s
-    ) as tr:
-        resp = await tr.request("GET", url, headers=dict(config.headers))
-        chunks: list[bytes] = []
-        total = 0
-        try:
-            while chunk := await resp.read_chunk():
-                total += len(chunk)
-                if total > 16 * 1024 * 1024:
-                    raise InvalidInput(f"manifest {url} is larger than 16 MiB")
-                chunks.append(chunk)
-        finally:
-            resp.close()
-    try:
-        text = b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"manifest {url} is not UTF-8 text") from None
-    return parse_manifest_text(text, fmt=format_of(url) or sniff_format(text), source=url)
+    return await fetch(url, timeouts=config.timeouts, headers=dict(config.headers))
 
 
 def _renderer_hook(renderer: Renderer, labels: dict[str, str]) -> Any:

@@ -8,14 +8,12 @@ from ..config import Timeouts
 from ..errors import InvalidInput
 from ..sources.hf import HubSource, parse_hf_uri
 from ..sources.manifest import (
-    MAX_MANIFEST_BYTES,
-    format_of,
+    fetch_manifest as fetch_manifest_url,
+)
+from ..sources.manifest import (
     manifest_from_data,
-    parse_manifest_text,
-    sniff_format,
 )
 from ..sources.model import ModelSpec
-from ..transport import Transport
 
 
 async def resolve_spec(
@@ -33,25 +31,7 @@ async def resolve_spec(
 
 async def fetch_manifest(url: str, timeouts: Timeouts) -> ModelSpec:
     """A manifest from a URL (at most 16 MiB, UTF-8), parsed and validated."""
-    async with Transport(
-        connect_timeout_s=timeouts.connect_s, stall_timeout_s=timeouts.stall_s
-    ) as tr:
-        resp = await tr.request("GET", url)
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            while chunk := await resp.read_chunk():
-                size += len(chunk)
-                if size > MAX_MANIFEST_BYTES:
-                    raise InvalidInput(f"manifest {url} is larger than 16 MiB")
-                chunks.append(chunk)
-        finally:
-            resp.close()
-    try:
-        text = b"".join(chunks).decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidInput(f"manifest {url} is not UTF-8 text") from None
-    return parse_manifest_text(text, fmt=format_of(url) or sniff_format(text), source=url)
+    return await fetch_manifest_url(url, timeouts=timeouts)
 
 
 def parse_inline_manifest(data: dict[str, Any]) -> ModelSpec:

@@ -19,15 +19,17 @@ import hashlib
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..config import Timeouts
 from ..errors import InvalidInput
 from ..policy.paths import safe_relpath
 from ..store import check_repo_id, check_revision
-from ..transport import check_url
+from ..transport import Transport, check_url
 from .model import ModelFile, ModelSpec, check_paths
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -166,3 +168,27 @@ def load_manifest_file(path: Path) -> ModelSpec:
 
 def is_manifest_source(text: str) -> bool:
     return format_of(text) is not None or Path(text).is_file()
+
+
+async def fetch_manifest(
+    url: str, *, timeouts: Timeouts | None = None, headers: Mapping[str, str] | None = None
+) -> ModelSpec:
+    """A manifest from a URL (at most 16 MiB, UTF-8), parsed and validated."""
+    t = timeouts or Timeouts()
+    async with Transport(connect_timeout_s=t.connect_s, stall_timeout_s=t.stall_s) as tr:
+        resp = await tr.request("GET", url, headers=dict(headers or {}))
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while chunk := await resp.read_chunk():
+                size += len(chunk)
+                if size > MAX_MANIFEST_BYTES:
+                    raise InvalidInput(f"manifest {url} is larger than 16 MiB")
+                chunks.append(chunk)
+        finally:
+            resp.close()
+    try:
+        text = b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput(f"manifest {url} is not UTF-8 text") from None
+    return parse_manifest_text(text, fmt=format_of(url) or sniff_format(text), source=url)
