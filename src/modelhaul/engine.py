@@ -254,16 +254,7 @@ class Downloader:
         self._lock_dir = state / "locks"
         self.records = CompletionRecords(state / "done")
         self._own_transport = transport is None
-        self.transport = transport or Transport(
-            connect_timeout_s=cfg.timeouts.connect_s,
-            stall_timeout_s=cfg.timeouts.stall_s,
-            verify_tls=cfg.verify_tls,
-            trust_env=cfg.trust_env,
-            read_buffer_bytes=cfg.segments.read_buffer_bytes,
-            max_redirects=cfg.max_redirects,
-            allow_https_downgrade=cfg.allow_https_downgrade,
-            user_agent=cfg.user_agent,
-        )
+        self.transport = transport or Transport.for_config(cfg)
 
     async def __aenter__(self) -> Self:
         await self.transport.open()

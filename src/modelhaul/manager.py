@@ -219,17 +219,10 @@ class DownloadManager:
         if dc.segments.connections is not None:
             conns = min(dc.segments.connections, per_file)
             dc = replace(dc, segments=replace(dc.segments, connections=conns))
-        transport = Transport(
-            connect_timeout_s=dc.timeouts.connect_s,
-            stall_timeout_s=dc.timeouts.stall_s,
-            verify_tls=dc.verify_tls,
-            trust_env=dc.trust_env,
-            read_buffer_bytes=dc.segments.read_buffer_bytes,
+        transport = Transport.for_config(
+            dc,
             limit=self.config.max_connections,
             limit_per_host=self.config.max_connections_per_host,
-            max_redirects=dc.max_redirects,
-            allow_https_downgrade=dc.allow_https_downgrade,
-            user_agent=dc.user_agent,
         )
         self.downloader = Downloader(
             dc,

@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from .config import DownloadConfig
 from .errors import (
     HTTPStatusError,
     InvalidInput,
@@ -156,6 +157,22 @@ class Transport:
         self._allow_downgrade = allow_https_downgrade
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def for_config(cls, cfg: DownloadConfig, *, limit: int = 0, limit_per_host: int = 0) -> Self:
+        """A transport with a download configuration's timeouts, TLS, proxy and redirect policy."""
+        return cls(
+            connect_timeout_s=cfg.timeouts.connect_s,
+            stall_timeout_s=cfg.timeouts.stall_s,
+            verify_tls=cfg.verify_tls,
+            trust_env=cfg.trust_env,
+            read_buffer_bytes=cfg.segments.read_buffer_bytes,
+            limit=limit,
+            limit_per_host=limit_per_host,
+            max_redirects=cfg.max_redirects,
+            allow_https_downgrade=cfg.allow_https_downgrade,
+            user_agent=cfg.user_agent,
+        )
 
     async def __aenter__(self) -> Self:
         await self.open()
