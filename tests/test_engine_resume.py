@@ -13,6 +13,7 @@ import json
 import random
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -178,6 +179,22 @@ async def test_resumed_and_parallel_requests_carry_if_range(
     assert etag.headers.get("If-Range") is None  # the first probe had nothing to validate
 
 
+def wait_journal_holds(
+    path: Path, n: int, proc: subprocess.Popen[bytes], timeout: float = 30
+) -> None:
+    """Poll (bounded) until the journal at ``path`` claims at least ``n`` bytes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            done = json.loads(path.read_bytes())["done"]
+            if sum(e - s for s, e in done) >= n:
+                return
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"the journal never claimed {n} bytes")
+
+
 def test_kill_9_mid_download_then_resume(origin: Origin, tmp_path: Path) -> None:
     data = blob(32 * MiB, seed=4)
     origin.add_file("k.bin", data)
@@ -187,6 +204,9 @@ def test_kill_9_mid_download_then_resume(origin: Origin, tmp_path: Path) -> None
     proc = subprocess.Popen(cmd, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         wait_bytes_while_running(origin, "k.bin", 16 * MiB, proc)
+        # Kill only once the journal records data: on a loaded machine its once-a-second
+        # flush may lag behind the bytes the origin has sent.
+        wait_journal_holds(tmp_path / "k.bin.modelhaul.journal", 4 * MiB, proc)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=30)
