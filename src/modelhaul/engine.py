@@ -82,6 +82,8 @@ _TICK_S = 0.1
 _PROGRESS_EVERY_S = 0.1
 _WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-write")
 _IOV_MAX = 512
+_READ_FAST_BYTES = 1 * MiB
+_READ_CAPPED_BYTES = 64 * 1024
 _JOURNAL_MIN_BYTES = 2 * MiB
 _INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
@@ -861,6 +863,9 @@ class Downloader:
         read = resp.read_chunk
         limiters = t.limiters
         stop = resp.end
+        # Decided per segment, so a cap set while running applies from the next segment on.
+        capped = any(lim.rate_bytes_per_s is not None for lim in limiters)
+        resp.set_read_size(_READ_CAPPED_BYTES if capped else _READ_FAST_BYTES)
         batch = self.config.segments.write_batch_bytes
         journal_every = self.config.segments.journal_every_bytes
         bufs: list[bytes] = []

@@ -93,6 +93,15 @@ class Response:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise map_error(exc, self.url) from exc
 
+    def set_read_size(self, n: int) -> None:
+        """The most one recv() on this connection takes. Wide reads (1 MiB) move a body in a
+        quarter of asyncio's default callbacks; narrow ones keep a rate-capped transfer
+        smooth. The attribute is asyncio's selector transport's; other loops lack it."""
+        conn = self._resp.connection
+        transport = conn.transport if conn is not None else None
+        if transport is not None and hasattr(transport, "max_size"):
+            transport.max_size = n
+
     def close(self) -> None:
         """Drop the connection (the body was not read to the end)."""
         self._resp.close()
@@ -256,7 +265,6 @@ class Transport:
                 continue
             if resp.status >= 400:
                 raise await _status_error(resp, current)
-            _widen_reads(resp)
             return Response(resp, current)
         raise RedirectRefused(f"more than {self._max_redirects} redirects from {url}")
 
@@ -274,15 +282,6 @@ class Transport:
         if target in seen:
             raise RedirectRefused(f"redirect loop at {target[:200]}")
         return target
-
-
-def _widen_reads(resp: aiohttp.ClientResponse) -> None:
-    """Let one recv() take up to 1 MiB instead of asyncio's 256 KiB: a body moves in a quarter
-    of the callbacks. The attribute is asyncio's selector transport's; other loops lack it."""
-    conn = resp.connection
-    transport = conn.transport if conn is not None else None
-    if transport is not None and getattr(transport, "max_size", None) == 256 * 1024:
-        transport.max_size = 1024 * 1024
 
 
 async def _status_error(resp: aiohttp.ClientResponse, url: str) -> HTTPStatusError:
