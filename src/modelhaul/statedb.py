@@ -29,6 +29,35 @@ CREATE TABLE IF NOT EXISTS models (
 """
 
 
+def connect_wal(
+    path: Path, schema: str, *, probe_table: str, check_same_thread: bool = True
+) -> sqlite3.Connection:
+    """Open ``path`` in WAL mode with ``schema`` applied; raise sqlite3.DatabaseError if the
+    file is not a usable database (the caller decides whether to move it aside)."""
+    conn = sqlite3.connect(
+        path, timeout=10, isolation_level=None, check_same_thread=check_same_thread
+    )
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.executescript(schema)
+        conn.execute(f"SELECT count(*) FROM {probe_table}").fetchone()
+    except sqlite3.DatabaseError:
+        conn.close()
+        raise
+    return conn
+
+
+def move_aside(path: Path) -> None:
+    """Rename a corrupt database and its WAL files out of the way, kept for a post-mortem."""
+    stamp = int(time.time())
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(path) + suffix)
+        if p.exists():
+            with contextlib.suppress(OSError):
+                p.replace(p.with_name(f"{p.name}.corrupt-{stamp}"))
+
+
 @dataclass(frozen=True, slots=True)
 class ModelFacts:
     pinned: bool = False
@@ -59,24 +88,10 @@ class StateDB:
         return conn
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            conn.execute("SELECT count(*) FROM models").fetchone()
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        return conn
+        return connect_wal(self.path, _SCHEMA, probe_table="models")
 
     def _move_aside(self) -> None:
-        stamp = int(time.time())
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(self.path) + suffix)
-            if p.exists():
-                with contextlib.suppress(OSError):
-                    p.replace(p.with_name(f"{p.name}.corrupt-{stamp}"))
+        move_aside(self.path)
 
     def close(self) -> None:
         if self._conn is not None:

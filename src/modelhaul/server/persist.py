@@ -10,7 +10,6 @@ either the old row or the new one.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sqlite3
@@ -18,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..statedb import connect_wal, move_aside
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +94,10 @@ class QueueDB:
     def _connect(self) -> sqlite3.Connection:
         # Used from the event loop thread only; check_same_thread=False lets close() run from
         # whichever thread shuts the service down.
-        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(_SCHEMA)
-            conn.execute("SELECT count(*) FROM jobs").fetchone()
-        except sqlite3.DatabaseError:
-            conn.close()
-            raise
-        return conn
+        return connect_wal(self.path, _SCHEMA, probe_table="jobs", check_same_thread=False)
 
     def _move_aside(self) -> None:
-        stamp = int(time.time())
-        for suffix in ("", "-wal", "-shm"):
-            p = Path(str(self.path) + suffix)
-            if p.exists():
-                with contextlib.suppress(OSError):
-                    p.replace(p.with_name(f"{p.name}.corrupt-{stamp}"))
+        move_aside(self.path)
 
     def close(self) -> None:
         self._conn.close()
