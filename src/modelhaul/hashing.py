@@ -3,18 +3,21 @@
 Segments finish out of order, so the hash cannot be fed from the sockets; instead a worker
 thread reads back the completed prefix (from the page cache, so it is cheap) while the transfer
 goes on, and verification adds little wall time. hashlib releases the GIL on large updates, so
-this runs truly in parallel with the event loop.
+this runs truly in parallel with the event loop. The prefix is hashed through a read-only
+memory map where possible: that skips the copy a read() makes (about 0.15 CPU-s per GiB).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import mmap
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 _BLOCK = 4 * 1024 * 1024
+_MAP_BYTES = 16 * 1024 * 1024
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-hash")
 
 
@@ -49,8 +52,8 @@ class PrefixHasher:
         _POOL.submit(self._run)
 
     def _run(self) -> None:
-        buf = bytearray(_BLOCK)
-        view = memoryview(buf)
+        buf: bytearray | None = None
+        use_map = True
         while True:
             with self._lock:
                 target = self._target
@@ -59,11 +62,21 @@ class PrefixHasher:
                     self._wake_locked()
                     return
             try:
-                want = min(_BLOCK, target - self._pos)
-                got = os.preadv(self._fd, [view[:want]], self._pos)
-                if got <= 0:
-                    raise OSError("unexpected end of file while hashing")
-                self._hash.update(view[:got])
+                got = 0
+                if use_map:
+                    try:
+                        got = self._hash_mapped(target)
+                    except (OSError, ValueError):
+                        use_map = False  # a filesystem without mmap: read instead
+                if not got:
+                    if buf is None:
+                        buf = bytearray(_BLOCK)
+                    view = memoryview(buf)
+                    want = min(_BLOCK, target - self._pos)
+                    got = os.preadv(self._fd, [view[:want]], self._pos)
+                    if got <= 0:
+                        raise OSError("unexpected end of file while hashing")
+                    self._hash.update(view[:got])
             except Exception as exc:  # handed to the awaiting task, never lost
                 with self._lock:
                     self._error = exc
@@ -73,6 +86,23 @@ class PrefixHasher:
             with self._lock:
                 self._pos += got
                 self._wake_locked()
+
+    def _hash_mapped(self, target: int) -> int:
+        """Hash up to _MAP_BYTES from a memory map; 0 when mapping is not worth it or unsafe."""
+        pos = self._pos
+        # Touching a mapped page past the end of the file kills the process (SIGBUS), so never
+        # map beyond the size the file has now. The download holds the only writer, and
+        # nothing truncates the partial file while its hasher runs.
+        end = min(target, pos + _MAP_BYTES, os.fstat(self._fd).st_size)
+        base = pos - pos % mmap.ALLOCATIONGRANULARITY
+        if end - pos < 64 * 1024:
+            return 0
+        with (
+            mmap.mmap(self._fd, end - base, offset=base, access=mmap.ACCESS_READ) as m,
+            memoryview(m) as view,
+        ):
+            self._hash.update(view[pos - base :])
+        return end - pos
 
     def _wake_locked(self) -> None:
         if not self._running:
