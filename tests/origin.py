@@ -46,6 +46,7 @@ import ipaddress
 import random
 import re
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -438,7 +439,8 @@ class Origin:
             urllib.request.urlopen(origin.url("a.bin"))  # HTTPError 503, the next GET works
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._ssl_context = ssl_context  # serve HTTPS with it
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._files: dict[str, _File] = {}
@@ -758,8 +760,9 @@ class Origin:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, 0))
-            await web.SockSite(runner, sock).start()
-            urls.append(f"http://{host}:{sock.getsockname()[1]}")
+            await web.SockSite(runner, sock, ssl_context=self._ssl_context).start()
+            scheme = "https" if self._ssl_context is not None else "http"
+            urls.append(f"{scheme}://{host}:{sock.getsockname()[1]}")
         self._base_url, self._alt_base_url = urls
 
     async def _stop_serving(self) -> None:

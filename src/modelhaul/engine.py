@@ -69,7 +69,7 @@ from .policy.ranges import RangeSet
 from .policy.ratelimit import TokenBucket
 from .policy.segments import Segment, SegmentScheduler
 from .records import CompletionRecords
-from .transport import Response, Transport, check_url, sleep_s
+from .transport import BodyPump, Response, Transport, check_url, sleep_s
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
@@ -84,6 +84,9 @@ _WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-wr
 _IOV_MAX = 512
 _READ_FAST_BYTES = 1 * MiB
 _READ_CAPPED_BYTES = 64 * 1024
+# A response with at least this much body left is received into reusable buffers (BodyPump).
+_BULK_MIN_BYTES = 4 * MiB
+_BULK_BLOCKS = 2
 _JOURNAL_MIN_BYTES = 2 * MiB
 _INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
@@ -865,8 +868,13 @@ class Downloader:
         stop = resp.end
         # Decided per segment, so a cap set while running applies from the next segment on.
         capped = any(lim.rate_bytes_per_s is not None for lim in limiters)
-        resp.set_read_size(_READ_CAPPED_BYTES if capped else _READ_FAST_BYTES)
         batch = self.config.segments.write_batch_bytes
+        if not capped and min(seg.end, stop) - seg.pos >= _BULK_MIN_BYTES:
+            taken = resp.take_body(block_bytes=batch, blocks=_BULK_BLOCKS)
+            if taken is not None:
+                await self._stream_bulk(t, seg, resp, *taken)
+                return
+        resp.set_read_size(_READ_CAPPED_BYTES if capped else _READ_FAST_BYTES)
         journal_every = self.config.segments.journal_every_bytes
         bufs: list[bytes] = []
         pending = 0
@@ -915,6 +923,72 @@ class Downloader:
             if bufs:
                 # Keep what arrived even when failing or cancelled: a resume needs less.
                 await asyncio.shield(self._write(t, bufs, write_at))
+
+    async def _stream_bulk(
+        self, t: _Transfer, seg: Segment, resp: Response, head: bytes, pump: BodyPump
+    ) -> None:
+        """Like _stream, for a body taken over by a BodyPump: one write per filled block.
+
+        A block goes back to the pump only after its write completed; a block whose write was
+        interrupted stays with the write job, which may still be running in its thread.
+        """
+        limiters = t.limiters
+        journal_every = self.config.segments.journal_every_bytes
+        since_journal = 0
+        # Received and counted in seg.pos, not yet written; it starts at held_at.
+        held: memoryview | bytes | None = None
+        held_at = seg.pos
+        block: bytearray | None = None
+        try:
+            if head:
+                held = head[: max(0, min(seg.end, resp.end) - seg.pos)]
+                seg.pos += len(held)
+                t.received += len(held)
+            while True:
+                if held is not None:
+                    n = len(held)
+                    for lim in limiters:
+                        await lim.acquire(n)
+                    await self._write(t, [held], held_at)
+                    held = None
+                    if block is not None:
+                        pump.recycle(block)
+                        block = None
+                    since_journal += n
+                    if since_journal >= journal_every:
+                        self._save_journal(t)
+                        since_journal = 0
+                    if t.expected_size is not None and seg.pos > t.expected_size:
+                        raise IntegrityError(f"{t.dest.name}: the server sent more than expected")
+                # Re-read every time: another connection may have stolen the tail.
+                stop = min(seg.end, resp.end)
+                if seg.pos >= stop:
+                    return
+                got = await pump.next_block(_BATCH_MAX_AGE_S, resp.url)
+                if got is None:
+                    raise TruncatedBody(
+                        f"the server closed the connection {human_bytes(stop - seg.pos)} early"
+                    )
+                block, n = got
+                n = min(n, stop - seg.pos)
+                held, held_at = memoryview(block)[:n], seg.pos
+                seg.pos += n
+                t.received += n
+        finally:
+            # Keep what arrived even when failing or cancelled: a resume needs less.
+            rest: list[memoryview | bytes] = []
+            if held is not None:
+                rest.append(held)
+            else:
+                held_at = seg.pos
+            for buf, n in pump.drain():
+                take = min(n, min(seg.end, resp.end) - seg.pos)
+                if take > 0:
+                    rest.append(memoryview(buf)[:take])
+                    seg.pos += take
+                    t.received += take
+            if rest:
+                await asyncio.shield(self._write(t, rest, held_at))
 
     async def _write(self, t: _Transfer, bufs: list[bytes], offset: int) -> None:
         # The state of the attempt this write belongs to, taken before anything can be

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
@@ -67,13 +68,164 @@ def strip_sensitive(headers: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() not in SENSITIVE_HEADERS}
 
 
+class BodyPump(asyncio.BufferedProtocol):
+    """Receives the rest of a response body straight into a few reusable buffers.
+
+    aiohttp allocates a fresh bytes object for every recv() and its parser copies the body into
+    another; for a multi-GiB body that is two extra copies and thousands of large allocations
+    on the event-loop thread. Once the headers are parsed, the connection's transport is handed
+    to this protocol, which lets the kernel copy into our own buffers (recv_into, or the TLS
+    layer's decrypt-into) and hands out full blocks. A block is only reused after the caller
+    gives it back, so a write still running in a thread never sees its buffer overwritten.
+    The connection is closed afterwards: aiohttp's parser never saw the body, so it cannot
+    go back to the pool.
+    """
+
+    def __init__(self, remaining: int, *, block_bytes: int, blocks: int, stall_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._free = [bytearray(block_bytes) for _ in range(max(2, blocks))]
+        self._cur: bytearray | None = self._free.pop()
+        self._fill = 0
+        self._ready: deque[tuple[bytearray, int]] = deque()
+        self._remaining = remaining
+        self._stall_s = stall_s
+        self._last_data = self._loop.time()
+        self._waiter: asyncio.Future[None] | None = None
+        self._exc: BaseException | None = None
+        self._eof = False
+        self._paused = False
+        self._transport: asyncio.Transport | None = None
+
+    # -- protocol side (called by the event loop) -----------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
+        self._transport = transport  # type: ignore[assignment]
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        if self._remaining <= 0:
+            self._pause()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        cur = self._cur
+        assert cur is not None  # reading is paused while no buffer is free
+        end = min(len(cur), self._fill + self._remaining)
+        return memoryview(cur)[self._fill : end]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._fill += nbytes
+        self._remaining -= nbytes
+        self._last_data = self._loop.time()
+        assert self._cur is not None
+        if self._fill >= len(self._cur) or self._remaining <= 0:
+            self._push()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self._exc is None:
+            self._exc = exc
+        self._eof = True
+        self._wake()
+
+    # -- consumer side ----------------------------------------------------------------------
+
+    def _push(self) -> None:
+        assert self._cur is not None
+        self._ready.append((self._cur, self._fill))
+        self._cur = self._free.pop() if self._free else None
+        self._fill = 0
+        if self._cur is None or self._remaining <= 0:
+            self._pause()
+        self._wake()
+
+    def _pause(self) -> None:
+        if not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def next_block(self, flush_s: float, url: str) -> tuple[bytearray, int] | None:
+        """The next filled block as (buffer, length); None once the body ended.
+
+        A partly filled block is handed out after ``flush_s`` so a slow connection still makes
+        steady progress. Raises StallTimeout when nothing arrived for the stall timeout.
+        """
+        loop = self._loop
+        flush_at = loop.time() + flush_s
+        while True:
+            if self._ready:
+                return self._ready.popleft()
+            if self._exc is not None:
+                raise map_error(self._exc, url)
+            now = loop.time()
+            if self._fill and (self._eof or self._remaining <= 0 or now >= flush_at):
+                self._push()
+                continue
+            if self._eof or self._remaining <= 0:
+                return None
+            idle = now - self._last_data
+            if idle >= self._stall_s:
+                raise StallTimeout(f"no data from {_host(url)} within the timeout")
+            wait = self._stall_s - idle
+            if self._fill:
+                wait = min(wait, flush_at - now)
+            fut = loop.create_future()
+            self._waiter = fut
+            timer = loop.call_later(max(wait, 0.001), self._wake)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+    def recycle(self, buf: bytearray) -> None:
+        """A block handed out by next_block is free again (its write has completed)."""
+        if self._cur is None:
+            self._cur, self._fill = buf, 0
+        else:
+            self._free.append(buf)
+        if self._paused and self._remaining > 0 and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+
+    def drain(self) -> list[tuple[bytearray, int]]:
+        """Everything received and not yet handed out (when giving up on the body)."""
+        if self._fill and self._cur is not None:
+            self._ready.append((self._cur, self._fill))
+            self._cur, self._fill = None, 0
+        out = list(self._ready)
+        self._ready.clear()
+        return out
+
+
 class Response:
     """An open response whose body is read in whatever pieces the socket delivered."""
 
-    __slots__ = ("_read", "_resp", "end", "headers", "status", "url")
+    __slots__ = (
+        "_pump",
+        "_read",
+        "_resp",
+        "_restore",
+        "_stall_s",
+        "end",
+        "headers",
+        "status",
+        "url",
+    )
 
-    def __init__(self, resp: aiohttp.ClientResponse, url: str) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, url: str, stall_s: float = 30.0) -> None:
         self._resp = resp
+        self._pump: BodyPump | None = None
+        self._restore: tuple[asyncio.Transport, asyncio.BaseProtocol] | None = None
+        self._stall_s = stall_s
         # readchunk hands over one buffered piece as it came off the socket; readany would
         # join everything buffered (a copy, and lumps of many MiB under a rate limit).
         self._read = resp.content.readchunk
@@ -102,12 +254,63 @@ class Response:
         if transport is not None and hasattr(transport, "max_size"):
             transport.max_size = n
 
+    def take_body(self, *, block_bytes: int, blocks: int) -> tuple[bytes, BodyPump] | None:
+        """Hand the rest of the body to a BodyPump: (bytes aiohttp already buffered, pump).
+
+        None when this response cannot be taken over (no plain length-delimited body, an event
+        loop or transport without buffered protocols, or aiohttp holding unparsed bytes); the
+        caller then reads with read_chunk as usual.
+        """
+        resp = self._resp
+        conn = resp.connection
+        length = resp.headers.get("Content-Length", "")
+        if (
+            conn is None
+            or not length.isdigit()
+            or resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
+            or "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
+        ):
+            return None
+        transport, proto = conn.transport, conn.protocol
+        content = resp.content
+        if (
+            transport is None
+            or proto is None
+            or not hasattr(transport, "set_protocol")
+            or getattr(proto, "_tail", b"")  # bytes aiohttp held back unparsed
+            or content.exception() is not None
+            or content.is_eof()
+        ):
+            return None
+        remaining = int(length) - content.total_bytes
+        if remaining <= 0:
+            return None
+        head = content.read_nowait(-1)
+        # aiohttp's own flow control and read timer stop here; the pump has its own.
+        proto.pause_reading()
+        pump = BodyPump(remaining, block_bytes=block_bytes, blocks=blocks, stall_s=self._stall_s)
+        self._restore = (transport, proto)
+        transport.set_protocol(pump)
+        pump.attach(transport)
+        if remaining > 0:
+            transport.resume_reading()
+        self._pump = pump
+        return head, pump
+
     def close(self) -> None:
         """Drop the connection (the body was not read to the end)."""
+        if self._restore is not None:
+            # aiohttp's protocol must see the connection end, or its pool waits for it forever.
+            transport, proto = self._restore
+            self._restore = None
+            transport.set_protocol(proto)  # type: ignore[arg-type]
         self._resp.close()
 
     def release(self) -> None:
         """Return the connection to the pool (the body was read to the end)."""
+        if self._pump is not None:
+            self.close()  # a taken-over connection is mid-message for aiohttp's parser
+            return
         self._resp.release()
 
 
@@ -265,7 +468,7 @@ class Transport:
                 continue
             if resp.status >= 400:
                 raise await _status_error(resp, current)
-            return Response(resp, current)
+            return Response(resp, current, self._stall_timeout_s)
         raise RedirectRefused(f"more than {self._max_redirects} redirects from {url}")
 
     def _next_hop(self, current: str, location: str, seen: set[str]) -> str:
