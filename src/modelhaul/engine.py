@@ -90,6 +90,8 @@ _BULK_BLOCKS = 2
 _JOURNAL_MIN_BYTES = 2 * MiB
 _INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
+_PREALLOC_STEP = 64 * MiB
+_PREALLOC_CHEAP_S = 0.004  # ext4 reserves 64 MiB in well under a millisecond; tmpfs takes ~15
 PART_SUFFIX = ".modelhaul.part"
 JOURNAL_SUFFIX = ".modelhaul.journal"
 
@@ -679,7 +681,7 @@ class Downloader:
             if os.fstat(t.fd).st_size > t.size:
                 os.ftruncate(t.fd, t.size)
             if t.size:
-                os.posix_fallocate(t.fd, 0, t.size)
+                _preallocate(t.fd, t.size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise _os_error(exc, t.part) from exc
@@ -1141,6 +1143,20 @@ def _pwritev_all(fd: int, bufs: list[bytes], offset: int) -> int:
             written += n
             view = view[n:]
     return written
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Reserve the file's blocks where that is cheap (ext4, xfs, btrfs: extents only).
+
+    tmpfs, and glibc's fallback on filesystems without fallocate, zero-fill instead: about
+    0.25 CPU-s per GiB that the writes then redo, while the first byte waits. The first piece
+    shows which kind of filesystem this is; a slow one gets no more.
+    """
+    first = min(size, _PREALLOC_STEP)
+    started = time.perf_counter()
+    os.posix_fallocate(fd, 0, first)
+    if size > first and time.perf_counter() - started < _PREALLOC_CHEAP_S:
+        os.posix_fallocate(fd, first, size - first)
 
 
 def _commit_file(fd: int, part: Path, dest: Path) -> None:
