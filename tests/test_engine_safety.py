@@ -544,3 +544,30 @@ async def test_cancelled_download_raises_cancelled_error_not_a_modelhaul_error(
         # Nothing is left hanging on the wire once the cancel returns.
         await origin.wait_idle_async(timeout=10)
     assert not (tmp_path / "c.bin").exists()
+
+
+@pytest.mark.parametrize(("first_piece_s", "calls"), [(0.0, 2), (0.05, 1)])
+def test_preallocation_stops_after_the_first_piece_where_it_zero_fills(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first_piece_s: float, calls: int
+) -> None:
+    seen: list[tuple[int, int]] = []
+    clock = iter([0.0, first_piece_s])
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(engine.os, "posix_fallocate", lambda fd, o, n: seen.append((o, n)))
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        engine._preallocate(fd, 200 * MiB)
+    finally:
+        os.close(fd)
+    # Extent-based filesystems answer at once and get the whole file reserved; a slow first
+    # piece (tmpfs zero-fills) means the rest is left to the writes.
+    assert seen == [(0, 64 * MiB), (64 * MiB, 136 * MiB)][:calls]
+
+
+def test_preallocation_reserves_real_blocks(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        engine._preallocate(fd, 3 * MiB)
+        assert os.fstat(fd).st_size == 3 * MiB
+    finally:
+        os.close(fd)
