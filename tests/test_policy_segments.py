@@ -14,7 +14,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from modelhaul.policy.ranges import Range, RangeSet
-from modelhaul.policy.segments import Segment, SegmentScheduler
+from modelhaul.policy.segments import Segment, SegmentScheduler, next_connection_count
 
 
 @dataclass
@@ -348,3 +348,36 @@ def test_chunks_are_handed_out_in_file_order() -> None:
     assert starts[0] == 0
     assert 10 not in starts and 50 not in starts
     assert starts == [0, 7, 20, 27, 34, 41, 48, 53, 60, 67, 74, 81, 88, 95]
+
+
+@pytest.mark.parametrize(
+    ("speed", "current", "previous", "expected"),
+    [
+        (100.0, 16, None, (32, False)),  # the first measurement only sets a baseline
+        (200.0, 8, (100.0, 4), (16, False)),  # doubling paid: double again
+        (110.0, 8, (100.0, 4), (8, True)),  # within the gain threshold: keep, stop
+        (90.0, 32, (100.0, 16), (16, True)),  # doubling cost speed: go back
+        (100.0, 32, None, (32, True)),  # already at the ceiling
+        (100.0, 24, None, (32, False)),  # doubling is capped by the ceiling
+    ],
+)
+def test_next_connection_count(
+    speed: float, current: int, previous: tuple[float, int] | None, expected: tuple[int, bool]
+) -> None:
+    assert next_connection_count(speed, current, previous, 32) == expected
+
+
+@given(
+    speed=st.floats(0, 1e10),
+    prev_speed=st.floats(0, 1e10),
+    current=st.integers(1, 64),
+    ceiling=st.integers(1, 64),
+)
+def test_next_connection_count_stays_within_bounds(
+    speed: float, prev_speed: float, current: int, ceiling: int
+) -> None:
+    previous = (prev_speed, max(1, current // 2))
+    count, final = next_connection_count(speed, current, previous, ceiling)
+    assert 1 <= count <= max(current, ceiling)
+    if not final:
+        assert count == min(current * 2, ceiling) > current

@@ -67,7 +67,7 @@ from .policy.headers import (
 )
 from .policy.ranges import RangeSet
 from .policy.ratelimit import TokenBucket
-from .policy.segments import Segment, SegmentScheduler
+from .policy.segments import Segment, SegmentScheduler, next_connection_count
 from .records import CompletionRecords
 from .transport import BodyPump, Response, Transport, check_url, sleep_s
 
@@ -1034,7 +1034,8 @@ class Downloader:
         auto = seg_cfg.connections is None and not t.single and t.target > 1
         level_start = time.monotonic()
         window_start: tuple[float, int] | None = None
-        prev_speed = 0.0
+        # The speed and connection count of the level before the last doubling.
+        prev: tuple[float, int] | None = None
         while True:
             await asyncio.sleep(_TICK_S)
             now = time.monotonic()
@@ -1050,12 +1051,13 @@ class Downloader:
             if now - window_start[0] < 0.25:
                 continue
             speed = (t.received - window_start[1]) / (now - window_start[0])
-            grow = t.target * 2 if speed > prev_speed * 1.15 else t.target
-            grow = min(grow, seg_cfg.max_connections)
-            if grow <= t.target or t.sched.remaining_bytes < grow * seg_cfg.min_steal_bytes * 2:
+            grow, final = next_connection_count(speed, t.target, prev, seg_cfg.max_connections)
+            if final or t.sched.remaining_bytes < grow * seg_cfg.min_steal_bytes * 2:
+                # Fewer connections take effect as workers finish their segments.
+                t.target = min(t.target, grow)
                 auto = False
                 continue
-            prev_speed = speed
+            prev = (speed, t.target)
             # Smaller chunks keep the hashed prefix close behind many connections.
             assert t.size is not None
             t.sched.set_chunk_bytes(seg_cfg.chunk_for(t.size, grow))

@@ -102,3 +102,27 @@ class SegmentScheduler:
                 else:
                     merged.append((s, e))
             self._free = merged
+
+
+# A doubling must raise the aggregate speed by this much to be followed by another one, and a
+# doubling that lowered it by more than the noise is undone.
+GROWTH_GAIN = 1.15
+GROWTH_LOSS = 0.95
+
+
+def next_connection_count(
+    speed: float, current: int, previous: tuple[float, int] | None, ceiling: int
+) -> tuple[int, bool]:
+    """Automatic mode: the connection count after measuring ``speed`` with ``current``.
+
+    ``previous`` is (speed, count) of the level before the last doubling. Returns the new
+    count and whether adapting is over. Connections are doubled while that still pays (a CDN
+    capping each flow); where it did not pay and cost (a CPU-bound link, where more
+    connections only add overhead), the previous count is restored.
+    """
+    if previous is not None and speed <= previous[0] * GROWTH_GAIN:
+        return (previous[1] if speed < previous[0] * GROWTH_LOSS else current), True
+    grown = min(current * 2, ceiling)
+    if grown <= current:
+        return current, True
+    return grown, False
