@@ -351,9 +351,7 @@ class Downloader:
         return lock_file_for(self._lock_dir, dest)
 
     def _target_lock(self, dest: Path, on_notice: NoticeCallback | None) -> _AsyncFileLock:
-        path = self._lock_path(dest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return _AsyncFileLock(path, on_wait=on_notice, what=str(dest))
+        return _AsyncFileLock(self._lock_path(dest), on_wait=on_notice, what=str(dest))
 
     # ------------------------------------------------------------------ the whole download
 
@@ -1205,7 +1203,12 @@ class _AsyncFileLock:
 
     async def __aenter__(self) -> None:
         try:
-            self._lock.acquire(timeout=0)
+            try:
+                self._lock.acquire(timeout=0)
+            except FileNotFoundError:
+                # The lock folder is made on first use only: with many files, one mkdir.
+                Path(self._lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
+                self._lock.acquire(timeout=0)
             return
         except LockTimeout:
             pass

@@ -47,7 +47,6 @@ class CompletionRecords:
     ) -> None:
         # A record is an optimisation: failing to write one must not fail the download.
         with contextlib.suppress(OSError):
-            self._folder.mkdir(parents=True, exist_ok=True)
             st = dest.stat()
             data = {
                 "url": url,
@@ -61,10 +60,18 @@ class CompletionRecords:
             # A name no one can guess, created afresh: a symlink planted at a fixed temporary
             # name would have carried this write to whatever file it points at.
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
             try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(json.dumps(data))
+                fd = os.open(tmp, flags, 0o664)
+            except FileNotFoundError:
+                # The folder is made on first use only: with many small files, one mkdir.
+                self._folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, flags, 0o664)
+            try:
+                try:
+                    os.write(fd, json.dumps(data).encode())
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except OSError:
                 tmp.unlink(missing_ok=True)
