@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import math
@@ -147,6 +148,7 @@ class _Task:
     future: asyncio.Future[Result]
     state: State = State.QUEUED
     started_once: bool = False
+    queue_stamp: int = 0  # which of its entries in the queue heap is current
     size: int | None = None
     runner: asyncio.Task[Result] | None = None
     pause_requested: bool = False
@@ -238,6 +240,8 @@ class DownloadManager:
         self._tasks: dict[str, _Task] = {}
         # Indexes by state, so scheduling and idleness cost O(1) per event, not O(tasks).
         self._queued: set[_Task] = set()
+        # Queued tasks by (priority, started before, arrival); stale entries are skipped.
+        self._queue_heap: list[tuple[int, int, int, int, _Task]] = []
         self._active: set[_Task] = set()
         self._by_key: dict[tuple[str, ...], _Task] = {}
         self._seq = itertools.count()
@@ -416,6 +420,8 @@ class DownloadManager:
     def set_priority(self, task_id: str, priority: int) -> None:
         task = self._get(task_id)
         task.priority = priority
+        if task in self._queued:
+            self._push_queued(task)
         self._publish_state(task)
         self._schedule()
 
@@ -506,6 +512,7 @@ class DownloadManager:
         self._active.discard(task)
         if task.state is State.QUEUED:
             self._queued.add(task)
+            self._push_queued(task)
         elif task.state in _ACTIVE:
             self._active.add(task)
 
@@ -529,11 +536,23 @@ class DownloadManager:
     def _schedule(self) -> None:
         if self._closed:
             return
-        while self._queued:
-            best = max(self._queued, key=lambda t: (t.priority, t.started_once, -t.seq))
+        heap = self._queue_heap
+        while heap:
+            entry = heap[0]
+            best = entry[-1]
+            if best not in self._queued or entry[3] != best.queue_stamp:
+                heapq.heappop(heap)  # started, cancelled or re-prioritised since
+                continue
             if not self._has_slot(best):
                 break
             self._start(best)
+
+    def _push_queued(self, task: _Task) -> None:
+        # A heap, not a scan of every queued task per start: 300 files queued at once made
+        # scheduling quadratic.
+        task.queue_stamp += 1
+        entry = (-task.priority, -int(task.started_once), task.seq, task.queue_stamp, task)
+        heapq.heappush(self._queue_heap, entry)
 
     def _start(self, task: _Task) -> None:
         task.pause_requested = task.cancel_requested = False
