@@ -139,7 +139,7 @@ class ManagerConfig:
     """
 
     max_active_files: int = 4
-    max_small_files: int = 16
+    max_small_files: int = 32
     small_file_bytes: int = 16 * MiB
     adaptive: bool = True
     max_connections_per_host: int = 16
