@@ -355,7 +355,8 @@ def test_chunks_are_handed_out_in_file_order() -> None:
     [
         (100.0, 16, None, (32, False)),  # the first measurement only sets a baseline
         (200.0, 8, (100.0, 4), (16, False)),  # doubling paid: double again
-        (110.0, 8, (100.0, 4), (8, True)),  # within the gain threshold: keep, stop
+        (110.0, 8, (100.0, 4), (8, True)),  # paid a little: keep, stop
+        (103.0, 32, (100.0, 16), (16, True)),  # bought almost nothing: go back
         (90.0, 32, (100.0, 16), (16, True)),  # doubling cost speed: go back
         (100.0, 32, None, (32, True)),  # already at the ceiling
         (100.0, 24, None, (32, False)),  # doubling is capped by the ceiling

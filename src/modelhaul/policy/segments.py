@@ -104,10 +104,10 @@ class SegmentScheduler:
             self._free = merged
 
 
-# A doubling must raise the aggregate speed by this much to be followed by another one, and a
-# doubling that lowered it by more than the noise is undone.
+# A doubling must raise the aggregate speed by this much to be followed by another one; one
+# that raised it by less than GROWTH_KEEP is undone.
 GROWTH_GAIN = 1.15
-GROWTH_LOSS = 0.95
+GROWTH_KEEP = 1.05
 
 
 def next_connection_count(
@@ -117,11 +117,11 @@ def next_connection_count(
 
     ``previous`` is (speed, count) of the level before the last doubling. Returns the new
     count and whether adapting is over. Connections are doubled while that still pays (a CDN
-    capping each flow); where it did not pay and cost (a CPU-bound link, where more
-    connections only add overhead), the previous count is restored.
+    capping each flow). A doubling that bought (almost) nothing is undone: on a CPU- or
+    link-bound transfer extra connections only cost CPU, memory and the server's patience.
     """
     if previous is not None and speed <= previous[0] * GROWTH_GAIN:
-        return (previous[1] if speed < previous[0] * GROWTH_LOSS else current), True
+        return (previous[1] if speed < previous[0] * GROWTH_KEEP else current), True
     grown = min(current * 2, ceiling)
     if grown <= current:
         return current, True
