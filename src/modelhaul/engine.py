@@ -5,9 +5,10 @@ The life of a download:
 1. Lock the target (a second process waits, then finds the work done).
 2. Load the journal beside the partial file, if any, and probe the origin with a ranged GET
    (``If-Range`` carries the validator when resuming), which also delivers the first bytes.
-3. Preallocate (where that is cheap) after a free-space check, then let connections take chunks in file order; idle
+3. Preallocate where that is cheap, after a free-space check; then let connections take
+   chunks in file order (large bodies go straight into reusable buffers, see BodyPump); idle
    ones steal half of the largest range in flight. In automatic mode the connection count
-   doubles while the aggregate speed still grows.
+   doubles while the aggregate speed still grows, and a doubling that bought nothing is undone.
 4. Every write is recorded in the journal (at least once a second and every few MiB per
    connection); the SHA-256 of the completed prefix is computed in a thread as it grows.
 5. Verify, fsync, and ``os.replace`` into place; only then remove the journal.
