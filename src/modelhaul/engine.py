@@ -876,7 +876,6 @@ class Downloader:
                 await self._stream_bulk(t, seg, resp, *taken)
                 return
         resp.set_read_size(_READ_CAPPED_BYTES if capped else _READ_FAST_BYTES)
-        journal_every = self.config.segments.journal_every_bytes
         bufs: list[bytes] = []
         pending = 0
         write_at = seg.pos
@@ -913,13 +912,8 @@ class Downloader:
                     flush_at = clock() + _BATCH_MAX_AGE_S
                     await self._write(t, bufs, write_at)
                     write_at += pending
-                    since_journal += pending
+                    since_journal = self._after_write(t, seg, since_journal + pending)
                     bufs, pending = [], 0
-                    if since_journal >= journal_every:
-                        self._save_journal(t)
-                        since_journal = 0
-                    if t.expected_size is not None and seg.pos > t.expected_size:
-                        raise IntegrityError(f"{t.dest.name}: the server sent more than expected")
         finally:
             if bufs:
                 # Keep what arrived even when failing or cancelled: a resume needs less.
@@ -934,7 +928,6 @@ class Downloader:
         interrupted stays with the write job, which may still be running in its thread.
         """
         limiters = t.limiters
-        journal_every = self.config.segments.journal_every_bytes
         since_journal = 0
         # Received and counted in seg.pos, not yet written; it starts at held_at.
         held: memoryview | bytes | None = None
@@ -955,12 +948,7 @@ class Downloader:
                     if block is not None:
                         pump.recycle(block)
                         block = None
-                    since_journal += n
-                    if since_journal >= journal_every:
-                        self._save_journal(t)
-                        since_journal = 0
-                    if t.expected_size is not None and seg.pos > t.expected_size:
-                        raise IntegrityError(f"{t.dest.name}: the server sent more than expected")
+                    since_journal = self._after_write(t, seg, since_journal + n)
                 # Re-read every time: another connection may have stolen the tail.
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
@@ -990,6 +978,17 @@ class Downloader:
                     t.received += take
             if rest:
                 await asyncio.shield(self._write(t, rest, held_at))
+
+    def _after_write(self, t: _Transfer, seg: Segment, since_journal: int) -> int:
+        """After each batch: save the journal every few MiB, refuse a body longer than promised.
+
+        Returns the bytes written since the journal was last saved."""
+        if since_journal >= self.config.segments.journal_every_bytes:
+            self._save_journal(t)
+            since_journal = 0
+        if t.expected_size is not None and seg.pos > t.expected_size:
+            raise IntegrityError(f"{t.dest.name}: the server sent more than expected")
+        return since_journal
 
     async def _write(self, t: _Transfer, bufs: list[bytes], offset: int) -> None:
         # The state of the attempt this write belongs to, taken before anything can be
@@ -1204,12 +1203,8 @@ class _AsyncFileLock:
 
     async def __aenter__(self) -> None:
         try:
-            try:
-                self._lock.acquire(timeout=0)
-            except FileNotFoundError:
-                # The lock folder is made on first use only: with many files, one mkdir.
-                Path(self._lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
-                self._lock.acquire(timeout=0)
+            # filelock makes the lock folder when it is missing.
+            self._lock.acquire(timeout=0)
             return
         except LockTimeout:
             pass

@@ -98,13 +98,8 @@ class BodyPump(asyncio.BufferedProtocol):
 
     # -- protocol side (called by the event loop) -----------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # pragma: no cover
-        self._transport = transport  # type: ignore[assignment]
-
     def attach(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        if self._remaining <= 0:
-            self._pause()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         cur = self._cur
@@ -210,7 +205,6 @@ class Response:
     """An open response whose body is read in whatever pieces the socket delivered."""
 
     __slots__ = (
-        "_pump",
         "_read",
         "_resp",
         "_restore",
@@ -223,7 +217,6 @@ class Response:
 
     def __init__(self, resp: aiohttp.ClientResponse, url: str, stall_s: float = 30.0) -> None:
         self._resp = resp
-        self._pump: BodyPump | None = None
         self._restore: tuple[asyncio.Transport, asyncio.BaseProtocol] | None = None
         self._stall_s = stall_s
         # readchunk hands over one buffered piece as it came off the socket; readany would
@@ -292,9 +285,7 @@ class Response:
         self._restore = (transport, proto)
         transport.set_protocol(pump)
         pump.attach(transport)
-        if remaining > 0:
-            transport.resume_reading()
-        self._pump = pump
+        transport.resume_reading()
         return head, pump
 
     def close(self) -> None:
@@ -308,7 +299,7 @@ class Response:
 
     def release(self) -> None:
         """Return the connection to the pool (the body was read to the end)."""
-        if self._pump is not None:
+        if self._restore is not None:
             self.close()  # a taken-over connection is mid-message for aiohttp's parser
             return
         self._resp.release()
