@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from conftest import modelhaul_cmd
+from helpers import sha
 from origin import Fault, Origin
 
 MiB = 1024 * 1024
@@ -34,10 +35,6 @@ RESULT_KEYS = {"event", "status", "path", "size", "sha256", "error"}
 
 def payload(n: int, seed: int = 0) -> bytes:
     return hashlib.sha256(str(seed).encode()).digest() * (n // 32) + b"\x00" * (n % 32)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> Any:

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from conftest import modelhaul_cmd
+from helpers import sha
 from origin import Fault, Origin, RequestRecord
 
 MiB = 1024 * 1024
@@ -50,10 +51,6 @@ ENGINE_STAGES = (
 
 def blob(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass

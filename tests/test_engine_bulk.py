@@ -9,8 +9,6 @@ fail in the middle of such a body still ends with exactly the right file.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import random
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -18,18 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import blob, sha
 from modelhaul import transport
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy, Timeouts
 from modelhaul.engine import Downloader
 from origin import Fault, Origin
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(stall_s: float = 30.0, verify_tls: bool = True, **segments: object) -> DownloadConfig:

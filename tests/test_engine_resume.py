@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
 import signal
 import subprocess
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env, modelhaul_cmd
+from helpers import blob, sha
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.engine import Downloader
 from modelhaul.errors import ModelhaulError, RemoteChanged
@@ -28,14 +28,6 @@ from origin import Fault, Origin
 KiB = 1024
 # Work stealing may fetch again the tail of a segment that was already on its way.
 STEAL_SLACK = 4 * MiB
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(retries: int = 3, **segments: object) -> DownloadConfig:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import itertools
-import random
 import socket
 import threading
 import time
@@ -20,20 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import blob, sha
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy, Timeouts
 from modelhaul.engine import Downloader
 from modelhaul.errors import HTTPStatusError, ModelhaulError, RetriesExhausted
 from origin import Fault, Origin
 
 KiB = 1024
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(retries: int = 3, stall_s: float = 30.0, **segments: object) -> DownloadConfig:

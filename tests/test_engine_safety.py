@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from helpers import blob, sha
 from modelhaul import engine
 from modelhaul.config import DownloadConfig, MiB, RateLimit, RetryPolicy, SegmentPolicy
 from modelhaul.engine import Downloader
@@ -33,14 +32,6 @@ from origin import Fault, Origin
 
 KiB = 1024
 SECRET = {"Authorization": "Bearer s3cret", "Cookie": "session=s3cret"}
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(**kw: Any) -> DownloadConfig:

@@ -8,13 +8,12 @@ what the origin saw and served, and the Result; nothing inside the engine is pat
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import random
 import time
 from pathlib import Path
 
 import pytest
 
+from helpers import blob, sha
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.engine import Downloader
 from modelhaul.errors import IntegrityError
@@ -26,15 +25,6 @@ KiB = 1024
 # Work stealing may fetch again the tail of a segment that was already on its way.
 STEAL_SLACK = 4 * MiB
 FAST_RETRY = RetryPolicy(retries=3, initial_delay_s=0.01, max_delay_s=0.05)
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    """Incompressible, position-dependent bytes: any misplaced byte changes the digest."""
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(**segments: object) -> DownloadConfig:

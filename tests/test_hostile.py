@@ -36,6 +36,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import modelhaul_cmd
+from helpers import sha
 from modelhaul.cli.main import build_parser
 from modelhaul.cli.options import download_config
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy, Timeouts
@@ -62,10 +63,6 @@ fuzz = settings(max_examples=200, deadline=None)
 
 def blob(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def fast_config(**kw: Any) -> DownloadConfig:

@@ -9,14 +9,13 @@ more with generous bounds, since the test machine is small and noisy.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from helpers import blob, sha
 from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.errors import ModelhaulError
 from modelhaul.events import State, TaskEvent
@@ -26,14 +25,6 @@ from modelhaul.policy.ranges import RangeSet
 from origin import Fault, Origin
 
 KiB = 1024
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(**segments: object) -> DownloadConfig:

@@ -9,7 +9,6 @@ that CA through ``SSL_CERT_FILE``, as a user behind a private CA would.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -27,6 +26,7 @@ import pytest
 from aiohttp import web
 
 from conftest import modelhaul_cmd
+from helpers import sha
 from origin import Fault, Origin
 from test_hostile import serve
 
@@ -40,10 +40,6 @@ SECRETS = {
 
 def blob(size: int, seed: int) -> bytes:
     return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass

@@ -3,9 +3,7 @@ thread) downloading from the real fault-injecting origin and the fake Hub."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from fakehub import FakeHub
+from helpers import blob, sha
 from origin import Fault, Origin
 from server_harness import (
     FINAL,
@@ -28,14 +27,6 @@ from server_harness import (
 )
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

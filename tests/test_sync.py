@@ -6,8 +6,6 @@ blocking waits are the right ones here.
 
 from __future__ import annotations
 
-import hashlib
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import blob, sha
 from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.errors import InvalidInput, ModelhaulError
 from modelhaul.events import State, TaskEvent
@@ -22,14 +21,6 @@ from modelhaul.sync import LoopThread, SyncDownloadManager, download
 from origin import Fault, Origin
 
 KiB = 1024
-
-
-def blob(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def config(**segments: object) -> DownloadConfig:
