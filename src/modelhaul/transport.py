@@ -9,7 +9,12 @@ refused at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import socket
 import ssl
+import struct
+import threading
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -201,6 +206,77 @@ class BodyPump(asyncio.BufferedProtocol):
         return out
 
 
+class SocketBody:
+    """The rest of a plain-HTTP body, received by blocking reads in a worker thread.
+
+    On the event loop every arrival of data costs a wake-up, a ``recv`` and a few Python
+    callbacks; on a fast link that is most of the loop's CPU. A blocking ``recv`` with
+    MSG_WAITALL returns only once a whole block has arrived, so a MiB costs one system call and
+    one hand-off. SO_RCVTIMEO bounds every call, so a slow or stalled connection still reports
+    what it has at least every ``poll_s``. Only plain TCP qualifies: a TLS connection's bytes
+    must pass through the event loop's SSL object (BodyPump takes those).
+
+    ``recv_block`` runs in a worker thread, one call at a time; ``abort`` and ``close`` come
+    from the event loop.
+    """
+
+    def __init__(self, sock: socket.socket, remaining: int, block_bytes: int, poll_s: float):
+        self._sock = sock
+        self._block = bytearray(block_bytes)
+        self.view = memoryview(self._block)
+        self.remaining = remaining
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closing = False
+        sock.setblocking(True)
+        sec = int(poll_s)
+        sock.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_RCVTIMEO,
+            struct.pack("ll", sec, max(1, int((poll_s - sec) * 1e6))),
+        )
+
+    def recv_block(self, want: int) -> int:
+        """Receive up to ``want`` bytes into ``view``: the count, 0 when ``poll_s`` passed with
+        nothing, -1 at the end of the stream. Raises OSError when the connection fails."""
+        with self._lock:
+            if self._closing:
+                return -1
+            self._busy = True
+        try:
+            want = min(want, len(self._block), self.remaining)
+            try:
+                n = self._sock.recv_into(self.view, want, socket.MSG_WAITALL)
+            except BlockingIOError:  # SO_RCVTIMEO passed with no byte
+                return 0
+            if n == 0:
+                return -1
+            self.remaining -= n
+            return n
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._closing:
+                    self._sock.close()
+
+    def abort(self) -> None:
+        """Wake a receive in progress: it returns what it has (or the end of the stream)."""
+        with self._lock:
+            if not self._closing:
+                with contextlib.suppress(OSError):  # already closed by the peer
+                    self._sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Release the descriptor; deferred to the receiving thread while a receive runs, so
+        its number cannot be reused under a system call still using it."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if not self._busy:
+                self._sock.close()
+
+
 class Response:
     """An open response whose body is read in whatever pieces the socket delivered."""
 
@@ -208,6 +284,7 @@ class Response:
         "_read",
         "_resp",
         "_restore",
+        "_sock_body",
         "_stall_s",
         "end",
         "headers",
@@ -218,6 +295,7 @@ class Response:
     def __init__(self, resp: aiohttp.ClientResponse, url: str, stall_s: float = 30.0) -> None:
         self._resp = resp
         self._restore: tuple[asyncio.Transport, asyncio.BaseProtocol] | None = None
+        self._sock_body: SocketBody | None = None
         self._stall_s = stall_s
         # readchunk hands over one buffered piece as it came off the socket; readany would
         # join everything buffered (a copy, and lumps of many MiB under a rate limit).
@@ -247,13 +325,10 @@ class Response:
         if transport is not None and hasattr(transport, "max_size"):
             transport.max_size = n
 
-    def take_body(self, *, block_bytes: int, blocks: int) -> tuple[bytes, BodyPump] | None:
-        """Hand the rest of the body to a BodyPump: (bytes aiohttp already buffered, pump).
-
-        None when this response cannot be taken over (no plain length-delimited body, an event
-        loop or transport without buffered protocols, or aiohttp holding unparsed bytes); the
-        caller then reads with read_chunk as usual.
-        """
+    def _takeover(self) -> tuple[asyncio.Transport, asyncio.BaseProtocol, int] | None:
+        """(transport, aiohttp's protocol, body bytes still to come) if the rest of this body
+        can be read past aiohttp: a plain length-delimited body, a transport that can switch
+        protocols, and nothing held back unparsed."""
         resp = self._resp
         conn = resp.connection
         length = resp.headers.get("Content-Length", "")
@@ -278,7 +353,46 @@ class Response:
         remaining = int(length) - content.total_bytes
         if remaining <= 0:
             return None
-        head = content.read_nowait(-1)
+        return transport, proto, remaining
+
+    def take_socket(self, *, block_bytes: int, poll_s: float) -> tuple[bytes, SocketBody] | None:
+        """Hand the rest of a plain-TCP body to a SocketBody: (bytes aiohttp already buffered,
+        body). None over TLS or where the connection cannot be taken over."""
+        found = self._takeover()
+        if found is None:
+            return None
+        transport, proto, remaining = found
+        raw = transport.get_extra_info("socket")
+        if (
+            raw is None
+            or transport.get_extra_info("ssl_object") is not None
+            or raw.type != socket.SOCK_STREAM
+        ):
+            return None
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return None
+        head = self._resp.content.read_nowait(-1)
+        # Neither aiohttp's parser nor the event loop may read this socket from now on.
+        proto.pause_reading()
+        transport.pause_reading()
+        body = SocketBody(sock, remaining, block_bytes, poll_s)
+        self._sock_body = body
+        return head, body
+
+    def take_body(self, *, block_bytes: int, blocks: int) -> tuple[bytes, BodyPump] | None:
+        """Hand the rest of the body to a BodyPump: (bytes aiohttp already buffered, pump).
+
+        None when this response cannot be taken over (no plain length-delimited body, an event
+        loop or transport without buffered protocols, or aiohttp holding unparsed bytes); the
+        caller then reads with read_chunk as usual.
+        """
+        found = self._takeover()
+        if found is None:
+            return None
+        transport, proto, remaining = found
+        head = self._resp.content.read_nowait(-1)
         # aiohttp's own flow control and read timer stop here; the pump has its own.
         proto.pause_reading()
         pump = BodyPump(remaining, block_bytes=block_bytes, blocks=blocks, stall_s=self._stall_s)
@@ -290,6 +404,9 @@ class Response:
 
     def close(self) -> None:
         """Drop the connection (the body was not read to the end)."""
+        if self._sock_body is not None:
+            self._sock_body.close()
+            self._sock_body = None
         if self._restore is not None:
             # aiohttp's protocol must see the connection end, or its pool waits for it forever.
             transport, proto = self._restore
@@ -299,7 +416,7 @@ class Response:
 
     def release(self) -> None:
         """Return the connection to the pool (the body was read to the end)."""
-        if self._restore is not None:
+        if self._restore is not None or self._sock_body is not None:
             self.close()  # a taken-over connection is mid-message for aiohttp's parser
             return
         self._resp.release()
