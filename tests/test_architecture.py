@@ -84,14 +84,14 @@ def test_only_transport_imports_aiohttp_in_the_core() -> None:
 
 
 def test_get_starts_without_the_heavy_dependencies() -> None:
-    """'modelhaul get' must not pay for huggingface_hub, the server or the demo at start-up."""
+    """'modelhaul get' must not pay for huggingface_hub, the server, the demo or rich at start-up."""
     import subprocess
     import sys
 
     code = (
         "import sys; from modelhaul.cli.main import build_parser; "
         "build_parser(['get', 'http://x/y']).parse_args(['get', 'http://x/y']); "
-        "print(','.join(m for m in ('huggingface_hub', 'fastapi', 'uvicorn', 'modelhaul.demo') "
+        "print(','.join(m for m in ('huggingface_hub', 'fastapi', 'uvicorn', 'modelhaul.demo', 'rich') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

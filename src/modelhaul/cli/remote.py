@@ -26,9 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from rich.console import Console
-from rich.table import Table
-
 from ..errors import InvalidInput, ModelhaulError, human_bytes
 from ..events import Progress
 from ..policy.paths import safe_relpath
@@ -372,6 +369,9 @@ async def run_queue(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(downloads))
         return 0
+    from rich.console import Console  # only for the table: rich is slow to import
+    from rich.table import Table
+
     console = Console(width=None if sys.stdout.isatty() else 160)
     if not downloads:
         console.print(f"Nothing queued at {client.base_url}.")
