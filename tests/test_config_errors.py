@@ -152,6 +152,38 @@ def test_chunk_for_is_whole_mib_within_bounds(size: int, connections: int) -> No
     assert chunk <= max(4 * MiB, size // (4 * connections))
 
 
+@pytest.mark.parametrize(
+    ("connections", "live_bytes", "live", "expected"),
+    [
+        (1, 0, 0, 4 * MiB),  # never above 4 MiB
+        (12, 0, 0, 4 * MiB),  # 48 MiB / 12
+        (16, 0, 0, 3 * MiB),
+        (32, 0, 0, 1 * MiB),  # 1.5 MiB, rounded down to whole MiB
+        (64, 0, 0, 1 * MiB),  # never below the write batch
+        (16, 32 * MiB, 8, 2 * MiB),  # 16 MiB left for the 8 still to come
+        (32, 48 * MiB, 12, 1 * MiB),  # budget spent: the floor
+    ],
+)
+def test_recv_block_for_table(connections: int, live_bytes: int, live: int, expected: int) -> None:
+    assert SegmentPolicy().recv_block_for(connections, live_bytes, live) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(connections=st.integers(1, 64), budget_mib=st.integers(1, 512))
+def test_recv_blocks_taken_one_by_one_stay_within_the_budget(
+    connections: int, budget_mib: int
+) -> None:
+    policy = SegmentPolicy(recv_budget_bytes=budget_mib * MiB)
+    live_bytes = 0
+    for live in range(connections):
+        block = policy.recv_block_for(connections, live_bytes, live)
+        assert policy.write_batch_bytes <= block <= 4 * MiB
+        live_bytes += block
+    # All connections together stay within the budget unless each has only the minimum.
+    floor = connections * policy.write_batch_bytes
+    assert live_bytes <= max(policy.recv_budget_bytes, floor)
+
+
 # ---------------------------------------------------------------- errors
 
 

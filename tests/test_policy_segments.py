@@ -20,6 +20,7 @@ from modelhaul.policy.segments import Segment, SegmentScheduler, next_connection
 @dataclass
 class Conn:
     seg: Segment | None = None
+    want: int = 0  # a receive in flight asked for this many bytes
 
 
 class Model:
@@ -63,7 +64,8 @@ def check_next(
     before_free = sched.unassigned_bytes
     assert before_free == model.unassigned(sched.active)
     lowest = model.lowest_unassigned(sched.active)
-    victims = {id(s): (s.pos, s.end, s.remaining) for s in sched.active}
+    # A steal may take only what is neither received nor claimed by a receive in flight.
+    victims = {id(s): (max(s.pos, s.claimed), s.end, s.stealable) for s in sched.active}
     longest = max((r for _, _, r in victims.values()), default=0)
     seg = sched.next_nowait()
     if before_free > 0:
@@ -86,11 +88,11 @@ def check_next(
     robbed = [s for s in sched.active if id(s) in victims and s.end != victims[id(s)][1]]
     assert len(robbed) == 1
     victim = robbed[0]
-    pos, old_end, remaining = victims[id(victim)]
-    assert remaining == longest
+    base, old_end, stealable = victims[id(victim)]
+    assert stealable == longest
     assert victim.end == seg.start
     assert seg.end == old_end
-    assert seg.start - pos >= min_steal
+    assert seg.start - base >= min_steal
     assert seg.end - seg.start >= min_steal
     assert sched.unassigned_bytes == 0
     return seg
@@ -159,17 +161,22 @@ def simulate(
             sched.set_chunk_bytes(chunk)
         if seg.pos >= seg.end:
             sched.release(seg)  # finished (or robbed of everything that was left)
-            conn.seg = None
+            conn.seg, conn.want = None, 0
         elif rng.random() < fail_p:
             sched.release(seg)  # the connection dropped mid-segment
             model.drops += 1
-            conn.seg = None
+            conn.seg, conn.want = None, 0
+        elif conn.want == 0 and rng.random() < 0.5:
+            # A blocking receive starts: it claims its bytes; steals may happen meanwhile.
+            conn.want = rng.randint(1, read)
+            seg.claimed = seg.pos + conn.want
         else:
             # A read returns up to what was asked; the connection stops at the (maybe shrunk) end.
-            n = min(rng.randint(1, read), seg.end - seg.pos)
+            n = min(rng.randint(1, conn.want or read), seg.end - seg.pos)
             model.deliver(seg.pos, seg.pos + n)
             seg.pos += n
             done += n
+            conn.want = 0
         assert sched.remaining_bytes == size - done
     else:
         pytest.fail("the simulation did not finish")
@@ -240,6 +247,31 @@ def test_steal_takes_the_upper_half_of_the_longest() -> None:
     assert (c.start, c.end) == (40, 60)
     assert a.end == 40
     assert b.end == 100
+
+
+def test_a_steal_leaves_bytes_already_claimed_by_a_receive_alone() -> None:
+    sched = SegmentScheduler(100, RangeSet(), chunk_bytes=100, min_steal_bytes=5)
+    a = sched.next_nowait()
+    assert a is not None
+    a.pos = 20
+    a.claimed = 60  # a receive in flight asked for [20, 60)
+    c = sched.next_nowait()
+    assert c is not None
+    # Half of what is neither received nor claimed: [60, 100) splits at 80.
+    assert (c.start, c.end, a.end) == (80, 100, 80)
+
+
+def test_the_victim_is_the_one_with_most_unclaimed_bytes() -> None:
+    sched = SegmentScheduler(100, RangeSet(), chunk_bytes=50, min_steal_bytes=5)
+    a = sched.next_nowait()
+    b = sched.next_nowait()
+    assert a is not None and b is not None
+    a.claimed = 45  # 50 left, but only 5 of them unclaimed
+    b.pos = 60  # 40 left, none claimed
+    c = sched.next_nowait()
+    assert c is not None
+    assert (c.start, c.end) == (80, 100)
+    assert a.end == 50 and b.end == 80
 
 
 def test_no_steal_when_halves_would_be_too_small() -> None:

@@ -6,9 +6,11 @@ The life of a download:
 2. Load the journal beside the partial file, if any, and probe the origin with a ranged GET
    (``If-Range`` carries the validator when resuming), which also delivers the first bytes.
 3. Preallocate where that is cheap, after a free-space check; then let connections take
-   chunks in file order (large bodies go straight into reusable buffers, see BodyPump); idle
-   ones steal half of the largest range in flight. In automatic mode the connection count
-   doubles while the aggregate speed still grows, and a doubling that bought nothing is undone.
+   chunks in file order; idle ones steal half of the largest range in flight. Large bodies
+   bypass aiohttp: over plain HTTP a worker thread receives and writes whole blocks
+   (SocketBody), over TLS the loop receives into reusable buffers (BodyPump). In automatic
+   mode the connection count doubles while the aggregate speed still grows, and a doubling
+   that bought nothing is undone.
 4. Every write is recorded in the journal (at least once a second and every few MiB per
    connection); the SHA-256 of the completed prefix is computed in a thread as it grows.
 5. Verify, fsync, and ``os.replace`` into place; only then remove the journal.
@@ -93,6 +95,9 @@ _READ_CAPPED_BYTES = 64 * 1024
 # A response with at least this much body left is received into reusable buffers (BodyPump).
 _BULK_MIN_BYTES = 4 * MiB
 _BULK_BLOCKS = 2
+# What a blocking receive asks for first, and the least it asks for (SocketBody).
+_SOCKET_FIRST_ASK = 1 * MiB
+_SOCKET_MIN_ASK = 64 * 1024
 _JOURNAL_MIN_BYTES = 2 * MiB
 _INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
@@ -234,6 +239,8 @@ class _Transfer:
     # Page-cache writes to one file take its inode lock; several threads writing at once spin
     # on it (measured: 0.2 CPU-s/GiB on tmpfs), so writer threads queue here instead.
     write_lock: threading.Lock = field(default_factory=threading.Lock)
+    recv_bytes: int = 0  # blocks held by this transfer's SocketBodies
+    recv_bodies: int = 0
     last_progress_at: float = 0.0
 
     @property
@@ -880,9 +887,18 @@ class Downloader:
         batch = self.config.segments.write_batch_bytes
         if not capped and min(seg.end, stop) - seg.pos >= _BULK_MIN_BYTES:
             if t.inline_hash is None:
-                by_thread = resp.take_socket(block_bytes=batch, poll_s=_BATCH_MAX_AGE_S)
+                block = self.config.segments.recv_block_for(
+                    max(t.target, t.alive), t.recv_bytes, t.recv_bodies
+                )
+                by_thread = resp.take_socket(block_bytes=block, poll_s=_BATCH_MAX_AGE_S)
                 if by_thread is not None:
-                    await self._stream_socket(t, seg, resp, *by_thread)
+                    t.recv_bytes += block
+                    t.recv_bodies += 1
+                    try:
+                        await self._stream_socket(t, seg, resp, *by_thread)
+                    finally:
+                        t.recv_bytes -= block
+                        t.recv_bodies -= 1
                     return
             taken = resp.take_body(block_bytes=batch, blocks=_BULK_BLOCKS)
             if taken is not None:
@@ -996,7 +1012,12 @@ class Downloader:
         self, t: _Transfer, seg: Segment, resp: Response, head: bytes, body: SocketBody
     ) -> None:
         """Like _stream, for a plain-HTTP body read by blocking receives: each job in a worker
-        thread receives one block and writes it; the loop only does the bookkeeping."""
+        thread receives one block and writes it; the loop only does the bookkeeping.
+
+        A receive asks for about what the connection delivers in half a poll interval (up to
+        the whole block): a fast one gets whole blocks, and a slow one never claims more than
+        it can bring soon, so idle connections can still steal the rest of its segment.
+        """
         since_journal = 0
         if head:
             head = head[: max(0, min(seg.end, resp.end) - seg.pos)]
@@ -1010,6 +1031,8 @@ class Downloader:
         last_data = loop.time()
         job: Future[int] | None = None
         state = t.state
+        block = len(body.view)
+        ask = min(block, _SOCKET_FIRST_ASK)
         try:
             while True:
                 # Re-read every time: another connection may have stolen the tail.
@@ -1017,11 +1040,18 @@ class Downloader:
                 if seg.pos >= stop:
                     return
                 at = seg.pos
-                job = _RECV_POOL.submit(_recv_write, body, t, seg, at, stop - at)
+                want = min(ask, stop - at)
+                seg.claimed = at + want
+                job = _RECV_POOL.submit(_recv_write, body, t, seg, at, want)
                 t.writes.add(job)
                 job.add_done_callback(t.writes.discard)
+                asked_at = loop.time()
                 n = await asyncio.wrap_future(job)
                 job = None
+                if n == want and loop.time() - asked_at < _BATCH_MAX_AGE_S / 2:
+                    ask = min(block, 2 * ask)
+                elif 0 <= n < want:  # the poll interval ended the receive
+                    ask = max(_SOCKET_MIN_ASK, n - n % _SOCKET_MIN_ASK)
                 if n == 0:
                     if loop.time() - last_data >= stall_s:
                         host = urlsplit(resp.url).netloc
@@ -1038,9 +1068,15 @@ class Downloader:
                 for lim in t.limiters:  # a cap set while running
                     await lim.acquire(n)
                 since_journal = self._after_write(t, seg, since_journal + n)
+        except _WriteFailed as exc:
+            if exc.written:
+                # What reached the disk before it filled up is kept for the resume.
+                self._record_write(t, state, at, exc.written)
+                seg.pos = max(seg.pos, at + exc.written)
+                t.received += exc.written
+            job = None
+            raise _os_error(exc.cause, t.part) from exc.cause
         except OSError as exc:
-            if isinstance(exc, _WriteFailed):
-                raise _os_error(exc.cause, t.part) from exc.cause
             raise map_error(exc, resp.url) from exc
         finally:
             if job is not None:
@@ -1074,8 +1110,8 @@ class Downloader:
             if offset == t.inline_pos:
                 try:
                     n = _pwritev_all(t.fd, bufs, offset)
-                except OSError as exc:
-                    raise _os_error(exc, t.part) from exc
+                except _WriteFailed as exc:
+                    raise _os_error(exc.cause, t.part) from exc.cause
                 for b in bufs:
                     t.inline_hash.update(b)
                 t.inline_pos += n
@@ -1089,8 +1125,10 @@ class Downloader:
         job.add_done_callback(t.writes.discard)
         try:
             n = await asyncio.wrap_future(job)
-        except OSError as exc:
-            raise _os_error(exc, t.part) from exc
+        except _WriteFailed as exc:
+            if exc.written:
+                self._record_write(t, state, offset, exc.written)
+            raise _os_error(exc.cause, t.part) from exc.cause
         self._record_write(t, state, offset, n)
 
     @staticmethod
@@ -1212,11 +1250,12 @@ def _etag_changed(known: str | None, seen: str | None) -> bool:
 
 
 class _WriteFailed(OSError):
-    """A write failed in a receive job (as opposed to the receive itself)."""
+    """A write to the partial file failed (as opposed to a receive) after ``written`` bytes."""
 
-    def __init__(self, cause: OSError) -> None:
+    def __init__(self, cause: OSError, written: int) -> None:
         super().__init__(cause.errno, cause.strerror)
         self.cause = cause
+        self.written = written
 
 
 def _recv_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want: int) -> int:
@@ -1228,10 +1267,7 @@ def _recv_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want:
     # A steal may have moved the segment's end while this thread was receiving.
     n = max(0, min(n, seg.end - offset))
     if n:
-        try:
-            _locked_pwritev(t, [body.view[:n]], offset)
-        except OSError as exc:
-            raise _WriteFailed(exc) from exc
+        _locked_pwritev(t, [body.view[:n]], offset)
     return n
 
 
@@ -1241,15 +1277,20 @@ def _locked_pwritev(t: _Transfer, bufs: list[bytes], offset: int) -> int:
 
 
 def _pwritev_all(fd: int, bufs: list[bytes], offset: int) -> int:
+    """Write all of ``bufs`` at ``offset``; on failure raise _WriteFailed, which says how many
+    bytes did reach the file (a full disk takes part of a multi-MiB write)."""
     total = sum(map(len, bufs))
-    written = os.pwritev(fd, bufs, offset)
-    if written < total:  # short write: rare, finish it plainly
-        rest = b"".join(bufs)[written:]
-        view = memoryview(rest)
-        while view:
-            n = os.pwrite(fd, view, offset + written)
-            written += n
-            view = view[n:]
+    written = 0
+    try:
+        written = os.pwritev(fd, bufs, offset)
+        if written < total:  # short write: rare, finish it plainly
+            view = memoryview(b"".join(bufs))[written:]
+            while view:
+                n = os.pwrite(fd, view, offset + written)
+                written += n
+                view = view[n:]
+    except OSError as exc:
+        raise _WriteFailed(exc, written) from exc
     return written
 
 

@@ -506,7 +506,6 @@ class Transport:
     async def open(self) -> None:
         if self._session is not None:
             return
-        # The default context loads the system store and honours SSL_CERT_FILE / SSL_CERT_DIR.
         # True: aiohttp's verified default context, built once at import from the system store
         # (SSL_CERT_FILE / SSL_CERT_DIR honoured); building our own costs ~30 ms per start.
         ssl_ctx: ssl.SSLContext | bool = self._verify_tls

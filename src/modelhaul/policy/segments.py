@@ -20,10 +20,18 @@ class Segment:
     start: int
     end: int
     pos: int  # next byte to receive
+    # A receive in flight already asked for the bytes up to here (a whole block read by a
+    # worker thread, which reports them only when it returns): a steal leaves them alone, or
+    # they would arrive twice.
+    claimed: int = 0
 
     @property
     def remaining(self) -> int:
         return max(0, self.end - self.pos)
+
+    @property
+    def stealable(self) -> int:
+        return max(0, self.end - max(self.pos, self.claimed))
 
 
 class SegmentScheduler:
@@ -81,8 +89,9 @@ class SegmentScheduler:
     def _steal(self) -> Segment | None:
         if not self.active:
             return None
-        victim = max(self.active, key=lambda s: s.remaining)
-        cut = steal_point(victim.pos, victim.end, min_bytes=self._min_steal, align=self._align)
+        victim = max(self.active, key=lambda s: s.stealable)
+        base = max(victim.pos, victim.claimed)
+        cut = steal_point(base, victim.end, min_bytes=self._min_steal, align=self._align)
         if cut is None:
             return None
         upper_end = victim.end
