@@ -618,9 +618,14 @@ def run_case(ctx: Ctx, case: Case, reps: int) -> list[Summary]:
 ARIA2 = ["aria2c", "--no-conf", "-q", "--allow-overwrite=true", "--auto-file-renaming=false"]
 
 
-def single_file_tools(ctx: Ctx, url: str, blob: Blob) -> list[Tool]:
+def single_file_tools(ctx: Ctx, url: str, blob: Blob, *, floors: bool = False) -> list[Tool]:
     name = blob.name
     py = ctx.peer_python
+
+    def floor(verify: bool) -> Callable[[Path], list[str]]:
+        script = str(HERE / "floor.py")
+        sha = ["--sha256"] if verify else []
+        return lambda out: [py, script, url, str(out / name), "8", *sha]
 
     def hf(n: int) -> Callable[[Path], list[str]]:
         return lambda out: [py, "-c", HF_CODE, url, str(out / name), str(n), str(HF_CHUNK)]
@@ -634,6 +639,9 @@ def single_file_tools(ctx: Ctx, url: str, blob: Blob) -> list[Tool]:
         Tool("hf_transfer-8", hf(8)),
         Tool("hf_transfer-16", hf(16)),
     ]
+    if floors:
+        # Not peers: the least any tool can spend here, with and without verification.
+        tools += [Tool("floor-8", floor(False)), Tool("floor-8+sha256", floor(True))]
     if ctx.mh:
         mh = ctx.mh
 
@@ -657,7 +665,7 @@ def blob_case(ctx: Ctx, key: str, loc: str, blob: Blob, emulates: str, floor: fl
         title=f"{blob.size / GiB:g} GiB from /{loc}/",
         emulates=emulates,
         payload=blob.size,
-        tools=single_file_tools(ctx, url, blob),
+        tools=single_file_tools(ctx, url, blob, floors=key == "A"),
         verify=lambda out, rep: verify_blob(out, blob.name, blob, seed=rep),
         timeout=60 + blob.size / floor,
         warm=[blob.path],
