@@ -134,6 +134,62 @@ def test_credentials_never_reach_another_host_on_any_redirect_chain(
             assert leaked(r.headers) == [], f"{r.path} on {r.local_addr} got {leaked(r.headers)}"
 
 
+@pytest.fixture
+def netrc_file(tmp_path: Path) -> Path:
+    """A netrc with an entry for 127.0.0.1 only (the origin's first host)."""
+    path = tmp_path / "netrc"
+    path.write_text("machine 127.0.0.1 login alice password netrc-pass\n")
+    path.chmod(0o600)
+    return path
+
+
+NETRC_BASIC = "Basic YWxpY2U6bmV0cmMtcGFzcw=="  # alice:netrc-pass
+
+
+def test_a_netrc_entry_authenticates_its_host_only(
+    origin: Origin, cwd: Path, netrc_file: Path
+) -> None:
+    data = blob(1000, seed=9)
+    origin.add_file("file.bin", data)
+    origin.add_redirect("start", origin.url("file.bin", alt=True))
+    out = cwd / "file.bin"
+    run = cli("get", origin.url("start"), "-o", str(out), cwd=cwd, env={"NETRC": str(netrc_file)})
+    assert run.code == 0, run.stderr
+    assert out.read_bytes() == data
+    [start] = origin.requests_for("start")
+    assert start.headers.get("Authorization") == NETRC_BASIC
+    # The redirect target is another host, which the netrc says nothing about.
+    for r in origin.requests_for("file.bin"):
+        assert "Authorization" not in r.headers
+
+
+def test_a_token_given_by_the_user_wins_over_a_netrc_entry(
+    origin: Origin, cwd: Path, netrc_file: Path
+) -> None:
+    """A netrc entry for the host plus -H Authorization (or HF_TOKEN) used to fail with
+    aiohttp's "Cannot combine AUTHORIZATION header with AUTH argument"."""
+    data = blob(3 * MiB, seed=10)
+    origin.add_file("file.bin", data)
+    out = cwd / "file.bin"
+    run = cli(
+        "get",
+        origin.url("file.bin"),
+        "-o",
+        str(out),
+        "-x",
+        "2",
+        "-H",
+        "Authorization: Bearer user-token",
+        cwd=cwd,
+        env={"NETRC": str(netrc_file)},
+    )
+    assert run.code == 0, run.stderr
+    assert out.read_bytes() == data
+    requests = origin.requests_for("file.bin")
+    assert requests
+    assert all(r.headers.get("Authorization") == "Bearer user-token" for r in requests)
+
+
 def test_a_cookie_set_by_one_host_is_not_sent_to_another(origin: Origin, cwd: Path) -> None:
     data = blob(1000, seed=2)
     origin.add_file("file.bin", data)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import netrc
 import os
 import socket
 import ssl
@@ -477,6 +478,8 @@ class Transport:
         self._allow_downgrade = allow_https_downgrade
         self._user_agent = user_agent
         self._session: aiohttp.ClientSession | None = None
+        self._netrc_on = False
+        self._netrc: netrc.netrc | bool | None = None  # None: not read yet; False: none
 
     @classmethod
     def for_config(cls, cfg: DownloadConfig, *, limit: int = 0, limit_per_host: int = 0) -> Self:
@@ -533,6 +536,13 @@ class Transport:
         # aiohttp's off (its own test_utils does the same).
         if hasattr(self._session, "_retry_connection"):
             self._session._retry_connection = False
+        # With trust_env aiohttp reads ~/.netrc for every request (in an executor) and, when
+        # the file has an entry for the host, refuses a request that carries its own
+        # Authorization header (a token) with a ValueError. The transport reads the file once
+        # and adds an entry only to a hop that has no Authorization of its own.
+        if self._trust_env and hasattr(self._session, "_get_netrc_auth"):
+            self._session._get_netrc_auth = _no_netrc  # type: ignore[method-assign]
+            self._netrc_on = True
 
     async def close(self) -> None:
         if self._session is not None:
@@ -561,6 +571,10 @@ class Transport:
             send = dict(headers or {})
             if not same_host(trusted, current):
                 send = strip_sensitive(send)
+            if self._netrc_on and not any(k.lower() == "authorization" for k in send):
+                login = await self._netrc_login(urlsplit(current).hostname or "")
+                if login is not None:
+                    send["Authorization"] = login
             try:
                 resp = await self._session.request(
                     method, current, headers=send, allow_redirects=False
@@ -578,6 +592,18 @@ class Transport:
             return Response(resp, current, self._stall_timeout_s)
         raise RedirectRefused(f"more than {self._max_redirects} redirects from {url}")
 
+    async def _netrc_login(self, host: str) -> str | None:
+        """The Basic Authorization value ~/.netrc (or $NETRC) gives ``host``, if any."""
+        if self._netrc is None:
+            self._netrc = await asyncio.to_thread(_load_netrc)
+        if self._netrc is False:
+            return None
+        entry = self._netrc.authenticators(host)
+        if entry is None:
+            return None
+        login, account, password = entry
+        return aiohttp.BasicAuth(login or account or "", password or "").encode()
+
     def _next_hop(self, current: str, location: str, seen: set[str]) -> str:
         target = urljoin(current, location)
         scheme = urlsplit(target).scheme.lower()
@@ -592,6 +618,20 @@ class Transport:
         if target in seen:
             raise RedirectRefused(f"redirect loop at {target[:200]}")
         return target
+
+
+def _no_netrc(host: str) -> None:
+    return None
+
+
+def _load_netrc() -> netrc.netrc | bool:
+    """The user's netrc file, or False when there is none (or it does not parse), as curl
+    --netrc-optional and requests treat it."""
+    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        return netrc.netrc(path)
+    except (OSError, netrc.NetrcParseError):
+        return False
 
 
 async def _status_error(resp: aiohttp.ClientResponse, url: str) -> HTTPStatusError:
