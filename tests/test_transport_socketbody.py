@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from modelhaul.errors import StallTimeout
 from modelhaul.transport import SocketBody
 
 
@@ -122,3 +123,18 @@ def test_close_during_a_receive_is_deferred_to_the_receiving_thread(
     assert ours.fileno() == -1
     # A closed body ends every later receive at once.
     assert body.recv_block(8) == -1
+
+
+def test_nothing_for_the_stall_timeout_is_a_stall(
+    pair: tuple[socket.socket, socket.socket], pool: ThreadPoolExecutor
+) -> None:
+    ours, _peer = pair
+    body = SocketBody(
+        ours, remaining=1 << 20, block_bytes=1 << 20, poll_s=0.1, stall_s=0.3, url="http://h/x"
+    )
+    empty = 0
+    with pytest.raises(StallTimeout, match="no data from h"):
+        for _ in range(200):  # bounded: the stall must come within 200 polls
+            assert pool.submit(body.recv_block, 1 << 20).result(timeout=10) == 0
+            empty += 1
+    assert empty >= 2  # an empty poll alone is not yet a stall

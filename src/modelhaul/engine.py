@@ -55,7 +55,6 @@ from .errors import (
     RangeNotHonoured,
     RemoteChanged,
     RetriesExhausted,
-    StallTimeout,
     TransferError,
     TruncatedBody,
     human_bytes,
@@ -74,7 +73,7 @@ from .policy.ranges import RangeSet
 from .policy.ratelimit import TokenBucket
 from .policy.segments import Segment, SegmentScheduler, next_connection_count
 from .records import CompletionRecords
-from .transport import BodyPump, Response, SocketBody, Transport, check_url, map_error, sleep_s
+from .transport import BodyPump, Response, SocketBody, Transport, check_url, sleep_s
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
@@ -1027,12 +1026,16 @@ class Downloader:
             await self._write(t, [head], at)
             since_journal = self._after_write(t, seg, len(head))
         loop = asyncio.get_running_loop()
-        stall_s = self.config.timeouts.stall_s
-        last_data = loop.time()
         job: Future[int] | None = None
         state = t.state
         block = len(body.view)
         ask = min(block, _SOCKET_FIRST_ASK)
+
+        def landed(at: int, n: int) -> None:
+            self._record_write(t, state, at, n)
+            seg.pos = max(seg.pos, at + n)
+            t.received += n
+
         try:
             while True:
                 # Re-read every time: another connection may have stolen the tail.
@@ -1053,31 +1056,21 @@ class Downloader:
                 elif 0 <= n < want:  # the poll interval ended the receive
                     ask = max(_SOCKET_MIN_ASK, n - n % _SOCKET_MIN_ASK)
                 if n == 0:
-                    if loop.time() - last_data >= stall_s:
-                        host = urlsplit(resp.url).netloc
-                        raise StallTimeout(f"no data from {host} within the timeout")
-                    continue
+                    continue  # SocketBody raises StallTimeout once nothing came for too long
                 if n < 0:
                     raise TruncatedBody(
                         f"the server closed the connection {human_bytes(stop - seg.pos)} early"
                     )
-                last_data = loop.time()
-                self._record_write(t, state, at, n)
-                seg.pos = max(seg.pos, at + n)
-                t.received += n
+                landed(at, n)
                 for lim in t.limiters:  # a cap set while running
                     await lim.acquire(n)
                 since_journal = self._after_write(t, seg, since_journal + n)
         except _WriteFailed as exc:
             if exc.written:
                 # What reached the disk before it filled up is kept for the resume.
-                self._record_write(t, state, at, exc.written)
-                seg.pos = max(seg.pos, at + exc.written)
-                t.received += exc.written
+                landed(at, exc.written)
             job = None
             raise _os_error(exc.cause, t.part) from exc.cause
-        except OSError as exc:
-            raise map_error(exc, resp.url) from exc
         finally:
             if job is not None:
                 # Cancelled mid-receive: wake the thread and keep what it wrote.
@@ -1085,9 +1078,7 @@ class Downloader:
                 with contextlib.suppress(BaseException):
                     n = await asyncio.shield(asyncio.wrap_future(job))
                     if n > 0:
-                        self._record_write(t, state, at, n)
-                        seg.pos = max(seg.pos, at + n)
-                        t.received += n
+                        landed(at, n)
 
     def _after_write(self, t: _Transfer, seg: Segment, since_journal: int) -> int:
         """After each batch: save the journal every few MiB, refuse a body longer than promised.

@@ -16,6 +16,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -221,8 +222,20 @@ class SocketBody:
     from the event loop.
     """
 
-    def __init__(self, sock: socket.socket, remaining: int, block_bytes: int, poll_s: float):
+    def __init__(
+        self,
+        sock: socket.socket,
+        remaining: int,
+        block_bytes: int,
+        poll_s: float,
+        *,
+        stall_s: float = 30.0,
+        url: str = "",
+    ) -> None:
         self._sock = sock
+        self._stall_s = stall_s
+        self._url = url
+        self._last_data = time.monotonic()
         self._block = bytearray(block_bytes)
         self.view = memoryview(self._block)
         self.remaining = remaining
@@ -239,7 +252,8 @@ class SocketBody:
 
     def recv_block(self, want: int) -> int:
         """Receive up to ``want`` bytes into ``view``: the count, 0 when ``poll_s`` passed with
-        nothing, -1 at the end of the stream. Raises OSError when the connection fails."""
+        nothing, -1 at the end of the stream. Raises StallTimeout when nothing came for the
+        stall timeout, and NetworkError when the connection fails."""
         with self._lock:
             if self._closing:
                 return -1
@@ -249,9 +263,16 @@ class SocketBody:
             try:
                 n = self._sock.recv_into(self.view, want, socket.MSG_WAITALL)
             except BlockingIOError:  # SO_RCVTIMEO passed with no byte
+                if time.monotonic() - self._last_data >= self._stall_s:
+                    raise StallTimeout(
+                        f"no data from {_host(self._url)} within the timeout"
+                    ) from None
                 return 0
+            except OSError as exc:
+                raise map_error(exc, self._url) from exc
             if n == 0:
                 return -1
+            self._last_data = time.monotonic()
             self.remaining -= n
             return n
         finally:
@@ -378,7 +399,7 @@ class Response:
         # Neither aiohttp's parser nor the event loop may read this socket from now on.
         proto.pause_reading()
         transport.pause_reading()
-        body = SocketBody(sock, remaining, block_bytes, poll_s)
+        body = SocketBody(sock, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url)
         self._sock_body = body
         return head, body
 
