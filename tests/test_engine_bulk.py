@@ -10,6 +10,8 @@ fail in the middle of such a body still ends with exactly the right file, on bot
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -35,7 +37,8 @@ def config(stall_s: float = 30.0, verify_tls: bool = True, **segments: object) -
 
 @pytest.fixture
 def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The kind of every takeover during the test: "pump" (BodyPump) or "socket" (SocketBody)."""
+    """The kind of every takeover during the test: "pump" (BodyPump) or "socket" (SocketBody),
+    the latter followed by "socket-pipe" or "socket-buffer", how it receives."""
     made: list[str] = []
 
     class CountingPump(transport.BodyPump):
@@ -47,6 +50,7 @@ def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         def __init__(self, *args: object, **kwargs: object) -> None:
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
             made.append("socket")
+            made.append("socket-pipe" if self.pipe_fd is not None else "socket-buffer")
 
     monkeypatch.setattr(transport, "BodyPump", CountingPump)
     monkeypatch.setattr(transport, "SocketBody", CountingSocket)
@@ -68,6 +72,38 @@ async def test_large_plain_http_bodies_are_received_by_blocking_reads(
     assert takeovers.count("socket") >= 3
     assert "pump" not in takeovers
     assert origin.bytes_served("big.bin") <= len(data) + 4 * MiB
+
+
+@pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice on this system")
+async def test_a_filesystem_that_refuses_splice_gets_the_bytes_copied(
+    origin: Origin,
+    tmp_path: Path,
+    state_dir: Path,
+    takeovers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = blob(40 * MiB, seed=7)
+    origin.add_file("big.bin", data)
+    real_splice = os.splice
+    refused: list[int] = []
+
+    def splice(src: int, dst: int, count: int, *args: object, **kwargs: object) -> int:
+        if kwargs.get("offset_dst") is not None:  # into the file, as some filesystems answer
+            refused.append(count)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_splice(src, dst, count, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "splice", splice)
+    async with Downloader(config(connections=4), state_dir=state_dir) as dl:
+        result = await asyncio.wait_for(
+            dl.download(origin.url("big.bin"), tmp_path / "big.bin", sha256=sha(data)), 60
+        )
+    assert (tmp_path / "big.bin").read_bytes() == data
+    assert result.sha256 == sha(data)
+    assert refused  # the pipe was tried, and what it held was copied out
+    # Later bodies of the file receive into buffers instead.
+    assert takeovers[1] == "socket-pipe"
+    assert takeovers[-1] == "socket-buffer"
 
 
 async def test_small_bodies_and_capped_transfers_stay_with_aiohttp(
@@ -98,7 +134,7 @@ async def test_small_bodies_and_capped_transfers_stay_with_aiohttp(
     ],
     ids=["reset", "truncated", "empty", "stalled", "overlong"],
 )
-@pytest.mark.parametrize("kind", ["socket", "pump"])
+@pytest.mark.parametrize("kind", ["socket-pipe", "socket-buffer", "pump"])
 async def test_a_taken_over_segment_that_fails_midway_still_gives_the_right_file(
     origin: Origin,
     tls_origin: Origin,
@@ -107,8 +143,13 @@ async def test_a_taken_over_segment_that_fails_midway_still_gives_the_right_file
     takeovers: list[str],
     fault: Fault,
     kind: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    server = origin if kind == "socket" else tls_origin
+    if kind == "socket-pipe" and not hasattr(os, "splice"):
+        pytest.skip("no splice on this system")
+    if kind == "socket-buffer":  # as where pipes are not to be had
+        monkeypatch.setattr(transport, "_open_pipe", lambda size: None)
+    server = origin if kind.startswith("socket") else tls_origin
     data = blob(48 * MiB, seed=4)
     server.add_file("f.bin", data)
     # The probe goes through; the next segment request misbehaves.

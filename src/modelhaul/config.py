@@ -72,7 +72,8 @@ class SegmentPolicy:
     min_steal_bytes: int = 2 * MiB
     write_batch_bytes: int = 1 * MiB
     read_buffer_bytes: int = 2 * MiB
-    # Blocks of bodies read by blocking receives, summed over all connections of a file.
+    # Blocks of bodies read by blocking receives, summed over all connections of a file
+    # (where the bytes are spliced through pipes instead, none are held).
     recv_budget_bytes: int = 48 * MiB
     journal_every_bytes: int = 8 * MiB
     journal_every_s: float = 1.0

@@ -8,7 +8,8 @@ The life of a download:
 3. Preallocate where that is cheap, after a free-space check; then let connections take
    chunks in file order; idle ones steal half of the largest range in flight. Large bodies
    bypass aiohttp: over plain HTTP a worker thread receives and writes whole blocks
-   (SocketBody), over TLS the loop receives into reusable buffers (BodyPump). In automatic
+   (SocketBody; on Linux spliced through a pipe, so the bytes never enter the process), over
+   TLS the loop receives into reusable buffers (BodyPump). In automatic
    mode the connection count doubles while the aggregate speed still grows, and a doubling
    that bought nothing is undone.
 4. Every write is recorded in the journal (at least once a second and every few MiB per
@@ -97,6 +98,8 @@ _BULK_BLOCKS = 2
 # What a blocking receive asks for first, and the least it asks for (SocketBody).
 _SOCKET_FIRST_ASK = 1 * MiB
 _SOCKET_MIN_ASK = 64 * 1024
+# The most one receive through a pipe asks for: no memory of ours, a few pipe-fulls.
+_SOCKET_PIPE_ASK = 4 * MiB
 _JOURNAL_MIN_BYTES = 2 * MiB
 _INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
@@ -240,6 +243,7 @@ class _Transfer:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     recv_bytes: int = 0  # blocks held by this transfer's SocketBodies
     recv_bodies: int = 0
+    splice_ok: bool = True  # False once the partial file's filesystem refused a splice
     last_progress_at: float = 0.0
 
     @property
@@ -889,15 +893,18 @@ class Downloader:
                 block = self.config.segments.recv_block_for(
                     max(t.target, t.alive), t.recv_bytes, t.recv_bodies
                 )
-                by_thread = resp.take_socket(block_bytes=block, poll_s=_BATCH_MAX_AGE_S)
+                by_thread = resp.take_socket(
+                    block_bytes=block, poll_s=_BATCH_MAX_AGE_S, use_pipe=t.splice_ok
+                )
                 if by_thread is not None:
-                    t.recv_bytes += block
-                    t.recv_bodies += 1
+                    held = by_thread[1].buffer_bytes  # none when spliced through a pipe
+                    t.recv_bytes += held
+                    t.recv_bodies += 1 if held else 0
                     try:
                         await self._stream_socket(t, seg, resp, *by_thread)
                     finally:
-                        t.recv_bytes -= block
-                        t.recv_bodies -= 1
+                        t.recv_bytes -= held
+                        t.recv_bodies -= 1 if held else 0
                     return
             taken = resp.take_body(block_bytes=batch, blocks=_BULK_BLOCKS)
             if taken is not None:
@@ -1028,7 +1035,7 @@ class Downloader:
         loop = asyncio.get_running_loop()
         job: Future[int] | None = None
         state = t.state
-        block = len(body.view)
+        block = body.block_bytes if body.pipe_fd is None else _SOCKET_PIPE_ASK
         ask = min(block, _SOCKET_FIRST_ASK)
 
         def landed(at: int, n: int) -> None:
@@ -1252,6 +1259,8 @@ class _WriteFailed(OSError):
 def _recv_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want: int) -> int:
     """In a worker thread: receive up to ``want`` bytes of ``body`` and write them at
     ``offset``. Returns SocketBody.recv_block's count (0: nothing yet, -1: end of stream)."""
+    if body.pipe_fd is not None:
+        return _splice_write(body, t, seg, offset, want)
     n = body.recv_block(want)
     if n <= 0:
         return n
@@ -1260,6 +1269,67 @@ def _recv_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want:
     if n:
         _locked_pwritev(t, [body.view[:n]], offset)
     return n
+
+
+def _splice_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want: int) -> int:
+    """_recv_write through the body's pipe, a pipe-full at a time, for at most one poll
+    interval (as a receive into a buffer)."""
+    deadline = time.monotonic() + _BATCH_MAX_AGE_S
+    done = 0
+    while done < want:
+        n = body.splice_block(want - done, deadline)
+        if n <= 0:
+            return done or n
+        at = offset + done
+        keep = max(0, min(n, seg.end - at))  # as in _recv_write: a steal may have come
+        if keep:
+            try:
+                with t.write_lock:
+                    _pipe_to_file(body, t, keep, at)
+            except _WriteFailed as exc:
+                raise _WriteFailed(exc.cause, done + exc.written) from exc.cause
+        done += keep
+        if keep < n:
+            body.discard(n - keep)
+            break
+        if time.monotonic() >= deadline:
+            break
+    return done
+
+
+# What splice into a file raises where the filesystem cannot take it.
+_NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBADF})
+
+
+def _pipe_to_file(body: SocketBody, t: _Transfer, n: int, offset: int) -> None:
+    """Move ``n`` bytes from the body's pipe into the partial file at ``offset``, or raise
+    _WriteFailed with how many did reach it."""
+    fd = body.pipe_fd
+    assert fd is not None
+    written = 0
+    try:
+        while written < n and not body.copy_out:
+            try:
+                m = os.splice(fd, t.fd, n - written, offset_dst=offset + written)
+            except OSError as exc:
+                if exc.errno not in _NO_SPLICE or written:
+                    raise
+                # This filesystem refuses splice; later bodies of the file do without a pipe.
+                body.copy_out = True
+                t.splice_ok = False
+                break
+            if m == 0:
+                raise OSError(errno.EIO, "the receive pipe ran dry")
+            written += m
+        while written < n:
+            data = os.read(fd, n - written)
+            if not data:
+                raise OSError(errno.EIO, "the receive pipe ran dry")
+            written += _pwritev_all(t.fd, [data], offset + written)
+    except _WriteFailed as exc:
+        raise _WriteFailed(exc.cause, written + exc.written) from exc.cause
+    except OSError as exc:
+        raise _WriteFailed(exc, written) from exc
 
 
 def _locked_pwritev(t: _Transfer, bufs: list[bytes], offset: int) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import netrc
 import os
 import socket
@@ -18,7 +19,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Self
 from urllib.parse import urljoin, urlsplit
@@ -212,14 +213,19 @@ class SocketBody:
     """The rest of a plain-HTTP body, received by blocking reads in a worker thread.
 
     On the event loop every arrival of data costs a wake-up, a ``recv`` and a few Python
-    callbacks; on a fast link that is most of the loop's CPU. A blocking ``recv`` with
-    MSG_WAITALL returns only once a whole block has arrived, so a MiB costs one system call and
-    one hand-off. SO_RCVTIMEO bounds every call, so a slow or stalled connection still reports
-    what it has at least every ``poll_s``. Only plain TCP qualifies: a TLS connection's bytes
-    must pass through the event loop's SSL object (BodyPump takes those).
+    callbacks; on a fast link that is most of the loop's CPU. A blocking receive returns only
+    once a whole block has arrived, so a MiB costs a system call or two and one hand-off.
+    SO_RCVTIMEO bounds every call, so a slow or stalled connection still reports what it has at
+    least every ``poll_s``. Only plain TCP qualifies: a TLS connection's bytes must pass through
+    the event loop's SSL object (BodyPump takes those).
 
-    ``recv_block`` runs in a worker thread, one call at a time; ``abort`` and ``close`` come
-    from the event loop.
+    Where the system has ``splice`` (Linux), the bytes go from the socket into a pipe and from
+    the pipe into the file (``pipe_fd``) without entering this process: one copy on their way
+    to the page cache instead of two, about 0.2 CPU-s per GiB less, and no block buffer.
+    Elsewhere ``recv_block`` receives into ``view``.
+
+    ``recv_block``/``splice_block`` run in a worker thread, one call at a time; ``abort`` and
+    ``close`` come from the event loop.
     """
 
     def __init__(
@@ -231,14 +237,23 @@ class SocketBody:
         *,
         stall_s: float = 30.0,
         url: str = "",
+        use_pipe: bool = True,
     ) -> None:
         self._sock = sock
         self._stall_s = stall_s
+        self._poll_s = poll_s
         self._url = url
         self._last_data = time.monotonic()
-        self._block = bytearray(block_bytes)
-        self.view = memoryview(self._block)
+        self.block_bytes = block_bytes
         self.remaining = remaining
+        self._pipe = _open_pipe(_PIPE_BYTES) if use_pipe else None
+        # The read end, where a receive left its bytes; None when they are in ``view``.
+        self.pipe_fd = self._pipe[0] if self._pipe is not None else None
+        self.pipe_bytes = _pipe_size(self._pipe[1]) if self._pipe is not None else 0
+        # Set by a writer whose file refuses splice: it copies the pipe out from then on.
+        self.copy_out = False
+        self._block = bytearray(block_bytes if self._pipe is None else 0)
+        self.view = memoryview(self._block)
         self._lock = threading.Lock()
         self._busy = False
         self._closing = False
@@ -250,23 +265,23 @@ class SocketBody:
             struct.pack("ll", sec, max(1, int((poll_s - sec) * 1e6))),
         )
 
+    @property
+    def buffer_bytes(self) -> int:
+        """Memory this body holds for its receives (none in pipe mode)."""
+        return len(self._block)
+
     def recv_block(self, want: int) -> int:
         """Receive up to ``want`` bytes into ``view``: the count, 0 when ``poll_s`` passed with
         nothing, -1 at the end of the stream. Raises StallTimeout when nothing came for the
         stall timeout, and NetworkError when the connection fails."""
-        with self._lock:
-            if self._closing:
+        with self._receiving() as open_:
+            if not open_:
                 return -1
-            self._busy = True
-        try:
             want = min(want, len(self._block), self.remaining)
             try:
                 n = self._sock.recv_into(self.view, want, socket.MSG_WAITALL)
             except BlockingIOError:  # SO_RCVTIMEO passed with no byte
-                if time.monotonic() - self._last_data >= self._stall_s:
-                    raise StallTimeout(
-                        f"no data from {_host(self._url)} within the timeout"
-                    ) from None
+                self._check_stall()
                 return 0
             except OSError as exc:
                 raise map_error(exc, self._url) from exc
@@ -275,11 +290,70 @@ class SocketBody:
             self._last_data = time.monotonic()
             self.remaining -= n
             return n
+
+    def splice_block(self, want: int, deadline: float | None = None) -> int:
+        """Move up to ``want`` bytes (at most ``pipe_bytes``) from the socket into the pipe,
+        which the caller has emptied; the count, 0 and -1 as for ``recv_block``. It returns
+        early once the pipe is full (slots hold less than a page when the network delivered
+        small pieces), at ``deadline`` (monotonic; default one poll interval from now), and
+        when the stream ended (the next call says so)."""
+        with self._receiving() as open_:
+            if not open_:
+                return -1
+            assert self._pipe is not None
+            want = min(want, self.pipe_bytes, self.remaining)
+            src, dst = self._sock.fileno(), self._pipe[1]
+            if deadline is None:
+                deadline = time.monotonic() + self._poll_s
+            got = 0
+            # A splice returns what was queued as soon as it had some: several calls per block.
+            # NONBLOCK concerns the pipe only: a full pipe answers EAGAIN at once instead of
+            # waiting forever, while the socket still waits up to SO_RCVTIMEO.
+            while got < want:
+                try:
+                    n = os.splice(src, dst, want - got, flags=_SPLICE_F_NONBLOCK)
+                except BlockingIOError:  # a full pipe, or SO_RCVTIMEO passed with no byte
+                    if got:
+                        break
+                    self._check_stall()
+                    return 0
+                except OSError as exc:
+                    raise map_error(exc, self._url) from exc
+                if n == 0:
+                    if got:
+                        break  # the end shows on the next call
+                    return -1
+                got += n
+                if time.monotonic() >= deadline:
+                    break
+            self._last_data = time.monotonic()
+            self.remaining -= got
+            return got
+
+    def discard(self, n: int) -> None:
+        """Drop ``n`` bytes a receive left in the pipe (their range went to another connection)."""
+        assert self._pipe is not None
+        while n > 0:
+            n -= len(os.read(self._pipe[0], min(n, _PIPE_BYTES))) or n
+
+    @contextlib.contextmanager
+    def _receiving(self) -> Iterator[bool]:
+        with self._lock:
+            if self._closing:
+                yield False
+                return
+            self._busy = True
+        try:
+            yield True
         finally:
             with self._lock:
                 self._busy = False
                 if self._closing:
-                    self._sock.close()
+                    self._release()
+
+    def _check_stall(self) -> None:
+        if time.monotonic() - self._last_data >= self._stall_s:
+            raise StallTimeout(f"no data from {_host(self._url)} within the timeout")
 
     def abort(self) -> None:
         """Wake a receive in progress: it returns what it has (or the end of the stream)."""
@@ -289,14 +363,48 @@ class SocketBody:
                     self._sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
-        """Release the descriptor; deferred to the receiving thread while a receive runs, so
-        its number cannot be reused under a system call still using it."""
+        """Release the descriptors; deferred to the receiving thread while a receive runs, so
+        their numbers cannot be reused under a system call still using them."""
         with self._lock:
             if self._closing:
                 return
             self._closing = True
             if not self._busy:
-                self._sock.close()
+                self._release()
+
+    def _release(self) -> None:
+        self._sock.close()
+        if self._pipe is not None:
+            for fd in self._pipe:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._pipe = None
+
+
+_SPLICE_F_NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
+# Larger pipes need privileges on most systems (fs.pipe-max-size is 1 MiB by default).
+_PIPE_BYTES = 1024 * 1024
+_PIPE_MIN_BYTES = 256 * 1024  # below this, more splices than receives: not worth it
+
+
+def _open_pipe(size: int) -> tuple[int, int] | None:
+    """A pipe of about ``size`` bytes for splicing, or None where that is not to be had (no
+    splice, or the user's pipe quota is spent)."""
+    if not hasattr(os, "splice") or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return None
+    r, w = os.pipe()
+    try:
+        if fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size) >= min(size, _PIPE_MIN_BYTES):
+            return r, w
+    except OSError:
+        pass
+    os.close(r)
+    os.close(w)
+    return None
+
+
+def _pipe_size(fd: int) -> int:
+    return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
 
 
 class Response:
@@ -377,7 +485,9 @@ class Response:
             return None
         return transport, proto, remaining
 
-    def take_socket(self, *, block_bytes: int, poll_s: float) -> tuple[bytes, SocketBody] | None:
+    def take_socket(
+        self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
+    ) -> tuple[bytes, SocketBody] | None:
         """Hand the rest of a plain-TCP body to a SocketBody: (bytes aiohttp already buffered,
         body). None over TLS or where the connection cannot be taken over."""
         found = self._takeover()
@@ -399,7 +509,15 @@ class Response:
         # Neither aiohttp's parser nor the event loop may read this socket from now on.
         proto.pause_reading()
         transport.pause_reading()
-        body = SocketBody(sock, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url)
+        body = SocketBody(
+            sock,
+            remaining,
+            block_bytes,
+            poll_s,
+            stall_s=self._stall_s,
+            url=self.url,
+            use_pipe=use_pipe,
+        )
         self._sock_body = body
         return head, body
 
