@@ -20,6 +20,8 @@ import pytest
 from modelhaul.errors import StallTimeout
 from modelhaul.transport import SocketBody
 
+needs_splice = pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice on this system")
+
 
 @pytest.fixture
 def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
@@ -178,12 +180,13 @@ def test_nothing_for_the_stall_timeout_is_a_stall(
     assert empty >= 2  # an empty poll alone is not yet a stall
 
 
-@pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice on this system")
+@needs_splice
 def test_a_pipe_takes_at_most_its_size_and_unwanted_bytes_can_be_dropped(
     pair: tuple[socket.socket, socket.socket], pool: ThreadPoolExecutor
 ) -> None:
     ours, peer = pair
-    body = make(ours, "pipe", remaining=8 << 20, block_bytes=4 << 20, poll_s=0.3)
+    # The poll interval bounds the second receive, which waits for more after its 5000.
+    body = make(ours, "pipe", remaining=8 << 20, block_bytes=4 << 20, poll_s=1.0)
     assert body.pipe_bytes >= 256 * 1024
     assert body.buffer_bytes == 0  # the bytes never enter the process
     data = os.urandom(body.pipe_bytes + 5000)
@@ -197,7 +200,7 @@ def test_a_pipe_takes_at_most_its_size_and_unwanted_bytes_can_be_dropped(
     assert body.remaining == (8 << 20) - len(data)
 
 
-@pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice on this system")
+@needs_splice
 def test_a_full_pipe_ends_the_receive_instead_of_blocking_it(
     pair: tuple[socket.socket, socket.socket], pool: ThreadPoolExecutor
 ) -> None:

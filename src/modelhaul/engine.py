@@ -899,12 +899,12 @@ class Downloader:
                 if by_thread is not None:
                     held = by_thread[1].buffer_bytes  # none when spliced through a pipe
                     t.recv_bytes += held
-                    t.recv_bodies += 1 if held else 0
+                    t.recv_bodies += bool(held)
                     try:
                         await self._stream_socket(t, seg, resp, *by_thread)
                     finally:
                         t.recv_bytes -= held
-                        t.recv_bodies -= 1 if held else 0
+                        t.recv_bodies -= bool(held)
                     return
             taken = resp.take_body(block_bytes=batch, blocks=_BULK_BLOCKS)
             if taken is not None:

@@ -246,10 +246,11 @@ class SocketBody:
         self._last_data = time.monotonic()
         self.block_bytes = block_bytes
         self.remaining = remaining
-        self._pipe = _open_pipe(_PIPE_BYTES) if use_pipe else None
+        opened = _open_pipe(_PIPE_BYTES) if use_pipe else None
+        self._pipe = opened[:2] if opened is not None else None
         # The read end, where a receive left its bytes; None when they are in ``view``.
-        self.pipe_fd = self._pipe[0] if self._pipe is not None else None
-        self.pipe_bytes = _pipe_size(self._pipe[1]) if self._pipe is not None else 0
+        self.pipe_fd = opened[0] if opened is not None else None
+        self.pipe_bytes = opened[2] if opened is not None else 0
         # Set by a writer whose file refuses splice: it copies the pipe out from then on.
         self.copy_out = False
         self._block = bytearray(block_bytes if self._pipe is None else 0)
@@ -334,7 +335,10 @@ class SocketBody:
         """Drop ``n`` bytes a receive left in the pipe (their range went to another connection)."""
         assert self._pipe is not None
         while n > 0:
-            n -= len(os.read(self._pipe[0], min(n, _PIPE_BYTES))) or n
+            data = os.read(self._pipe[0], min(n, _PIPE_BYTES))
+            if not data:
+                return
+            n -= len(data)
 
     @contextlib.contextmanager
     def _receiving(self) -> Iterator[bool]:
@@ -387,24 +391,21 @@ _PIPE_BYTES = 1024 * 1024
 _PIPE_MIN_BYTES = 256 * 1024  # below this, more splices than receives: not worth it
 
 
-def _open_pipe(size: int) -> tuple[int, int] | None:
-    """A pipe of about ``size`` bytes for splicing, or None where that is not to be had (no
-    splice, or the user's pipe quota is spent)."""
+def _open_pipe(size: int) -> tuple[int, int, int] | None:
+    """(read end, write end, capacity) of a pipe of about ``size`` bytes for splicing, or
+    None where that is not to be had (no splice, or the user's pipe quota is spent)."""
     if not hasattr(os, "splice") or not hasattr(fcntl, "F_SETPIPE_SZ"):
         return None
     r, w = os.pipe()
     try:
-        if fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size) >= min(size, _PIPE_MIN_BYTES):
-            return r, w
+        got = fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, size)  # the capacity the kernel granted
+        if got >= min(size, _PIPE_MIN_BYTES):
+            return r, w, got
     except OSError:
         pass
     os.close(r)
     os.close(w)
     return None
-
-
-def _pipe_size(fd: int) -> int:
-    return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
 
 
 class Response:
