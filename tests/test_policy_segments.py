@@ -287,6 +287,98 @@ def test_no_steal_when_halves_would_be_too_small() -> None:
     assert (c.start, c.end, a.end) == (70, 100, 70)
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed(steal_after_s: float = 1.0) -> tuple[SegmentScheduler, Clock]:
+    clock = Clock()
+    sched = SegmentScheduler(
+        100,
+        RangeSet(),
+        chunk_bytes=100,
+        min_steal_bytes=10,
+        steal_after_s=steal_after_s,
+        clock=clock,
+    )
+    return sched, clock
+
+
+def test_a_young_segment_is_not_stolen_from_until_it_has_run_long_enough() -> None:
+    sched, clock = timed()
+    a = sched.next_nowait()
+    assert a is not None and a.born == 100.0
+    assert sched.next_nowait() is None
+    assert sched.steal_wait_s() == pytest.approx(1.0)
+    clock.now += 0.4
+    assert sched.next_nowait() is None
+    assert sched.steal_wait_s() == pytest.approx(0.6)
+    clock.now += 0.6
+    # Nothing arrived in all that time: as slow as can be.
+    c = sched.next_nowait()
+    assert c is not None
+    assert (c.start, c.end, a.end) == (50, 100, 50)
+    assert c.born == clock.now
+
+
+def test_a_segment_that_will_be_done_soon_is_left_alone() -> None:
+    sched, clock = timed()
+    a = sched.next_nowait()
+    assert a is not None
+    clock.now += 2.0
+    a.pos = 80  # 40 bytes/s: the last 20 take 0.5 s, under the 1 s a steal must save
+    assert sched.next_nowait() is None
+    # It may yet slow down: worth another look one judging interval later.
+    assert sched.steal_wait_s() == pytest.approx(1.0)
+    a.pos = 70  # 35 bytes/s: the last 30 take 0.86 s
+    assert sched.next_nowait() is None
+    clock.now += 2.0
+    a.pos = 75  # 18.75 bytes/s: the last 25 take 1.33 s
+    c = sched.next_nowait()
+    assert c is not None
+    assert (c.start, c.end) == (87, 100)
+
+
+def test_the_slow_segment_is_stolen_from_when_the_longer_one_is_fast() -> None:
+    clock = Clock()
+    sched = SegmentScheduler(
+        200, RangeSet(), chunk_bytes=100, min_steal_bytes=10, steal_after_s=1.0, clock=clock
+    )
+    a = sched.next_nowait()
+    b = sched.next_nowait()
+    assert a is not None and b is not None
+    clock.now += 1.0
+    a.pos = 40  # 60 left at 40 bytes/s: 1.5 s, stealable
+    b.pos = 190  # 10 left at 90 bytes/s: soon done, and too short to halve anyway
+    c = sched.next_nowait()
+    assert c is not None
+    assert (c.start, c.end) == (70, 100)
+
+
+def test_waiting_cannot_pay_when_no_range_has_two_worthwhile_halves() -> None:
+    sched, _ = timed()
+    a = sched.next_nowait()
+    assert a is not None
+    a.pos = 81  # 19 left: under two halves of 10
+    assert sched.steal_wait_s() is None
+    sched.release(a)
+    assert sched.steal_wait_s() is None  # nothing in flight at all
+
+
+def test_without_a_judging_interval_a_steal_comes_at_once() -> None:
+    sched, _ = timed(steal_after_s=0.0)
+    a = sched.next_nowait()
+    assert a is not None
+    a.pos = 1
+    c = sched.next_nowait()
+    assert c is not None
+    assert (c.start, c.end) == (50, 100)
+
+
 def test_release_returns_only_unreceived_bytes() -> None:
     sched = SegmentScheduler(100, RangeSet(), chunk_bytes=50, min_steal_bytes=10)
     a = sched.next_nowait()

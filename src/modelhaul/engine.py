@@ -6,7 +6,8 @@ The life of a download:
 2. Load the journal beside the partial file, if any, and probe the origin with a ranged GET
    (``If-Range`` carries the validator when resuming), which also delivers the first bytes.
 3. Preallocate where that is cheap, after a free-space check; then let connections take
-   chunks in file order; idle ones steal half of the largest range in flight. Large bodies
+   chunks in file order; idle ones steal half of the largest range in flight that has run a
+   while and would still take that long (see policy.segments). Large bodies
    bypass aiohttp: over plain HTTP a worker thread receives and writes whole blocks
    (SocketBody; on Linux spliced through a pipe, so the bytes never enter the process), over
    TLS the loop receives into reusable buffers (BodyPump). In automatic
@@ -103,6 +104,9 @@ _SOCKET_PIPE_ASK = 4 * MiB
 _JOURNAL_MIN_BYTES = 2 * MiB
 _INLINE_MAX_BYTES = 4 * MiB
 _BATCH_MAX_AGE_S = 0.5
+# A segment younger than this is not stolen from, nor one that will be done within it: on a
+# fast link the victim's server has already sent what the thief would ask for again.
+_STEAL_AFTER_S = 0.25
 _PREALLOC_STEP = 64 * MiB
 _PREALLOC_CHEAP_S = 0.004  # ext4 reserves 64 MiB in well under a millisecond; tmpfs takes ~15
 PART_SUFFIX = ".modelhaul.part"
@@ -236,6 +240,7 @@ class _Transfer:
     inline_pos: int = 0
     journal_saved_at: float = 0.0
     all_exited: asyncio.Event = field(default_factory=asyncio.Event)
+    sched_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a segment released
     speed_samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     writes: set[Future[int]] = field(default_factory=set)  # pwritev jobs not yet finished
     # Page-cache writes to one file take its inode lock; several threads writing at once spin
@@ -673,6 +678,7 @@ class Downloader:
             chunk_bytes=chunk,
             min_steal_bytes=seg_cfg.min_steal_bytes,
             align=64 * 1024,
+            steal_after_s=_STEAL_AFTER_S,
         )
 
     # ------------------------------------------------------------------ disk
@@ -785,7 +791,14 @@ class Downloader:
                         return
                     seg = t.sched.next_nowait()
                     if seg is None:
-                        return
+                        wait = t.sched.steal_wait_s()
+                        if wait is None:
+                            return
+                        # Stay for a steal that may become worth it; a release wakes us early.
+                        changed = t.sched_changed
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(changed.wait(), max(wait, 0.01))
+                        continue
                 before = seg.pos
                 try:
                     if resp is None:
@@ -843,6 +856,8 @@ class Downloader:
     def _finish_segment(self, t: _Transfer, seg: Segment) -> None:
         if t.sched is not None:
             t.sched.release(seg)
+            changed, t.sched_changed = t.sched_changed, asyncio.Event()
+            changed.set()
 
     async def _open_segment(self, t: _Transfer, seg: Segment) -> Response:
         headers = dict(t.headers)

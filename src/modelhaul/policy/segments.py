@@ -4,10 +4,17 @@ Connections take the missing bytes in file order, one chunk at a time, so the co
 (and the hash that follows it) grows steadily. When nothing is left unassigned, an idle
 connection steals the upper half of the largest range still in flight, so a slow connection
 never leaves a long tail ("stuck at 99 %").
+
+A steal costs a request, and whatever the victim's server already sent past the cut arrives
+twice: on a fast link a whole small segment sits in socket buffers before the first read. So
+a segment is judged only once it has run ``steal_after_s``, and then stolen from only if, at
+the speed it has shown, it still needs that long again.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .ranges import Range, RangeSet, steal_point
@@ -24,6 +31,7 @@ class Segment:
     # worker thread, which reports them only when it returns): a steal leaves them alone, or
     # they would arrive twice.
     claimed: int = 0
+    born: float = 0.0  # when the scheduler handed it out (scheduler clock)
 
     @property
     def remaining(self) -> int:
@@ -38,7 +46,15 @@ class SegmentScheduler:
     """Hands out segments of ``[0, size)`` minus what is already held."""
 
     def __init__(
-        self, size: int, held: RangeSet, *, chunk_bytes: int, min_steal_bytes: int, align: int = 1
+        self,
+        size: int,
+        held: RangeSet,
+        *,
+        chunk_bytes: int,
+        min_steal_bytes: int,
+        align: int = 1,
+        steal_after_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be > 0")
@@ -46,6 +62,8 @@ class SegmentScheduler:
         self._chunk = chunk_bytes
         self._min_steal = min_steal_bytes
         self._align = align
+        self._steal_after = steal_after_s
+        self._clock = clock
         self._free: list[Range] = held.missing(size)
         self.active: set[Segment] = set()
 
@@ -81,17 +99,47 @@ class SegmentScheduler:
                 return self._activate(start, end)
         raise ValueError(f"[{start}, {end}) is not free")
 
+    def steal_wait_s(self) -> float | None:
+        """How long an idle connection should wait before asking again, or None if waiting
+        cannot pay: no range in flight has two worthwhile halves.
+
+        A wait ends early for nothing here; the caller also wakes when a segment is released.
+        """
+        now = self._clock()
+        wait: float | None = None
+        for seg in self.active:
+            if self._cut(seg) is None:
+                continue
+            age = now - seg.born
+            # Too young to judge: ask again once it is not. Judged fast: it may yet slow down.
+            left = self._steal_after - age if age < self._steal_after else self._steal_after
+            wait = left if wait is None else min(wait, left)
+        return None if wait is None else max(wait, 0.0)
+
     def _activate(self, start: int, end: int) -> Segment:
-        seg = Segment(start, end, start)
+        seg = Segment(start, end, start, born=self._clock())
         self.active.add(seg)
         return seg
 
+    def _cut(self, seg: Segment) -> int | None:
+        base = max(seg.pos, seg.claimed)
+        return steal_point(base, seg.end, min_bytes=self._min_steal, align=self._align)
+
+    def _worth_stealing(self, seg: Segment, now: float) -> bool:
+        age = now - seg.born
+        if age < self._steal_after:
+            return False
+        received = seg.pos - seg.start
+        # Nothing yet after that long: as slow as can be. Otherwise: would it finish soon?
+        return received <= 0 or seg.stealable * age >= self._steal_after * received
+
     def _steal(self) -> Segment | None:
-        if not self.active:
+        now = self._clock()
+        victims = [s for s in self.active if self._worth_stealing(s, now)]
+        if not victims:
             return None
-        victim = max(self.active, key=lambda s: s.stealable)
-        base = max(victim.pos, victim.claimed)
-        cut = steal_point(base, victim.end, min_bytes=self._min_steal, align=self._align)
+        victim = max(victims, key=lambda s: s.stealable)
+        cut = self._cut(victim)
         if cut is None:
             return None
         upper_end = victim.end
