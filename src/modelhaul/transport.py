@@ -25,6 +25,7 @@ from typing import Self
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from .config import DownloadConfig
 from .errors import (
@@ -425,7 +426,7 @@ class Response:
 
     def __init__(self, resp: aiohttp.ClientResponse, url: str, stall_s: float = 30.0) -> None:
         self._resp = resp
-        self._restore: tuple[asyncio.Transport, asyncio.BaseProtocol] | None = None
+        self._restore: tuple[asyncio.Transport, ResponseHandler] | None = None
         self._sock_body: SocketBody | None = None
         self._stall_s = stall_s
         # readchunk hands over one buffered piece as it came off the socket; readany would
@@ -456,9 +457,9 @@ class Response:
         if transport is not None and hasattr(transport, "max_size"):
             transport.max_size = n
 
-    def _takeover(self) -> tuple[asyncio.Transport, asyncio.BaseProtocol, int] | None:
-        """(transport, aiohttp's protocol, body bytes still to come) if the rest of this body
-        can be read past aiohttp: a plain length-delimited body, a transport that can switch
+    def _takeover(self) -> tuple[asyncio.Transport, ResponseHandler, int] | None:
+        """(transport, aiohttp's protocol, the body's length) if the rest of this body can be
+        read past aiohttp: a plain length-delimited body, a transport that can switch
         protocols, and nothing held back unparsed."""
         resp = self._resp
         conn = resp.connection
@@ -479,12 +480,26 @@ class Response:
             or getattr(proto, "_tail", b"")  # bytes aiohttp held back unparsed
             or content.exception() is not None
             or content.is_eof()
+            or int(length) <= content.total_bytes
         ):
             return None
-        remaining = int(length) - content.total_bytes
-        if remaining <= 0:
-            return None
-        return transport, proto, remaining
+        return transport, proto, int(length)
+
+    def _drain(self) -> bytes:
+        """Every byte of the body aiohttp has received and nobody has read yet.
+
+        Emptying its buffer lets aiohttp resume a paused parser on the spot, which feeds bytes
+        it had held back into the buffer again; so read until nothing comes. The event loop
+        cannot run meanwhile, so nothing new arrives from the socket and this ends.
+        """
+        content = self._resp.content
+        parts: list[bytes] = []
+        try:
+            while chunk := content.read_nowait(-1):
+                parts.append(chunk)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise map_error(exc, self.url) from exc
+        return b"".join(parts)
 
     def take_socket(
         self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
@@ -494,7 +509,7 @@ class Response:
         found = self._takeover()
         if found is None:
             return None
-        transport, proto, remaining = found
+        transport, proto, length = found
         raw = transport.get_extra_info("socket")
         if (
             raw is None
@@ -506,10 +521,19 @@ class Response:
             sock = socket.socket(fileno=os.dup(raw.fileno()))
         except OSError:
             return None
-        head = self._resp.content.read_nowait(-1)
-        # Neither aiohttp's parser nor the event loop may read this socket from now on.
+        try:
+            head = self._drain()
+        except BaseException:
+            sock.close()
+            raise
         proto.pause_reading()
         transport.pause_reading()
+        remaining = length - self._resp.content.total_bytes
+        # The socket is the body's alone from here. aiohttp's protocol outlives a response on
+        # a pooled connection: an earlier response still draining its buffer resumes reading
+        # through it, and the event loop would then take bytes from under the body. A closed
+        # transport cannot be resumed; the duplicate keeps the connection open.
+        transport.close()
         body = SocketBody(
             sock,
             remaining,
@@ -532,13 +556,18 @@ class Response:
         found = self._takeover()
         if found is None:
             return None
-        transport, proto, remaining = found
-        head = self._resp.content.read_nowait(-1)
+        transport, proto, length = found
+        head = self._drain()
         # aiohttp's own flow control and read timer stop here; the pump has its own.
         proto.pause_reading()
+        remaining = length - self._resp.content.total_bytes
         pump = BodyPump(remaining, block_bytes=block_bytes, blocks=blocks, stall_s=self._stall_s)
         self._restore = (transport, proto)
         transport.set_protocol(pump)
+        # As in take_socket: an earlier response on this connection may still pause or resume
+        # reading through aiohttp's protocol. Without a transport it cannot; close() gives it
+        # back.
+        proto.transport = None
         pump.attach(transport)
         transport.resume_reading()
         return head, pump
@@ -552,7 +581,8 @@ class Response:
             # aiohttp's protocol must see the connection end, or its pool waits for it forever.
             transport, proto = self._restore
             self._restore = None
-            transport.set_protocol(proto)  # type: ignore[arg-type]
+            proto.transport = transport
+            transport.set_protocol(proto)
         self._resp.close()
 
     def release(self) -> None:
