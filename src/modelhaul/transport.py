@@ -463,16 +463,17 @@ class Response:
         protocols, and nothing held back unparsed."""
         resp = self._resp
         conn = resp.connection
-        length = resp.headers.get("Content-Length", "")
+        header = resp.headers.get("Content-Length", "")
         if (
             conn is None
-            or not length.isdigit()
+            or not header.isdigit()
             or resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
             or "chunked" in resp.headers.get("Transfer-Encoding", "").lower()
         ):
             return None
         transport, proto = conn.transport, conn.protocol
         content = resp.content
+        length = int(header)
         if (
             transport is None
             or proto is None
@@ -480,10 +481,10 @@ class Response:
             or getattr(proto, "_tail", b"")  # bytes aiohttp held back unparsed
             or content.exception() is not None
             or content.is_eof()
-            or int(length) <= content.total_bytes
+            or length <= content.total_bytes
         ):
             return None
-        return transport, proto, int(length)
+        return transport, proto, length
 
     def _drain(self) -> bytes:
         """Every byte of the body aiohttp has received and nobody has read yet.
@@ -526,8 +527,7 @@ class Response:
         except BaseException:
             sock.close()
             raise
-        proto.pause_reading()
-        transport.pause_reading()
+        proto.pause_reading()  # stops aiohttp's parser and read timer too
         remaining = length - self._resp.content.total_bytes
         # The socket is the body's alone from here. aiohttp's protocol outlives a response on
         # a pooled connection: an earlier response still draining its buffer resumes reading
