@@ -106,11 +106,15 @@ def job_view(job: Job, infos: list[TaskInfo]) -> dict[str, Any]:
         "created": round(job.created, 3),
         "paused": job.paused,
         "error": job.error,
-        "permanent": state == "failed"
-        and (job.error or {}).get("category") in PERMANENT_CATEGORIES,
+        "permanent": state == "failed" and _permanent(job.error),
         "already_present": _already_present(job),
         "result": job.result,
     }
+
+
+def _permanent(error: dict[str, Any] | None) -> bool:
+    """Whether the failure needs the user to change something before another attempt."""
+    return error is not None and error.get("category") in PERMANENT_CATEGORIES
 
 
 def _already_present(job: Job) -> bool:
