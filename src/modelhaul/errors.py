@@ -42,6 +42,11 @@ CATEGORIES = (
     "cancelled",
 )
 
+# Failures another attempt cannot fix until the user changes something (the URL, a token, the
+# request): the web page offers to retry these after the fix, and to resume the others. Decided
+# by category, because a RetriesExhausted is never ``retryable`` even when its cause was.
+PERMANENT_CATEGORIES = frozenset({"not_found", "auth", "client_error", "invalid_input"})
+
 
 class ModelhaulError(Exception):
     """Root of every error modelhaul raises on purpose."""

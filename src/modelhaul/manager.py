@@ -65,6 +65,7 @@ class TaskInfo:
     rate_limit: float | None
     error: dict[str, str] | None
     result: dict[str, object] | None
+    connections: int = 0  # open right now; known from the last progress tick
 
 
 class _TaskBucket(TokenBucket):
@@ -466,6 +467,7 @@ class DownloadManager:
             rate_limit=task.rate_limit,
             error=task.error.to_dict() if task.error else None,
             result=task.result.to_dict() if task.result else None,
+            connections=p.connections if p and task.state in _ACTIVE else 0,
         )
 
     def tasks(self) -> list[TaskInfo]:

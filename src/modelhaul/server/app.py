@@ -160,10 +160,15 @@ class Download(BaseModel):
     total: int | None
     speed: float = Field(description="bytes per second")
     eta: float | None = Field(description="seconds")
+    connections: int = Field(description="connections open right now")
     files: int
     created: float
     paused: bool
     error: dict[str, Any] | None
+    permanent: bool = Field(
+        description="failed for a reason another attempt cannot fix alone (not found, auth)"
+    )
+    already_present: bool = Field(description="completed without fetching: all was in the store")
     result: dict[str, Any] | None
 
 
@@ -406,6 +411,16 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
     async def resume(download_id: DownloadId) -> dict[str, Any]:
         """Resume a paused download, or retry a failed one."""
         return service.resume(download_id)
+
+    @app.post(
+        "/api/downloads/{download_id}/retry",
+        response_model=Download,
+        responses=_ERRORS,
+        tags=["downloads"],
+    )
+    async def retry(download_id: DownloadId) -> dict[str, Any]:
+        """Run a failed download again (same source and destination); 409 if it has not failed."""
+        return service.retry(download_id)
 
     @app.post(
         "/api/downloads/{download_id}/cancel",

@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InvalidInput, ModelhaulError
+from ..errors import PERMANENT_CATEGORIES, InvalidInput, ModelhaulError
 from ..events import State
 from ..manager import TaskInfo
 
@@ -75,8 +75,9 @@ def job_view(job: Job, infos: list[TaskInfo]) -> dict[str, Any]:
         totals = [i.total for i in infos]
         total = None if any(t is None for t in totals) else sum(t or 0 for t in totals)
         speed = sum(i.speed_bytes_per_s for i in infos) if state == "running" else 0.0
+        connections = sum(i.connections for i in infos) if state == "running" else 0
     else:
-        done, total, speed = job.bytes_done, job.total, 0.0
+        done, total, speed, connections = job.bytes_done, job.total, 0.0, 0
     eta = (
         round(max(0, total - done) / speed, 1)
         if total is not None and speed > 0 and state == "running"
@@ -100,12 +101,26 @@ def job_view(job: Job, infos: list[TaskInfo]) -> dict[str, Any]:
         "total": total,
         "speed": round(speed, 1),
         "eta": eta,
+        "connections": connections,
         "files": len(job.tasks),
         "created": round(job.created, 3),
         "paused": job.paused,
         "error": job.error,
+        "permanent": state == "failed" and _permanent(job.error),
+        "already_present": _already_present(job),
         "result": job.result,
     }
+
+
+def _permanent(error: dict[str, Any] | None) -> bool:
+    """Whether the failure needs the user to change something before another attempt."""
+    return error is not None and error.get("category") in PERMANENT_CATEGORIES
+
+
+def _already_present(job: Job) -> bool:
+    """A completed pull that fetched nothing: every file was in the store already."""
+    result = job.result or {}
+    return job.kind == "model" and job.outcome == "completed" and not result.get("fetched", True)
 
 
 def same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -514,6 +514,20 @@ class Service:
         self._publish_download(job)
         return self.view(job)
 
+    def retry(self, job_id: str) -> dict[str, Any]:
+        """Run a failed download again, with the same source and destination.
+
+        Raises:
+            Conflict: the download has not failed (pause and resume steer the others).
+        """
+        job = self._job(job_id)
+        if job.outcome != "failed":
+            raise Conflict(
+                f"download {job_id} is {self.view(job)['state']}; only a failed one can be retried",
+                hint="Resume a paused download; add a finished one again to fetch it anew.",
+            )
+        return self.resume(job_id)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Stop a download for good and delete its partial data."""
         job = self._job(job_id)

@@ -149,9 +149,6 @@
         state.store = ev.store;
         renderStore();
         break;
-      case "total":
-        $("total").textContent = ev.speed > 0 ? "↓ " + bytes(ev.speed) + "/s" : "";
-        break;
     }
   }
 
@@ -178,12 +175,27 @@
     }
     $("queue").hidden = ids.length === 0;
     $("queue-empty").hidden = ids.length !== 0;
+    const speed = runningSpeed();
+    $("total").textContent = speed > 0 ? "↓ " + bytes(speed) + "/s" : "";
+    $("rate-now").textContent = speed > 0 ? "· " + bytes(speed) + "/s now" : "· idle";
+  }
+
+  // The speed of what runs now, from the downloads' own views: the service's "total" event
+  // stops when nothing moves, so it would leave the last speed standing on a paused queue.
+  function runningSpeed() {
+    let speed = 0;
+    for (const d of state.downloads.values()) if (d.state === "running") speed += d.speed || 0;
+    return speed;
   }
 
   function buildRow(id) {
     const tr = el("tr", { id: "dl-" + id });
     tr.dataset.id = id;
-    const bar = el("div", { className: "bar" }, el("div", { className: "fill" }), el("span", { className: "label" }));
+    // The label is drawn twice: dark on the empty track, white on the fill (clipped to the
+    // progress), so every glyph stays readable whatever colour is under it.
+    const fill = el("div", { className: "fill" }, el("span", { className: "label" }));
+    const bar = el("div", { className: "bar" }, el("span", { className: "label" }), fill);
+    bar.setAttribute("role", "progressbar");
     const prio = el("input", { className: "prio", type: "number", min: -1000, max: 1000, step: 1 });
     prio.setAttribute("aria-label", "priority");
     prio.addEventListener("change", () => {
@@ -193,18 +205,24 @@
     });
     const actions = el("td", { className: "actions" });
     for (const [action, label, cls] of [
-      ["pause", "Pause", ""], ["resume", "Resume", ""], ["cancel", "Cancel", "danger"], ["forget", "Clear", ""],
+      ["pause", "Pause", ""], ["resume", "Resume", ""], ["retry", "Retry", ""],
+      ["cancel", "Cancel", "danger"], ["forget", "Clear", ""],
     ]) {
       const b = el("button", { type: "button", textContent: label, className: (action + " " + cls).trim() });
       b.dataset.action = action;
       actions.append(b);
     }
+    const where = el("div", { className: "where" },
+      el("span", { className: "source" }), " → ", el("span", { className: "dest" }));
+    const why = el("div", { className: "why" },
+      el("span", { className: "category" }), el("span", { className: "message" }), el("span", { className: "hint" }));
     tr.append(
       el("td", { className: "id" }, String(id)),
-      el("td", { className: "name" }),
+      el("td", { className: "item" }, el("div", { className: "name" }), where, why),
       el("td", {}, el("span", { className: "state" })),
       el("td", {}, bar),
       el("td", { className: "speed" }),
+      el("td", { className: "conns" }),
       el("td", { className: "eta" }),
       el("td", {}, prio),
       actions,
@@ -215,30 +233,70 @@
   function updateRow(tr, d) {
     tr.dataset.state = d.state;
     tr.className = FINAL.has(d.state) ? "final" : "";
-    const name = tr.querySelector(".name");
-    name.textContent = d.name;
-    name.title = d.source + (d.path ? "\n→ " + d.path : "");
+    tr.querySelector(".name").textContent = d.name;
     const st = tr.querySelector(".state");
     st.textContent = d.state;
     st.className = "state " + d.state;
-    if (d.error && d.state !== "cancelled") st.title = d.error.message + (d.error.hint ? "\n" + d.error.hint : "");
-    const bar = tr.querySelector(".bar");
+    updateWhere(tr, d);
+    updateWhy(tr, d);
+    updateBar(tr.querySelector(".bar"), d);
+    const running = d.state === "running";
+    tr.querySelector(".speed").textContent = running && d.speed > 0 ? bytes(d.speed) + "/s" : "";
+    tr.querySelector(".conns").textContent = running && d.connections > 0 ? String(d.connections) : "";
+    tr.querySelector(".eta").textContent = running ? duration(d.eta) : "";
+    updatePriority(tr.querySelector(".prio"), d);
+    updateActions(tr, d);
+  }
+
+  function updateWhere(tr, d) {
+    const dest = d.path || (d.kind === "model" ? "the store" : "?");
+    tr.querySelector(".source").textContent = d.source;
+    tr.querySelector(".dest").textContent = dest;
+    tr.querySelector(".where").title = d.source + "\n→ " + dest;
+  }
+
+  function updateWhy(tr, d) {
+    const why = tr.querySelector(".why");
+    const e = d.state === "failed" ? d.error : null;
+    why.hidden = !e;
+    if (!e) return;
+    const cat = why.querySelector(".category");
+    cat.textContent = e.category.replace(/_/g, " ");
+    cat.dataset.category = e.category;
+    why.querySelector(".message").textContent = e.message;
+    why.querySelector(".hint").textContent = e.hint || "";
+  }
+
+  function updateBar(bar, d) {
+    const present = Boolean(d.already_present);
     const pct = d.total ? Math.min(100, (100 * d.bytes_done) / d.total) : d.state === "completed" ? 100 : 0;
-    bar.className = "bar " + d.state;
+    bar.className = "bar " + (present ? "present" : d.state);
     bar.dataset.bytes = String(d.bytes_done);
     bar.dataset.total = d.total === null ? "" : String(d.total);
-    bar.setAttribute("role", "progressbar");
     bar.setAttribute("aria-valuenow", pct.toFixed(1));
-    bar.querySelector(".fill").style.width = pct.toFixed(2) + "%";
-    bar.querySelector(".label").textContent =
-      (d.total ? pct.toFixed(1) + "% · " : "") + bytes(d.bytes_done) + (d.total ? " / " + bytes(d.total) : "");
-    tr.querySelector(".speed").textContent = d.state === "running" && d.speed > 0 ? bytes(d.speed) + "/s" : "";
-    tr.querySelector(".eta").textContent = d.state === "running" ? duration(d.eta) : "";
-    const prio = tr.querySelector(".prio");
+    // A pull that found every file in the store fetched nothing: say that, not "0 B".
+    const text = present
+      ? "already in the store"
+      : (d.total ? pct.toFixed(1) + "% · " : "") + bytes(d.bytes_done) + (d.total ? " / " + bytes(d.total) : "");
+    for (const label of bar.querySelectorAll(".label")) label.textContent = text;
+    bar.querySelector(".fill").style.clipPath = "inset(0 " + (present ? 100 : 100 - pct).toFixed(2) + "% 0 0)";
+  }
+
+  function updatePriority(prio, d) {
+    // A finished download runs no more; its priority means nothing (a retry keeps it).
+    prio.disabled = FINAL.has(d.state);
+    prio.title = prio.disabled ? "finished: the priority no longer applies" : "";
     if (document.activeElement !== prio) prio.value = String(d.priority);
+  }
+
+  function updateActions(tr, d) {
+    const failed = d.state === "failed";
     const show = {
       pause: ACTIVE.has(d.state),
-      resume: d.state === "paused" || d.state === "failed",
+      // Resuming continues a transfer; a permanent failure (not found, auth) needs a fix
+      // first, and then a retry.
+      resume: d.state === "paused" || (failed && !d.permanent),
+      retry: failed && d.permanent,
       cancel: !(d.state === "completed" || d.state === "cancelled"),
       forget: FINAL.has(d.state),
     };
@@ -255,6 +313,38 @@
       : api("POST", "/api/downloads/" + id + "/" + action);
     report("queue-error", request);
   });
+
+  // ------------------------------------------------------------------ the throughput chart
+
+  // One sample a second of the speed of everything running, for the last 5 minutes.
+  const CHART = { every_ms: 1000, keep: 300, width: 600, height: 72, samples: [] };
+
+  function sampleThroughput() {
+    CHART.samples.push(runningSpeed());
+    if (CHART.samples.length > CHART.keep) CHART.samples.shift();
+    drawChart();
+  }
+
+  function drawChart() {
+    const { samples, keep, width, height } = CHART;
+    const peak = Math.max(0, ...samples);
+    const top = peak > 0 ? peak * 1.15 : 1;
+    // The time axis grows with the page's age, from one minute up to five.
+    const span = Math.min(keep, Math.max(60, samples.length));
+    const step = width / (span - 1);
+    const x0 = width - (samples.length - 1) * step;
+    const pts = samples.map((v, i) =>
+      (x0 + i * step).toFixed(1) + "," + (height - (v / top) * (height - 2)).toFixed(1));
+    const chart = $("chart");
+    chart.querySelector(".line").setAttribute("points", pts.join(" "));
+    chart.querySelector(".area").setAttribute("d", pts.length
+      ? "M" + x0.toFixed(1) + "," + height + " L" + pts.join(" L") + " L" + width + "," + height + " Z"
+      : "");
+    chart.dataset.samples = String(samples.length);
+    chart.dataset.peak = String(peak);
+    $("chart-peak").textContent = peak > 0 ? "peak " + bytes(peak) + "/s" : "";
+    $("chart-span").textContent = Math.round((span * CHART.every_ms) / 60000) + " min ago";
+  }
 
   // ------------------------------------------------------------------ adding
 
@@ -345,5 +435,7 @@
     location.href = "/?token=" + encodeURIComponent($("login-token").value.trim());
   });
 
+  drawChart();
+  setInterval(sampleThroughput, CHART.every_ms);
   checkAccess().then((ok) => { if (ok) connect(); });
 })();
