@@ -26,9 +26,16 @@ from server_harness import FINAL, KiB, MiB, ServerProcess, ServerThread, service
 pytestmark = pytest.mark.timeout(90)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        modelhaul_cmd(*args), capture_output=True, text=True, env=env or cli_env(), timeout=60
+        modelhaul_cmd(*args),
+        capture_output=True,
+        text=True,
+        env=env or cli_env(),
+        timeout=60,
+        cwd=cwd,
     )
 
 
@@ -161,8 +168,13 @@ def _parser_with_via_server() -> argparse.ArgumentParser:
 
 
 async def test_get_via_server(
-    server: ServerThread, origin: Origin, capfd: pytest.CaptureFixture[str]
+    server: ServerThread,
+    origin: Origin,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.chdir(tmp_path)
     data = random.Random(2).randbytes(700 * KiB)
     origin.add_file("v.bin", data)
     parser = _parser_with_via_server()
@@ -185,7 +197,10 @@ async def test_get_via_server(
     lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
     result = lines[-1]
     assert result["status"] == "completed" and result["size"] == len(data)
-    assert (server.config.download_dir / "sub" / "v.bin").read_bytes() == data
+    # The service runs as this user on loopback: -o is this process's path, as without
+    # --via-server (a confined service: test_honest_service).
+    assert (tmp_path / "sub" / "v.bin").read_bytes() == data
+    assert result["path"] == str(tmp_path / "sub" / "v.bin")
 
     missing = parser.parse_args(
         ["get", "--via-server", "--server", server.url, "--json", origin.url("nope.bin")]
@@ -194,11 +209,10 @@ async def test_get_via_server(
     result = json.loads(capfd.readouterr().out.splitlines()[-1])
     assert result["status"] == "failed" and result["error"]["category"] == "not_found"
 
-    outside = parser.parse_args(
-        ["get", "--via-server", "--server", server.url, origin.url("v.bin"), "-o", "../v.bin"]
-    )
-    with pytest.raises(InvalidInput, match="download directory"):
-        await remote.maybe_via_server(outside)
+    two = [origin.url("v.bin"), origin.url("n.bin")]
+    several = parser.parse_args(["get", "--via-server", "--server", server.url, *two, "-o", "x"])
+    with pytest.raises(InvalidInput, match="-o takes one URL"):
+        await remote.maybe_via_server(several)
 
     nobody = f"http://127.0.0.1:{free_port()}"
     capfd.readouterr()
@@ -241,17 +255,27 @@ async def test_pull_via_server_sends_a_local_manifest_inline(
         await remote.maybe_via_server(with_local)
 
 
-def test_get_via_server_from_the_command_line(server: ServerThread, origin: Origin) -> None:
+def test_get_via_server_from_the_command_line(
+    server: ServerThread, origin: Origin, tmp_path: Path
+) -> None:
     r = run_cli("get", "--help")
     assert "--via-server" in r.stdout
     data = random.Random(4).randbytes(300 * KiB)
     origin.add_file("w.bin", data)
     r = run_cli(
-        "get", "--via-server", "--server", server.url, "--json", origin.url("w.bin"), "-o", "w.bin"
+        "get",
+        "--via-server",
+        "--server",
+        server.url,
+        "--json",
+        origin.url("w.bin"),
+        "-o",
+        "w.bin",
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1])["status"] == "completed"
-    assert (server.config.download_dir / "w.bin").read_bytes() == data
+    assert (tmp_path / "w.bin").read_bytes() == data  # where 'get' would put it
     with httpx.Client(base_url=server.url) as api:
         assert [d["name"] for d in api.get("/api/downloads").json()["downloads"]] == ["w.bin"]
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from modelhaul.server.security import AccessPolicy
 from origin import Origin
 from server_harness import ServerThread, service_config, wait_state
 
@@ -29,7 +30,10 @@ def test_no_server_errors(tmp_path: Path, origin: Origin) -> None:
     # hf:// and manifest pulls go to a closed port; URL downloads the fuzzer invents fail in
     # the background. Only the answers matter here.
     origin.add_file("seed.bin", b"s" * 4096)
-    with ServerThread(service_config(tmp_path)) as server, server.client() as api:
+    # Confined to the download directory: this process is the service's own user, and the
+    # fuzzer's absolute 'out' and 'dir' values must not land anywhere on this machine.
+    policy = AccessPolicy(bind_host="127.0.0.1", local_paths=False)
+    with ServerThread(service_config(tmp_path), policy) as server, server.client() as api:
         # Real downloads for the fuzzed ids to act on: paused, completed, failed.
         for body in (
             {"url": origin.url("seed.bin"), "out": "paused.bin", "paused": True},

@@ -19,6 +19,8 @@ from modelhaul.server.security import (
     load_or_create_token,
     read_token,
     requires_token,
+    resolve_folder,
+    resolve_local_path,
     resolve_output,
     split_host_port,
     token_path,
@@ -244,6 +246,42 @@ def test_output_inside_a_symlinked_download_dir(tmp_path: Path) -> None:
     alias = tmp_path / "alias"
     alias.symlink_to(real, target_is_directory=True)
     assert resolve_output(alias, "a.bin") == real / "a.bin"
+
+
+def test_folders_inside_the_download_directory(tmp_path: Path) -> None:
+    root = tmp_path / "downloads"
+    root.mkdir()
+    (root / "out").symlink_to(tmp_path, target_is_directory=True)
+    (root / "file").write_text("x")
+    assert resolve_folder(root, "a/b") == root / "a" / "b"
+    for folder, words in [
+        (str(tmp_path), "absolute"),
+        ("../up", "escapes"),
+        ("out", "symbolic link"),
+        ("file", "not a directory"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            resolve_folder(root, folder)
+
+
+def test_local_paths_of_the_services_own_user(tmp_path: Path) -> None:
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "file").write_text("x")
+    new = tmp_path / "new" / "deeper" / "f.bin"
+    assert resolve_local_path(str(new), where="out") == new  # folders are made later
+    assert resolve_local_path(f"{tmp_path}/dir/../f.bin", where="out") == tmp_path / "f.bin"
+    assert resolve_local_path(str(tmp_path / "dir"), where="dir", folder=True) == tmp_path / "dir"
+    for path, folder, words in [
+        ("rel.bin", False, "not an absolute path"),
+        (str(tmp_path / "dir"), False, "is a directory"),
+        (str(tmp_path / "file"), True, "not a directory"),
+        (str(tmp_path / "file" / "x.bin"), False, "may not write"),
+        ("/proc/self/x.bin", False, "may not write to /proc/self"),
+        (f"{tmp_path}/nul\x00.bin", False, "control characters"),
+        ("/\udcff.bin", False, "Unicode"),
+    ]:
+        with pytest.raises(InvalidInput, match=words):
+            resolve_local_path(path, where="out", folder=folder)
 
 
 def test_queue_db_round_trip_and_prune(tmp_path: Path) -> None:

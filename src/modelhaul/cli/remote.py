@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import InvalidInput, ModelhaulError, human_bytes
@@ -32,6 +32,9 @@ from ..policy.paths import safe_relpath
 from ..policy.units import parse_rate
 from .options import state_dir
 from .render import JsonRenderer, Renderer, make_renderer, print_error
+
+if TYPE_CHECKING:
+    from ..sources.url import UrlEntry
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 REQUEST_TIMEOUT_S = 30.0
@@ -470,12 +473,18 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
         if getattr(args, "header", None):
             raise InvalidInput("-H/--header cannot be used with --via-server")
         if args.command == "get":
-            requests = _get_requests(args)
+            entries = _get_entries(args)
         elif args.command == "pull":
-            requests = [("/api/pulls", _pull_body(args))]
+            body = _pull_body(args)
         else:
             raise InvalidInput(f"--via-server does not apply to '{args.command}'")
-        return await _follow(args, requests)
+        client = client_from_args(args)
+        local = await _local_paths(client)
+        if args.command == "get":
+            requests = _get_requests(args, entries, local=local)
+        else:
+            requests = [("/api/pulls", body)]
+        return await _follow(args, client, requests, local=local)
     except ModelhaulError as exc:
         if getattr(args, "json", False):  # --json promises a result line last, whatever failed
             JsonRenderer(sys.stdout).result(
@@ -486,7 +495,16 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
         return _report(exc)
 
 
-def _get_requests(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
+async def _local_paths(client: ServiceClient) -> bool:
+    """Whether the service takes this machine's absolute paths from us (see the service's
+    ``AccessPolicy.trusts_paths_of``); a service that does not say so does not."""
+    health = await _call(client, "GET", "/api/health")
+    if not isinstance(health, dict) or health.get("service") != "modelhaul":
+        raise client._not_ours()
+    return health.get("local_paths") is True
+
+
+def _get_entries(args: argparse.Namespace) -> list[UrlEntry]:
     # Imported here: the steering commands should not pay for aiohttp at start-up.
     from ..sources.url import UrlEntry, parse_input_list
     from ..transport import check_url
@@ -497,27 +515,48 @@ def _get_requests(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
             text = Path(args.input_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidInput(f"cannot read input file {args.input_file}: {exc}") from exc
-        entries.extend(parse_input_list(text, source=args.input_file))
+        for entry in parse_input_list(text, source=args.input_file):
+            if entry.out is not None:
+                _check_out(entry.out, args.input_file)
+            entries.append(entry)
     if not entries:
         raise InvalidInput("no URL given", hint="Usage: modelhaul get --via-server URL [URL ...]")
     if args.output is not None and len(entries) > 1:
         raise InvalidInput("-o takes one URL; use out= lines in an input file for several")
-    folder = args.dir if args.dir not in (".", "./", "") else None
-    if folder is not None:
-        folder = safe_relpath(folder.rstrip("/"), where="-d with --via-server")
+    return entries
+
+
+def _check_out(out: str, source: str) -> None:
+    """An ``out=`` name stays inside -d, as for ``get`` without ``--via-server``."""
+    try:
+        safe_relpath(out, where=f"{source}: out=")
+    except InvalidInput:
+        raise InvalidInput(
+            f"{source}: out={out!r} is not a relative path inside the output directory",
+            hint="Use a plain name or a relative path without '..' (the directory comes from -d).",
+        ) from None
+
+
+def _get_requests(
+    args: argparse.Namespace, entries: list[UrlEntry], *, local: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """The bodies for ``get``: with ``local``, absolute paths resolved here, so files land
+    where ``get`` without ``--via-server`` would put them; else names in the service's
+    download directory (-d a folder there)."""
+    given_dir = args.dir not in (".", "./", "")
+    folder = os.path.abspath(args.dir) if local else (args.dir if given_dir else None)
     out: list[tuple[str, dict[str, Any]]] = []
     for entry in entries:
         name = args.output if args.output is not None else entry.out
-        if folder is not None and name is None:
-            raise InvalidInput(
-                "with --via-server, -d needs -o NAME (or out= in the input file)",
-                hint="The service writes into its own download directory; -d names a folder in it.",
-            )
-        if name is not None and folder is not None:
-            name = f"{folder}/{name}"
         body: dict[str, Any] = {"url": entry.url}
-        if name is not None:
+        if name is not None and local:
+            body["out"] = os.path.abspath(os.path.join(folder, name))
+        elif name is not None:
             body["out"] = name
+            if folder is not None:
+                body["dir"] = folder
+        elif folder is not None:
+            body["dir"] = folder
         sha = args.sha256 if args.sha256 and len(entries) == 1 else entry.sha256
         if sha:
             body["sha256"] = sha
@@ -569,14 +608,19 @@ def _read_manifest(path: Path) -> Any:
         raise InvalidInput(f"{path}: not valid {fmt.upper()}: {first}") from None
 
 
-async def _follow(args: argparse.Namespace, requests: list[tuple[str, dict[str, Any]]]) -> int:
+async def _follow(
+    args: argparse.Namespace,
+    client: ServiceClient,
+    requests: list[tuple[str, dict[str, Any]]],
+    *,
+    local: bool,
+) -> int:
     """Submit, then follow the downloads in the event stream until each one ends."""
-    client = client_from_args(args)
     follower = EventFollower(client)
     renderer: Renderer = Renderer()
     ids: list[str] = []
     try:
-        await follower.start()  # before submitting: no event can fall in between
+        snapshot = await follower.start()  # before submitting: no event can fall in between
         views: dict[str, dict[str, Any]] = {}
         for path, body in requests:
             view = await _call(client, "POST", path, body)
@@ -591,6 +635,8 @@ async def _follow(args: argparse.Namespace, requests: list[tuple[str, dict[str, 
         )
         for download_id in ids:
             renderer.notice(f"download {download_id} queued at {client.base_url}")
+        if args.command == "get" and not local and snapshot.get("download_dir"):
+            renderer.notice(f"the service writes into its directory {snapshot['download_dir']}")
         renderer.start()
         pending = {i for i in ids if views[i]["state"] not in _FINAL}
         while pending:
@@ -599,10 +645,12 @@ async def _follow(args: argparse.Namespace, requests: list[tuple[str, dict[str, 
             if not isinstance(view, dict) or view.get("id") not in views:
                 continue
             views[view["id"]] = view
+            if view["id"] not in pending:
+                continue
             renderer.progress(view["name"], _as_progress(view))
-            if view["state"] in _FINAL and view["id"] in pending:
+            if view["state"] in _FINAL:
                 pending.discard(view["id"])
-                renderer.file_done(view["name"], _record(view))
+                _file_done(renderer, view)
     except asyncio.CancelledError:
         renderer.stop()
         if ids:
@@ -615,7 +663,37 @@ async def _follow(args: argparse.Namespace, requests: list[tuple[str, dict[str, 
     finally:
         follower.close()
     renderer.stop()
+    if not (args.json or args.quiet):
+        for download_id in ids:
+            _say_where(renderer, views[download_id])
     return _finish(views, ids, renderer)
+
+
+def _file_done(renderer: Renderer, view: dict[str, Any]) -> None:
+    """A download ended: a URL's result is a file's; a model's is the whole pull, so its bar
+    ends at the bytes the pull fetched (its summary follows in ``_say_where``)."""
+    if view["kind"] == "model" and view["state"] == "completed":
+        fetched = int((view.get("result") or {}).get("bytes_fetched") or 0)
+        done = {**view, "bytes_done": fetched, "total": fetched, "speed": 0.0, "eta": None}
+        renderer.progress(view["name"], _as_progress(done))
+        return
+    renderer.file_done(view["name"], _record(view))
+
+
+def _say_where(renderer: Renderer, view: dict[str, Any]) -> None:
+    result = view.get("result") or {}
+    if view["state"] != "completed" or not result.get("path"):
+        return
+    if view["kind"] == "model":
+        fetched = len(result.get("fetched") or ())
+        present = int(result.get("files") or 0) - fetched
+        commit = str(result.get("commit") or "")[:12]
+        renderer.notice(
+            f"{result.get('model')}@{commit}: {fetched} fetched, {present} already present "
+            f"-> {result['path']}"
+        )
+    else:
+        renderer.notice(f"download {view['id']} saved as {result['path']}")
 
 
 def _as_progress(view: dict[str, Any]) -> Progress:
@@ -626,7 +704,7 @@ def _as_progress(view: dict[str, Any]) -> Progress:
         total=view.get("total"),
         speed_bytes_per_s=view.get("speed") or 0.0,
         eta_s=view.get("eta"),
-        connections=view.get("files") or 0,
+        connections=view.get("connections") or view.get("files") or 0,
         attempts=0,
         resumed_from=0,
         elapsed_s=0.0,

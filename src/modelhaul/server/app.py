@@ -14,17 +14,17 @@ import asyncio
 import contextlib
 import json
 import pathlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Request, WebSocket, WebSocketDisconnect
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +40,7 @@ MAX_BODY_BYTES = 1024 * 1024
 SSE_KEEPALIVE_S = 15.0
 _PUBLIC_PATHS = frozenset({"/", "/api/health", "/openapi.json", "/favicon.ico"})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_HTTP_HINT = "The API's routes are listed in /openapi.json."
 _STATUS_BY_CATEGORY = {
     "invalid_input": 400,
     "not_found": 404,
@@ -97,7 +98,15 @@ class AddDownload(_Body):
         None,
         min_length=1,
         max_length=4096,
-        description="file name relative to the download directory (default: from the server)",
+        description="the file, relative to 'dir' or the download directory (default: named "
+        "by the server); absolute only from the service's own user on loopback",
+    )
+    dir: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="the folder, relative to the download directory (default: that "
+        "directory); absolute only from the service's own user on loopback",
     )
     sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
     priority: Priority = 0
@@ -105,8 +114,9 @@ class AddDownload(_Body):
 
 
 class PullModel(_Body):
-    """A model to pull into the store: a source (hf://ORG/NAME[@REV], ORG/NAME, or a manifest
-    URL) or an inline manifest object."""
+    """A model to pull into the store: a source (hf://ORG/NAME[@REV], ORG/NAME, a manifest URL,
+    or from the service's own user on loopback an absolute manifest path) or an inline manifest
+    object."""
 
     source: str | None = Field(None, min_length=1, max_length=2048)
     manifest: dict[str, Any] | None = None
@@ -191,6 +201,10 @@ class Health(BaseModel):
     service: Literal["modelhaul"]
     version: str
     token_required: bool
+    local_paths: bool = Field(
+        description="whether this caller may name absolute paths (the service's own user, "
+        "on loopback)"
+    )
 
 
 class ErrorBody(BaseModel):
@@ -201,6 +215,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody},
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
+    422: {"model": ErrorBody, "description": "the request does not match this schema"},
 }
 
 
@@ -271,11 +286,47 @@ class Guard:
         return None
 
 
-def _json(body: Any, status: int) -> Response:
-    return Response(json.dumps(body), status_code=status, media_type="application/json")
+def _json(body: Any, status: int, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(
+        json.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def validation_error(errors: Sequence[Any]) -> dict[str, str]:
+    """FastAPI's validation errors as the API's error: the fields named in the message."""
+    problems = []
+    fields = []
+    for e in errors[:5]:
+        loc = [str(p) for p in e.get("loc", ())]
+        where = ".".join(loc[1:]) or (loc[0] if loc else "request")
+        fields.append(where)
+        problems.append(f"{where}: {e.get('msg', 'invalid')}")
+    if len(errors) > 5:
+        problems.append(f"and {len(errors) - 5} more")
+    error = {
+        "category": "invalid_input",
+        "message": "; ".join(problems) or "invalid request",
+        "hint": "The request's schema is in /openapi.json.",
+    }
+    if fields:
+        error["field"] = fields[0]
+    return error
+
+
+def http_error_body(status: int, detail: str, method: str, path: str) -> dict[str, str]:
+    """An HTTP error of the framework (unknown route, method not allowed) in the API's shape."""
+    if status == 404:
+        message = f"no such route: {path}" if detail == "Not Found" else detail
+    elif status == 405:
+        message = f"{method} is not allowed on {path}"
+    else:
+        message = detail
+    return {"category": _category(status), "message": message, "hint": _HTTP_HINT}
 
 
 def _category(status: int) -> str:
+    if status >= 500:
+        return "server_error"
     return {401: "auth", 403: "auth", 404: "not_found"}.get(status, "client_error")
 
 
@@ -322,19 +373,28 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        # FastAPI's own handler echoes the input as UTF-8 and fails (500) on a lone surrogate,
-        # which JSON allows; ASCII-escaped JSON carries any input.
-        return _json({"detail": jsonable_encoder(exc.errors())}, 422)
+        # One error shape for every answer. (FastAPI's own handler also echoed the input as
+        # UTF-8 and failed with 500 on a lone surrogate, which JSON allows.)
+        return _json({"error": validation_error(exc.errors())}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error = http_error_body(exc.status_code, str(exc.detail), request.method, request.url.path)
+        return _json({"error": error}, exc.status_code, headers=exc.headers)
 
     # ------------------------------------------------------------------ service
 
+    def trusted(request: Request) -> bool:
+        return policy.trusts_paths_of(request.client, request.scope.get("server"))
+
     @app.get("/api/health", response_model=Health, tags=["service"])
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
         """Whether a modelhaul service answers here; needs no token."""
         return {
             "service": "modelhaul",
             "version": version,
             "token_required": policy.token_required,
+            "local_paths": trusted(request),
         }
 
     @app.get("/api/state", tags=["service"])
@@ -355,10 +415,18 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def add_download(body: AddDownload, response: Response) -> dict[str, Any]:
-        """Queue a URL; the same URL and name still queued returns that download (200)."""
+    async def add_download(
+        body: AddDownload, request: Request, response: Response
+    ) -> dict[str, Any]:
+        """Queue a URL; the same URL and place still queued returns that download (200)."""
         view, created = service.add_url(
-            body.url, out=body.out, sha256=body.sha256, priority=body.priority, paused=body.paused
+            body.url,
+            out=body.out,
+            folder=body.dir,
+            sha256=body.sha256,
+            priority=body.priority,
+            paused=body.paused,
+            local=trusted(request),
         )
         response.status_code = 201 if created else 200
         return view
@@ -370,7 +438,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         responses=_ERRORS,
         tags=["downloads"],
     )
-    async def pull_model(body: PullModel, response: Response) -> dict[str, Any]:
+    async def pull_model(body: PullModel, request: Request, response: Response) -> dict[str, Any]:
         """Queue a model pull into the store (only missing or bad files are fetched)."""
         view, created = service.add_model(
             source=body.source,
@@ -379,6 +447,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
             exclude=body.exclude,
             priority=body.priority,
             paused=body.paused,
+            local=trusted(request),
         )
         response.status_code = 201 if created else 200
         return view
@@ -429,8 +498,9 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         tags=["downloads"],
     )
     async def cancel(download_id: DownloadId) -> dict[str, Any]:
-        """Stop for good and delete the partial data."""
-        return service.cancel(download_id)
+        """Stop for good and delete the partial data; answers once that is done (within
+        seconds: a transfer still winding down after that shows its state of the moment)."""
+        return await service.cancel(download_id)
 
     @app.put(
         "/api/downloads/{download_id}/priority",

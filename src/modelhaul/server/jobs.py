@@ -46,6 +46,8 @@ class Job:
     tasks: list[str] = field(default_factory=list)
     runner: asyncio.Task[None] | None = None
     cancel_requested: bool = False
+    # Set while the download has an outcome: cancel waits on it to answer with the result.
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
     progress_at: float = 0.0
 
 

@@ -11,8 +11,14 @@ The rules, as plain functions with no web framework, so they are unit-tested wit
   rebinding page sends (``AccessPolicy.host_ok``).
 - State-changing requests and WebSocket upgrades whose Origin is another site are refused, so a
   page elsewhere cannot drive the service through the user's browser (``AccessPolicy.origin_ok``).
-- A client names output files relative to the download directory; absolute paths, ``..``, NUL
-  and paths that leave the directory through a symbolic link are refused (``resolve_output``).
+- Where files may land. A client names output files and folders relative to the download
+  directory; absolute paths, ``..``, NUL and paths that leave the directory through a symbolic
+  link are refused (``resolve_output``, ``resolve_folder``). One exception: a service bound to
+  loopback accepts absolute paths from the user it runs as (the uid owning the client's end of
+  the connection, ``peer.py``), in any directory that user may write (``resolve_local_path``):
+  that user could write there anyway, and the CLI can then put a file where ``get`` without
+  ``--via-server`` would (``AccessPolicy.trusts_paths_of``). Bound elsewhere, or for anyone else,
+  the download directory is the only place.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from urllib.parse import urlsplit
 
 from ..errors import InvalidInput, PermissionDenied
 from ..policy.paths import safe_relpath
+from .peer import Address, peer_uid
 
 TOKEN_FILE = "server-token"
 TOKEN_COOKIE = "modelhaul_token"
@@ -110,12 +117,14 @@ class AccessPolicy:
 
     ``token`` None means no token is required (loopback without ``--require-token``).
     ``allowed_hosts`` and ``allowed_origins`` add names a reverse proxy may use.
+    ``local_paths`` False keeps even the service's own user to the download directory.
     """
 
     bind_host: str
     token: str | None = None
     allowed_hosts: frozenset[str] = field(default_factory=frozenset)
     allowed_origins: frozenset[str] = field(default_factory=frozenset)
+    local_paths: bool = True
 
     @property
     def token_required(self) -> bool:
@@ -168,6 +177,19 @@ class AccessPolicy:
         default = _DEFAULT_PORTS[scheme]
         same_host = parts.hostname.lower() == host.strip("[]").lower()
         return same_host and (origin_port or default) == (port or default)
+
+    def trusts_paths_of(self, client: Address | None, server: Address | None) -> bool:
+        """Whether the caller of connection ``client`` -> ``server`` may name absolute paths:
+        the service is bound to loopback, and the caller runs as the service's own user.
+
+        The bind address decides, not the client's address: a service bound to all
+        interfaces is reachable from elsewhere, and a proxy on this machine may relay anyone.
+        """
+        if not (self.local_paths and is_loopback_host(self.bind_host)):
+            return False
+        if client is None or server is None or not is_loopback_host(client[0]):
+            return False
+        return peer_uid(client, server) == os.geteuid()
 
     def token_ok(self, authorization: str | None, cookie_header: str | None) -> bool:
         if self.token is None:
@@ -257,27 +279,8 @@ def resolve_output(download_dir: Path, out: str) -> Path:
     Raises:
         InvalidInput: naming the problem.
     """
+    dest = _inside(download_dir, out, "out")
     try:
-        # safe_relpath measures names in UTF-8; a lone surrogate (valid in JSON) would crash it.
-        out.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(f"out: {out!r} is not valid Unicode text") from None
-    try:
-        rel = safe_relpath(out, where="out")
-    except InvalidInput as exc:
-        reason = exc.message.removeprefix("out: ").replace("model folder", "download directory")
-        raise InvalidInput(
-            f"out: {reason}",
-            hint="Give a relative path without '..', e.g. 'models/model.safetensors'.",
-        ) from None
-    root = download_dir.resolve()
-    dest = root / rel
-    try:
-        if not dest.parent.resolve().is_relative_to(root):
-            raise InvalidInput(
-                f"out: {out!r} leaves the download directory through a symbolic link",
-                hint="Name a file inside the download directory.",
-            )
         if dest.is_symlink():
             raise InvalidInput(f"out: {out!r} is a symbolic link; refusing to write through it")
         if dest.is_dir():
@@ -285,3 +288,97 @@ def resolve_output(download_dir: Path, out: str) -> Path:
     except OSError as exc:
         raise InvalidInput(f"out: {out!r} is not a usable file name: {exc.strerror}") from None
     return dest
+
+
+def resolve_folder(download_dir: Path, folder: str) -> Path:
+    """A client-named folder inside ``download_dir`` (made when the file lands), or refuse,
+    by the rules of ``resolve_output``; the folder itself must not be a link that leads out.
+
+    Raises:
+        InvalidInput: naming the problem.
+    """
+    path = _inside(download_dir, folder, "dir")
+    try:
+        if not path.resolve().is_relative_to(download_dir.resolve()):
+            raise InvalidInput(
+                f"dir: {folder!r} leaves the download directory through a symbolic link",
+                hint="Name a folder inside the download directory.",
+            )
+        if path.exists() and not path.is_dir():
+            raise InvalidInput(f"dir: {folder!r} is not a directory")
+    except OSError as exc:
+        raise InvalidInput(f"dir: {folder!r} is not a usable folder name: {exc.strerror}") from None
+    return path
+
+
+def _inside(download_dir: Path, name: str, where: str) -> Path:
+    _check_text(name, where)
+    try:
+        rel = safe_relpath(name, where=where)
+    except InvalidInput as exc:
+        reason = exc.message.removeprefix(f"{where}: ").replace(
+            "model folder", "download directory"
+        )
+        if reason.endswith("is absolute"):
+            reason += " (this service writes only into its download directory)"
+        raise InvalidInput(
+            f"{where}: {reason}",
+            hint="Give a relative path without '..', e.g. 'models/model.safetensors'. "
+            "Absolute paths are accepted only by a service bound to loopback, from the user "
+            "it runs as.",
+        ) from None
+    root = download_dir.resolve()
+    dest = root / rel
+    try:
+        if not dest.parent.resolve().is_relative_to(root):
+            raise InvalidInput(
+                f"{where}: {name!r} leaves the download directory through a symbolic link",
+                hint="Name a place inside the download directory.",
+            )
+    except OSError as exc:
+        raise InvalidInput(f"{where}: {name!r} is not usable: {exc.strerror}") from None
+    return dest
+
+
+def resolve_local_path(path: str, *, where: str, folder: bool = False) -> Path:
+    """An absolute path named by the service's own user (see ``trusts_paths_of``): a file (or
+    with ``folder``, a directory) anywhere that user may write, or refuse.
+
+    Writable means: the nearest existing directory on the way passes ``os.access`` for writing,
+    so missing folders can be made. The path is normalised; ``..`` is allowed, as it would be
+    for the user's own shell.
+
+    Raises:
+        InvalidInput: not absolute, not usable, a directory where a file is wanted (or the
+            reverse), or not writable.
+    """
+    _check_text(path, where)
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in path):
+        raise InvalidInput(f"{where}: path {path!r} contains control characters")
+    if not os.path.isabs(path):
+        raise InvalidInput(f"{where}: {path!r} is not an absolute path")
+    target = Path(os.path.normpath(path))
+    try:
+        if folder and target.exists() and not target.is_dir():
+            raise InvalidInput(f"{where}: {target} is not a directory")
+        if not folder and target.is_dir():
+            raise InvalidInput(f"{where}: {target} is a directory", hint="Give a file name.")
+        existing = target if folder else target.parent
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as exc:
+        raise InvalidInput(f"{where}: {path!r} is not usable: {exc.strerror}") from None
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidInput(
+            f"{where}: the service's user may not write to {existing}",
+            hint="Choose a directory you may write to.",
+        )
+    return target
+
+
+def _check_text(name: str, where: str) -> None:
+    try:
+        # Path checks measure names in UTF-8; a lone surrogate (valid in JSON) would crash them.
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{where}: {name!r} is not valid Unicode text") from None

@@ -25,6 +25,7 @@ so nothing falls between the snapshot and the first event), then:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -56,8 +57,8 @@ from .jobs import (
     same_target,
 )
 from .persist import JobRow, QueueDB
-from .resolve import parse_inline_manifest, resolve_spec
-from .security import resolve_output
+from .resolve import check_manifest_path, is_manifest_path, parse_inline_manifest, resolve_spec
+from .security import resolve_folder, resolve_local_path, resolve_output
 from .stream import EventStream, Subscription
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ T = TypeVar("T")
 _PROGRESS_EVERY_S = 0.2
 _TOTAL_EVERY_S = 0.25
 _RATE_KEY = "rate_bytes_per_s"
+# How long a cancel waits for the transfer to stop and its partial data to go, so its answer
+# can say "cancelled"; after that it answers with the state of the moment.
+CANCEL_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,28 +237,31 @@ class Service:
         url: str,
         *,
         out: str | None = None,
+        folder: str | None = None,
         sha256: str | None = None,
         priority: int = 0,
         paused: bool = False,
+        local: bool = False,
     ) -> tuple[dict[str, Any], bool]:
-        """Queue a URL into the download directory; returns (view, created).
+        """Queue a URL; returns (view, created).
 
-        Asking again for a URL and name that is still queued returns that download.
+        The file goes to ``out`` (a file) or into ``folder`` (named by the server), both
+        relative to the download directory; with ``local`` (the caller is the service's own
+        user on loopback, see ``AccessPolicy.trusts_paths_of``) either may also be absolute.
+        Asking again for a URL and place that is still queued returns that download.
 
         Raises:
-            InvalidInput: bad URL, checksum, priority or output name.
+            InvalidInput: bad URL, checksum, priority, or a place the caller may not name.
         """
         check_url(url)
         sha256 = check_sha256(sha256)
         check_priority(priority)
-        dest = resolve_output(self.download_dir, out) if out is not None else None
-        request = {"url": url, "out": out, "dir": str(self.download_dir), "sha256": sha256}
+        where, name, dest = self._destination(out, folder, local=local)
+        request = {"url": url, "out": name, "dir": str(where), "sha256": sha256}
         for job in self._jobs.values():
             if job.kind == "url" and job.outcome is None and same_target(job.request, request):
                 return self.view(job), False
-        label = (
-            dest.name if dest is not None else plan_paths(url, None, self.download_dir).dest.name
-        )
+        label = dest.name if dest is not None else plan_paths(url, None, where).dest.name
         job = self._new_job("url", request, label, priority, paused)
         try:
             self._start_url(job)
@@ -265,6 +272,24 @@ class Service:
         self._replay_orphans(job)
         return self.view(job), True
 
+    def _destination(
+        self, out: str | None, folder: str | None, *, local: bool
+    ) -> tuple[Path, str | None, Path | None]:
+        """Where a download goes: (its directory, its file name relative to that or None for
+        the server's name, the file or None), checked now rather than when it starts."""
+        if out is not None and Path(out).is_absolute() and local:
+            if folder is not None:
+                raise InvalidInput("give either an absolute 'out' or 'dir', not both")
+            dest = resolve_local_path(out, where="out")
+            return dest.parent, dest.name, dest
+        if folder is None:
+            where = self.download_dir
+        elif Path(folder).is_absolute() and local:
+            where = resolve_local_path(folder, where="dir", folder=True)
+        else:
+            where = resolve_folder(self.download_dir, folder)
+        return where, out, (resolve_output(where, out) if out is not None else None)
+
     def add_model(
         self,
         *,
@@ -274,9 +299,11 @@ class Service:
         exclude: list[str] | None = None,
         priority: int = 0,
         paused: bool = False,
+        local: bool = False,
     ) -> tuple[dict[str, Any], bool]:
         """Queue a model pull into the store from ``source`` (hf://ORG/NAME[@REV], ORG/NAME, a
-        manifest URL) or an inline ``manifest``; returns (view, created).
+        manifest URL, or with ``local`` an absolute manifest path, as for ``add_url``) or an
+        inline ``manifest``; returns (view, created).
 
         Raises:
             InvalidInput: neither or both given, or the source or manifest is invalid.
@@ -294,6 +321,10 @@ class Service:
             if source.startswith(("http://", "https://")):
                 request["source"] = check_url(source)
                 label = source.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or source
+            elif is_manifest_path(source):
+                path = check_manifest_path(source, local=local)
+                request["source"] = str(path)
+                label = path.name
             else:
                 ref = parse_hf_uri(source)
                 request["source"] = str(ref)
@@ -347,6 +378,7 @@ class Service:
         )
         self._jobs[job.id] = job
         if job.outcome is not None:
+            job.ended.set()
             return
         try:
             if job.kind == "url":
@@ -424,11 +456,14 @@ class Service:
                 free_hint=partial(self._free_hint, spec.repo_id),
             )
         except ModelhaulError as exc:
-            outcome = "cancelled" if exc.category == "cancelled" else "failed"
-            self._finish(job, outcome, error=exc.to_dict())
+            if exc.category == "cancelled" and job.cancel_requested:
+                self._finish(job, "cancelled", error=_cancelled(job))
+            else:
+                outcome = "cancelled" if exc.category == "cancelled" else "failed"
+                self._finish(job, outcome, error=exc.to_dict())
         except asyncio.CancelledError:
             if job.cancel_requested:
-                self._finish(job, "cancelled", error=Cancelled("cancelled").to_dict())
+                self._finish(job, "cancelled", error=_cancelled(job))
             raise
         except Exception as exc:  # a bug must not leave the download "running" forever
             log.exception("model pull %s failed", job.id)
@@ -498,6 +533,7 @@ class Service:
             )
         job.paused = False
         job.outcome = job.error = None
+        job.ended.clear()
         self.db.update(int(job.id), paused=False, outcome=None, error=None)
         if job.kind == "url":
             infos = self._infos(job)
@@ -528,8 +564,9 @@ class Service:
             )
         return self.resume(job_id)
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Stop a download for good and delete its partial data."""
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Stop a download for good and delete its partial data; the view once that is done
+        (or after ``CANCEL_WAIT_S``, whatever it is then)."""
         job = self._job(job_id)
         if job.outcome in ("completed", "cancelled"):
             raise Conflict(f"download {job_id} is already {job.outcome}")
@@ -541,13 +578,15 @@ class Service:
             if job.runner is not None:
                 job.runner.cancel()  # it records the outcome as it ends
             else:
-                self._finish(job, "cancelled", error=Cancelled("cancelled").to_dict())
+                self._finish(job, "cancelled", error=_cancelled(job))
         elif not live and job.outcome != "cancelled":
             # Failed, or not in the manager: drop the partial data here.
             dest, folder = self._url_target(job)
             paths = plan_paths(job.request["url"], dest, folder)
             discard_partial(paths.dest, part=paths.part, journal=paths.journal)
-            self._finish(job, "cancelled", error=Cancelled("cancelled").to_dict())
+            self._finish(job, "cancelled", error=_cancelled(job))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(job.ended.wait(), CANCEL_WAIT_S)
         return self.view(job)
 
     def set_priority(self, job_id: str, priority: int) -> dict[str, Any]:
@@ -681,7 +720,7 @@ class Service:
         if info.state is State.COMPLETED:
             self._finish(job, "completed", result=info.result)
         elif info.state is State.CANCELLED:
-            self._finish(job, "cancelled", error=info.error or Cancelled("cancelled").to_dict())
+            self._finish(job, "cancelled", error=_cancelled(job))
         else:
             self._finish(job, "failed", error=info.error)
 
@@ -693,6 +732,7 @@ class Service:
         error: dict[str, Any] | None = None,
         result: dict[str, Any] | None = None,
     ) -> None:
+        job.ended.set()
         if job.id not in self._jobs:
             return
         view = self.view(job)
@@ -770,6 +810,17 @@ class Service:
         result = await self._in_store_thread(run)
         await self.refresh_store()
         return result.to_dict()
+
+
+def _cancelled(job: Job) -> dict[str, Any]:
+    """The error a cancelled download shows: what cancel did, not the engine's "kept" hint."""
+    if job.kind == "url":
+        what = "its partial data was deleted"
+    else:
+        what = "the partial data of its files in flight was deleted; finished files stay"
+    return Cancelled(
+        f"download {job.id} was cancelled; {what}", hint="Add it again to download it anew."
+    ).to_dict()
 
 
 def _store_view(inv: Inventory) -> dict[str, Any]:
