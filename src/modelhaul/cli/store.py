@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import InvalidInput, human_bytes
+from ..errors import InvalidInput, ModelhaulError, human_bytes
 from ..policy.units import parse_size
 from .options import state_dir
 
@@ -99,7 +99,7 @@ async def run_ls(args: argparse.Namespace) -> int:
         table.add_row(
             m.name if m.repo_type == "model" else f"{m.repo_type}s/{m.name}",
             ", ".join(m.revisions) or "-",
-            str(m.files),
+            _files_text(m),
             human_bytes(m.size),
             _status_text(m),
             "yes" if m.pinned else "",
@@ -118,8 +118,22 @@ async def run_ls(args: argparse.Namespace) -> int:
 
 def _status_text(m: StoredModel) -> str:
     if m.partial_bytes and m.status in ("partial", "downloading"):
-        return f"{m.status} (+{human_bytes(m.partial_bytes)})"
+        return f"{m.status} (+{human_bytes(m.partial_bytes)} received)"
     return m.status
+
+
+def _files_text(m: StoredModel) -> str:
+    """``2/3`` when a revision's listing names files the store lacks."""
+    if m.files_listed is not None and m.files < m.files_listed:
+        return f"{m.files}/{m.files_listed}"
+    return str(m.files)
+
+
+def print_refusal(exc: ModelhaulError) -> None:
+    """The error in the store's own words: no guidance, which is about web addresses."""
+    print(f"modelhaul: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
 
 
 def _confirm(question: str) -> bool:

@@ -1,0 +1,117 @@
+"""The store tells the truth (issue 13): a failed pull is partial everywhere (the CLI, the REST
+API the web page reads).
+
+CLI tests run ``modelhaul`` as a user does; the REST test runs the real service
+(tests/server_harness.py) against the fault-injecting origin.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import modelhaul_cmd
+from helpers import blob, sha
+from origin import Origin
+from server_harness import EventReader, KiB, ServerThread, service_config
+
+pytestmark = pytest.mark.timeout(120)
+
+CONFIG = b'{"model_type": "fake"}'
+TOKENIZER = b'{"vocab": ["a", "b"]}'
+WEIGHTS = blob(200 * KiB, 13)
+
+
+@dataclass
+class CliRun:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def result(self) -> dict[str, Any]:
+        lines = [json.loads(line) for line in self.stdout.splitlines() if line.strip()]
+        assert lines, f"no JSON output (exit {self.code}); stderr:\n{self.stderr}"
+        assert lines[-1]["event"] == "result", lines[-1]
+        return lines[-1]
+
+
+def run_cli(*args: str, stdin: str | None = "") -> CliRun:
+    """The CLI with stdin a pipe (never a terminal), as in a script or CI job."""
+    proc = subprocess.run(
+        modelhaul_cmd(*args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+    )
+    return CliRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def cache_root() -> Path:
+    return Path(os.environ["HF_HUB_CACHE"])
+
+
+def manifest(origin: Origin, name: str = "acme/model", *, bad_digest: bool = False) -> dict:
+    """Three files; with ``bad_digest`` the weights' listed SHA-256 is not what is served."""
+    files = []
+    for path, data in (
+        ("config.json", CONFIG),
+        ("tokenizer.json", TOKENIZER),
+        ("model.safetensors", WEIGHTS),
+    ):
+        origin.add_file(path, data)
+        files.append(
+            {"path": path, "size": len(data), "sha256": sha(data), "url": origin.url(path)}
+        )
+    if bad_digest:
+        files[2]["sha256"] = sha(b"what the publisher promised")
+    return {"name": name, "files": files}
+
+
+def pull(tmp_path: Path, data: dict[str, Any]) -> CliRun:
+    path = tmp_path / f"{data['name'].replace('/', '-')}.json"
+    path.write_text(json.dumps(data))
+    return run_cli("pull", str(path), "--json")
+
+
+def ls() -> dict[str, dict[str, Any]]:
+    run = run_cli("ls", "--json")
+    assert run.code == 0, run.stderr
+    return {m["name"]: m for m in json.loads(run.stdout)}
+
+
+# ---------------------------------------------------------------------------------- failed pulls
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerThread]:
+    with ServerThread(service_config(tmp_path)) as s:
+        yield s
+
+
+def test_the_service_reports_a_failed_pull_as_partial(server: ServerThread, origin: Origin) -> None:
+    events = EventReader(server.url)
+    try:
+        with server.client() as api:
+            job = api.post("/api/pulls", json={"manifest": manifest(origin, bad_digest=True)})
+            failed = events.wait_download(job.json()["id"], "failed", timeout_s=60)
+            assert failed["error"]["category"] == "integrity"
+
+            store = api.get("/api/models").json()
+    finally:
+        events.close()
+
+    (model,) = [m for m in store["models"] if m["name"] == "acme/model"]
+    assert model["status"] == "partial", "2 of 3 files and no ref is not ready"
+    assert model["files"] == 2 and model["files_listed"] == 3
+    # The CLI reads the same store the same way.
+    assert ls()["acme/model"]["status"] == "partial"
