@@ -1,5 +1,6 @@
 """The store tells the truth (issue 13): a failed pull is partial everywhere (the CLI, the REST
-API the web page reads).
+API the web page reads), 'rm' asks or refuses and spares pinned models, and a model that is not
+in the store is named as such, not as a web address that is gone.
 
 CLI tests run ``modelhaul`` as a user does; the REST test runs the real service
 (tests/server_harness.py) against the fault-injecting origin.
@@ -89,6 +90,15 @@ def ls() -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in json.loads(run.stdout)}
 
 
+@pytest.fixture
+def stored(tmp_path: Path, origin: Origin) -> str:
+    """A complete model in the store."""
+    run = pull(tmp_path, manifest(origin))
+    assert run.code == 0, run.stderr
+    assert ls()["acme/model"]["status"] == "ready"
+    return "acme/model"
+
+
 # ---------------------------------------------------------------------------------- failed pulls
 
 
@@ -115,3 +125,52 @@ def test_the_service_reports_a_failed_pull_as_partial(server: ServerThread, orig
     assert model["files"] == 2 and model["files_listed"] == 3
     # The CLI reads the same store the same way.
     assert ls()["acme/model"]["status"] == "partial"
+
+
+# ---------------------------------------------------------------------------------- rm
+
+
+def test_rm_without_a_terminal_to_ask_refuses_without_yes(stored: str) -> None:
+    run = run_cli("rm", stored, "--json")
+
+    assert run.code == 2
+    assert "--yes" in run.stderr and "Traceback" not in run.stderr
+    assert run.result["status"] == "failed"
+    assert run.result["error"]["category"] == "invalid_input"
+    assert stored in ls(), "nothing is removed without confirmation"
+
+    done = run_cli("rm", stored, "--yes", "--json")
+
+    assert done.code == 0, done.stderr
+    assert done.result["freed"] > 0 and stored not in ls()
+
+
+def test_rm_never_removes_a_pinned_model_without_force(stored: str) -> None:
+    assert run_cli("pin", stored).code == 0
+
+    run = run_cli("rm", stored, "--yes")
+
+    assert run.code == 2
+    assert "pinned" in run.stderr and "--force" in run.stderr
+    assert stored in ls()
+
+    forced = run_cli("rm", stored, "--yes", "--force")
+
+    assert forced.code == 0, forced.stderr
+    assert stored not in ls()
+
+
+def test_the_service_refuses_to_remove_a_pinned_model_without_force(
+    server: ServerThread, stored: str
+) -> None:
+    with server.client() as api:
+        assert api.post("/api/models/pin", json={"name": stored}).json()["pinned"] is True
+
+        refused = api.post("/api/models/remove", json={"name": stored})
+        assert refused.status_code == 409
+        assert "pinned" in refused.json()["error"]["message"]
+        assert stored in ls()
+
+        removed = api.post("/api/models/remove", json={"name": stored, "force": True})
+        assert removed.status_code == 200 and removed.json()["freed"] > 0
+    assert stored not in ls()

@@ -30,6 +30,13 @@ class Busy(ModelhaulError):
     default_hint = "Wait for the download to finish, or pass --force."
 
 
+class Pinned(ModelhaulError):
+    """Removing a pinned model takes an explicit force: pinning says 'keep this'."""
+
+    category = "client_error"
+    default_hint = "Unpin it first, or remove it with force."
+
+
 @dataclass(frozen=True, slots=True)
 class StoredModel:
     name: str
@@ -292,6 +299,8 @@ class Inventory:
         model = self.find(repo_id, repo_type)
         if model.status == "downloading" and not force:
             raise Busy(f"{repo_id} is downloading right now")
+        if model.pinned and not force:
+            raise Pinned(f"{repo_id} is pinned")
         if revision is None:
             freed = model.size + model.partial_disk_bytes
             shutil.rmtree(model.path, ignore_errors=False)
@@ -384,11 +393,14 @@ class Inventory:
             for m in self.lru(models, keep=keep):
                 if size <= max_size:
                     break
+                if not dry_run:
+                    try:
+                        self.remove(m.name, repo_type=m.repo_type)
+                    except (Pinned, Busy):  # pinned or started since the scan: it stays
+                        continue
                 result.evicted.append(m)
                 size -= m.size
                 result.freed += m.size
-                if not dry_run:
-                    self.remove(m.name, repo_type=m.repo_type)
             result.unmet = size > max_size
         result.size_after = size
         return result

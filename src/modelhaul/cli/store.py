@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("rm", help="remove a model or one revision and its unreferenced blobs")
     p.add_argument("model", metavar="MODEL[@REVISION]")
-    p.add_argument("--force", action="store_true", help="remove even while it is downloading")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--force", action="store_true", help="remove even a pinned model, or one downloading"
+    )
+    p.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask (needed without a terminal)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_rm)
 
@@ -129,16 +133,7 @@ def _files_text(m: StoredModel) -> str:
     return str(m.files)
 
 
-def print_refusal(exc: ModelhaulError) -> None:
-    """The error in the store's own words: no guidance, which is about web addresses."""
-    print(f"modelhaul: error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
-
-
 def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        return True
     try:
         answer = input(f"{question} [y/N] ")
     except EOFError:
@@ -146,16 +141,49 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def print_refusal(exc: ModelhaulError) -> None:
+    """The error in the store's own words: no guidance, which is about web addresses."""
+    print(f"modelhaul: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def _refuse(args: argparse.Namespace, exc: ModelhaulError) -> int:
+    """A store command that cannot do what it was asked: the error, a JSON result with
+    --json, exit status 2."""
+    print_refusal(exc)
+    if getattr(args, "json", False):
+        print(json.dumps({"event": "result", "status": "failed", "error": exc.to_dict()}))
+    return 2
+
+
 async def run_rm(args: argparse.Namespace) -> int:
-    from ..inventory import parse_model_ref
+    from ..inventory import Pinned, parse_model_ref
 
     repo_type, repo_id, revision = parse_model_ref(args.model)
     inv = open_inventory()
     model = inv.find(repo_id, repo_type)
     what = f"{repo_id}@{revision}" if revision else f"{repo_id} ({human_bytes(model.size)})"
-    if not args.yes and not _confirm(f"Remove {what}?"):
-        print("modelhaul: nothing removed", file=sys.stderr)
-        return 1
+    if model.pinned and not args.force:
+        return _refuse(
+            args,
+            Pinned(
+                f"{repo_id} is pinned; nothing removed",
+                hint=f"Unpin it first (modelhaul unpin {repo_id}), or pass --force.",
+            ),
+        )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return _refuse(
+                args,
+                InvalidInput(
+                    f"not removing {what} without confirmation, and there is no terminal to ask",
+                    hint="Pass --yes to remove it without asking.",
+                ),
+            )
+        if not _confirm(f"Remove {what}?"):
+            print("modelhaul: nothing removed", file=sys.stderr)
+            return 1
     freed = inv.remove(repo_id, revision, repo_type=repo_type, force=args.force)
     if args.json:
         print(
