@@ -174,3 +174,40 @@ def test_the_service_refuses_to_remove_a_pinned_model_without_force(
         removed = api.post("/api/models/remove", json={"name": stored, "force": True})
         assert removed.status_code == 200 and removed.json()["freed"] > 0
     assert stored not in ls()
+
+
+# ---------------------------------------------------------------------------------- not in the store
+
+
+@pytest.mark.parametrize("command", ["pin", "unpin", "rm"])
+def test_a_model_not_in_the_store_is_named_as_such(command: str) -> None:
+    run = run_cli(command, "acme/none")
+
+    assert run.code == 2
+    assert "acme/none is not in the store" in run.stderr
+    assert "`modelhaul ls` lists what is" in run.stderr
+    assert "browser" not in run.stderr and "server" not in run.stderr
+
+    as_json = run_cli(command, "acme/none", "--json")
+
+    assert as_json.code == 2
+    assert as_json.result["status"] == "failed"
+    assert as_json.result["error"]["category"] == "not_found"
+    assert "acme/none" in as_json.result["error"]["message"]
+
+
+def test_rm_of_a_revision_not_in_the_store_is_named_as_such(stored: str) -> None:
+    run = run_cli("rm", f"{stored}@v9", "--yes")
+
+    assert run.code == 2
+    assert "revision 'v9'" in run.stderr and "not in the store" in run.stderr
+    assert "browser" not in run.stderr
+    assert stored in ls()
+
+
+def test_verify_of_a_model_not_in_the_store_gets_the_store_words() -> None:
+    run = run_cli("verify", "acme/none")
+
+    assert run.code == 1
+    assert "acme/none is not in the store" in run.stderr
+    assert "browser" not in run.stderr and "server" not in run.stderr

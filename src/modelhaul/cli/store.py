@@ -157,12 +157,21 @@ def _refuse(args: argparse.Namespace, exc: ModelhaulError) -> int:
     return 2
 
 
+def _not_in_store(exc: ModelhaulError) -> ModelhaulError:
+    """The model is not in the store: say where to look, not how to pull it."""
+    return type(exc)(exc.message, hint="`modelhaul ls` lists what is.")
+
+
 async def run_rm(args: argparse.Namespace) -> int:
     from ..inventory import Pinned, parse_model_ref
+    from ..store import NotInStore
 
     repo_type, repo_id, revision = parse_model_ref(args.model)
     inv = open_inventory()
-    model = inv.find(repo_id, repo_type)
+    try:
+        model = inv.find(repo_id, repo_type)
+    except NotInStore as exc:
+        return _refuse(args, _not_in_store(exc))
     what = f"{repo_id}@{revision}" if revision else f"{repo_id} ({human_bytes(model.size)})"
     if model.pinned and not args.force:
         return _refuse(
@@ -184,7 +193,10 @@ async def run_rm(args: argparse.Namespace) -> int:
         if not _confirm(f"Remove {what}?"):
             print("modelhaul: nothing removed", file=sys.stderr)
             return 1
-    freed = inv.remove(repo_id, revision, repo_type=repo_type, force=args.force)
+    try:
+        freed = inv.remove(repo_id, revision, repo_type=repo_type, force=args.force)
+    except NotInStore as exc:  # a revision the model does not have
+        return _refuse(args, exc)
     if args.json:
         print(
             json.dumps(
@@ -205,10 +217,14 @@ async def run_rm(args: argparse.Namespace) -> int:
 
 async def run_pin(args: argparse.Namespace) -> int:
     from ..inventory import parse_model_ref
+    from ..store import NotInStore
 
     repo_type, repo_id, _rev = parse_model_ref(args.model)
     inv = open_inventory()
-    inv.set_pinned(repo_id, args.pinned, repo_type)
+    try:
+        inv.set_pinned(repo_id, args.pinned, repo_type)
+    except NotInStore as exc:
+        return _refuse(args, _not_in_store(exc))
     if args.json:
         print(
             json.dumps(
