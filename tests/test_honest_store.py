@@ -211,3 +211,30 @@ def test_verify_of_a_model_not_in_the_store_gets_the_store_words() -> None:
     assert run.code == 1
     assert "acme/none is not in the store" in run.stderr
     assert "browser" not in run.stderr and "server" not in run.stderr
+
+
+@pytest.mark.parametrize(("answer", "code", "kept"), [("n", 1, True), ("y", 0, False)])
+def test_rm_at_a_terminal_asks_first(stored: str, answer: str, code: int, kept: bool) -> None:
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        modelhaul_cmd("rm", stored),
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    try:
+        os.write(controller, f"{answer}\n".encode())
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(terminal)
+        os.close(controller)
+
+    assert proc.returncode == code, err
+    assert (stored in ls()) is kept
