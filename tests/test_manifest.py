@@ -29,7 +29,7 @@ from modelhaul.sources.manifest import (
     manifest_from_data,
     parse_manifest_text,
 )
-from origin import Origin
+from origin import Fault, Origin
 
 FORMATS = ("toml", "json", "yaml")
 CONFIG = b'{"model_type": "fake"}'
@@ -483,3 +483,97 @@ def test_a_hostile_path_writes_nothing_anywhere(tmp_path: Path, origin: Origin) 
     assert "evil.bin" in run.result["error"]["message"]
     assert not [p for p in tmp_path.rglob("*evil*")]
     assert origin.requests == []
+
+
+# ---------------------------------------------------------------------------------- failed pulls
+
+
+TOKENIZER = b'{"vocab": ["a", "b"]}'
+
+
+def three_files(origin: Origin) -> dict[str, Any]:
+    """config.json, tokenizer.json and the weights, served by the origin."""
+    data = serve_model(origin)
+    origin.add_file("tokenizer.json", TOKENIZER)
+    data["files"].insert(
+        1,
+        {
+            "path": "tokenizer.json",
+            "size": len(TOKENIZER),
+            "sha256": sha256(TOKENIZER),
+            "url": origin.url("tokenizer.json"),
+        },
+    )
+    del data["files"][2]["mirrors"]
+    return data
+
+
+def ls_model(name: str = "org/model") -> dict[str, Any]:
+    run = subprocess.run(
+        modelhaul_cmd("ls", "--json"), capture_output=True, text=True, env=dict(os.environ)
+    )
+    assert run.returncode == 0, run.stderr
+    (model,) = [m for m in json.loads(run.stdout) if m["name"] == name]
+    return model
+
+
+def test_a_pull_that_fails_one_file_leaves_a_partial_model_that_verify_names(
+    tmp_path: Path, origin: Origin
+) -> None:
+    data = three_files(origin)
+    data["files"][2]["sha256"] = sha256(b"what the publisher promised")
+
+    pull = run_cli("pull", str(write(tmp_path, data, "toml")), "--json")
+
+    assert pull.code == 1 and pull.result["error"]["category"] == "integrity"
+    model = ls_model()
+    assert model["status"] == "partial", "2 of 3 files and no ref is not ready"
+    assert model["files"] == 2 and model["files_listed"] == 3
+    text = subprocess.run(
+        modelhaul_cmd("ls"), capture_output=True, text=True, env=dict(os.environ)
+    ).stdout
+    assert "partial" in text and "2/3" in text and "ready" not in text
+
+    verify = run_cli("verify", "org/model", "--json")
+
+    assert verify.code == 1, "a model missing a file is not all good"
+    assert verify.result["status"] == "failed" and verify.result["checked"] == 3
+    bad = {b["path"]: b["problem"] for b in verify.result["bad"]}
+    assert bad == {W: "missing", "refs/v1": "ref"}
+    plain = run_cli("verify", "org/model")
+    assert plain.code == 1
+    assert f"missing: {W}" in plain.stderr and "1 missing" in plain.stderr
+    assert "all good" not in plain.stderr
+
+    # The file's listed digest is wrong: a repair cannot fix that, and says so.
+    repair = run_cli("verify", "org/model", "--repair", "--json")
+    assert repair.code == 1
+    (problem,) = [b for b in repair.result["bad"] if b["path"] == W]
+    assert "repair failed" in problem["detail"]
+    assert ls_model()["status"] == "partial"
+
+
+def test_verify_repair_fetches_what_a_failed_pull_left_missing_and_writes_its_ref(
+    tmp_path: Path, origin: Origin
+) -> None:
+    data = three_files(origin)
+    origin.plan("model.safetensors", [Fault(status=404)])  # gone for one request only
+    manifest = write(tmp_path, data, "json")
+
+    pull = run_cli("pull", str(manifest), "--json")
+
+    assert pull.code == 1 and pull.result["error"]["category"] == "not_found"
+    folder = cache_root() / "models--org--model"
+    assert not (folder / "refs" / "v1").exists()
+    assert ls_model()["status"] == "partial"
+
+    repair = run_cli("verify", "org/model", "--repair", "--json")
+
+    assert repair.code == 0, repair.stderr
+    assert repair.result["repaired"] == [W, "refs/v1"]
+    assert repair.result["bad"] == []
+    snapshot = folder / "snapshots" / (folder / "refs" / "v1").read_text()
+    assert (snapshot / W).read_bytes() == WEIGHTS
+    model = ls_model()
+    assert model["status"] == "ready" and model["files"] == model["files_listed"] == 3
+    assert run_cli("verify", "org/model@v1", "--json").code == 0

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,11 +24,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from huggingface_hub import constants, hf_hub_download, scan_cache_dir, snapshot_download
+from huggingface_hub import (
+    constants,
+    get_cached_repo_tree,
+    hf_hub_download,
+    scan_cache_dir,
+    snapshot_download,
+)
+from huggingface_hub.errors import IncompleteSnapshotError
 
 from conftest import modelhaul_cmd
 from fakehub import FakeHub, RequestRecord
-from modelhaul.errors import HTTPStatusError, InvalidInput
+from modelhaul.errors import HTTPStatusError, InvalidInput, human_bytes
+from modelhaul.journal import Journal
 from modelhaul.manager import DownloadManager
 from modelhaul.models import ModelPuller, PullResult
 from modelhaul.sources.hf import HubRef, HubSource, explain_download_error, parse_hf_uri
@@ -730,6 +739,26 @@ def test_verify_checks_a_cache_written_by_huggingface_hub(hub: FakeHub, cache: P
     assert (repo_folder(cache) / "blobs" / git_oid(VOCAB)).read_bytes() == VOCAB
 
 
+@pytest.mark.parametrize("writer", ["modelhaul", "huggingface_hub"])
+def test_ls_says_corrupt_once_verify_found_a_bad_file_and_ready_after_repair(
+    hub: FakeHub, cache: Path, writer: str
+) -> None:
+    hub.add_repo("org/model", FILES)
+    if writer == "modelhaul":
+        pull_now(hub, cache, "hf://org/model")
+    else:
+        snapshot_download("org/model", cache_dir=cache)
+    _flip(repo_folder(cache) / "blobs" / sha256(W2), 7)
+    assert run_cli("verify", "org/model", "-q").code == 1
+
+    (model,) = ls_json()
+
+    assert model["status"] == "corrupt", "a file verify found bad is not ready"
+    assert run_cli("verify", "org/model", "--repair", "-q").code == 0
+    (model,) = ls_json()
+    assert model["status"] == "ready"
+
+
 def test_verify_of_a_model_not_in_the_cache_fails_with_a_result_line(cache: Path) -> None:
     run = run_cli("verify", "org/absent", "--json")
 
@@ -838,6 +867,124 @@ def test_an_interrupted_pull_keeps_its_partial_beside_the_blob_and_resumes(
     assert again.code == 0, again.stderr
     assert hub.cdn_bytes(sha256(W1)) < len(W1)
     assert (blobs / sha256(W1)).read_bytes() == W1
+
+
+def test_ls_counts_what_an_interrupted_pull_received_not_its_preallocated_size(
+    hub: FakeHub, cache: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    hub.add_repo("org/model", {"w.safetensors": W1})
+    hub.stall_after(sha256(W1), 1024 * 1024)
+    proc = _popen("pull", "hf://org/model", "--json", "-j", "1")
+    procs.append(proc)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and event["bytes_done"] > 0:
+            break
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    blobs = repo_folder(cache) / "blobs"
+    journal = Journal(blobs / f"{sha256(W1)}.modelhaul.journal").load()
+    assert journal is not None
+    received = journal.done.total()
+    assert 0 < received < len(W1)
+
+    (model,) = ls_json()
+
+    assert model["status"] == "partial"
+    assert model["partial_bytes"] == received, "received bytes, not the preallocated size"
+    text = run_plain("ls")
+    assert f"partial (+{human_bytes(received)} received)" in text
+
+
+def ls_json() -> list[dict[str, Any]]:
+    run = subprocess.run(
+        modelhaul_cmd("ls", "--json"), capture_output=True, text=True, env=dict(os.environ)
+    )
+    assert run.returncode == 0, run.stderr
+    return list(json.loads(run.stdout))
+
+
+def run_plain(*args: str) -> str:
+    run = subprocess.run(
+        modelhaul_cmd(*args), capture_output=True, text=True, env=dict(os.environ), timeout=60
+    )
+    return run.stdout + run.stderr
+
+
+# ---------------------------------------------------------------------------------- listings
+
+
+def test_a_hub_pull_records_the_revision_listing_where_huggingface_hub_reads_it(
+    hub: FakeHub, cache: Path
+) -> None:
+    commit = hub.add_repo("org/model", FILES)
+
+    run = run_cli("pull", "hf://org/model", "--include", "*.json", "--json")
+
+    assert run.code == 0, run.stderr
+    tree = json.loads((repo_folder(cache) / "trees" / f"{commit}.json").read_text())
+    assert tree["format_version"] == 1 and sorted(tree["files"]) == sorted(FILES)
+    weights = tree["files"]["weights/model-00001.safetensors"]
+    assert weights["lfs_sha256"] == sha256(W1) and weights["size"] == len(W1)
+    assert tree["files"]["config.json"] == {"size": len(CONFIG), "blob_id": git_oid(CONFIG)}
+    listed = get_cached_repo_tree("org/model", cache_dir=cache)
+    assert sorted(f.path for f in listed) == sorted(FILES)
+    # Stock huggingface_hub now knows the snapshot holds only what was asked for.
+    with pytest.raises(IncompleteSnapshotError):
+        snapshot_download("org/model", cache_dir=cache, local_files_only=True)
+    assert snapshot_download(
+        "org/model", cache_dir=cache, local_files_only=True, allow_patterns="*.json"
+    ) == str(repo_folder(cache) / "snapshots" / commit)
+    # What the pull asked for is all there: ready, for ls and verify alike.
+    (model,) = ls_json()
+    assert model["status"] == "ready" and model["files"] == 1
+    assert run_cli("verify", "org/model", "--json").code == 0
+
+
+def test_a_snapshot_huggingface_hub_left_unfinished_is_partial_and_repair_completes_it(
+    hub: FakeHub, cache: Path
+) -> None:
+    commit = hub.add_repo("org/model", FILES)
+    snapshot = Path(snapshot_download("org/model", cache_dir=cache))
+    assert not (repo_folder(cache) / ".modelhaul").exists()
+    (model,) = ls_json()
+    assert model["status"] == "ready" and model["files"] == model["files_listed"] == len(FILES)
+    # As stock huggingface_hub leaves an interrupted download: listing written, one file never
+    # linked (its blob never published).
+    (snapshot / "weights/model-00002.safetensors").unlink()
+    (repo_folder(cache) / "blobs" / sha256(W2)).unlink()
+
+    (model,) = ls_json()
+    assert model["status"] == "partial"
+    assert model["files"] == len(FILES) - 1 and model["files_listed"] == len(FILES)
+    verify = run_cli("verify", "org/model", "--json")
+    assert verify.code == 1
+    assert verify.result["bad"][0]["path"] == "weights/model-00002.safetensors"
+    assert verify.result["bad"][0]["problem"] == "missing"
+
+    repair = run_cli("verify", "org/model", "--repair", "--json")
+
+    assert repair.code == 0, repair.stderr
+    assert repair.result["repaired"] == ["weights/model-00002.safetensors"]
+    assert (
+        repo_folder(cache) / "snapshots" / commit / "weights/model-00002.safetensors"
+    ).read_bytes() == W2
+    (model,) = ls_json()
+    assert model["status"] == "ready"
+
+
+def test_without_any_listing_a_snapshot_is_judged_by_its_links(hub: FakeHub, cache: Path) -> None:
+    hub.add_repo("org/model", FILES)
+    snapshot = Path(snapshot_download("org/model", cache_dir=cache))
+    shutil.rmtree(repo_folder(cache) / "trees")
+    (snapshot / "config.json").unlink()  # nothing says it should be there
+
+    (model,) = ls_json()
+
+    assert model["status"] == "ready" and model["files_listed"] is None
+    assert model["files"] == len(FILES) - 1
 
 
 # ---------------------------------------------------------------------------------- in-process

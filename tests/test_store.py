@@ -8,6 +8,7 @@ Everything here runs on tmp_path without a network.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -435,3 +436,31 @@ def test_local_commit_of_a_model_not_in_the_store_says_how_to_get_it(tmp_path: P
     with pytest.raises(ModelhaulError) as info:
         resolve_local_commit(RepoStore(tmp_path, "org/absent"), None)
     assert "org/absent" in info.value.message and "pull" in info.value.hint
+
+
+def test_a_hub_listing_is_written_once_in_huggingface_hub_format(rs: RepoStore) -> None:
+    rs.save_tree(
+        COMMIT, {"b.json": {"size": 2, "blob_id": "1" * 40}, "a": {"size": 0, "blob_id": "2" * 40}}
+    )
+    rs.save_tree(COMMIT, {"other": {"size": 1, "blob_id": "3" * 40}})  # a commit never changes
+
+    data = json.loads(rs.tree_path(COMMIT).read_text())
+
+    assert data["format_version"] == 1 and list(data["files"]) == ["a", "b.json"]
+    assert rs.load_tree(COMMIT) == data["files"]
+    rs.tree_path(COMMIT).write_text(json.dumps({"format_version": 2, "files": {}}))
+    assert rs.load_tree(COMMIT) is None, "a format this code does not know is no listing"
+
+
+def test_a_blob_found_bad_stays_known_bad_only_while_it_is_the_same_file(rs: RepoStore) -> None:
+    etag = put_blob(rs, b"good content")
+    assert rs.verify_blob(etag) and not rs.is_discredited(etag)
+    blob = rs.blob_path(etag)
+    blob.write_bytes(b"bad content!")
+
+    assert not rs.verify_blob(etag, rehash=True)
+    assert rs.is_discredited(etag)
+
+    blob.unlink()
+    put_blob(rs, b"good content")  # replaced, by any tool
+    assert not rs.is_discredited(etag)

@@ -19,18 +19,22 @@ from huggingface_hub.errors import CacheNotFound
 
 from .engine import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from .errors import InvalidInput, ModelhaulError, human_bytes
-from .statedb import StateDB
-from .store import RepoStore, check_repo_id, parse_repo_folder
-
-
-class NotInStore(ModelhaulError):
-    category = "not_found"
-    default_hint = "Run 'modelhaul ls' to see what the store holds."
+from .journal import Journal
+from .models import load_listing, owed_refs, stored_commits
+from .statedb import ModelFacts, StateDB
+from .store import NotInStore, RepoStore, check_repo_id, parse_repo_folder
 
 
 class Busy(ModelhaulError):
     category = "client_error"
     default_hint = "Wait for the download to finish, or pass --force."
+
+
+class Pinned(ModelhaulError):
+    """Removing a pinned model takes an explicit force: pinning says 'keep this'."""
+
+    category = "client_error"
+    default_hint = "Unpin it first, or remove it with force."
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +49,9 @@ class StoredModel:
     pinned: bool
     last_used: float | None
     path: Path
-    partial_bytes: int = 0
+    partial_bytes: int = 0  # received so far by unfinished downloads (not their preallocation)
+    files_listed: int | None = None  # what the revision should hold, when a listing says so
+    partial_disk_bytes: int = 0  # what unfinished downloads occupy on disk (freed by removal)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -61,6 +67,7 @@ class StoredModel:
             "last_used_ts": self.last_used,
             "path": str(self.path),
             "partial_bytes": self.partial_bytes,
+            "files_listed": self.files_listed,
         }
 
 
@@ -142,9 +149,12 @@ class Inventory:
             unnamed = sorted(
                 r.commit_hash[:12] for r in repo.revisions if r.commit_hash not in named
             )
-            status, partial_bytes = self._status(
-                repo.repo_path, repo.revisions, bool(f and f.corrupt)
-            )
+            try:
+                health = self._health(repo.repo_path, repo.repo_type, repo.repo_id, f)
+            except InvalidInput:  # a name huggingface_hub allows and modelhaul does not
+                received, on_disk, busy = self._partial_bytes(repo.repo_path)
+                status = "downloading" if busy else "partial" if on_disk else "ready"
+                health = _Health(status, 0, None, received, on_disk)
             last_used = f.last_used if f and f.last_used is not None else repo.last_accessed
             models.append(
                 StoredModel(
@@ -152,20 +162,25 @@ class Inventory:
                     repo_type=repo.repo_type,
                     revisions=tuple(sorted(refs)) + tuple(unnamed),
                     commits=tuple(sorted(r.commit_hash for r in repo.revisions)),
-                    files=max((len(r.files) for r in repo.revisions), default=0),
+                    files=max(
+                        max((len(r.files) for r in repo.revisions), default=0), health.present
+                    ),
                     size=repo.size_on_disk,
-                    status=status,
+                    status=health.status,
                     pinned=bool(f and f.pinned),
                     last_used=last_used,
                     path=repo.repo_path,
-                    partial_bytes=partial_bytes,
+                    partial_bytes=health.received,
+                    files_listed=health.listed,
+                    partial_disk_bytes=health.on_disk,
                 )
             )
         models.extend(self._unscanned({(m.repo_type, m.name) for m in models}, facts))
         return sorted(models, key=lambda m: (m.repo_type != "model", m.name.lower()))
 
     def _unscanned(self, seen: set[tuple[str, str]], facts: dict) -> list[StoredModel]:
-        """Repo folders huggingface_hub skipped (no snapshot yet: a first pull in progress)."""
+        """Repo folders huggingface_hub skipped (no snapshot yet, or a snapshot it calls
+        corrupt, such as a link to a missing blob)."""
         out = []
         if not self.root.is_dir():
             return out
@@ -174,48 +189,71 @@ class Inventory:
             if parsed is None or parsed in seen or not d.is_dir():
                 continue
             repo_type, repo_id = parsed
-            status, partial_bytes = self._status(d, (), False)
             f = facts.get(parsed)
+            try:
+                health = self._health(d, repo_type, repo_id, f)
+            except InvalidInput:  # a folder name no model of ours could have
+                continue
             out.append(
                 StoredModel(
                     name=repo_id,
                     repo_type=repo_type,
                     revisions=(),
                     commits=(),
-                    files=0,
+                    files=health.present,
                     size=_blobs_size(d),
-                    status=status if partial_bytes else "partial",
+                    # huggingface_hub could not read it: never ready, whatever the files say
+                    status="partial" if health.status == "ready" else health.status,
                     pinned=bool(f and f.pinned),
                     last_used=f.last_used if f else None,
                     path=d,
-                    partial_bytes=partial_bytes,
+                    partial_bytes=health.received,
+                    files_listed=health.listed,
+                    partial_disk_bytes=health.on_disk,
                 )
             )
         return out
 
-    def _status(
-        self, repo_path: Path, revisions: Iterable[object], corrupt: bool
-    ) -> tuple[str, int]:
-        partial_bytes = 0
+    def _health(
+        self, repo_path: Path, repo_type: str, repo_id: str, facts: ModelFacts | None
+    ) -> _Health:
+        """One model's status: downloading, else corrupt (known bad), else partial (a file a
+        revision lists is missing, a ref its pull owes is unwritten, a download unfinished, or
+        no revision at all), else ready."""
+        received, on_disk, downloading = self._partial_bytes(repo_path)
+        rs = RepoStore(self.root, repo_id, repo_type)
+        revisions = [_judge(rs, c) for c in stored_commits(rs)]
+        listed = [r.listed for r in revisions if r.listed is not None]
+        health = _Health(
+            status="ready",
+            present=max((r.present for r in revisions), default=0),
+            listed=max(listed) if listed else None,
+            received=received,
+            on_disk=on_disk,
+        )
+        if downloading:
+            health.status = "downloading"
+        elif (facts is not None and facts.corrupt) or any(r.state == "corrupt" for r in revisions):
+            health.status = "corrupt"
+        elif not revisions or on_disk or received or any(r.state != "ready" for r in revisions):
+            health.status = "partial"
+        return health
+
+    def _partial_bytes(self, repo_path: Path) -> tuple[int, int, bool]:
+        """Bytes unfinished downloads received (their journals say; a preallocated partial
+        file's size says nothing), bytes they occupy, and whether one is in progress."""
+        received = on_disk = 0
         downloading = False
         for part in self._parts(repo_path):
             try:
-                partial_bytes += part.stat().st_blocks * 512
+                st = part.stat()
             except OSError:
                 continue
+            on_disk += st.st_blocks * 512
+            received += _received(part, st.st_size)
             if self.lock_dir is not None and is_downloading(self.lock_dir, part):
                 downloading = True
-        if downloading:
-            return "downloading", partial_bytes
-        if corrupt:
-            return "corrupt", partial_bytes
-        for rev in revisions:
-            for f in getattr(rev, "files", ()):
-                if not Path(f.blob_path).exists():
-                    return "partial", partial_bytes
-        if partial_bytes:
-            return "partial", partial_bytes
-        return "ready", partial_bytes
+        return received, on_disk, downloading
 
     @staticmethod
     def _parts(repo_path: Path) -> list[Path]:
@@ -261,8 +299,10 @@ class Inventory:
         model = self.find(repo_id, repo_type)
         if model.status == "downloading" and not force:
             raise Busy(f"{repo_id} is downloading right now")
+        if model.pinned and not force:
+            raise Pinned(f"{repo_id} is pinned")
         if revision is None:
-            freed = model.size + model.partial_bytes
+            freed = model.size + model.partial_disk_bytes
             shutil.rmtree(model.path, ignore_errors=False)
             shutil.rmtree(self.root / ".locks" / model.path.name, ignore_errors=True)
             self.db.forget(repo_type, repo_id)
@@ -273,7 +313,9 @@ class Inventory:
         freed = strategy.expected_freed_size
         strategy.execute()
         rs = RepoStore(self.root, repo_id, repo_type)
-        (rs.meta / f"files-{commit}.json").unlink(missing_ok=True)
+        for name in (f"files-{commit}.json", f"files-{commit}.lock"):
+            (rs.meta / name).unlink(missing_ok=True)
+        rs.tree_path(commit).unlink(missing_ok=True)
         for blob in strategy.blobs:
             rs.forget_record(Path(blob).name)
         if not model.path.exists():
@@ -351,11 +393,14 @@ class Inventory:
             for m in self.lru(models, keep=keep):
                 if size <= max_size:
                     break
+                if not dry_run:
+                    try:
+                        self.remove(m.name, repo_type=m.repo_type)
+                    except (Pinned, Busy):  # pinned or started since the scan: it stays
+                        continue
                 result.evicted.append(m)
                 size -= m.size
                 result.freed += m.size
-                if not dry_run:
-                    self.remove(m.name, repo_type=m.repo_type)
             result.unmet = size > max_size
         result.size_after = size
         return result
@@ -378,6 +423,54 @@ class Inventory:
         target = max(0, self.total_size(models) - freed)
         enough = "would free enough" if freed >= short else "would help but not free enough"
         return f"Removing the least recently used models {enough}: {names}; run: modelhaul gc --max-size {target}"
+
+
+@dataclass(slots=True)
+class _Health:
+    status: str
+    present: int
+    listed: int | None
+    received: int
+    on_disk: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Revision:
+    state: str  # ready | partial | corrupt
+    present: int
+    listed: int | None  # None: no listing, the snapshot is judged by its own links
+
+
+def _judge(rs: RepoStore, commit: str) -> _Revision:
+    """A stored revision against its listing, without hashing: each listed file must be in the
+    snapshot at its listed size (the engine publishes only verified blobs) and not found bad
+    by a later hash; the refs its pull owed must exist."""
+    listing = load_listing(rs, commit)
+    present = 0
+    corrupt = False
+    for f in listing.files:
+        try:
+            size = rs.snapshot_file(commit, f.path).stat().st_size
+        except (OSError, InvalidInput):
+            continue
+        if f.size >= 0 and size != f.size:
+            continue
+        if rs.is_discredited(f.blob_id):
+            corrupt = True
+            continue
+        present += 1
+    complete = present == len(listing.files) and not owed_refs(rs, listing)
+    state = "corrupt" if corrupt else "ready" if complete else "partial"
+    return _Revision(state, present, len(listing.files) if listing.known else None)
+
+
+def _received(part: Path, size: int) -> int:
+    """What a partial file holds: its journal's ranges (modelhaul preallocates the file, so
+    its size is the whole download's); huggingface_hub's ``.incomplete`` files only grow."""
+    if not part.name.endswith(PART_SUFFIX):
+        return size
+    state = Journal(part.with_name(part.name.replace(PART_SUFFIX, JOURNAL_SUFFIX))).load()
+    return state.done.total() if state is not None else 0
 
 
 def _blobs_size(repo_path: Path) -> int:

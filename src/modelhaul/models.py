@@ -36,6 +36,7 @@ from .store import (
     EMPTY_GIT_OID,
     EMPTY_SHA256,
     BlobLock,
+    NotInStore,
     RepoStore,
     bad_chunks,
     check_revision,
@@ -43,6 +44,7 @@ from .store import (
 )
 
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_BLOB_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 FileCallback = Callable[[str, str], None]  # (path, what happened)
 
 
@@ -147,6 +149,10 @@ class ModelPuller:
         """
         rs = self.repo(spec)
         rs.prepare()
+        # Before any byte: a pull that fails leaves a list showing what is missing, and 'ls',
+        # 'verify' and the service judge the snapshot against it instead of against itself.
+        with _writing(rs.folder):
+            await asyncio.to_thread(record_pull_start, rs, spec)
         present, missing = await self._sort_files(rs, spec.files)
         if missing and self.check_disk_space:
             self._check_space(rs, missing, free_hint)
@@ -175,9 +181,7 @@ class ModelPuller:
             first = errors[0]
             raise first if isinstance(first, ModelhaulError) else ModelhaulError(str(first))
         with _writing(rs.folder):
-            self._save_file_list(rs, spec)
-            if spec.revision and spec.revision != spec.commit:
-                rs.write_ref(spec.revision, spec.commit)
+            await asyncio.to_thread(record_pull_done, rs, spec)
         if local_dir is not None:
             place_local_dir(rs, spec, local_dir)
         order = {f.path: i for i, f in enumerate(spec.files)}
@@ -189,26 +193,6 @@ class ModelPuller:
             present=tuple(sorted((f.path for f in present), key=order.__getitem__)),
             bytes_fetched=sum(f.size for f in fetched),
             local_dir=local_dir,
-        )
-
-    @staticmethod
-    def _save_file_list(rs: RepoStore, spec: ModelSpec) -> None:
-        """Record the files of the snapshot, adding to what earlier (filtered) pulls recorded:
-        a commit's files never change, and verify must see every file pulled so far."""
-        old = rs.load_file_list(spec.commit) or {}
-        entries: dict[str, object] = {}
-        for e in old.get("files") or ():
-            if isinstance(e, dict) and isinstance(e.get("path"), str):
-                entries[e["path"]] = e
-        entries.update({f.path: f.to_json() for f in spec.files})
-        rs.save_file_list(
-            spec.commit,
-            {
-                "repo_id": spec.repo_id,
-                "repo_type": spec.repo_type,
-                "source": spec.source,
-                "files": list(entries.values()),
-            },
         )
 
     async def _sort_files(
@@ -367,10 +351,10 @@ class ModelPuller:
         """
         rs = RepoStore(self.root, repo_id, repo_type)
         commit = resolve_local_commit(rs, revision)
-        files = local_files(rs, commit)
+        listing = load_listing(rs, commit)
         report = VerifyReport(repo_id, commit)
         bad: list[tuple[ModelFile, FileProblem]] = []
-        for f in files:
+        for f in listing.files:
             report.checked += 1
             problem = await asyncio.to_thread(check_file, rs, commit, f)
             if problem is not None:
@@ -379,6 +363,16 @@ class ModelPuller:
             await self._repair(rs, commit, bad, report, url_for, headers_for, on_file)
         else:
             report.problems = [p for _, p in bad]
+        owed = owed_refs(rs, listing)
+        if owed and repair and report.ok:
+            # Every file is there now: finish what the interrupted pull left undone.
+            await asyncio.to_thread(write_owed_refs, rs, commit, owed)
+            report.repaired.extend(f"refs/{name}" for name in owed)
+        else:
+            report.problems.extend(
+                FileProblem(f"refs/{name}", "ref", "the pull did not finish: no ref was written")
+                for name in owed
+            )
         return report
 
     async def _repair(
@@ -549,56 +543,219 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def resolve_local_commit(rs: RepoStore, revision: str | None) -> str:
+    """The commit ``revision`` names in the store (a ref, a commit, or with none: main, else
+    the newest snapshot, counting pulls that failed before linking any file)."""
     if not rs.folder.is_dir():
-        raise ModelhaulError(
+        raise NotInStore(
             f"{rs.repo_id} is not in the store at {rs.root}",
             hint=f"Pull it first: modelhaul pull hf://{rs.repo_id}",
         )
-    if revision and _HEX40.match(revision) and rs.snapshot_dir(revision).is_dir():
+    commits = stored_commits(rs)
+    if revision and _HEX40.match(revision) and revision in commits:
         return revision
     commit = rs.read_ref(revision or "main")
-    if commit is None and revision is None:
-        snaps = (
-            sorted(
-                (p for p in rs.snapshots.iterdir() if p.is_dir()),
-                key=lambda p: p.stat().st_mtime,
-                reverse=True,
-            )
-            if rs.snapshots.is_dir()
-            else []
-        )
-        if snaps:
-            commit = snaps[0].name
+    if commit is None and revision is None and commits:
+        commit = max(commits, key=lambda c: _mtime(rs, c))
     if commit is None:
-        raise ModelhaulError(
+        raise NotInStore(
             f"revision {revision or 'main'} of {rs.repo_id} is not in the store",
             hint="Pull it first, or name a revision that 'modelhaul ls' shows.",
         )
     return check_revision(commit)
 
 
-def local_files(rs: RepoStore, commit: str) -> list[ModelFile]:
-    """The files of a stored snapshot: from modelhaul's file list, else from the snapshot's
-    symlinks (models fetched by huggingface_hub)."""
+def stored_commits(rs: RepoStore) -> list[str]:
+    """Commits with a snapshot folder, and those whose pull failed before linking a file (a
+    list that still owes a ref). A finished list without a snapshot is a revision removed by
+    other tools, not a pull of ours."""
+    snaps = (
+        [p.name for p in rs.snapshots.iterdir() if p.is_dir() and _HEX40.match(p.name)]
+        if rs.snapshots.is_dir()
+        else []
+    )
+    unlinked = [
+        c
+        for c in rs.listed_commits()
+        if c not in snaps and _HEX40.match(c) and owed_refs(rs, load_listing(rs, c))
+    ]
+    return snaps + unlinked
+
+
+def _mtime(rs: RepoStore, commit: str) -> float:
+    for p in (rs.snapshot_dir(commit), rs.meta / f"files-{commit}.json"):
+        with contextlib.suppress(OSError):
+            return p.stat().st_mtime
+    return 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The files a stored revision should hold, and where that knowledge comes from."""
+
+    commit: str
+    files: list[ModelFile]
+    source: str  # "modelhaul" (our record), "trees" (the Hub listing), "snapshot" (itself)
+    pending_refs: tuple[str, ...] = ()  # refs the recording pull had yet to write
+
+    @property
+    def known(self) -> bool:
+        """Whether the list says what should be there (a snapshot only says what is)."""
+        return self.source != "snapshot"
+
+
+def load_listing(rs: RepoStore, commit: str) -> Listing:
+    """The files of a stored revision: modelhaul's record (what pulls asked for, written before
+    fetching), else huggingface_hub's ``trees/<commit>.json``, else the snapshot's own links."""
     data = rs.load_file_list(commit)
     if data and isinstance(data.get("files"), list):
-        out = []
-        for e in data["files"]:
-            try:
-                out.append(
-                    ModelFile(
-                        path=safe_relpath(e["path"]),
-                        size=int(e["size"]),
-                        blob_id=str(e["blob_id"]),
-                        urls=tuple(str(u) for u in e.get("urls") or ()),
-                        sha256=e.get("sha256"),
-                    )
-                )
-            except (KeyError, TypeError, ValueError, InvalidInput):
-                continue
-        return out
-    snap = rs.snapshot_dir(commit)
+        pending = data.get("pending_refs") or []
+        return Listing(
+            commit,
+            _files_from_record(data["files"]),
+            "modelhaul",
+            tuple(str(r) for r in pending if isinstance(r, str)),
+        )
+    tree = rs.load_tree(commit)
+    if tree is not None:
+        return Listing(commit, _files_from_tree(tree), "trees")
+    return Listing(commit, _files_from_snapshot(rs, commit), "snapshot")
+
+
+def local_files(rs: RepoStore, commit: str) -> list[ModelFile]:
+    """The files a stored revision should hold (see ``load_listing``)."""
+    return load_listing(rs, commit).files
+
+
+def owed_refs(rs: RepoStore, listing: Listing) -> list[str]:
+    """Refs the pull that recorded ``listing`` was to write and that do not exist. A ref that
+    exists, even at another commit, was written by a later pull of that name."""
+    return [r for r in listing.pending_refs if _ref_missing(rs, r)]
+
+
+def _ref_missing(rs: RepoStore, name: str) -> bool:
+    try:
+        return not (rs.refs / check_revision(name)).is_file()
+    except InvalidInput:
+        return False  # a name no pull of ours could have recorded
+
+
+def write_owed_refs(rs: RepoStore, commit: str, names: Sequence[str]) -> None:
+    """Write refs an interrupted pull owed (never moving one a later pull wrote)."""
+    for name in names:
+        if _ref_missing(rs, name):
+            rs.write_ref(name, commit)
+    _settle_refs(rs, commit, names)
+
+
+def record_pull_start(rs: RepoStore, spec: ModelSpec) -> None:
+    """Record the files a pull asks for, added to what earlier (filtered) pulls of the commit
+    asked for (a commit's files never change), and the ref it will owe until it finishes; and
+    the Hub's listing of the whole revision where huggingface_hub looks for it."""
+    if spec.tree is not None:
+        rs.save_tree(spec.commit, spec.tree)
+    owes = bool(spec.revision) and spec.revision != spec.commit
+    with rs.file_list_lock(spec.commit):
+        old = rs.load_file_list(spec.commit) or {}
+        entries = _record_entries(old)
+        entries.update({f.path: f.to_json() for f in spec.files})
+        pending = {r for r in old.get("pending_refs") or () if isinstance(r, str)}
+        if owes and rs.read_ref(spec.revision or "") != spec.commit:
+            pending.add(spec.revision or "")
+        _save_record(rs, spec, entries, sorted(pending))
+
+
+def record_pull_done(rs: RepoStore, spec: ModelSpec) -> None:
+    """The pull finished: write its ref, then strike it from the refs the list owes."""
+    if spec.revision and spec.revision != spec.commit:
+        rs.write_ref(spec.revision, spec.commit)
+        _settle_refs(rs, spec.commit, [spec.revision])
+
+
+def _settle_refs(rs: RepoStore, commit: str, names: Sequence[str]) -> None:
+    with rs.file_list_lock(commit):
+        data = rs.load_file_list(commit)
+        if not data or not data.get("pending_refs"):
+            return
+        data["pending_refs"] = [r for r in data["pending_refs"] if r not in names]
+        rs.save_file_list(commit, data)
+
+
+def _record_entries(old: dict[str, object]) -> dict[str, object]:
+    entries: dict[str, object] = {}
+    for e in old.get("files") or ():  # type: ignore[attr-defined]
+        if isinstance(e, dict) and isinstance(e.get("path"), str):
+            entries[e["path"]] = e
+    return entries
+
+
+def _save_record(
+    rs: RepoStore, spec: ModelSpec, entries: dict[str, object], pending: list[str]
+) -> None:
+    rs.save_file_list(
+        spec.commit,
+        {
+            "repo_id": spec.repo_id,
+            "repo_type": spec.repo_type,
+            "source": spec.source,
+            "pending_refs": pending,
+            "files": list(entries.values()),
+        },
+    )
+
+
+def _files_from_record(entries: list[object]) -> list[ModelFile]:
     out = []
+    for e in entries:
+        if not isinstance(e, dict):
+            continue
+        try:
+            blob_id = str(e["blob_id"])
+            if not _BLOB_ID.match(blob_id):
+                continue
+            out.append(
+                ModelFile(
+                    path=safe_relpath(e["path"]),
+                    size=int(e["size"]),
+                    blob_id=blob_id,
+                    urls=tuple(str(u) for u in e.get("urls") or ()),
+                    sha256=e.get("sha256"),
+                )
+            )
+        except (KeyError, TypeError, ValueError, InvalidInput):
+            continue
+    return out
+
+
+def _files_from_tree(tree: dict[str, dict[str, object]]) -> list[ModelFile]:
+    """huggingface_hub's listing: an LFS file's blob is named by its SHA-256, others by the
+    git blob id."""
+    out = []
+    for path, e in tree.items():
+        sha = e.get("lfs_sha256")
+        blob_id = sha if isinstance(sha, str) else e.get("blob_id")
+        size = e.get("size")
+        if not isinstance(blob_id, str) or not _BLOB_ID.match(blob_id) or not isinstance(size, int):
+            continue
+        try:
+            rel = safe_relpath(path)
+        except InvalidInput:
+            continue
+        out.append(
+            ModelFile(
+                path=rel,
+                size=size,
+                blob_id=blob_id,
+                urls=(),
+                sha256=sha if isinstance(sha, str) else None,
+            )
+        )
+    return out
+
+
+def _files_from_snapshot(rs: RepoStore, commit: str) -> list[ModelFile]:
+    """A snapshot's own links (models fetched by huggingface_hub without a listing)."""
+    snap = rs.snapshot_dir(commit)
+    out: list[ModelFile] = []
     if not snap.is_dir():
         return out
     for dirpath, _dirs, names in os.walk(snap):
@@ -607,6 +764,8 @@ def local_files(rs: RepoStore, commit: str) -> list[ModelFile]:
             if not p.is_symlink():
                 continue
             blob_id = Path(os.readlink(p)).name
+            if not _BLOB_ID.match(blob_id):
+                continue
             try:
                 size = (rs.blobs / blob_id).stat().st_size
             except OSError:

@@ -5,12 +5,15 @@
         blobs/<etag>.modelhaul.part|journal partial data until verified
         refs/<revision>                     the commit, no newline, replaced atomically
         snapshots/<commit>/<path>           relative symlink to ../../blobs/<etag> (or a copy)
-        .modelhaul/files-<commit>.json      modelhaul's file list: sizes, hashes, URLs
+        trees/<commit>.json                 the revision's Hub listing, huggingface_hub's format
+        .modelhaul/files-<commit>.json      the files pulls asked for: sizes, hashes, URLs; and
+                                            the refs a pull still owes (written before fetching)
         .modelhaul/blobs/<etag>.json        verification record and per-chunk SHA-256
     <root>/.locks/models--ORG--NAME/<etag>.lock   the per-blob lock huggingface_hub also takes
 
-huggingface_hub ignores ``.modelhaul/`` (it reads refs, snapshots and blobs only), so stock
-``snapshot_download(..., local_files_only=True)`` loads what modelhaul wrote.
+huggingface_hub ignores ``.modelhaul/`` (it reads refs, snapshots, blobs and trees), so stock
+``snapshot_download(..., local_files_only=True)`` loads what modelhaul wrote, and refuses a
+snapshot that ``trees/<commit>.json`` shows to be incomplete, as it does for its own.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from typing import Any
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from .errors import InvalidInput, PermissionDenied
+from .errors import InvalidInput, ModelhaulError, PermissionDenied
 from .hashing import sha256_file
 from .policy.paths import safe_relpath
 
@@ -44,7 +47,16 @@ EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 EMPTY_GIT_OID = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _REV = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
+_DISCREDITED = -1  # the mtime a record gets when a hash found its blob bad
 REPO_TYPES = ("model", "dataset", "space")
+TREE_FORMAT_VERSION = 1  # huggingface_hub's _tree_cache.TREE_CACHE_FORMAT_VERSION
+
+
+class NotInStore(ModelhaulError):
+    """A model (or revision) the store does not hold: a wrong name, not a server's 404."""
+
+    category = "not_found"
+    default_hint = "Run 'modelhaul ls' to see what the store holds."
 
 
 def hf_cache_root(environ: Mapping[str, str]) -> Path:
@@ -210,6 +222,57 @@ class RepoStore:
             return None
         return data if isinstance(data, dict) else None
 
+    def file_list_lock(self, commit: str) -> FileLock:
+        """Held while a file list is read, changed and written back: two pulls of one commit
+        (the service and the CLI) must not drop each other's files."""
+        self.meta.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.meta / f"files-{check_revision(commit)}.lock"))
+
+    def listed_commits(self) -> list[str]:
+        """Commits that have a modelhaul file list, whether or not their snapshot exists."""
+        try:
+            names = [p.name for p in self.meta.iterdir()]
+        except OSError:
+            return []
+        out = []
+        for name in names:
+            commit = name.removeprefix("files-").removesuffix(".json")
+            if name.startswith("files-") and name.endswith(".json") and _REV.match(commit):
+                out.append(commit)
+        return out
+
+    # ------------------------------------------------------------------ Hub listings
+
+    def tree_path(self, commit: str) -> Path:
+        return self.folder / "trees" / f"{check_revision(commit)}.json"
+
+    def save_tree(self, commit: str, files: Mapping[str, Mapping[str, object]]) -> None:
+        """Write huggingface_hub's listing of a commit, unless one is there: a commit's files
+        never change, and the one huggingface_hub wrote may know more (Xet hashes)."""
+        path = self.tree_path(commit)
+        if path.exists():
+            return
+        data = {
+            "format_version": TREE_FORMAT_VERSION,
+            "files": {p: dict(files[p]) for p in sorted(files)},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(data, indent=1).encode())
+
+    def load_tree(self, commit: str) -> dict[str, dict[str, Any]] | None:
+        """The listing in ``trees/<commit>.json`` (huggingface_hub writes it too); None if
+        absent or of a format this code does not know."""
+        try:
+            data = json.loads(self.tree_path(commit).read_bytes())
+        except (OSError, ValueError, InvalidInput):
+            return None
+        if not isinstance(data, dict) or data.get("format_version") != TREE_FORMAT_VERSION:
+            return None
+        files = data.get("files")
+        if not isinstance(files, dict):
+            return None
+        return {str(k): v for k, v in files.items() if isinstance(v, dict)}
+
     # ------------------------------------------------------------------ verification records
 
     def _record_path(self, etag: str) -> Path:
@@ -271,7 +334,7 @@ class RepoStore:
         if ok and record:
             self.save_record(etag, st, chunks)
         elif not ok:
-            self.discredit_record(etag)
+            self.discredit_record(etag, st)
         return ok
 
     def record_download(self, etag: str) -> None:
@@ -300,16 +363,37 @@ class RepoStore:
     def forget_record(self, etag: str) -> None:
         self._record_path(etag).unlink(missing_ok=True)
 
-    def discredit_record(self, etag: str) -> None:
-        """Keep a record's chunk hashes but make ``record()`` stop vouching for the blob."""
+    def is_discredited(self, etag: str) -> bool:
+        """Whether the last hash of this blob found it bad and the same file is still there (a
+        blob replaced since, by any tool, is no longer known to be bad)."""
+        try:
+            data = json.loads(self._record_path(etag).read_bytes())
+            st = self.blob_path(etag).stat()
+        except (OSError, ValueError):
+            return False
+        if not isinstance(data, dict) or data.get("mtime_ns") != _DISCREDITED:
+            return False
+        bad = data.get("bad")
+        if not isinstance(bad, dict):
+            return True  # found bad before the file was identified: still believed bad
+        return bad.get("size") == st.st_size and bad.get("mtime_ns") == st.st_mtime_ns
+
+    def discredit_record(self, etag: str, st: os.stat_result | None = None) -> None:
+        """Keep a record's chunk hashes but make ``record()`` stop vouching for the blob, and
+        note which file (``st``) was found bad; a blob without a record gets just that note."""
         try:
             data = json.loads(self._record_path(etag).read_bytes())
             if not isinstance(data, dict):
                 raise ValueError("not an object")
         except (OSError, ValueError):
-            return
-        data["mtime_ns"] = -1  # never a real mtime: the record no longer matches the blob
+            if st is None:
+                return
+            data = {"digest": etag}
+        data["mtime_ns"] = _DISCREDITED  # never a real mtime: no longer matches the blob
+        if st is not None:
+            data["bad"] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
         with contextlib.suppress(OSError):
+            self.meta.joinpath("blobs").mkdir(parents=True, exist_ok=True)
             _atomic_write(self._record_path(etag), json.dumps(data).encode())
 
 
@@ -468,6 +552,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 __all__ = [
     "BlobLock",
     "BlobRecord",
+    "NotInStore",
     "RepoStore",
     "bad_chunks",
     "check_repo_id",

@@ -26,7 +26,7 @@ from ..sources.hf import (
 )
 from ..sources.manifest import format_of, load_manifest_file
 from ..sources.model import ModelFile, ModelSpec
-from ..store import CHUNK_BYTES, RepoStore, hf_cache_root
+from ..store import CHUNK_BYTES, NotInStore, RepoStore, hf_cache_root
 from ..transport import same_host
 from . import remote
 from .options import add_transfer_options, download_config, state_dir
@@ -350,6 +350,13 @@ async def run_verify(args: argparse.Namespace) -> int:
         ref = parse_model_arg(args.model)
         config = download_config(args)
         report = await _verify(args, env, ref, config, renderer)
+    except NotInStore as exc:  # the store's words, not the guidance for a web address
+        from .store import print_refusal
+
+        renderer.stop()
+        print_refusal(exc)
+        renderer.result(_failed(exc))
+        return 1
     except ModelhaulError as exc:
         renderer.stop()
         print_error(exc)
@@ -361,16 +368,36 @@ async def run_verify(args: argparse.Namespace) -> int:
         raise
     renderer.stop()
     for p in report.problems:
-        print(f"modelhaul: bad: {p.path}: {p.problem} ({p.detail})", file=sys.stderr)
+        print(f"modelhaul: {_KIND[p.problem]}: {p.path} ({p.detail})", file=sys.stderr)
     if not args.json and not args.quiet:
         for path in report.repaired:
             renderer.notice(f"repaired: {path}")
-        state = "all good" if report.ok else f"{len(report.problems)} bad"
         renderer.notice(
-            f"{report.repo_id}@{report.commit[:12]}: {report.checked} files checked, {state}"
+            f"{report.repo_id}@{report.commit[:12]}: {report.checked} files checked, "
+            f"{_verdict(report)}"
         )
     renderer.result(report.to_dict())
     return 0 if report.ok else 1
+
+
+# What each problem of a verify report is called on the terminal.
+_KIND = {
+    "missing": "missing",
+    "size": "corrupt",
+    "hash": "corrupt",
+    "link": "bad link",
+    "ref": "unfinished",
+}
+
+
+def _verdict(report: VerifyReport) -> str:
+    """``all good``, or how many files are missing, corrupt, ... (each named above it)."""
+    if report.ok:
+        return "all good"
+    counts: dict[str, int] = {}
+    for p in report.problems:
+        counts[_KIND[p.problem]] = counts.get(_KIND[p.problem], 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items())
 
 
 async def _verify(

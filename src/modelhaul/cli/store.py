@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import InvalidInput, human_bytes
+from ..errors import InvalidInput, ModelhaulError, human_bytes
 from ..policy.units import parse_size
 from .options import state_dir
 
@@ -31,8 +31,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("rm", help="remove a model or one revision and its unreferenced blobs")
     p.add_argument("model", metavar="MODEL[@REVISION]")
-    p.add_argument("--force", action="store_true", help="remove even while it is downloading")
-    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--force", action="store_true", help="remove even a pinned model, or one downloading"
+    )
+    p.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask (needed without a terminal)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_rm)
 
@@ -99,7 +103,7 @@ async def run_ls(args: argparse.Namespace) -> int:
         table.add_row(
             m.name if m.repo_type == "model" else f"{m.repo_type}s/{m.name}",
             ", ".join(m.revisions) or "-",
-            str(m.files),
+            _files_text(m),
             human_bytes(m.size),
             _status_text(m),
             "yes" if m.pinned else "",
@@ -118,13 +122,18 @@ async def run_ls(args: argparse.Namespace) -> int:
 
 def _status_text(m: StoredModel) -> str:
     if m.partial_bytes and m.status in ("partial", "downloading"):
-        return f"{m.status} (+{human_bytes(m.partial_bytes)})"
+        return f"{m.status} (+{human_bytes(m.partial_bytes)} received)"
     return m.status
 
 
+def _files_text(m: StoredModel) -> str:
+    """``2/3`` when a revision's listing names files the store lacks."""
+    if m.files_listed is not None and m.files < m.files_listed:
+        return f"{m.files}/{m.files_listed}"
+    return str(m.files)
+
+
 def _confirm(question: str) -> bool:
-    if not sys.stdin.isatty():
-        return True
     try:
         answer = input(f"{question} [y/N] ")
     except EOFError:
@@ -132,17 +141,62 @@ def _confirm(question: str) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
+def print_refusal(exc: ModelhaulError) -> None:
+    """The error in the store's own words: no guidance, which is about web addresses."""
+    print(f"modelhaul: error: {exc.message}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def _refuse(args: argparse.Namespace, exc: ModelhaulError) -> int:
+    """A store command that cannot do what it was asked: the error, a JSON result with
+    --json, exit status 2."""
+    print_refusal(exc)
+    if getattr(args, "json", False):
+        print(json.dumps({"event": "result", "status": "failed", "error": exc.to_dict()}))
+    return 2
+
+
+def _not_in_store(exc: ModelhaulError) -> ModelhaulError:
+    """The model is not in the store: say where to look, not how to pull it."""
+    return type(exc)(exc.message, hint="`modelhaul ls` lists what is.")
+
+
 async def run_rm(args: argparse.Namespace) -> int:
-    from ..inventory import parse_model_ref
+    from ..inventory import Pinned, parse_model_ref
+    from ..store import NotInStore
 
     repo_type, repo_id, revision = parse_model_ref(args.model)
     inv = open_inventory()
-    model = inv.find(repo_id, repo_type)
+    try:
+        model = inv.find(repo_id, repo_type)
+    except NotInStore as exc:
+        return _refuse(args, _not_in_store(exc))
     what = f"{repo_id}@{revision}" if revision else f"{repo_id} ({human_bytes(model.size)})"
-    if not args.yes and not _confirm(f"Remove {what}?"):
-        print("modelhaul: nothing removed", file=sys.stderr)
-        return 1
-    freed = inv.remove(repo_id, revision, repo_type=repo_type, force=args.force)
+    if model.pinned and not args.force:
+        return _refuse(
+            args,
+            Pinned(
+                f"{repo_id} is pinned; nothing removed",
+                hint=f"Unpin it first (modelhaul unpin {repo_id}), or pass --force.",
+            ),
+        )
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return _refuse(
+                args,
+                InvalidInput(
+                    f"not removing {what} without confirmation, and there is no terminal to ask",
+                    hint="Pass --yes to remove it without asking.",
+                ),
+            )
+        if not _confirm(f"Remove {what}?"):
+            print("modelhaul: nothing removed", file=sys.stderr)
+            return 1
+    try:
+        freed = inv.remove(repo_id, revision, repo_type=repo_type, force=args.force)
+    except NotInStore as exc:  # a revision the model does not have
+        return _refuse(args, exc)
     if args.json:
         print(
             json.dumps(
@@ -163,10 +217,14 @@ async def run_rm(args: argparse.Namespace) -> int:
 
 async def run_pin(args: argparse.Namespace) -> int:
     from ..inventory import parse_model_ref
+    from ..store import NotInStore
 
     repo_type, repo_id, _rev = parse_model_ref(args.model)
     inv = open_inventory()
-    inv.set_pinned(repo_id, args.pinned, repo_type)
+    try:
+        inv.set_pinned(repo_id, args.pinned, repo_type)
+    except NotInStore as exc:
+        return _refuse(args, _not_in_store(exc))
     if args.json:
         print(
             json.dumps(

@@ -116,8 +116,10 @@ class HubSource:
                 f"the Hub gave no commit for {ref}", hint="Check HF_ENDPOINT points at a Hub."
             )
         entries = await self._call(ref, lambda: self._list_tree(ref, commit))
-        files = tuple(self._file(ref, commit, e) for e in entries if _is_file(e))
+        file_entries = [e for e in entries if _is_file(e)]
+        files = tuple(self._file(ref, commit, e) for e in file_entries)
         check_paths(files, str(ref))
+        tree = {f.path: _tree_entry(f, e) for f, e in zip(files, file_entries, strict=True)}
         revision = (
             ref.revision
             if ref.revision and ref.revision != commit
@@ -130,6 +132,7 @@ class HubSource:
             revision=revision,
             repo_type=ref.repo_type,
             source="hf",
+            tree=tree,
         )
 
     def _list_tree(self, ref: HubRef, commit: str) -> list[Any]:
@@ -215,6 +218,23 @@ class HubSource:
                         initial_s=self._retry.initial_delay_s,
                     )
                 )
+
+
+def _tree_entry(f: ModelFile, entry: Any) -> dict[str, object]:
+    """One file of huggingface_hub's ``trees/<commit>.json``: the git blob id (of the pointer,
+    for LFS files), the LFS SHA-256 and size, the Xet hash when the Hub gave a valid one."""
+    blob_id = getattr(entry, "blob_id", None)
+    out: dict[str, object] = {
+        "size": f.size,
+        "blob_id": blob_id if isinstance(blob_id, str) else f.blob_id,
+    }
+    if f.sha256 is not None:
+        out["lfs_sha256"] = f.sha256
+        out["lfs_size"] = f.size
+    xet_hash = getattr(entry, "xet_hash", None)
+    if isinstance(xet_hash, str) and _HEX64.match(xet_hash):
+        out["xet_hash"] = xet_hash
+    return out
 
 
 def _is_file(entry: Any) -> bool:

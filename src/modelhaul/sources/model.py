@@ -45,6 +45,9 @@ class ModelSpec:
     repo_type: str = "model"
     source: str = "hf"
     extra: dict[str, object] = field(default_factory=dict)
+    # The revision's whole listing in huggingface_hub's trees/<commit>.json format (Hub only),
+    # kept through select(): the cache records what the revision holds, not what was asked.
+    tree: dict[str, dict[str, object]] | None = None
 
     def select(self, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> ModelSpec:
         """Keep files matching any include glob (all if none) and no exclude glob."""
@@ -62,6 +65,7 @@ class ModelSpec:
             repo_type=self.repo_type,
             source=self.source,
             extra=self.extra,
+            tree=self.tree,
         )
 
 
