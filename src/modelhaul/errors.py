@@ -42,6 +42,20 @@ CATEGORIES = (
     "cancelled",
 )
 
+# How a connection failed: the host name did not resolve, nothing listened, no route, the peer
+# reset or closed it, the TLS certificate did not verify, the TLS handshake failed otherwise,
+# the proxy failed.
+NETWORK_KINDS = (
+    "dns",
+    "refused",
+    "unreachable",
+    "reset",
+    "closed",
+    "tls",
+    "tls_handshake",
+    "proxy",
+)
+
 
 class ModelhaulError(Exception):
     """Root of every error modelhaul raises on purpose."""
@@ -76,7 +90,25 @@ class TransferError(ModelhaulError):
 
 
 class NetworkError(TransferError):
-    pass
+    """The connection failed.
+
+    ``kind`` says how, when the transport knows (one of ``NETWORK_KINDS``), and ``url`` where
+    it was going; guidance is chosen from these facts, not from the message's wording.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        url: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        if kind is not None and kind not in NETWORK_KINDS:
+            raise ValueError(f"kind must be one of {NETWORK_KINDS}, got {kind!r}")
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.kind = kind
 
 
 class StallTimeout(TransferError):
