@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -193,3 +194,19 @@ def test_the_cli_prints_no_filler_reason(tmp_path: Path) -> None:
     r = run_cli("rm", "org/absent", "--yes")
     assert r.returncode == 1
     assert "Check the URL" not in r.stderr and "why:" not in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------------------- item 16
+
+
+def test_the_readme_describes_errors_as_they_are_printed(tmp_path: Path) -> None:
+    readme = README.read_text()
+    assert "one line on stderr plus a hint" not in readme
+    for label in ("hint:", "why:", "try:"):
+        assert f"`{label}`" in readme, label
+    r = run_cli("get", f"http://127.0.0.1:{closed_port()}/m.bin", "--retries", "0")
+    first, *rest = r.stderr.splitlines()
+    assert first.startswith("modelhaul: error: ")
+    assert rest, "guidance follows the first line"
+    labelled = re.compile(r"^  (hint|why|try): |^       \d+\. ")
+    assert all(labelled.match(line) for line in rest), rest
