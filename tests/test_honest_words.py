@@ -7,6 +7,8 @@ files themselves.
 
 from __future__ import annotations
 
+import argparse
+import ast
 import json
 import os
 import re
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import ROOT, modelhaul_cmd
+from modelhaul.cli.main import build_parser
 from modelhaul.cli.remote import RemoteError, ServiceUnreachable
 from modelhaul.cli.render import error_dict
 from modelhaul.errors import (
@@ -35,6 +38,7 @@ from modelhaul.errors import (
     RetriesExhausted,
     StallTimeout,
     TruncatedBody,
+    plural,
 )
 from modelhaul.guidance import explain
 from modelhaul.inventory import Busy, NotInStore
@@ -210,3 +214,90 @@ def test_the_readme_describes_errors_as_they_are_printed(tmp_path: Path) -> None
     assert rest, "guidance follows the first line"
     labelled = re.compile(r"^  (hint|why|try): |^       \d+\. ")
     assert all(labelled.match(line) for line in rest), rest
+
+
+# ---------------------------------------------------------------------------- item 19
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    out: dict[str, tuple[argparse.ArgumentParser, str]] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                out[name] = (sub, helps.get(name, ""))
+    return out
+
+
+def test_every_command_positional_and_json_option_is_described() -> None:
+    commands = _subparsers(build_parser())
+    assert {"get", "pull", "rm", "priority", "demo"} <= set(commands)
+    missing = []
+    for name, (sub, summary) in commands.items():
+        if not summary.strip():
+            missing.append(f"{name}: no help line")
+        if not (sub.description or "").strip():
+            missing.append(f"{name}: no description")
+        for action in sub._actions:
+            if action.option_strings and "--json" not in action.option_strings:
+                continue
+            if isinstance(action, argparse._HelpAction):
+                continue
+            if not (action.help or "").strip():
+                missing.append(f"{name}: {action.metavar or action.dest} has no help")
+    assert not missing, missing
+
+
+def _env_names_read() -> set[str]:
+    """Every MODELHAUL_*/HF_* name the source spells out as a whole string: how an environment
+    variable is read (os.environ.get("X"), env.get("X"), a loop over names)."""
+    names: set[str] = set()
+    pattern = re.compile(r"^(MODELHAUL|HF)_[A-Z0-9_]+$")
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and pattern.match(node.value)
+            ):
+                names.add(node.value)
+    return names
+
+
+def _readme_environment_table() -> set[str]:
+    section = README.read_text().split("## Environment", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split("|")[1])}
+
+
+def test_the_readme_environment_table_lists_every_variable_read() -> None:
+    read = _env_names_read()
+    assert {"MODELHAUL_TOKEN", "MODELHAUL_DOWNLOAD_DIR", "HF_ENDPOINT"} <= read  # not vacuous
+    missing = read - _readme_environment_table()
+    assert not missing, f"read but not in README's environment table: {sorted(missing)}"
+
+
+def test_the_readme_availability_example_defines_what_it_uses() -> None:
+    readme = README.read_text()
+    block = readme.split("ModelAvailability(", 1)[0].rsplit("```python", 1)[1]
+    call = readme.split("ModelAvailability(", 1)[1].split(")", 1)[0]
+    first_arg = call.split(",", 1)[0].strip()
+    if first_arg.isidentifier():
+        assert re.search(rf"^{first_arg}\s*=", block, re.MULTILINE), first_arg
+
+
+def test_counts_agree_with_their_nouns(tmp_path: Path) -> None:
+    assert [plural(n, "model") for n in (0, 1, 2)] == ["0 models", "1 model", "2 models"]
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--name"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    digest = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256 b"hello"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "blobs" / digest).write_bytes(b"hello")
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "f.txt").symlink_to(f"../../blobs/{digest}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    r = run_cli("ls", env={**_env(), "HF_HUB_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr
+    assert "1 model, " in r.stdout and "1 models" not in r.stdout, r.stdout

@@ -262,6 +262,11 @@ class Cancelled(ModelhaulError):
     default_hint = "Run the same command again to resume; partial data was kept."
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """2, 'model' -> '2 models'; 1 -> '1 model'. ``nouns`` for an irregular plural."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 def human_bytes(n: float) -> str:
     """1536 -> '1.5 KiB'; used in messages and hints."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
