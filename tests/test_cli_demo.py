@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 
 from conftest import modelhaul_cmd
-from modelhaul.demo import DemoContent, DemoFaults, DemoOrigin
+from modelhaul.demo import DemoContent, DemoFaults, DemoOrigin, InjectedFault
 
 MiB = 1024 * 1024
 RUN_TIMEOUT_S = 90
@@ -108,3 +108,65 @@ async def test_demo_origin_serves_ranges_and_injects_scripted_faults() -> None:
         async with session.get(origin.url, headers={"Range": f"bytes={len(whole)}-"}) as resp:
             assert resp.status == 416
     assert origin.stats.faults == {"http_503": 1, "dropped": 1}
+
+
+def test_demo_shows_each_fault_as_it_happens_and_says_it_is_throttled() -> None:
+    """A line per injected fault while the download runs, as many as the summary counts."""
+    r = run_demo("--size", "8M", "--json")
+    assert r.returncode == 0, r.stderr
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    result = records[-1]
+    notices = [rec["message"] for rec in records if rec.get("event") == "notice"]
+    assert "throttled on purpose" in notices[0]
+    assert "6.0 MiB/s per connection and 24.0 MiB/s in total" in notices[0]
+    lines = {
+        "dropped": [n for n in notices if "origin dropped the connection" in n],
+        "stalled": [n for n in notices if "origin stalled" in n],
+        "http_503": [n for n in notices if "origin answered HTTP 503" in n],
+    }
+    assert {kind: len(found) for kind, found in lines.items()} == result["faults"]
+    assert sum(result["faults"].values()) >= 1  # the scripted faults make some certain
+    # Shown while the transfer goes on, not after it: the first comes before the last progress.
+    kinds = [i for i, rec in enumerate(records) if "fault injected" in rec.get("message", "")]
+    progress = [i for i, rec in enumerate(records) if rec.get("event") == "progress"]
+    assert kinds and progress and kinds[0] < progress[-1]
+
+
+def test_demo_fault_lines_reach_a_person_on_stderr() -> None:
+    r = run_demo("--size", "4M", "--seed", "1")
+    assert r.returncode == 0, r.stderr
+    assert "throttled on purpose" in r.stderr
+    assert "modelhaul: fault injected: the origin" in r.stderr
+    assert "throttled on purpose" in r.stdout  # the summary says why the speed is what it is
+
+
+async def test_demo_origin_reports_each_fault_when_it_injects_it() -> None:
+    content = DemoContent(2 * MiB, seed=2)
+    faults = DemoFaults(
+        scripted=("http_503", "dropped"),
+        drop_p=0,
+        stall_p=0,
+        error_p=0,
+        connection_bytes_per_s=64 * MiB,
+        total_bytes_per_s=64 * MiB,
+    )
+    seen: list[InjectedFault] = []
+    async with (
+        DemoOrigin(content, faults, on_fault=seen.append) as origin,
+        aiohttp.ClientSession() as session,
+    ):
+        async with session.get(origin.url) as resp:
+            assert resp.status == 503
+        assert [f.kind for f in seen] == ["http_503"]  # reported before the answer arrived
+        got = b""
+        async with session.get(origin.url, headers={"Range": "bytes=1000-"}) as resp:
+            try:
+                async for chunk in resp.content.iter_any():
+                    got += chunk
+            except aiohttp.ClientError:
+                pass
+    assert [f.kind for f in seen] == ["http_503", "dropped"]
+    dropped = seen[1]
+    assert (dropped.start, dropped.end) == (1000, 2 * MiB)
+    assert 1000 < dropped.at < 2 * MiB  # the body stopped part way
+    assert len(got) <= dropped.at - 1000

@@ -25,7 +25,9 @@ HUB = "https://huggingface.co"
 RESOLVE = f"{HUB}/org/model/resolve/main/model.safetensors"
 
 ONE_PER_CATEGORY: dict[str, ModelhaulError] = {
-    "network": NetworkError("connection to huggingface.co failed: Connection reset by peer"),
+    "network": NetworkError(
+        "the connection to huggingface.co was reset", url=RESOLVE, kind="reset"
+    ),
     "timeout": StallTimeout("no data from huggingface.co within the timeout"),
     "not_found": HTTPStatusError(404, "https://example.org/model.bin"),
     "auth": HTTPStatusError(401, RESOLVE),
@@ -153,21 +155,25 @@ CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
     (
         "DNS failure",
         NetworkError(
-            "connection to nohub.invalid:443 failed: Cannot connect to host nohub.invalid:443 "
-            "ssl:default [Name or service not known]"
+            "cannot connect to nohub.invalid (host name not found)",
+            url="https://nohub.invalid/api/models/org/model",
+            kind="dns",
         ),
         {"endpoint": "https://nohub.invalid"},
         ["did not resolve", "HF_ENDPOINT (now https://nohub.invalid)", "HTTPS_PROXY", "NO_PROXY"],
     ),
     (
         "connection refused",
-        NetworkError("cannot reach the Hub at http://127.0.0.1:9: [Errno 111] Connection refused"),
+        NetworkError(
+            "cannot reach the Hub at http://127.0.0.1:9: [Errno 111] Connection refused",
+            url="http://127.0.0.1:9",
+        ),
         {"endpoint": "http://127.0.0.1:9"},
         ["nothing answered", "port", "HTTPS_PROXY", "modelhaul doctor"],
     ),
     (
         "generic network failure: proxy settings and offline mode",
-        NetworkError("connection to huggingface.co failed: Connection reset by peer"),
+        NetworkError("the connection to huggingface.co was reset", url=RESOLVE, kind="reset"),
         {},
         ["HTTPS_PROXY", "NO_PROXY", "HF_HUB_OFFLINE=1", "resumes"],
     ),

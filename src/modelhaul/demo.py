@@ -4,7 +4,8 @@ The demo has to work on a fresh machine with no network, so the "remote" is an a
 on 127.0.0.1 (an ephemeral port) in the caller's event loop. It serves one file and, per GET,
 may answer 503, reset the connection at a random offset, or stall for longer than the client's
 timeout; it caps each connection's speed and the total, so a download takes long enough to
-watch. Every fault is counted, so the demo can say what the client survived.
+watch. Every fault is counted, so the demo can say what the client survived, and reported as it
+happens to an ``on_fault`` callback, so the demo can show it live.
 
 The content is generated, not stored: a random 1 MiB block, rotated by a per-MiB amount and
 stamped with its MiB counter, so no two MiB are alike (nothing compresses or dedups it) yet any
@@ -21,7 +22,7 @@ import random
 import re
 import socket
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -35,6 +36,7 @@ _PIECE_BYTES = 64 * 1024
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 FAULT_KINDS = ("dropped", "stalled", "http_503")
+RETRY_AFTER_S = 1  # what a 503 asks the client to wait
 
 
 class DemoContent:
@@ -104,6 +106,17 @@ class DemoFaults:
             raise ValueError(f"scripted holds unknown fault kinds: {sorted(unknown)}")
 
 
+@dataclass(frozen=True, slots=True)
+class InjectedFault:
+    """One fault as the origin commits it: ``kind`` (one of FAULT_KINDS), the response's byte
+    span [start, end), and for a drop or stall the offset ``at`` where the body stopped."""
+
+    kind: str
+    start: int
+    end: int
+    at: int | None = None
+
+
 @dataclass(slots=True)
 class DemoStats:
     """What the origin did: faults by kind, requests and body bytes sent."""
@@ -123,10 +136,17 @@ class DemoOrigin:
             print(origin.stats.faults)
     """
 
-    def __init__(self, content: DemoContent, faults: DemoFaults, name: str = "demo.bin") -> None:
+    def __init__(
+        self,
+        content: DemoContent,
+        faults: DemoFaults,
+        name: str = "demo.bin",
+        on_fault: Callable[[InjectedFault], None] | None = None,
+    ) -> None:
         self.content = content
         self.faults = faults
         self.name = name
+        self.on_fault = on_fault
         self.stats = DemoStats()
         self.etag = f'"demo-{faults.seed}-{content.size}"'
         self._rng = random.Random(faults.seed)
@@ -196,8 +216,10 @@ class DemoOrigin:
         self.stats.requests += 1
         fault = self._next_fault()
         if fault == "http_503":
-            self.stats.faults[fault] += 1
-            return web.Response(status=503, text="busy, try again\n", headers={"Retry-After": "1"})
+            self._injected(InjectedFault(fault, start, end))
+            return web.Response(
+                status=503, text="busy, try again\n", headers={"Retry-After": str(RETRY_AFTER_S)}
+            )
         length = end - start
         cut = None
         if fault == "dropped" and length > 1:
@@ -246,7 +268,7 @@ class DemoOrigin:
                 await response.write(piece)
             if fault is None:
                 return
-            self.stats.faults[fault] += 1
+            self._injected(InjectedFault(fault, start, end, at=stop))
             if fault == "stalled":
                 await asyncio.sleep(self.faults.stall_s)
                 for piece in self.content.pieces(stop, end):  # if the client is still there
@@ -256,3 +278,8 @@ class DemoOrigin:
                 request.transport.abort()  # "dropped": a reset mid-body
         except ConnectionError:
             return  # the client left (it timed out a stall, or stole the rest)
+
+    def _injected(self, fault: InjectedFault) -> None:
+        self.stats.faults[fault.kind] += 1
+        if self.on_fault is not None:
+            self.on_fault(fault)

@@ -39,7 +39,7 @@ import filelock
 
 from .config import RetryPolicy
 from .engine import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
-from .errors import InvalidInput, ModelhaulError, human_bytes, status_info
+from .errors import InvalidInput, ModelhaulError, human_bytes, plural, status_info
 from .guidance import GC_COMMAND, TOKENS_PAGE, explain
 from .sources.hf import DEFAULT_ENDPOINT, HubRef, HubSource, parse_hf_uri
 from .store import RepoStore, check_repo_id, parse_repo_folder
@@ -399,7 +399,7 @@ async def _check_hub_source(config: DoctorConfig, ref: HubRef) -> tuple[Check, i
     store = RepoStore(config.cache_root, spec.repo_id, spec.repo_type)
     need = await asyncio.to_thread(_missing_bytes, store, spec.files)
     detail = (
-        f"{ref} resolves to commit {spec.commit[:12]}: {len(spec.files)} files, "
+        f"{ref} resolves to commit {spec.commit[:12]}: {plural(len(spec.files), 'file')}, "
         f"{human_bytes(total)} ({human_bytes(need)} not in the cache yet)"
     )
     return Check("source", True, detail), need

@@ -47,6 +47,20 @@ CATEGORIES = (
 # by category, because a RetriesExhausted is never ``retryable`` even when its cause was.
 PERMANENT_CATEGORIES = frozenset({"not_found", "auth", "client_error", "invalid_input"})
 
+# How a connection failed: the host name did not resolve, nothing listened, no route, the peer
+# reset or closed it, the TLS certificate did not verify, the TLS handshake failed otherwise,
+# the proxy failed.
+NETWORK_KINDS = (
+    "dns",
+    "refused",
+    "unreachable",
+    "reset",
+    "closed",
+    "tls",
+    "tls_handshake",
+    "proxy",
+)
+
 
 class ModelhaulError(Exception):
     """Root of every error modelhaul raises on purpose."""
@@ -81,7 +95,25 @@ class TransferError(ModelhaulError):
 
 
 class NetworkError(TransferError):
-    pass
+    """The connection failed.
+
+    ``kind`` says how, when the transport knows (one of ``NETWORK_KINDS``), and ``url`` where
+    it was going; guidance is chosen from these facts, not from the message's wording.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        url: str | None = None,
+        kind: str | None = None,
+    ) -> None:
+        if kind is not None and kind not in NETWORK_KINDS:
+            raise ValueError(f"kind must be one of {NETWORK_KINDS}, got {kind!r}")
+        super().__init__(message, hint=hint)
+        self.url = url
+        self.kind = kind
 
 
 class StallTimeout(TransferError):
@@ -233,6 +265,11 @@ class PermissionDenied(ModelhaulError, OSError):
 class Cancelled(ModelhaulError):
     category = "cancelled"
     default_hint = "Run the same command again to resume; partial data was kept."
+
+
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """2, 'model' -> '2 models'; 1 -> '1 model'. ``nouns`` for an irregular plural."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
 
 
 def human_bytes(n: float) -> str:

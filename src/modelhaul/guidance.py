@@ -2,7 +2,9 @@
 
 Pure: no I/O, no environment reads. Everything specific (the endpoint, the model, the cache root)
 is passed in by the caller, and everything else is read from the error itself (its category,
-HTTP status, the Hub's ``X-Error-Code``, ``Retry-After``, the sizes in a ``DiskFull`` message).
+HTTP status, the Hub's ``X-Error-Code``, ``Retry-After``, how and where a connection failed,
+the sizes in a ``DiskFull`` message). Advice about HF_ENDPOINT, HF_TOKEN or HF_HUB_OFFLINE is
+given only when the Hub was involved: a plain URL's failure is about that URL.
 A ``RetriesExhausted`` is explained by the error that ended it.
 
     >>> g = explain(HTTPStatusError(429, "https://huggingface.co/api/models/x", retry_after_s=30))
@@ -22,10 +24,12 @@ from .errors import (
     HTTPStatusError,
     IntegrityError,
     ModelhaulError,
+    NetworkError,
     RedirectRefused,
     RemoteChanged,
     RetriesExhausted,
     StallTimeout,
+    TransferError,
     TruncatedBody,
     human_bytes,
 )
@@ -45,14 +49,23 @@ __all__ = ["Guidance", "explain", "format_guidance"]
 
 @dataclass(frozen=True, slots=True)
 class Guidance:
-    """What happened, why it is likely, and the steps to fix it, in the order to try them."""
+    """What happened, why it is likely, and the steps to fix it, in the order to try them.
+
+    ``why`` is None when nothing specific can be said beyond the error's own message and hint
+    (a model not in the store, a download the service does not know): a vague reason would
+    only be filler.
+    """
 
     what: str
-    why: str
+    why: str | None
     steps: tuple[str, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"what": self.what, "why": self.why, "steps": list(self.steps)}
+        out: dict[str, Any] = {"what": self.what}
+        if self.why:
+            out["why"] = self.why
+        out["steps"] = list(self.steps)
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +79,10 @@ class _Context:
     tokens_page: str = TOKENS_PAGE
 
 
-_Explainer = Callable[[ModelhaulError, _Context], tuple[str, list[str]]]
+_Explainer = Callable[[ModelhaulError, _Context], tuple[str | None, list[str]]]
+# Categories that describe a server's answer; an error in one of them that did not come from a
+# request (a model not in the store, an unknown download ID) is explained by its own hint.
+_WIRE_CATEGORIES = frozenset({"not_found", "auth", "rate_limited", "server_error", "client_error"})
 
 
 def explain(
@@ -97,6 +113,10 @@ def explain(
         cache_root=cache_root,
         store_bytes=store_bytes,
     )
+    if cause.category in _WIRE_CATEGORIES and not isinstance(
+        cause, TransferError | RedirectRefused
+    ):
+        return Guidance(what=err.message, why=None, steps=())
     explainer = _BY_CATEGORY.get(cause.category, _client_error)
     why, steps = explainer(cause, ctx)
     return Guidance(what=err.message, why=why, steps=tuple(steps))
@@ -286,7 +306,7 @@ def _server_error(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
     return f"{_host(err)} answered {what}: a problem on the server's side, usually brief.", steps
 
 
-def _client_error(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
+def _client_error(err: ModelhaulError, ctx: _Context) -> tuple[str | None, list[str]]:
     status = getattr(err, "status", None)
     if status == 407:
         return (
@@ -315,19 +335,22 @@ def _client_error(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
                 "Check that an HTTPS_PROXY in use passes the request through unchanged.",
             ],
         )
-    steps = [err.hint] if err.hint else []
-    steps.append(f"Run '{DOCTOR_COMMAND}' to check the endpoint, token and cache.")
-    return "modelhaul could not complete the request as given.", steps
+    # Nothing known beyond the message and its hint, which are shown already.
+    return None, []
 
 
 def _network(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
-    text = err.message.lower()
-    doctor = f"Run '{DOCTOR_COMMAND}' to check DNS, TCP, TLS and the proxy in use for the endpoint."
+    kind = _network_kind(err)
+    hub = _is_hub(err, ctx)
+    # HF_ENDPOINT only matters when the Hub was being reached; a plain URL is checked as given.
+    address = f"HF_ENDPOINT (now {ctx.endpoint})" if hub else "the URL"
+    doctor = _doctor_step(err, ctx, hub)
     proxy = (
         "If you are behind a proxy, set HTTPS_PROXY (and HTTP_PROXY) to it; hosts listed in "
         "NO_PROXY bypass it."
     )
-    if isinstance(err, TruncatedBody | RemoteChanged) or "ended early" in text:
+    host = _host(err)
+    if kind == "truncated":
         return (
             "the connection dropped in the middle of a file; modelhaul keeps what arrived.",
             [
@@ -335,27 +358,27 @@ def _network(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
                 "On an unstable link use fewer connections (-x 4).",
             ],
         )
-    if _matches(text, _DNS):
+    if kind == "dns":
         return (
-            "the host name did not resolve: no network, a DNS problem, a typo in HF_ENDPOINT or "
-            "the URL, or a network that only allows traffic through a proxy.",
-            [
-                f"Check the host name, and HF_ENDPOINT (now {ctx.endpoint}).",
-                proxy,
-                doctor,
-            ],
+            f"the host name of {host} did not resolve: no network, a DNS problem, a typo in "
+            f"{'HF_ENDPOINT' if hub else 'the URL'}, or a network that only allows traffic "
+            "through a proxy.",
+            [f"Check the host name in {address}.", proxy, *doctor],
         )
-    if _matches(text, _REFUSED):
-        return (
-            "nothing answered at that address and port: the server is down, the port is wrong, "
-            "or a firewall rejects the connection.",
-            [
-                f"Check HF_ENDPOINT (now {ctx.endpoint}) or the URL, including the port.",
-                proxy,
-                doctor,
-            ],
+    if kind in ("refused", "unreachable"):
+        why = (
+            f"nothing answered at {host}: the server is down, the port is wrong, or a firewall "
+            "rejects the connection."
+            if kind == "refused"
+            else f"{host} could not be reached: the network is down, or a firewall drops the "
+            "traffic."
         )
-    if _matches(text, _TLS):
+        return why, [
+            f"Check that the server is up, and {address}, including the port.",
+            proxy,
+            *doctor,
+        ]
+    if kind == "tls":
         return (
             "the server's TLS certificate did not verify against the trusted CA bundle; behind "
             "a corporate proxy or firewall that re-signs TLS this is the usual cause.",
@@ -364,28 +387,63 @@ def _network(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
                 "certificate (SSL_CERT_DIR for a directory of them).",
                 "Check that the system clock is right: certificates are only valid for a time "
                 "window.",
-                doctor,
+                *doctor,
             ],
         )
-    if _matches(text, _PROXY):
+    if kind == "tls_handshake":
+        return (
+            f"the TLS handshake with {host} failed: the port may not speak TLS (an http:// "
+            "server at an https:// address), or a proxy or firewall interferes.",
+            [f"Check the scheme and port in {address}.", proxy, *doctor],
+        )
+    if kind == "proxy":
         return (
             "the proxy in use failed or refused to forward the request.",
             [
                 "Check HTTPS_PROXY and HTTP_PROXY, and that the proxy is up.",
                 "Hosts listed in NO_PROXY are reached directly; add internal mirrors there.",
-                doctor,
+                *doctor,
             ],
+        )
+    steps = ["Run the same command again: it resumes where it stopped.", proxy, *doctor]
+    if hub:
+        steps.append(
+            "With the model already in the cache, HF_HUB_OFFLINE=1 uses it without the network."
         )
     return (
         "the connection failed or was reset: a network outage, a proxy or firewall in the "
         "way, or an overloaded server.",
-        [
-            "Run the same command again: it resumes where it stopped.",
-            proxy,
-            doctor,
-            "With the model already in the cache, HF_HUB_OFFLINE=1 uses it without the network.",
-        ],
+        steps,
     )
+
+
+def _network_kind(err: ModelhaulError) -> str | None:
+    """How the connection failed: the transport's fact when it has one, else (for errors
+    worded by other libraries, such as huggingface_hub's) what the message says."""
+    if isinstance(err, TruncatedBody | RemoteChanged):
+        return "truncated"
+    if isinstance(err, NetworkError) and err.kind:
+        return err.kind
+    text = err.message.lower()
+    if "ended early" in text:
+        return "truncated"
+    for kind, needles in (("dns", _DNS), ("refused", _REFUSED), ("tls", _TLS), ("proxy", _PROXY)):
+        if _matches(text, needles):
+            return kind
+    return None
+
+
+def _doctor_step(err: ModelhaulError, ctx: _Context, hub: bool) -> list[str]:
+    """'modelhaul doctor' checks the Hub endpoint; for a plain URL it checks that URL."""
+    if hub:
+        return [
+            f"Run '{DOCTOR_COMMAND}' to check DNS, TCP, TLS and the proxy in use for "
+            f"{ctx.endpoint}."
+        ]
+    url = _url(err)
+    if url:
+        return [f"Run '{DOCTOR_COMMAND} {url}' to check whether the URL answers."]
+    return []
 
 
 def _timeout(err: ModelhaulError, ctx: _Context) -> tuple[str, list[str]]:
@@ -546,7 +604,7 @@ def _error_code(err: ModelhaulError) -> str | None:
 
 
 def _url(err: ModelhaulError) -> str | None:
-    return err.url if isinstance(err, HTTPStatusError) else None
+    return err.url if isinstance(err, HTTPStatusError | NetworkError) else None
 
 
 def _host(err: ModelhaulError) -> str:
@@ -568,7 +626,10 @@ def _is_hub(err: ModelhaulError, ctx: _Context) -> bool:
         return ctx.model is not None
     host = (urlsplit(url).hostname or "").lower()
     endpoint_host = (urlsplit(ctx.endpoint).hostname or "").lower()
-    return host == endpoint_host or host in ("huggingface.co", "hf.co")
+    # The Hub's own hosts and its CDNs (cdn-lfs.huggingface.co, cas-bridge.xethub.hf.co).
+    return host == endpoint_host or any(
+        host == hub or host.endswith("." + hub) for hub in ("huggingface.co", "hf.co")
+    )
 
 
 def _model_id(model: str | None) -> str | None:

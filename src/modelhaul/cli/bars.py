@@ -17,7 +17,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..errors import human_bytes
+from ..errors import human_bytes, plural
 from ..events import Progress as ProgressRecord
 from .render import Renderer
 
@@ -84,8 +84,10 @@ class RichRenderer(Renderer):
         return self._tasks[key]
 
     def _total_label(self) -> str:
-        of = "" if self._files is None else f"/{self._files}"
-        return f"[cyan]total {len(self._finished)}{of} files"
+        done = len(self._finished)
+        if self._files is None:
+            return f"[cyan]total {plural(done, 'file')}"
+        return f"[cyan]total {done}/{plural(self._files, 'file')}"
 
     def _update_total(self) -> None:
         self._ensure_total()

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig, RetryPolicy, SegmentPolicy, Timeouts
-from ..demo import DemoContent, DemoFaults, DemoOrigin, DemoStats
-from ..errors import Cancelled, InvalidInput, ModelhaulError, human_bytes
+from ..demo import RETRY_AFTER_S, DemoContent, DemoFaults, DemoOrigin, DemoStats, InjectedFault
+from ..errors import Cancelled, InvalidInput, ModelhaulError, human_bytes, plural
 from ..events import Result, TaskEvent
 from ..manager import DownloadManager
 from ..policy.units import parse_size
@@ -72,12 +72,17 @@ async def run(args: argparse.Namespace) -> int:
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=1)
     content = DemoContent(size, seed=args.seed)
     expected = await asyncio.to_thread(content.sha256)
+    faults = DemoFaults(seed=args.seed)
+
+    def on_fault(fault: InjectedFault) -> None:
+        renderer.notice(fault_line(fault, faults))  # as it happens, while the bar runs
+
     with tempfile.TemporaryDirectory(prefix="modelhaul-demo-") as tmp:
-        async with DemoOrigin(content, DemoFaults(seed=args.seed)) as origin:
+        async with DemoOrigin(content, faults, on_fault=on_fault) as origin:
             renderer.notice(
                 f"serving {human_bytes(size)} at {origin.url}; it drops connections, stalls "
-                f"and answers 503 on purpose. Downloading with -x {CONNECTIONS} "
-                f"--timeout {STALL_TIMEOUT_S:g}."
+                f"and answers 503 on purpose. {throttle_sentence(faults)} Downloading with "
+                f"-x {CONNECTIONS} --timeout {STALL_TIMEOUT_S:g}."
             )
             started = time.monotonic()
             try:
@@ -118,6 +123,29 @@ async def _download(url: str, folder: Path, expected: str, renderer: Renderer) -
         finally:
             renderer.stop()
     return result
+
+
+def throttle_sentence(faults: DemoFaults) -> str:
+    """Why the demo is slow: its origin is, by design."""
+    return (
+        f"The origin is throttled on purpose to {human_bytes(faults.connection_bytes_per_s)}/s "
+        f"per connection and {human_bytes(faults.total_bytes_per_s)}/s in total, so the "
+        "download lasts long enough to watch: the speeds shown are limited by it."
+    )
+
+
+def fault_line(fault: InjectedFault, faults: DemoFaults) -> str:
+    """One line for a fault the origin just injected."""
+    span = f"a {human_bytes(fault.end - fault.start)} response"
+    into = human_bytes((fault.at or fault.start) - fault.start)
+    if fault.kind == "dropped":
+        return f"fault injected: the origin dropped the connection {into} into {span}"
+    if fault.kind == "stalled":
+        return (
+            f"fault injected: the origin stalled {into} into {span} "
+            f"(silent for {faults.stall_s:g} s; the stall timeout is {STALL_TIMEOUT_S:g} s)"
+        )
+    return f"fault injected: the origin answered HTTP 503 (Retry-After: {RETRY_AFTER_S})"
 
 
 def _cancelled() -> dict[str, str]:
@@ -162,9 +190,9 @@ def describe(summary: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"modelhaul demo: {human_bytes(size)} in {elapsed:.1f} s ({speed}/s) "
-            "from an origin that misbehaved on purpose",
+            "from an origin that misbehaved and was throttled on purpose",
             f"  faults injected: {injected}",
-            f"  attempts: {summary['attempts']} requests; "
+            f"  attempts: {plural(summary['attempts'], 'request')}; "
             f"re-fetched: {human_bytes(summary['bytes_refetched'])} "
             "(sent again or lost in dropped connections)",
             f"  verified: sha256 {summary['sha256']}",

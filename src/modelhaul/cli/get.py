@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="download URLs (segmented, resumable, verified)",
         description="Download one or more URLs. Re-running the same command resumes.",
     )
-    p.add_argument("urls", nargs="*", metavar="URL")
+    p.add_argument(
+        "urls", nargs="*", metavar="URL", help="http:// or https:// URLs to download (or use -i)"
+    )
     p.add_argument(
         "-o", "--output", metavar="PATH", help="output file (one URL only; relative to -d)"
     )

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig
-from ..errors import InvalidInput, ModelhaulError, NetworkError, RetriesExhausted, human_bytes
+from ..errors import (
+    InvalidInput,
+    ModelhaulError,
+    NetworkError,
+    RetriesExhausted,
+    human_bytes,
+    plural,
+)
 from ..events import TaskEvent
 from ..manager import DownloadManager
 from ..models import ModelPuller, PullResult, VerifyReport, local_files
@@ -65,6 +72,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     v = sub.add_parser(
         "verify",
         help="check every file of a stored model; --repair refetches only what is bad",
+        description="Hash every file of a model in the Hugging Face cache and report the ones "
+        "that are missing or do not match their checksum (exit status 1 if any). With "
+        "--repair, refetch them, only the bad chunks of a damaged file.",
     )
     v.add_argument("model", metavar="MODEL", help="ORG/NAME[@REVISION] (hf://ORG/NAME also works)")
     v.add_argument(
@@ -373,7 +383,7 @@ async def run_verify(args: argparse.Namespace) -> int:
         for path in report.repaired:
             renderer.notice(f"repaired: {path}")
         renderer.notice(
-            f"{report.repo_id}@{report.commit[:12]}: {report.checked} files checked, "
+            f"{report.repo_id}@{report.commit[:12]}: {plural(report.checked, 'file')} checked, "
             f"{_verdict(report)}"
         )
     renderer.result(report.to_dict())

@@ -297,7 +297,12 @@ def _is_loopback_url(url: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("queue", help="list the downloads of a running service")
+    p = sub.add_parser(
+        "queue",
+        help="list the downloads of a running service",
+        description="List the downloads of a running service (modelhaul serve): state, "
+        "progress, speed, time left, priority.",
+    )
     p.add_argument("--json", action="store_true", help="one JSON array")
     add_server_options(p)
     p.set_defaults(run=run_queue)
@@ -307,24 +312,40 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ("resume", "resume paused (or retry failed) downloads of a running service"),
         ("cancel", "cancel downloads of a running service (partial data deleted)"),
     ):
-        p = sub.add_parser(name, help=verb)
-        p.add_argument("ids", nargs="+", metavar="ID")
+        p = sub.add_parser(name, help=verb, description=verb[0].upper() + verb[1:] + ".")
+        p.add_argument(
+            "ids", nargs="+", metavar="ID", help="download IDs, as 'modelhaul queue' shows"
+        )
         p.add_argument("--json", action="store_true", help="JSON lines, one per download")
         add_server_options(p)
         p.set_defaults(run=run_action, action=name)
 
-    p = sub.add_parser("priority", help="change a download's priority (higher runs first)")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("priority", type=int, metavar="N")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "priority",
+        help="change a download's priority (higher runs first)",
+        description="Change the priority of a download of a running service; higher "
+        "priorities run first.",
+    )
+    p.add_argument("id", metavar="ID", help="the download's ID, as 'modelhaul queue' shows")
+    p.add_argument(
+        "priority", type=int, metavar="N", help="the new priority, -1000 to 1000 (new downloads: 0)"
+    )
+    p.add_argument("--json", action="store_true", help="the download as one JSON object")
     add_server_options(p)
     p.set_defaults(run=run_priority)
 
-    p = sub.add_parser("limit", help="show or set a running service's global speed limit")
+    p = sub.add_parser(
+        "limit",
+        help="show or set a running service's global speed limit",
+        description="Show the speed limit of a running service, shared by all its downloads, "
+        "or set it with RATE.",
+    )
     p.add_argument(
         "rate", nargs="?", metavar="RATE", help="e.g. 20M (bytes/s, 1024-based); 0 or none: off"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json", action="store_true", help='one JSON object, {"rate_bytes_per_s": N or null}'
+    )
     add_server_options(p)
     p.set_defaults(run=run_limit)
 

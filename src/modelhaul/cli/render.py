@@ -7,6 +7,7 @@ that a script's ``--json`` or ``-q`` run need not pay.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -129,7 +130,7 @@ def print_error(
     if err.category not in _NO_GUIDANCE:
         from ..guidance import explain, format_guidance
 
-        for line in format_guidance(explain(err, **(context or {}))):
+        for line in format_guidance(explain(err, **_guidance_context(context))):
             print(line, file=sys.stderr)
 
 
@@ -140,7 +141,14 @@ def error_dict(err: ModelhaulError, context: dict[str, Any] | None = None) -> di
     if err.category not in _NO_GUIDANCE:
         from ..guidance import explain
 
-        g = explain(err, **(context or {}))
-        out["why"] = g.why
+        g = explain(err, **_guidance_context(context))
+        if g.why:  # absent, never empty, when nothing specific is known
+            out["why"] = g.why
         out["steps"] = list(g.steps)
     return out
+
+
+def _guidance_context(context: dict[str, Any] | None) -> dict[str, Any]:
+    """The caller's context, with the Hub endpoint in use (HF_ENDPOINT) unless it gave one:
+    advice then names the real endpoint and knows which host is the Hub's."""
+    return {"endpoint": os.environ.get("HF_ENDPOINT") or None, **(context or {})}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from ..errors import InvalidInput, ModelhaulError, human_bytes
+from ..errors import InvalidInput, ModelhaulError, human_bytes, plural
 from ..policy.units import parse_size
 from .options import state_dir
 
@@ -25,30 +25,57 @@ if TYPE_CHECKING:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("ls", help="list the models in the store")
+    p = sub.add_parser(
+        "ls",
+        help="list the models in the store",
+        description="List the models in the Hugging Face cache: revisions, files, size (a blob "
+        "shared by revisions counted once), status, pinned, last use; then the total and the "
+        "free space.",
+    )
     p.add_argument("--json", action="store_true", help="one JSON array, one object per model")
     p.set_defaults(run=run_ls)
 
-    p = sub.add_parser("rm", help="remove a model or one revision and its unreferenced blobs")
-    p.add_argument("model", metavar="MODEL[@REVISION]")
+    p = sub.add_parser(
+        "rm",
+        help="remove a model or one revision and its unreferenced blobs",
+        description="Remove a model from the Hugging Face cache, or with @REVISION only that "
+        "revision, together with the blobs nothing else uses. Asks first when run on a "
+        "terminal and refuses without --yes when there is none; refuses a pinned model or one "
+        "being downloaded unless --force.",
+    )
+    p.add_argument(
+        "model",
+        metavar="MODEL[@REVISION]",
+        help="ORG/NAME (datasets/ORG/NAME for a dataset), optionally @ a branch, tag or commit",
+    )
     p.add_argument(
         "--force", action="store_true", help="remove even a pinned model, or one downloading"
     )
     p.add_argument(
         "-y", "--yes", action="store_true", help="do not ask (needed without a terminal)"
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON result object")
     p.set_defaults(run=run_rm)
 
     for name, pinned in (("pin", True), ("unpin", False)):
         p = sub.add_parser(
-            name, help=f"{name} a model ({'never' if pinned else 'again'} evicted by gc)"
+            name,
+            help=f"{name} a model ({'never' if pinned else 'again'} evicted by gc)",
+            description="Pin a model: gc and --max-store-size never evict it."
+            if pinned
+            else "Unpin a model: gc and --max-store-size may evict it again.",
         )
-        p.add_argument("model", metavar="MODEL")
-        p.add_argument("--json", action="store_true")
+        p.add_argument("model", metavar="MODEL", help="ORG/NAME (datasets/ORG/NAME for a dataset)")
+        p.add_argument("--json", action="store_true", help="one JSON result object")
         p.set_defaults(run=run_pin, pinned=pinned)
 
-    p = sub.add_parser("gc", help="evict least recently used unpinned models to fit a size")
+    p = sub.add_parser(
+        "gc",
+        help="evict least recently used unpinned models to fit a size",
+        description="Remove partial downloads untouched for --partial-age and, with --max-size, "
+        "evict least recently used models until the store fits. Pinned models and models "
+        "being downloaded are kept.",
+    )
     p.add_argument("--max-size", metavar="SIZE", help="the store's size cap, e.g. 50G")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed")
     p.add_argument(
@@ -57,7 +84,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="AGE",
         help="remove partial downloads untouched for this long (e.g. 12h, 7d; default 7d)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object: what was removed, sizes before/after"
+    )
     p.set_defaults(run=run_gc)
 
 
@@ -115,7 +144,8 @@ async def run_ls(args: argparse.Namespace) -> int:
     else:
         console.print(f"No models in {inv.root}.")
     console.print(
-        f"{len(models)} models, {human_bytes(used)} used, {human_bytes(free)} free in {inv.root}"
+        f"{plural(len(models), 'model')}, {human_bytes(used)} used, {human_bytes(free)} free "
+        f"in {inv.root}"
     )
     return 0
 

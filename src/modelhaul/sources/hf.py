@@ -339,6 +339,7 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
             f"cannot reach the Hub at {endpoint}: {exc}",
             hint="Check the network, HF_ENDPOINT and proxy settings (HTTPS_PROXY); with the model "
             "already in the cache, HF_HUB_OFFLINE=1 uses it without the network.",
+            url=endpoint,  # so that guidance knows it was the Hub, and which host
         )
     if isinstance(exc, ValueError | KeyError | TypeError | AttributeError):
         # huggingface_hub turns the Hub's JSON into its dataclasses: an answer that is not
