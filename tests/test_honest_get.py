@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 import modelhaul
-from conftest import modelhaul_cmd
+from conftest import cli_env, modelhaul_cmd
+from helpers import blob
+from modelhaul import engine
 from modelhaul.config import DownloadConfig, RetryPolicy
 from modelhaul.errors import InvalidInput
 from modelhaul.sources.manifest import manifest_from_data
@@ -65,6 +67,70 @@ def fast_config(**kw: Any) -> DownloadConfig:
     return DownloadConfig(
         retry=RetryPolicy(retries=3, initial_delay_s=0.01, max_delay_s=0.05), **kw
     )
+
+
+# ------------------------------------------------------------------- item 6: a closed stdout
+
+
+def test_a_closed_stdout_stops_a_download_quietly_and_keeps_its_partial(
+    origin: Origin, work: Path
+) -> None:
+    data = blob(64 * MiB, seed=6)
+    origin.add_file("big.bin", data)
+    out = work / "big.bin"
+    proc = subprocess.Popen(
+        modelhaul_cmd(
+            "get", origin.url("big.bin"), "-o", str(out), "--json", "--limit-rate", "2M", "-x", "2"
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work,
+    )
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = json.loads(proc.stdout.readline())  # as `| head -1` reads
+        assert first["event"] == "progress"
+        proc.stdout.close()
+        # At 2 MiB/s the file needs 32 s; stopping is immediate.
+        code = proc.wait(timeout=20)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 141, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert not out.exists()
+    part, journal = engine.part_paths(out)
+    assert part.exists()
+    done = json.loads(journal.read_text())["done"]
+    assert sum(end - start for start, end in done) > 0
+    for start, end in done:
+        assert part.read_bytes()[start:end] == data[start:end]
+
+
+def test_doctor_into_a_closed_pipe_ends_quietly(work: Path) -> None:
+    proc = subprocess.Popen(
+        modelhaul_cmd("doctor", "--json", "--timeout", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=work,
+        env=cli_env(HF_ENDPOINT="http://127.0.0.1:9"),
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before anything is written
+    try:
+        code = proc.wait(timeout=RUN_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert code == 141, err
+    assert "Traceback" not in err and "internal error" not in err and "Exception" not in err, err
 
 
 # ------------------------------------------------------------------- item 7: invalid URLs
