@@ -8,6 +8,7 @@ library tests call the public API the same way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -18,10 +19,11 @@ import pytest
 
 import modelhaul
 from conftest import cli_env, modelhaul_cmd
-from helpers import blob
+from helpers import blob, sha
 from modelhaul import engine
 from modelhaul.config import DownloadConfig, RetryPolicy
-from modelhaul.errors import InvalidInput
+from modelhaul.errors import InvalidInput, TargetConflict
+from modelhaul.manager import DownloadManager
 from modelhaul.sources.manifest import manifest_from_data
 from modelhaul.sources.url import parse_input_list
 from origin import Origin
@@ -67,6 +69,131 @@ def fast_config(**kw: Any) -> DownloadConfig:
     return DownloadConfig(
         retry=RetryPolicy(retries=3, initial_delay_s=0.01, max_delay_s=0.05), **kw
     )
+
+
+# ------------------------------------------------------------------- item 2: one path, one result
+
+
+def test_two_urls_for_one_path_are_refused_before_any_request(origin: Origin, work: Path) -> None:
+    origin.add_file("a/f.txt", b"from a")
+    origin.add_file("b/f.txt", b"from b, longer")
+    a, b = origin.url("a/f.txt"), origin.url("b/f.txt")
+
+    r = cli("get", a, b, "-d", "out", "--json", cwd=work)
+
+    err = assert_one_line_error(r, 2)
+    target = str(work / "out" / "f.txt")
+    assert target in err and a in err and b in err
+    result = json_lines(r.stdout)[-1]
+    assert result["status"] == "failed"
+    assert result["error"]["category"] == "invalid_input"
+    assert target in result["error"]["message"]
+    assert origin.requests == []
+    assert list(work.iterdir()) == []
+
+
+def test_two_urls_for_one_out_name_in_a_list_are_refused(origin: Origin, work: Path) -> None:
+    origin.add_file("one.bin", b"1")
+    origin.add_file("two.bin", b"22")
+    listing = work / "urls.txt"
+    listing.write_text(
+        f"{origin.url('one.bin')}\n  out=same.bin\n{origin.url('two.bin')}\n  out=same.bin\n"
+    )
+
+    r = cli("get", "-i", str(listing), "-d", "out", cwd=work)
+
+    err = assert_one_line_error(r, 2)
+    assert str(work / "out" / "same.bin") in err
+    assert origin.url("one.bin") in err and origin.url("two.bin") in err
+    assert origin.requests == []
+    assert sorted(p.name for p in work.iterdir()) == ["urls.txt"]
+
+
+def test_the_same_url_twice_for_one_path_is_fetched_once(origin: Origin, work: Path) -> None:
+    data = blob(100_000, seed=1)
+    origin.add_file("dup.bin", data)
+    url = origin.url("dup.bin")
+
+    r = cli("get", url, url, "-d", str(work), "--json", cwd=work)
+
+    assert r.returncode == 0, r.stderr
+    result = json_lines(r.stdout)[-1]
+    records = result.get("files", [result])
+    assert [rec["path"] for rec in records] == [str(work / "dup.bin")]
+    assert records[0]["sha256"] == sha(data)
+    assert (work / "dup.bin").read_bytes() == data
+    assert len(origin.requests_for("dup.bin")) == 1
+
+
+def test_names_from_the_response_never_publish_two_files_at_one_path(
+    origin: Origin, work: Path
+) -> None:
+    # Both names come from Content-Disposition, known only once each response starts.
+    first, second = blob(50_000, seed=2), blob(70_000, seed=3)
+    origin.add_file("x", first, content_disposition='attachment; filename="same.bin"')
+    origin.add_file("y", second, content_disposition='attachment; filename="same.bin"')
+
+    r = cli("get", origin.url("x"), origin.url("y"), "-d", str(work), "-j", "1", "--json", cwd=work)
+
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    files = json_lines(r.stdout)[-1]["files"]
+    done = [f for f in files if f["status"] == "completed"]
+    failed = [f for f in files if f["status"] == "failed"]
+    assert len(done) == 1 and len(failed) == 1, files
+    on_disk = (work / "same.bin").read_bytes()
+    assert done[0]["path"] == str(work / "same.bin")
+    assert done[0]["sha256"] == sha(on_disk)
+    assert failed[0]["error"]["category"] == "invalid_input"
+    assert str(work / "same.bin") in failed[0]["error"]["message"]
+    assert sorted(p.name for p in work.iterdir()) == ["same.bin"]
+
+
+def test_one_checksum_under_two_names_gives_each_name_its_own_result(
+    origin: Origin, work: Path
+) -> None:
+    data = blob(30_000, seed=10)
+    origin.add_file("c.bin", data)
+    digest = sha(data)
+    (work / "y.bin").write_bytes(b"stale")  # left by something else; must not pass as done
+    listing = work / "urls.txt"
+    listing.write_text(
+        f"{origin.url('c.bin')}\n  out=x.bin\n  sha256={digest}\n"
+        f"{origin.url('c.bin')}?mirror\n  out=y.bin\n  sha256={digest}\n"
+    )
+
+    r = cli("get", "-i", str(listing), "-d", str(work), "--json", cwd=work)
+
+    assert r.returncode == 0, r.stderr
+    files = json_lines(r.stdout)[-1]["files"]
+    assert sorted(f["path"] for f in files) == [str(work / "x.bin"), str(work / "y.bin")]
+    for f in files:
+        assert Path(f["path"]).read_bytes() == data
+        assert f["sha256"] == digest
+
+
+async def test_the_manager_lets_one_download_of_a_path_publish(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    first, second = blob(40_000, seed=4), blob(60_000, seed=5)
+    origin.add_file("p", first, content_disposition='attachment; filename="m.bin"')
+    origin.add_file("q", second, content_disposition='attachment; filename="m.bin"')
+    async with DownloadManager(download_config=fast_config(), state_dir=state_dir) as mgr:
+        a = mgr.add(origin.url("p"), directory=tmp_path)
+        b = mgr.add(origin.url("q"), directory=tmp_path)
+        outcomes = await asyncio.gather(a.wait(), b.wait(), return_exceptions=True)
+        # A fixed path wanted by a third URL is refused too, before any request for it.
+        c = mgr.add(origin.url("p") + "?again", tmp_path / "m.bin")
+        with pytest.raises(TargetConflict):
+            await c.wait()
+    results = [o for o in outcomes if not isinstance(o, BaseException)]
+    errors = [o for o in outcomes if isinstance(o, BaseException)]
+    assert len(results) == 1 and len(errors) == 1, outcomes
+    assert isinstance(errors[0], TargetConflict)
+    assert errors[0].path == str(tmp_path / "m.bin")
+    assert (tmp_path / "m.bin").read_bytes() in (first, second)
+    assert results[0].sha256 == sha((tmp_path / "m.bin").read_bytes())
+    assert len(origin.requests_for("p")) == 1
 
 
 # ------------------------------------------------------------------- item 6: a closed stdout

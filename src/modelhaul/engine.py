@@ -222,6 +222,9 @@ class _Transfer:
     single: bool = False  # one connection, no ranges (origin ignores Range or size unknown)
     name_pending: bool = False  # dest is a guess until the response names the file
     on_phase: PhaseCallback | None = None
+    # Told each path the file is about to be published at; raises to refuse it (the manager
+    # keeps two of its downloads from writing one file).
+    on_target: Callable[[Path], None] | None = None
     force: bool = False
     sched: SegmentScheduler | None = None
     hasher: PrefixHasher | None = None
@@ -257,6 +260,11 @@ class _Transfer:
 
     def bytes_done(self) -> int:
         return self.state.done.total()
+
+    def claim(self, path: Path) -> None:
+        """Announce the path about to hold the file; the listener may refuse it by raising."""
+        if self.on_target is not None:
+            self.on_target(path)
 
 
 class Downloader:
@@ -318,6 +326,7 @@ class Downloader:
         on_progress: ProgressCallback | None = None,
         on_notice: NoticeCallback | None = None,
         on_phase: PhaseCallback | None = None,
+        on_target: Callable[[Path], None] | None = None,
         limiters: Iterable[TokenBucket] = (),
         force: bool = False,
         part_path: Path | None = None,
@@ -329,7 +338,9 @@ class Downloader:
         With ``directory`` instead of ``dest`` the file name comes from the response
         (Content-Disposition, else the URL path), sanitised to a plain name in that directory.
         A target this Downloader already completed (same URL, file untouched since) is not
-        fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying".
+        fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying";
+        ``on_target`` hears the final path before anything is published there, and may refuse
+        it by raising.
 
         Raises:
             InvalidInput: bad URL or checksum.
@@ -341,6 +352,8 @@ class Downloader:
         sha256 = check_sha256(sha256)
         paths = plan_paths(url, dest, directory)
         dest = paths.dest
+        if on_target is not None and not paths.name_pending:
+            on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
         try:
@@ -362,6 +375,7 @@ class Downloader:
             state=JournalState(url=url, size=None, sha256=sha256),
             name_pending=paths.name_pending,
             on_phase=on_phase,
+            on_target=on_target,
             force=force,
         )
         if not lock:
@@ -382,6 +396,7 @@ class Downloader:
     async def _download_locked(self, t: _Transfer) -> Result:
         known = None if t.force else self.records.lookup(t.url, t.part)
         if known is not None and (not t.expected_sha256 or known.sha256 == t.expected_sha256):
+            t.claim(known.dest)
             return Result(
                 url=t.url,
                 path=str(known.dest),
@@ -397,6 +412,7 @@ class Downloader:
         if t.expected_sha256 and t.dest.is_file():
             digest = await sha256_file_async(t.dest)
             if digest == t.expected_sha256:
+                t.claim(t.dest)
                 size = t.dest.stat().st_size
                 discard_partial(t.dest, part=t.part, journal=t.journal.path)
                 return Result(
@@ -478,6 +494,7 @@ class Downloader:
                 raise IntegrityError(
                     f"SHA-256 mismatch for {t.dest.name}: expected {t.expected_sha256}, got {digest}"
                 )
+            t.claim(t.dest)
             await self._publish(t)
             self.records.store(t.url, t.part, t.dest, size=size, sha256=digest, etag=t.state.etag)
             return Result(
@@ -613,6 +630,11 @@ class Downloader:
             fallback = filename_from_url(t.url) or filename_from_url(resp.url)
             t.dest = t.dest.with_name(sanitize_filename(named or fallback))
             t.name_pending = False
+            try:
+                t.claim(t.dest)
+            except ModelhaulError:
+                resp.close()
+                raise
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
