@@ -9,19 +9,24 @@ library tests call the public API the same way.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from filelock import FileLock
 
 import modelhaul
 from conftest import cli_env, modelhaul_cmd
 from helpers import blob, sha
 from modelhaul import engine
-from modelhaul.config import DownloadConfig, RetryPolicy
+from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
+from modelhaul.engine import Downloader, lock_file_for, plan_paths
 from modelhaul.errors import InvalidInput, TargetConflict
 from modelhaul.manager import DownloadManager
 from modelhaul.sources.manifest import manifest_from_data
@@ -321,3 +326,90 @@ def test_the_library_refuses_an_invalid_url_without_a_request(
         modelhaul.download(url, tmp_path / "x.bin", state_dir=state_dir)
     assert time.monotonic() - started < 5
     assert list(tmp_path.glob("x.bin*")) == []
+
+
+# ------------------------------------------------------------------- item 15: the user's file
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs: tests run as root, where chmod does not stop writes."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("named_by", ["url", "-o"])
+def test_permission_denied_names_the_target_not_the_partial_file(
+    origin: Origin, work: Path, read_only_dir: Path, named_by: str
+) -> None:
+    origin.add_file("model.bin", blob(100_000, seed=7))
+    target = read_only_dir / "model.bin"
+    where = ["-d", str(read_only_dir)] if named_by == "url" else ["-o", str(target)]
+
+    r = cli("get", origin.url("model.bin"), *where, "--json", cwd=work)
+
+    err = assert_one_line_error(r, 1)
+    message = json_lines(r.stdout)[-1]["error"]["message"]
+    assert json_lines(r.stdout)[-1]["error"]["category"] == "permission"
+    for text in (err, message):
+        assert str(target) in text, text
+        assert ".modelhaul" not in text, text
+
+
+async def test_a_full_disk_while_writing_names_the_target(
+    origin: Origin, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin.add_file("full.bin", blob(8 * MiB, seed=8))
+    dest = tmp_path / "full.bin"
+
+    def enospc(fd: int, bufs: Any, offset: int) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.os, "pwritev", enospc)
+    cfg = fast_config(check_disk_space=False, segments=SegmentPolicy(connections=1))
+    async with Downloader(cfg, state_dir=state_dir) as dl:
+        with pytest.raises(modelhaul.DiskFull) as info:
+            await asyncio.wait_for(dl.download(origin.url("full.bin"), dest), 30)
+    assert str(dest) in info.value.message
+    assert ".modelhaul" not in info.value.message
+
+
+async def test_waiting_for_another_process_names_the_target(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    data = blob(10_000, seed=9)
+    origin.add_file("w.bin", data)
+    url = origin.url("w.bin")
+    paths = plan_paths(url, None, tmp_path)
+    held = FileLock(str(lock_file_for(state_dir / "locks", paths.part)), thread_local=False)
+    held.acquire()
+    notices: list[str] = []
+    noticed = threading.Event()
+
+    def on_notice(message: str) -> None:
+        notices.append(message)
+        noticed.set()
+
+    try:
+        async with Downloader(fast_config(), state_dir=state_dir) as dl:
+            task = asyncio.create_task(dl.download(url, directory=tmp_path, on_notice=on_notice))
+            await asyncio.wait_for(asyncio.to_thread(noticed.wait, 10), 15)
+            held.release()
+            result = await asyncio.wait_for(task, 30)
+    finally:
+        if held.is_locked:
+            held.release()
+    assert hashlib.sha256(Path(result.path).read_bytes()).hexdigest() == sha(data)
+    assert str(tmp_path / "w.bin") in notices[0]
+    assert ".modelhaul" not in notices[0]

@@ -359,7 +359,7 @@ class Downloader:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise _os_error(exc, dest.parent) from exc
+            raise _os_error(exc, dest.parent, dest.parent) from exc
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
         t = _Transfer(
@@ -380,7 +380,7 @@ class Downloader:
         )
         if not lock:
             return await self._download_locked(t)
-        async with self._target_lock(part, on_notice):
+        async with self._target_lock(part, on_notice, dest):
             return await self._download_locked(t)
 
     # ------------------------------------------------------------------ locking
@@ -388,8 +388,11 @@ class Downloader:
     def _lock_path(self, dest: Path) -> Path:
         return lock_file_for(self._lock_dir, dest)
 
-    def _target_lock(self, dest: Path, on_notice: NoticeCallback | None) -> _AsyncFileLock:
-        return _AsyncFileLock(self._lock_path(dest), on_wait=on_notice, what=str(dest))
+    def _target_lock(
+        self, part: Path, on_notice: NoticeCallback | None, dest: Path
+    ) -> _AsyncFileLock:
+        # Locked by the partial file (one per transfer), told as the file the user asked for.
+        return _AsyncFileLock(self._lock_path(part), on_wait=on_notice, what=str(dest))
 
     # ------------------------------------------------------------------ the whole download
 
@@ -551,7 +554,7 @@ class Downloader:
             # 0o664 with the user's umask: never world-writable.
             t.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
         except OSError as exc:
-            raise _os_error(exc, t.part) from exc
+            raise _os_error(exc, t.part, t.dest) from exc
         if not t.state.done:
             os.ftruncate(t.fd, 0)
 
@@ -729,7 +732,7 @@ class Downloader:
                 _preallocate(t.fd, t.size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _os_error(exc, t.part) from exc
+                raise _os_error(exc, t.part, t.dest) from exc
             # Filesystems without fallocate still work; the space check above stands.
         self._save_journal(t)
 
@@ -741,7 +744,7 @@ class Downloader:
         try:
             t.journal.save(t.state)
         except OSError as exc:
-            raise _os_error(exc, t.journal.path) from exc
+            raise _os_error(exc, t.journal.path, t.dest) from exc
         t.journal_written = True
         t.journal_dirty = False
         t.journal_saved_at = time.monotonic()
@@ -760,7 +763,7 @@ class Downloader:
         try:
             await asyncio.wrap_future(job)
         except OSError as exc:
-            raise _os_error(exc, t.dest) from exc
+            raise _os_error(exc, t.dest, t.dest) from exc
         os.close(t.fd)
         t.fd = -1
         _stage("renamed_before_journal_removal")
@@ -1114,7 +1117,7 @@ class Downloader:
                 # What reached the disk before it filled up is kept for the resume.
                 landed(at, exc.written)
             job = None
-            raise _os_error(exc.cause, t.part) from exc.cause
+            raise _os_error(exc.cause, t.part, t.dest) from exc.cause
         finally:
             if job is not None:
                 # Cancelled mid-receive: wake the thread and keep what it wrote.
@@ -1146,7 +1149,7 @@ class Downloader:
                 try:
                     n = _pwritev_all(t.fd, bufs, offset)
                 except _WriteFailed as exc:
-                    raise _os_error(exc.cause, t.part) from exc.cause
+                    raise _os_error(exc.cause, t.part, t.dest) from exc.cause
                 for b in bufs:
                     t.inline_hash.update(b)
                 t.inline_pos += n
@@ -1163,7 +1166,7 @@ class Downloader:
         except _WriteFailed as exc:
             if exc.written:
                 self._record_write(t, state, offset, exc.written)
-            raise _os_error(exc.cause, t.part) from exc.cause
+            raise _os_error(exc.cause, t.part, t.dest) from exc.cause
         self._record_write(t, state, offset, n)
 
     @staticmethod
@@ -1426,17 +1429,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error(exc: OSError, path: Path) -> ModelhaulError:
+def _os_error(exc: OSError, path: Path, target: Path) -> ModelhaulError:
+    """The error for ``exc`` on ``path`` (the target or its partial file or journal beside
+    it), told as a failure to write ``target``: the user never asked for the internal files."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(
-            f"the disk is full while writing {path}",
+            f"the disk is full while writing {target}",
             hint=f"Free space in {path.parent} and run again: the partial data was kept.",
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"cannot write {path}: {exc.strerror}")
+        return PermissionDenied(f"cannot write {target}: {exc.strerror}")
     if exc.errno == errno.ELOOP:
-        return PermissionDenied(f"refusing to write through a symbolic link at {path}")
-    return PermissionDenied(f"cannot write {path}: {exc.strerror or exc}")
+        return PermissionDenied(
+            f"refusing to write {target} through a symbolic link planted beside it",
+            hint=f"Remove the symbolic link {path} (nothing was written through it), then run "
+            "again.",
+        )
+    return PermissionDenied(f"cannot write {target}: {exc.strerror or exc}")
 
 
 class _AsyncFileLock:
