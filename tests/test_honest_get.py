@@ -328,6 +328,33 @@ def test_the_library_refuses_an_invalid_url_without_a_request(
     assert list(tmp_path.glob("x.bin*")) == []
 
 
+# ------------------------------------------------------------------- item 14: -d names a file
+
+
+def test_an_output_directory_that_is_a_file_is_not_a_directory(origin: Origin, work: Path) -> None:
+    origin.add_file("f.bin", b"x")
+    (work / "urls.txt").write_text("not a folder")
+
+    for folder in ("urls.txt", "urls.txt/sub"):
+        r = cli("get", origin.url("f.bin"), "-d", folder, cwd=work)
+        err = assert_one_line_error(r, 2)
+        assert "not a directory" in err and "File exists" not in err, err
+    assert origin.requests == []
+    assert (work / "urls.txt").read_text() == "not a folder"
+
+
+async def test_the_library_calls_a_file_in_the_way_not_a_directory(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    origin.add_file("f.bin", b"x")
+    blocker = tmp_path / "urls.txt"
+    blocker.write_text("not a folder")
+    async with Downloader(fast_config(), state_dir=state_dir) as dl:
+        with pytest.raises(InvalidInput, match="not a directory"):
+            await dl.download(origin.url("f.bin"), directory=blocker)
+    assert origin.requests == []
+
+
 # ------------------------------------------------------------------- item 15: the user's file
 
 

@@ -356,10 +356,7 @@ class Downloader:
             on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _os_error(exc, dest.parent, dest.parent) from exc
+        _make_folder(dest.parent)
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
         t = _Transfer(
@@ -1446,6 +1443,21 @@ def _os_error(exc: OSError, path: Path, target: Path) -> ModelhaulError:
             "again.",
         )
     return PermissionDenied(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create the target's folder; one that is a file (or under one) is bad input."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        raise InvalidInput(
+            f"{folder} is not a directory"
+            + ("" if blocker == folder else f" ({blocker} is a file)"),
+            hint="Choose a destination in a directory; a file is in the way.",
+        ) from exc
+    except OSError as exc:
+        raise _os_error(exc, folder, folder) from exc
 
 
 class _AsyncFileLock:

@@ -106,6 +106,7 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
     (the manager refuses a clash of names that the responses give).
     """
     directory = Path(args.dir)
+    _check_directory(directory, "the output directory", "Name a directory with -d.")
     jobs: list[_Job] = []
     by_target: dict[Path, _Job] = {}
     for entry in entries:
@@ -115,10 +116,14 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
             dest = directory / entry.out
         else:
             dest = None
-        if dest is not None and dest.is_dir():
-            raise InvalidInput(
-                f"the output path {dest} is a directory",
-                hint="Give a file name with -o, or use -d DIR to download into a directory.",
+        if dest is not None:
+            if dest.is_dir():
+                raise InvalidInput(
+                    f"the output path {dest} is a directory",
+                    hint="Give a file name with -o, or use -d DIR to download into a directory.",
+                )
+            _check_directory(
+                dest.parent, "the folder of the output path", "Name a file in a directory."
             )
         target = Path(os.path.normpath(plan_paths(entry.url, dest, directory).dest))
         job = _Job(entry, dest, _label(entry, dest))
@@ -128,6 +133,20 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
         by_target[target] = job
         jobs.append(job)
     return jobs
+
+
+def _check_directory(path: Path, what: str, hint: str) -> None:
+    """Refuse a folder whose nearest existing part is a file: nothing could be written there.
+    (A missing folder is fine: it is created.)"""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise InvalidInput(
+                    f"{what} {path} is not a directory"
+                    + ("" if existing == path else f" ({existing} is a file)"),
+                    hint=hint,
+                )
+            return
 
 
 def _same_file(first: UrlEntry, other: UrlEntry, target: Path) -> UrlEntry:
