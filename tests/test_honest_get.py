@@ -394,16 +394,34 @@ def test_permission_denied_names_the_target_not_the_partial_file(
         assert ".modelhaul" not in text, text
 
 
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs, so every way of writing (pwritev, splice) meets a real full disk."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 async def test_a_full_disk_while_writing_names_the_target(
-    origin: Origin, tmp_path: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+    origin: Origin, small_disk: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     origin.add_file("full.bin", blob(8 * MiB, seed=8))
-    dest = tmp_path / "full.bin"
+    dest = small_disk / "full.bin"
 
-    def enospc(fd: int, bufs: Any, offset: int) -> int:
-        raise OSError(28, "No space left on device")
+    def no_fallocate(fd: int, offset: int, length: int) -> None:
+        raise OSError(95, "Operation not supported")  # as on filesystems without it
 
-    monkeypatch.setattr(engine.os, "pwritev", enospc)
+    monkeypatch.setattr(engine.os, "posix_fallocate", no_fallocate)
     cfg = fast_config(check_disk_space=False, segments=SegmentPolicy(connections=1))
     async with Downloader(cfg, state_dir=state_dir) as dl:
         with pytest.raises(modelhaul.DiskFull) as info:
