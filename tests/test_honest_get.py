@@ -458,3 +458,19 @@ async def test_waiting_for_another_process_names_the_target(
     assert hashlib.sha256(Path(result.path).read_bytes()).hexdigest() == sha(data)
     assert str(tmp_path / "w.bin") in notices[0]
     assert ".modelhaul" not in notices[0]
+
+
+async def test_a_second_name_that_cannot_be_written_is_named_as_such(
+    origin: Origin, tmp_path: Path, read_only_dir: Path, state_dir: Path
+) -> None:
+    data = blob(20_000, seed=11)
+    origin.add_file("s.bin", data)
+    digest = sha(data)
+    async with DownloadManager(download_config=fast_config(), state_dir=state_dir) as mgr:
+        mgr.add(origin.url("s.bin"), tmp_path / "a.bin", sha256=digest)
+        # One checksum: the manager fetches once and links the file to the second name.
+        second = mgr.add(origin.url("s.bin") + "?b", read_only_dir / "b.bin", sha256=digest)
+        with pytest.raises(modelhaul.PermissionDenied) as info:
+            await second.wait()
+    assert str(read_only_dir / "b.bin") in info.value.message
+    assert ".tmp" not in info.value.message

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -34,7 +35,7 @@ from typing import Self
 
 from .config import DownloadConfig, ManagerConfig
 from .engine import Downloader, TargetPaths, discard_partial, plan_paths
-from .errors import Cancelled, ModelhaulError, TargetConflict
+from .errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
 from .events import Progress, Result, State, TaskEvent
 from .policy.fairshare import estimate_demand, water_fill
 from .policy.ratelimit import TokenBucket
@@ -640,18 +641,10 @@ class DownloadManager:
             # path would be reported as this download's result.
             if alias == source or _same_file(alias, source):
                 continue
-            alias.parent.mkdir(parents=True, exist_ok=True)
-            # A name no one can guess: copyfile() follows a symlink planted at a fixed
-            # temporary name, which carried the file's bytes over whatever it pointed at.
-            tmp = alias.with_name(f".{alias.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             try:
-                try:
-                    os.link(source, tmp)
-                except OSError:
-                    shutil.copyfile(source, tmp)
-                os.replace(tmp, alias)
-            finally:
-                tmp.unlink(missing_ok=True)
+                _link_or_copy(source, alias)
+            except OSError as exc:
+                raise _alias_error(exc, alias) from exc
         task.aliases.clear()
 
     # ------------------------------------------------------------------ events
@@ -849,6 +842,32 @@ def _holds(task: _Task, path: str) -> bool:
         done = task.result
         return done is not None and os.path.normpath(done.path) == path and _reusable(task)
     return task.state not in (State.FAILED, State.CANCELLED)
+
+
+def _link_or_copy(source: Path, alias: Path) -> None:
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    # A name no one can guess: copyfile() follows a symlink planted at a fixed temporary name,
+    # which carried the file's bytes over whatever it pointed at.
+    tmp = alias.with_name(f".{alias.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, alias)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _alias_error(exc: OSError, alias: Path) -> ModelhaulError:
+    """The error for a second name that could not be written, told by that name (never by
+    the temporary file it was made through)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"the disk is full while writing {alias}", hint=f"Free space in {alias.parent}."
+        )
+    return PermissionDenied(f"cannot write {alias}: {exc.strerror or exc}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
