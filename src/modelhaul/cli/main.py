@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import select
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -73,19 +74,28 @@ def _main(argv: Sequence[str], stdout: _GuardedStdout) -> int:
     except KeyboardInterrupt:
         print(f"modelhaul: {getattr(args, 'interrupted', INTERRUPTED)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # written past the guard (a stream taken before it was set)
+    except BrokenPipeError as exc:
+        # Written past the guard (a stream taken before it was set)? A socket's EPIPE that
+        # escaped translation is a bug, reported as one.
+        if not stdout.reader_gone():
+            return _internal_error(exc)
         stdout.close_quietly()
         return EXIT_PIPE
     except Exception as exc:  # a bug of ours: still one line, never a traceback
-        if os.environ.get("MODELHAUL_DEBUG"):
-            raise
-        print(f"modelhaul: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print(
-            "  hint: this is a bug in modelhaul; run again with MODELHAUL_DEBUG=1 for the "
-            "traceback and report it.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
+        return _internal_error(exc)
+
+
+def _internal_error(exc: Exception) -> int:
+    """A bug of ours: still one line, never a traceback (unless MODELHAUL_DEBUG asks)."""
+    if os.environ.get("MODELHAUL_DEBUG"):
+        raise exc
+    print(f"modelhaul: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print(
+        "  hint: this is a bug in modelhaul; run again with MODELHAUL_DEBUG=1 for the "
+        "traceback and report it.",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 class _GuardedStdout:
@@ -113,6 +123,17 @@ class _GuardedStdout:
                 self._real.flush()
             except BrokenPipeError:
                 self.close_quietly()
+
+    def reader_gone(self) -> bool:
+        """Whether stdout is a pipe whose reader has closed it (poll says POLLERR then)."""
+        if self.broken:
+            return True
+        try:
+            poller = select.poll()
+            poller.register(self._real.fileno(), select.POLLOUT)
+            return any(ev & select.POLLERR for _, ev in poller.poll(0))
+        except (OSError, ValueError):
+            return False
 
     def close_quietly(self) -> None:
         """Send what is left to /dev/null and stop the command."""
