@@ -222,6 +222,9 @@ class _Transfer:
     single: bool = False  # one connection, no ranges (origin ignores Range or size unknown)
     name_pending: bool = False  # dest is a guess until the response names the file
     on_phase: PhaseCallback | None = None
+    # Told each path the file is about to be published at; raises to refuse it (the manager
+    # keeps two of its downloads from writing one file).
+    on_target: Callable[[Path], None] | None = None
     force: bool = False
     sched: SegmentScheduler | None = None
     hasher: PrefixHasher | None = None
@@ -257,6 +260,11 @@ class _Transfer:
 
     def bytes_done(self) -> int:
         return self.state.done.total()
+
+    def claim(self, path: Path) -> None:
+        """Announce the path about to hold the file; the listener may refuse it by raising."""
+        if self.on_target is not None:
+            self.on_target(path)
 
 
 class Downloader:
@@ -318,6 +326,7 @@ class Downloader:
         on_progress: ProgressCallback | None = None,
         on_notice: NoticeCallback | None = None,
         on_phase: PhaseCallback | None = None,
+        on_target: Callable[[Path], None] | None = None,
         limiters: Iterable[TokenBucket] = (),
         force: bool = False,
         part_path: Path | None = None,
@@ -329,7 +338,9 @@ class Downloader:
         With ``directory`` instead of ``dest`` the file name comes from the response
         (Content-Disposition, else the URL path), sanitised to a plain name in that directory.
         A target this Downloader already completed (same URL, file untouched since) is not
-        fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying".
+        fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying";
+        ``on_target`` hears the final path before anything is published there, and may refuse
+        it by raising.
 
         Raises:
             InvalidInput: bad URL or checksum.
@@ -341,12 +352,11 @@ class Downloader:
         sha256 = check_sha256(sha256)
         paths = plan_paths(url, dest, directory)
         dest = paths.dest
+        if on_target is not None and not paths.name_pending:
+            on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise _os_error(exc, dest.parent) from exc
+        _make_folder(dest.parent)
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
         t = _Transfer(
@@ -362,11 +372,12 @@ class Downloader:
             state=JournalState(url=url, size=None, sha256=sha256),
             name_pending=paths.name_pending,
             on_phase=on_phase,
+            on_target=on_target,
             force=force,
         )
         if not lock:
             return await self._download_locked(t)
-        async with self._target_lock(part, on_notice):
+        async with self._target_lock(part, on_notice, dest):
             return await self._download_locked(t)
 
     # ------------------------------------------------------------------ locking
@@ -374,14 +385,18 @@ class Downloader:
     def _lock_path(self, dest: Path) -> Path:
         return lock_file_for(self._lock_dir, dest)
 
-    def _target_lock(self, dest: Path, on_notice: NoticeCallback | None) -> _AsyncFileLock:
-        return _AsyncFileLock(self._lock_path(dest), on_wait=on_notice, what=str(dest))
+    def _target_lock(
+        self, part: Path, on_notice: NoticeCallback | None, dest: Path
+    ) -> _AsyncFileLock:
+        # Locked by the partial file (one per transfer), told as the file the user asked for.
+        return _AsyncFileLock(self._lock_path(part), on_wait=on_notice, what=str(dest))
 
     # ------------------------------------------------------------------ the whole download
 
     async def _download_locked(self, t: _Transfer) -> Result:
         known = None if t.force else self.records.lookup(t.url, t.part)
         if known is not None and (not t.expected_sha256 or known.sha256 == t.expected_sha256):
+            t.claim(known.dest)
             return Result(
                 url=t.url,
                 path=str(known.dest),
@@ -397,6 +412,7 @@ class Downloader:
         if t.expected_sha256 and t.dest.is_file():
             digest = await sha256_file_async(t.dest)
             if digest == t.expected_sha256:
+                t.claim(t.dest)
                 size = t.dest.stat().st_size
                 discard_partial(t.dest, part=t.part, journal=t.journal.path)
                 return Result(
@@ -478,6 +494,7 @@ class Downloader:
                 raise IntegrityError(
                     f"SHA-256 mismatch for {t.dest.name}: expected {t.expected_sha256}, got {digest}"
                 )
+            t.claim(t.dest)
             await self._publish(t)
             self.records.store(t.url, t.part, t.dest, size=size, sha256=digest, etag=t.state.etag)
             return Result(
@@ -534,7 +551,7 @@ class Downloader:
             # 0o664 with the user's umask: never world-writable.
             t.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
         except OSError as exc:
-            raise _os_error(exc, t.part) from exc
+            raise _os_error(exc, t.part, t.dest) from exc
         if not t.state.done:
             os.ftruncate(t.fd, 0)
 
@@ -613,6 +630,11 @@ class Downloader:
             fallback = filename_from_url(t.url) or filename_from_url(resp.url)
             t.dest = t.dest.with_name(sanitize_filename(named or fallback))
             t.name_pending = False
+            try:
+                t.claim(t.dest)
+            except ModelhaulError:
+                resp.close()
+                raise
         etag = resp.headers.get("ETag")
         last_modified = resp.headers.get("Last-Modified")
         encoded = resp.headers.get("Content-Encoding", "identity").lower() not in ("identity", "")
@@ -707,7 +729,7 @@ class Downloader:
                 _preallocate(t.fd, t.size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _os_error(exc, t.part) from exc
+                raise _os_error(exc, t.part, t.dest) from exc
             # Filesystems without fallocate still work; the space check above stands.
         self._save_journal(t)
 
@@ -719,7 +741,7 @@ class Downloader:
         try:
             t.journal.save(t.state)
         except OSError as exc:
-            raise _os_error(exc, t.journal.path) from exc
+            raise _os_error(exc, t.journal.path, t.dest) from exc
         t.journal_written = True
         t.journal_dirty = False
         t.journal_saved_at = time.monotonic()
@@ -738,7 +760,7 @@ class Downloader:
         try:
             await asyncio.wrap_future(job)
         except OSError as exc:
-            raise _os_error(exc, t.dest) from exc
+            raise _os_error(exc, t.dest, t.dest) from exc
         os.close(t.fd)
         t.fd = -1
         _stage("renamed_before_journal_removal")
@@ -1092,7 +1114,7 @@ class Downloader:
                 # What reached the disk before it filled up is kept for the resume.
                 landed(at, exc.written)
             job = None
-            raise _os_error(exc.cause, t.part) from exc.cause
+            raise _os_error(exc.cause, t.part, t.dest) from exc.cause
         finally:
             if job is not None:
                 # Cancelled mid-receive: wake the thread and keep what it wrote.
@@ -1124,7 +1146,7 @@ class Downloader:
                 try:
                     n = _pwritev_all(t.fd, bufs, offset)
                 except _WriteFailed as exc:
-                    raise _os_error(exc.cause, t.part) from exc.cause
+                    raise _os_error(exc.cause, t.part, t.dest) from exc.cause
                 for b in bufs:
                     t.inline_hash.update(b)
                 t.inline_pos += n
@@ -1141,7 +1163,7 @@ class Downloader:
         except _WriteFailed as exc:
             if exc.written:
                 self._record_write(t, state, offset, exc.written)
-            raise _os_error(exc.cause, t.part) from exc.cause
+            raise _os_error(exc.cause, t.part, t.dest) from exc.cause
         self._record_write(t, state, offset, n)
 
     @staticmethod
@@ -1404,17 +1426,38 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _os_error(exc: OSError, path: Path) -> ModelhaulError:
+def _os_error(exc: OSError, path: Path, target: Path) -> ModelhaulError:
+    """The error for ``exc`` on ``path`` (the target or its partial file or journal beside
+    it), told as a failure to write ``target``: the user never asked for the internal files."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(
-            f"the disk is full while writing {path}",
+            f"the disk is full while writing {target}",
             hint=f"Free space in {path.parent} and run again: the partial data was kept.",
         )
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"cannot write {path}: {exc.strerror}")
+        return PermissionDenied(f"cannot write {target}: {exc.strerror}")
     if exc.errno == errno.ELOOP:
-        return PermissionDenied(f"refusing to write through a symbolic link at {path}")
-    return PermissionDenied(f"cannot write {path}: {exc.strerror or exc}")
+        return PermissionDenied(
+            f"refusing to write {target} through a symbolic link planted beside it",
+            hint=f"Remove the symbolic link {path} (nothing was written through it), then run "
+            "again.",
+        )
+    return PermissionDenied(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create the target's folder; one that is a file (or under one) is bad input."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        raise InvalidInput(
+            f"{folder} is not a directory"
+            + ("" if blocker == folder else f" ({blocker} is a file)"),
+            hint="Choose a destination in a directory; a file is in the way.",
+        ) from exc
+    except OSError as exc:
+        raise _os_error(exc, folder, folder) from exc
 
 
 class _AsyncFileLock:

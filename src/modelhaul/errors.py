@@ -7,6 +7,7 @@ errors are translated into this tree in exactly one place (``transport.py``) and
 
     ModelhaulError
     ├── InvalidInput            invalid_input   bad URL, rate, hex, manifest, unsafe name
+    │   └── TargetConflict      invalid_input   two downloads of one run would write one path
     ├── TransferError           (base for everything that happens on the wire)
     │   ├── NetworkError        network         connection refused/reset, DNS, TLS
     │   ├── StallTimeout        timeout         no byte for the stall timeout
@@ -25,7 +26,7 @@ errors are translated into this tree in exactly one place (``transport.py``) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Self
 
 CATEGORIES = (
     "network",
@@ -82,6 +83,33 @@ class ModelhaulError(Exception):
 class InvalidInput(ModelhaulError, ValueError):
     category = "invalid_input"
     default_hint = "Check the command line or the input file; run with --help for the syntax."
+
+
+class TargetConflict(InvalidInput):
+    """Two downloads would write the same file: only one of them could be what is on disk.
+
+    ``path`` is the file both would write; ``urls`` are the two URLs, the one already holding
+    the path first.
+    """
+
+    default_hint = "Give each download its own destination file."
+
+    def __init__(
+        self, message: str, *, path: str = "", urls: tuple[str, ...] = (), hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.urls = urls
+
+    @classmethod
+    def between(cls, path: str, first: str, second: str, *, hint: str | None = None) -> Self:
+        """The conflict of URL ``second`` with ``first``, which holds ``path`` already."""
+        return cls(
+            f"two downloads would write {path}: {first} and {second}",
+            path=path,
+            urls=(first, second),
+            hint=hint,
+        )
 
 
 class TransferError(ModelhaulError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import heapq
 import itertools
 import logging
@@ -34,7 +35,7 @@ from typing import Self
 
 from .config import DownloadConfig, ManagerConfig
 from .engine import Downloader, TargetPaths, discard_partial, plan_paths
-from .errors import Cancelled, ModelhaulError
+from .errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
 from .events import Progress, Result, State, TaskEvent
 from .policy.fairshare import estimate_demand, water_fill
 from .policy.ratelimit import TokenBucket
@@ -245,6 +246,8 @@ class DownloadManager:
         self._queue_heap: list[tuple[int, int, int, int, _Task]] = []
         self._active: set[_Task] = set()
         self._by_key: dict[tuple[str, ...], _Task] = {}
+        # Which download will write (or wrote) each path: one file, one result.
+        self._claims: dict[str, _Task] = {}
         self._seq = itertools.count()
         self._callbacks: list[EventCallback] = []
         self._streams: list[EventStream] = []
@@ -577,6 +580,7 @@ class DownloadManager:
             limiters=(task.limiter,),
             on_progress=lambda p: self._on_progress(task, p),
             on_phase=lambda phase, size: self._on_phase(task, phase, size),
+            on_target=lambda path: self._claim(task, path),
         )
         task.result = result
         self._materialize_aliases(task)
@@ -616,25 +620,31 @@ class DownloadManager:
             task.future.set_exception(Cancelled(f"download {task.id} was cancelled"))
         self._schedule()
 
+    def _claim(self, task: _Task, path: Path) -> None:
+        """Hold ``path`` for ``task``, or refuse it: another download of this manager will
+        write it, or wrote it and its file is still there. Names that come from the response
+        are known only once it starts, so this is checked then, before anything is published.
+        """
+        key = os.path.normpath(path)
+        holder = self._claims.get(key)
+        # The same URL again is the same file (add() shares one download for it anyway).
+        if holder is not None and holder.url != task.url and _holds(holder, key):
+            raise TargetConflict.between(key, holder.url, task.url)
+        self._claims[key] = task
+
     def _materialize_aliases(self, task: _Task) -> None:
         if task.result is None:
             return
         source = Path(task.result.path)
         for alias in task.aliases:
-            if alias == source or alias.exists():
+            # A file already there is replaced unless it is this one: another file left at the
+            # path would be reported as this download's result.
+            if alias == source or _same_file(alias, source):
                 continue
-            alias.parent.mkdir(parents=True, exist_ok=True)
-            # A name no one can guess: copyfile() follows a symlink planted at a fixed
-            # temporary name, which carried the file's bytes over whatever it pointed at.
-            tmp = alias.with_name(f".{alias.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
             try:
-                try:
-                    os.link(source, tmp)
-                except OSError:
-                    shutil.copyfile(source, tmp)
-                os.replace(tmp, alias)
-            finally:
-                tmp.unlink(missing_ok=True)
+                _link_or_copy(source, alias)
+            except OSError as exc:
+                raise _alias_error(exc, alias) from exc
         task.aliases.clear()
 
     # ------------------------------------------------------------------ events
@@ -823,6 +833,48 @@ def _reusable(task: _Task) -> bool:
         except OSError:
             return False
     return True
+
+
+def _holds(task: _Task, path: str) -> bool:
+    """Whether ``task`` still stands for what ``path`` holds: unfinished, or completed there
+    with its file in place (a failed or cancelled download published nothing)."""
+    if task.state is State.COMPLETED:
+        done = task.result
+        return done is not None and os.path.normpath(done.path) == path and _reusable(task)
+    return task.state not in (State.FAILED, State.CANCELLED)
+
+
+def _link_or_copy(source: Path, alias: Path) -> None:
+    alias.parent.mkdir(parents=True, exist_ok=True)
+    # A name no one can guess: copyfile() follows a symlink planted at a fixed temporary name,
+    # which carried the file's bytes over whatever it pointed at.
+    tmp = alias.with_name(f".{alias.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, alias)
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def _alias_error(exc: OSError, alias: Path) -> ModelhaulError:
+    """The error for a second name that could not be written, told by that name (never by
+    the temporary file it was made through)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"the disk is full while writing {alias}", hint=f"Free space in {alias.parent}."
+        )
+    return PermissionDenied(f"cannot write {alias}: {exc.strerror or exc}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _mark_retrieved(fut: asyncio.Future[Result]) -> None:

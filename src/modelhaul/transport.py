@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Self
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -45,23 +45,61 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 
 def check_url(url: str) -> str:
-    """Raise InvalidInput unless ``url`` is an absolute http(s) URL with a host."""
+    """Raise InvalidInput unless ``url`` is an absolute http(s) URL with a usable host and port.
+
+    Checked before any request: a malformed host would otherwise go to DNS and be retried as a
+    network failure, for seconds, although no attempt can ever succeed.
+    """
+    if any(ord(ch) < 32 or ch == "\x7f" for ch in url):
+        # urlsplit silently drops tabs and newlines, so it cannot be left to see them.
+        raise InvalidInput(f"bad URL {url!r}: it contains a control character", hint=_URL_HINT)
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise InvalidInput(f"bad URL {url!r}: {exc}") from exc
+        raise InvalidInput(f"bad URL {url!r}: {exc}", hint=_URL_HINT) from exc
     if parts.scheme.lower() not in ("http", "https"):
         raise InvalidInput(
             f"unsupported URL scheme in {url!r}",
             hint="Use an http:// or https:// URL (hf://ORG/NAME goes to 'modelhaul pull').",
         )
     if not parts.hostname:
-        raise InvalidInput(f"bad URL {url!r}: no host")
+        raise InvalidInput(f"bad URL {url!r}: no host", hint=_URL_HINT)
+    # Percent-decoded first, as a client would before resolving: h%20x is "h x" too. An IPv6
+    # literal ([...]) urlsplit has checked already.
+    bad = next((ch for ch in unquote(parts.hostname) if not _host_char(ch)), None)
+    if bad is not None and "[" not in parts.netloc:
+        raise InvalidInput(
+            f"bad URL {url!r}: the host {parts.hostname!r} contains {_describe(bad)}",
+            hint=_URL_HINT,
+        )
     try:
-        _ = parts.port
+        port = parts.port
     except ValueError as exc:
-        raise InvalidInput(f"bad URL {url!r}: {exc}") from exc
+        raise InvalidInput(f"bad URL {url!r}: {exc}", hint=_URL_HINT) from exc
+    if port == 0:
+        raise InvalidInput(f"bad URL {url!r}: port 0 is not a port to connect to", hint=_URL_HINT)
     return url
+
+
+_URL_HINT = (
+    "Check the URL for a typo: the host is a name or address without spaces, and a port is a "
+    "number from 1 to 65535."
+)
+# RFC 3986 reg-name once decoded: unreserved and sub-delims; no other ASCII belongs there.
+_HOST_ASCII = frozenset(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;="
+)
+
+
+def _host_char(ch: str) -> bool:
+    """Whether ``ch`` may appear in a host name (non-ASCII letters: internationalised names)."""
+    if ch.isascii():
+        return ch in _HOST_ASCII
+    return ch.isprintable() and not ch.isspace()
+
+
+def _describe(ch: str) -> str:
+    return "a space" if ch.isspace() else f"the character {ch!r}"
 
 
 def origin_of(url: str) -> tuple[str, str, int | None]:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..config import ManagerConfig
 from ..engine import check_sha256, is_downloading, plan_paths
-from ..errors import Cancelled, InvalidInput, ModelhaulError
+from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import State, TaskEvent
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
@@ -97,8 +98,17 @@ def _check_out(entry: UrlEntry, source: str) -> UrlEntry:
 
 
 def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
+    """One job per target path, refused before any request when two URLs would share one.
+
+    The same URL listed twice for the same file is fetched once and reported once: it asks for
+    one file, not two. Two different URLs for one file are an error, since only one could end
+    up on disk. A name still to come from the response is judged by the name its URL gives
+    (the manager refuses a clash of names that the responses give).
+    """
     directory = Path(args.dir)
-    jobs = []
+    _check_directory(directory, "the output directory", "Name a directory with -d.")
+    jobs: list[_Job] = []
+    by_target: dict[Path, _Job] = {}
     for entry in entries:
         if args.output is not None:
             dest: Path | None = directory / args.output
@@ -106,13 +116,55 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
             dest = directory / entry.out
         else:
             dest = None
-        if dest is not None and dest.is_dir():
-            raise InvalidInput(
-                f"the output path {dest} is a directory",
-                hint="Give a file name with -o, or use -d DIR to download into a directory.",
+        if dest is not None:
+            if dest.is_dir():
+                raise InvalidInput(
+                    f"the output path {dest} is a directory",
+                    hint="Give a file name with -o, or use -d DIR to download into a directory.",
+                )
+            _check_directory(
+                dest.parent, "the folder of the output path", "Name a file in a directory."
             )
-        jobs.append(_Job(entry, dest, _label(entry, dest)))
+        target = Path(os.path.normpath(plan_paths(entry.url, dest, directory).dest))
+        job = _Job(entry, dest, _label(entry, dest))
+        if (first := by_target.get(target)) is not None:
+            first.entry = _same_file(first.entry, entry, target)
+            continue
+        by_target[target] = job
+        jobs.append(job)
     return jobs
+
+
+def _check_directory(path: Path, what: str, hint: str) -> None:
+    """Refuse a folder whose nearest existing part is a file: nothing could be written there.
+    (A missing folder is fine: it is created.)"""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if not existing.is_dir():
+                raise InvalidInput(
+                    f"{what} {path} is not a directory"
+                    + ("" if existing == path else f" ({existing} is a file)"),
+                    hint=hint,
+                )
+            return
+
+
+def _same_file(first: UrlEntry, other: UrlEntry, target: Path) -> UrlEntry:
+    """The one entry for two that name one target: a duplicate, or a conflict refused."""
+    if other.url != first.url:
+        raise TargetConflict.between(
+            str(target),
+            first.url,
+            other.url,
+            hint="Give each URL its own name: an out=NAME line under it in an input file "
+            "(-i), or fetch them into different directories (-d).",
+        )
+    if first.sha256 and other.sha256 and first.sha256 != other.sha256:
+        raise InvalidInput(
+            f"{first.url} is listed twice for {target} with different SHA-256 checksums",
+            hint="Keep one entry with the published checksum.",
+        )
+    return replace(first, sha256=first.sha256 or other.sha256)
 
 
 def _label(entry: UrlEntry, dest: Path | None) -> str:
@@ -209,6 +261,10 @@ async def _wait(job: _Job) -> None:
         job.record = _failed_record(job.entry.url, exc)
     else:
         job.record = result.to_dict()
+        if job.dest is not None:
+            # A download shared with another job (one checksum, two names) was linked here too:
+            # this job's file is its own destination, never the other job's.
+            job.record["path"] = str(job.dest.absolute())
 
 
 def _failed_dict(url: str | None, error: dict[str, str]) -> dict[str, Any]:

@@ -42,8 +42,8 @@ class QuietRenderer(Renderer):
 class JsonRenderer(Renderer):
     """JSON lines on stdout: progress events (at most ~4 a second a file) and the result line."""
 
-    def __init__(self, out: TextIO = sys.stdout, every_s: float = 0.25) -> None:
-        self._out = out
+    def __init__(self, out: TextIO | None = None, every_s: float = 0.25) -> None:
+        self._out = out if out is not None else sys.stdout  # the stdout of now, not of import
         self._every_s = every_s
         self._last: dict[str, float] = {}
 
