@@ -254,6 +254,7 @@ def _finish(jobs: list[_Job], renderer: Renderer) -> int:
                 "status": "completed" if not failures else "failed",
                 "path": None,
                 "size": sum(r["size"] or 0 for r in records),
+                "bytes_transferred": sum(r.get("bytes_transferred") or 0 for r in records),
                 "sha256": None,
                 "error": failures[0].record["error"] if failures and failures[0].record else None,
                 "files": records,
