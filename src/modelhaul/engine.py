@@ -504,8 +504,9 @@ class Downloader:
                 wait_futures(list(t.writes))
                 os.close(t.fd)
                 t.fd = -1
-                if not t.state.done or t.size is None:
-                    # Nothing worth resuming (without a size no range can be asked for):
+                if not t.state.done or t.size is None or t.single:
+                    # Nothing worth resuming (without a size no range can be asked for, and
+                    # an origin that ignored Range answers the next run from byte 0 again):
                     # leave no partial file behind.
                     t.part.unlink(missing_ok=True)
                     self._drop_journal(t)

@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        code = _run(args.run(args), getattr(args, "interrupted", INTERRUPTED))
+        code = _run(args.run(args), lambda: getattr(args, "interrupted", INTERRUPTED))
     except ModelhaulError as exc:
         print_error(exc)
         code = _exit_for(exc)
@@ -84,8 +84,12 @@ def _exit_for(exc: ModelhaulError) -> int:
     return EXIT_FAILED
 
 
-def _run(coro: Awaitable[int], interrupted: str = INTERRUPTED) -> int:
-    """Run a command; SIGINT/SIGTERM cancel it cleanly (journals saved) instead of killing it."""
+def _run(coro: Awaitable[int], interrupted: Callable[[], str] = lambda: INTERRUPTED) -> int:
+    """Run a command; SIGINT/SIGTERM cancel it cleanly (journals saved) instead of killing it.
+
+    ``interrupted`` is asked only then: a command may have learnt what the interruption left
+    behind (``get``: whether the server could resume at all).
+    """
 
     async def runner() -> int:
         task = asyncio.ensure_future(coro)
@@ -97,7 +101,7 @@ def _run(coro: Awaitable[int], interrupted: str = INTERRUPTED) -> int:
             return await task
         except asyncio.CancelledError:
             if task.cancelled():
-                print(f"modelhaul: {interrupted}", file=sys.stderr)
+                print(f"modelhaul: {interrupted()}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             raise
 
