@@ -92,6 +92,18 @@ class PlainRenderer(Renderer):
                 flush=True,
             )
 
+    def result(self, record: dict[str, Any]) -> None:
+        files = record.get("files")
+        if files and record.get("status") in ("completed", "failed"):
+            print(f"modelhaul: {files_summary(files)}", file=sys.stderr, flush=True)
+
+
+def files_summary(records: list[dict[str, Any]]) -> str:
+    """'total 3/5 files, 2 failed': the files a list ended with, failures counted apart."""
+    completed = sum(1 for r in records if r.get("status") == "completed")
+    failed = len(records) - completed
+    return f"total {completed}/{len(records)} files" + (f", {failed} failed" if failed else "")
+
 
 def describe(key: str, p: ProgressRecord) -> str:
     total = human_bytes(p.total) if p.total is not None else "?"
