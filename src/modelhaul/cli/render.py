@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..errors import ModelhaulError, human_bytes
+from ..errors import ModelhaulError, human_bytes, plural
 from ..events import Progress as ProgressRecord
 
 
@@ -102,7 +102,9 @@ def files_summary(records: list[dict[str, Any]]) -> str:
     """'total 3/5 files, 2 failed': the files a list ended with, failures counted apart."""
     completed = sum(1 for r in records if r.get("status") == "completed")
     failed = len(records) - completed
-    return f"total {completed}/{len(records)} files" + (f", {failed} failed" if failed else "")
+    return f"total {completed}/{plural(len(records), 'file')}" + (
+        f", {failed} failed" if failed else ""
+    )
 
 
 def describe(key: str, p: ProgressRecord) -> str:
