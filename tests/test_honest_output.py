@@ -166,3 +166,12 @@ def test_a_terminal_gets_the_path_and_sha256_of_a_finished_file(
     assert out.read_bytes() == data
     last = [line for line in text.replace("\r", "\n").splitlines() if line.strip()][-1]
     assert str(out) in last and sha(data) in last, text
+
+
+def test_no_path_line_for_a_file_that_is_not_kept() -> None:
+    renderer, out = terminal_renderer(files=1)
+    record = completed("demo.bin", MiB) | {"path": None}  # the demo's file is removed
+    renderer.result(record)
+    assert shown(out) == ""
+    renderer.result(completed("kept.bin", MiB))
+    assert shown(out).startswith("✓ /tmp/kept.bin 1.0 MiB sha256 " + "ab" * 32)

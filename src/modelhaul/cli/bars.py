@@ -193,8 +193,10 @@ class RichRenderer(Renderer):
 
     def result(self, record: dict[str, Any]) -> None:
         # A list's files each had their line as they ended; one file gets its line last,
-        # below its bar, as the piped output gives it.
-        if not self._multi and record.get("status") == "completed" and record.get("sha256"):
+        # below its bar, as the piped output gives it (the demo's file is gone: no line).
+        if self._multi or record.get("status") != "completed":
+            return
+        if record.get("path") and record.get("sha256"):
             self._console.print(_done_line(record))
 
     def notice(self, message: str) -> None:
