@@ -104,6 +104,8 @@ def test_piped_output_of_a_list_ends_with_the_same_count(capsys: Any) -> None:
     records = [completed("a.bin", MiB), completed("b.bin", MiB), failed("c.bin")]
     renderer.result({"event": "result", "status": "failed", "files": records})
     assert "total 2/3 files, 1 failed" in capsys.readouterr().err
+    renderer.result({"event": "result", "status": "completed", "files": 3})  # a pull's count
+    assert capsys.readouterr().err == ""
 
 
 def test_bars_show_sizes_and_speeds_in_one_unit_family_and_label_the_eta() -> None:

@@ -93,8 +93,8 @@ class PlainRenderer(Renderer):
             )
 
     def result(self, record: dict[str, Any]) -> None:
-        files = record.get("files")
-        if files and record.get("status") in ("completed", "failed"):
+        files = record.get("files")  # a list's records (a pull's result gives a count)
+        if isinstance(files, list) and files and record.get("status") in ("completed", "failed"):
             print(f"modelhaul: {files_summary(files)}", file=sys.stderr, flush=True)
 
 
