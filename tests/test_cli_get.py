@@ -522,6 +522,63 @@ def test_ctrl_c_exits_130_keeps_partial_and_rerun_resumes(origin: Origin, work: 
     assert refetched_bytes(origin, "big.bin", held) == 0
 
 
+def test_a_resumed_get_reports_the_bytes_it_received(origin: Origin, work: Path) -> None:
+    data = payload(10 * MiB, seed=33)
+    origin.add_file("ten.bin", data)
+    origin.set_default("ten.bin", Fault(rate_bytes_per_s=4 * MiB))
+    out = work / "ten.bin"
+    journal = work / "ten.bin.modelhaul.journal"
+    proc = start_cli("get", origin.url("ten.bin"), "-o", str(out), "-q")
+    try:
+        wait_until(lambda: journal_done_bytes(journal) >= 6 * MiB, 30, "6 MiB in the journal")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 130
+    held = journal_done_bytes(journal)
+    origin.set_default("ten.bin", None)
+    origin.reset_stats()
+
+    result = last_json(run_cli("get", origin.url("ten.bin"), "-o", str(out), "--json").stdout)
+
+    assert result["status"] == "completed" and result["size"] == len(data)
+    assert len(data) - held <= result["bytes_transferred"] <= origin.bytes_served("ten.bin")
+    assert result["bytes_transferred"] < len(data)
+    again = last_json(run_cli("get", origin.url("ten.bin"), "-o", str(out), "--json").stdout)
+    assert again["status"] == "completed" and again["bytes_transferred"] == 0
+
+
+def test_ctrl_c_against_a_server_without_range_says_the_next_run_starts_over(
+    origin: Origin, work: Path
+) -> None:
+    data = payload(8 * MiB, seed=34)
+    origin.add_file("norange.bin", data, accept_ranges=False)
+    origin.set_default("norange.bin", Fault(rate_bytes_per_s=2 * MiB))
+    out = work / "norange.bin"
+    proc = start_cli("get", origin.url("norange.bin"), "-o", str(out), "--json")
+    origin.wait_bytes("norange.bin", 2 * MiB)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    said = stderr.lower()
+    assert "cannot resume" in said and "starts it over" in said, stderr
+    assert "partial data was kept" not in said
+    error = last_json(stdout)["error"]
+    assert error["category"] == "cancelled"
+    assert "cannot resume" in error["message"] and "resume" not in error["hint"]
+    # A partial file no run can resume is not kept.
+    assert sorted(p.name for p in work.iterdir()) == []
+
+    origin.set_default("norange.bin", None)
+    origin.reset_stats()
+    r = run_cli("get", origin.url("norange.bin"), "-o", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == data
+    assert origin.ranges_served("norange.bin") == [(0, len(data))]
+
+
 def test_ctrl_c_on_a_list_resumes_only_unfinished_files(origin: Origin, work: Path) -> None:
     small, big = payload(MiB, seed=31), payload(8 * MiB, seed=32)
     origin.add_file("small.bin", small)

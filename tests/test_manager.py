@@ -338,6 +338,41 @@ async def test_pause_stops_the_origin_within_a_second_and_resume_fetches_no_rang
                       State.VERIFYING, State.COMPLETED]  # fmt: skip
 
 
+async def test_a_result_counts_the_bytes_of_every_run_and_a_file_already_done_none(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    data = blob(3 * MiB, seed=33)
+    origin.add_file("n.bin", data)
+    origin.set_default("n.bin", Fault(rate_bytes_per_s=1 * MiB))
+    dest = tmp_path / "n.bin"
+    async with DownloadManager(download_config=config(**SPLIT), state_dir=state_dir) as mgr:
+        rec = Recorder(mgr)
+        handle = mgr.add(origin.url("n.bin"), dest, sha256=sha(data))
+        await origin.wait_bytes_async("n.bin", 768 * KiB)
+        handle.pause()
+        await rec.wait_state(handle.id, State.PAUSED)
+        origin.set_default("n.bin", None)
+        handle.resume()
+        result = await handle.wait()
+        # Both runs received bytes: the one before the pause counts too.
+        assert result.resumed_from > 0
+        assert len(data) <= result.bytes_transferred <= origin.bytes_served("n.bin")
+        assert result.size == len(data)
+        assert handle.info().bytes_received == result.bytes_transferred
+
+        served = origin.bytes_served("n.bin")
+        again = await mgr.add(origin.url("n.bin"), dest).wait()
+        elsewhere = await mgr.add(
+            origin.url("n.bin"), tmp_path / "copy.bin", sha256=sha(data)
+        ).wait()
+    assert origin.bytes_served("n.bin") == served
+    for done in (again, elsewhere):
+        assert done.already_complete and done.bytes_transferred == 0
+        assert done.size == len(data) and done.sha256 == sha(data)
+    assert elsewhere.path == str(tmp_path / "copy.bin")
+    assert (tmp_path / "copy.bin").read_bytes() == data
+
+
 async def test_pausing_one_download_does_not_disturb_another(
     origin: Origin, tmp_path: Path, state_dir: Path
 ) -> None:

@@ -987,6 +987,35 @@ def test_without_any_listing_a_snapshot_is_judged_by_its_links(hub: FakeHub, cac
     assert model["files"] == len(FILES) - 1
 
 
+def test_a_resumed_pull_reports_the_bytes_it_received_not_the_file_size(
+    hub: FakeHub, cache: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    hub.add_repo("org/model", {"w.safetensors": W1})
+    hub.stall_after(sha256(W1), 1024 * 1024)
+    proc = _popen("pull", "hf://org/model", "--json")
+    procs.append(proc)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event["event"] == "progress" and event["bytes_done"] > 0:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    journal = repo_folder(cache) / "blobs" / f"{sha256(W1)}.modelhaul.journal"
+    held = sum(end - start for start, end in json.loads(journal.read_text())["done"])
+    assert held > 0
+    hub.release_stalls()
+    hub.reset_stats()
+
+    again = run_cli("pull", "hf://org/model", "--json")
+
+    assert again.code == 0, again.stderr
+    fetched = again.result["bytes_fetched"]
+    assert len(W1) - held <= fetched <= hub.cdn_bytes(sha256(W1)) < len(W1)
+    assert run_cli("pull", "hf://org/model", "--json").result["bytes_fetched"] == 0
+
+
 # ---------------------------------------------------------------------------------- in-process
 
 

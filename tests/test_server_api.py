@@ -187,6 +187,33 @@ def test_pause_resume_priority_cancel(
         assert r.json()["error"]["category"] == "client_error"
 
 
+def test_results_count_the_bytes_each_download_received(
+    server: ServerThread, api: httpx.Client, events: EventReader, origin: Origin
+) -> None:
+    data = blob(3 * MiB, 3)
+    origin.add_file("counted.bin", data)
+    origin.set_default("counted.bin", Fault(rate_bytes_per_s=1 * MiB))
+    body = {"url": origin.url("counted.bin"), "out": "counted.bin"}
+    job = api.post("/api/downloads", json=body).json()
+    origin.wait_bytes("counted.bin", 512 * KiB)
+    api.post(f"/api/downloads/{job['id']}/pause").raise_for_status()
+    # The manager's own "paused": a resume while the transfer still winds down is lost.
+    events.wait_for(
+        lambda e: e["event"] == "state" and e["id"] == job["id"] and e["state"] == "paused",
+        what="the transfer paused",
+    )
+    origin.set_default("counted.bin", None)
+    api.post(f"/api/downloads/{job['id']}/resume").raise_for_status()
+    first = events.wait_download(job["id"], "completed")["result"]
+    # The run before the pause received bytes too.
+    assert first["resumed_from"] > 0
+    assert len(data) <= first["bytes_transferred"] <= origin.bytes_served("counted.bin")
+
+    again = api.post("/api/downloads", json=body).json()
+    second = events.wait_download(again["id"], "completed")["result"]
+    assert second["size"] == len(data) and second["bytes_transferred"] == 0
+
+
 def view_seq(events: EventReader, download_id: str, state: str) -> int:
     event = events.wait_for(
         lambda e: (

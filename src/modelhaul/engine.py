@@ -228,7 +228,7 @@ class _Transfer:
     force: bool = False
     sched: SegmentScheduler | None = None
     hasher: PrefixHasher | None = None
-    received: int = 0  # bytes received in this process (for speed)
+    received: int = 0  # bytes received in this process (for speed and the result)
     attempts: int = 0
     resumed_from: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -521,11 +521,16 @@ class Downloader:
                 wait_futures(list(t.writes))
                 os.close(t.fd)
                 t.fd = -1
-                if not t.state.done or t.size is None:
-                    # Nothing worth resuming (without a size no range can be asked for):
+                if not t.state.done or t.size is None or t.single:
+                    # Nothing worth resuming (without a size no range can be asked for, and
+                    # an origin that ignored Range answers the next run from byte 0 again):
                     # leave no partial file behind.
                     t.part.unlink(missing_ok=True)
                     self._drop_journal(t)
+                if t.received:
+                    # The last word on what this attempt received and whether it can resume,
+                    # for those who account across attempts (the manager, a pause, Ctrl-C).
+                    self._emit_progress(t, force=True)
 
     def _open_part(self, t: _Transfer) -> None:
         loaded = t.journal.load()
@@ -1250,6 +1255,8 @@ def progress_of(t: _Transfer, now: float) -> Progress:
         attempts=t.attempts,
         resumed_from=t.resumed_from,
         elapsed_s=now - t.started,
+        bytes_received=t.received,
+        resumable=not t.single,
     )
 
 

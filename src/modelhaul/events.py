@@ -23,7 +23,12 @@ class State(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A snapshot of one transfer."""
+    """A snapshot of one transfer.
+
+    ``bytes_done`` is what the file holds (resumed bytes included); ``bytes_received`` is what
+    this transfer received over the network in this process. ``resumable`` is False once the
+    origin ignored a Range request: partial data can never be resumed from it, so none is kept.
+    """
 
     url: str
     path: str
@@ -35,6 +40,8 @@ class Progress:
     attempts: int
     resumed_from: int
     elapsed_s: float
+    bytes_received: int = 0
+    resumable: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,12 +56,18 @@ class Progress:
             "attempts": self.attempts,
             "resumed_from": self.resumed_from,
             "elapsed": round(self.elapsed_s, 3),
+            "bytes_received": self.bytes_received,
+            "resumable": self.resumable,
         }
 
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """What a finished download produced."""
+    """What a finished download produced.
+
+    ``size`` is the file's size; ``bytes_transferred`` is what was received over the network
+    for it in this run (0 for a file already complete, the missing part after a resume).
+    """
 
     url: str
     path: str

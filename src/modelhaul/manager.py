@@ -67,6 +67,7 @@ class TaskInfo:
     error: dict[str, str] | None
     result: dict[str, object] | None
     connections: int = 0  # open right now; known from the last progress tick
+    bytes_received: int = 0  # over the network for this download, in this manager
 
 
 class _TaskBucket(TokenBucket):
@@ -159,6 +160,10 @@ class _Task:
     share: float | None = None  # fair share of the global cap, while running under one
     passed_mark: int = 0
     last: Progress | None = None
+    # Bytes received over the network by the runs that ended (paused, failed) and this one:
+    # a result counts all its runs in this manager, not only the last.
+    received_before: int = 0
+    received: int = 0
     error: ModelhaulError | None = None
     result: Result | None = None
     aliases: list[Path] = field(default_factory=list)
@@ -338,36 +343,93 @@ class DownloadManager:
             existing = self._by_key.get(key)
             if existing is None or not _reusable(existing):
                 continue
-            if existing.paths.dest != paths.dest and not paths.name_pending:
+            alias = existing.paths.dest != paths.dest and not paths.name_pending
+            if alias:
                 existing.aliases.append(paths.dest)
-                if existing.state is State.COMPLETED:
-                    self._materialize_aliases(existing)
-            return DownloadHandle(self, existing.id)
-        loop = asyncio.get_running_loop()
-        seq = next(self._seq)
-        task = _Task(
-            id=f"d{seq + 1}",
-            url=url,
-            paths=paths,
+            if existing.state is not State.COMPLETED:
+                return DownloadHandle(self, existing.id)
+            self._materialize_aliases(existing)
+            return self._add_done(existing, paths.dest if alias else None, priority, rate_limit)
+        task = self._new_task(
+            url,
+            paths,
             dest=None if dest is None else Path(dest),
             directory=None if directory is None else Path(directory),
             sha256=sha256,
             expected_size=expected_size,
             headers=dict(headers or {}),
             priority=priority,
+            rate_limit=rate_limit,
+        )
+        for key in keys:
+            self._by_key[key] = task
+        self._set_state(task, State.PAUSED if paused else State.QUEUED)
+        self._schedule()
+        return DownloadHandle(self, task.id)
+
+    def _new_task(
+        self,
+        url: str,
+        paths: TargetPaths,
+        *,
+        dest: Path | None,
+        directory: Path | None,
+        sha256: str | None,
+        expected_size: int | None,
+        headers: dict[str, str],
+        priority: int,
+        rate_limit: float | None,
+    ) -> _Task:
+        seq = next(self._seq)
+        task = _Task(
+            id=f"d{seq + 1}",
+            url=url,
+            paths=paths,
+            dest=dest,
+            directory=directory,
+            sha256=sha256,
+            expected_size=expected_size,
+            headers=headers,
+            priority=priority,
             seq=seq,
             rate_limit=rate_limit,
             limiter=_TaskBucket(rate_limit),
-            future=loop.create_future(),
+            future=asyncio.get_running_loop().create_future(),
             size=expected_size,
-            state=State.PAUSED if paused else State.QUEUED,
         )
         task.future.add_done_callback(_mark_retrieved)
         self._tasks[task.id] = task
-        for key in keys:
-            self._by_key[key] = task
-        self._set_state(task, task.state)
-        self._schedule()
+        return task
+
+    def _add_done(
+        self, done: _Task, alias: Path | None, priority: int, rate_limit: float | None
+    ) -> DownloadHandle:
+        """A new download of a file this manager already completed: done at once, with a
+        result of its own that says so (nothing was transferred for it)."""
+        assert done.result is not None
+        result = replace(
+            done.result,
+            path=str(alias or done.result.path),
+            elapsed_s=0.0,
+            attempts=0,
+            resumed_from=done.result.size,
+            bytes_transferred=0,
+            already_complete=True,
+        )
+        task = self._new_task(
+            done.url,
+            done.paths,
+            dest=alias or done.dest,
+            directory=done.directory,
+            sha256=result.sha256,
+            expected_size=result.size,
+            headers=done.headers,
+            priority=priority,
+            rate_limit=rate_limit,
+        )
+        task.result = result
+        task.future.set_result(result)
+        self._set_state(task, State.COMPLETED)
         return DownloadHandle(self, task.id)
 
     # ------------------------------------------------------------------ steering
@@ -471,6 +533,11 @@ class DownloadManager:
             error=task.error.to_dict() if task.error else None,
             result=task.result.to_dict() if task.result else None,
             connections=p.connections if p and task.state in _ACTIVE else 0,
+            bytes_received=(
+                task.result.bytes_transferred
+                if task.result
+                else task.received_before + task.received
+            ),
         )
 
     def tasks(self) -> list[TaskInfo]:
@@ -562,6 +629,8 @@ class DownloadManager:
     def _start(self, task: _Task) -> None:
         task.pause_requested = task.cancel_requested = False
         task.started_once = True
+        task.received_before += task.received
+        task.received = 0
         # A fresh bucket: connections of a paused run booked bytes they never received, and a
         # bucket never gives bookings back, so the old one would hold the new run back.
         task.limiter = _TaskBucket(task.rate_limit)
@@ -582,6 +651,10 @@ class DownloadManager:
             on_phase=lambda phase, size: self._on_phase(task, phase, size),
             on_target=lambda path: self._claim(task, path),
         )
+        if task.received_before:
+            result = replace(
+                result, bytes_transferred=task.received_before + result.bytes_transferred
+            )
         task.result = result
         self._materialize_aliases(task)
         return result
@@ -659,6 +732,7 @@ class DownloadManager:
             self._set_state(task, State.VERIFYING)
 
     def _on_progress(self, task: _Task, p: Progress) -> None:
+        task.received = p.bytes_received
         if task.state not in _ACTIVE:
             return
         task.last = p

@@ -28,7 +28,7 @@ from .errors import (
     human_bytes,
 )
 from .journal import Journal, JournalState
-from .manager import DownloadManager
+from .manager import DownloadHandle, DownloadManager
 from .policy.paths import safe_relpath
 from .policy.ranges import RangeSet
 from .sources.model import ModelFile, ModelSpec
@@ -165,11 +165,15 @@ class ModelPuller:
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         fetched: list[ModelFile] = []
+        received = 0
         for files, r in zip(by_blob.values(), results, strict=True):
-            if r is True:
-                fetched.extend(files)
-            elif r is False:  # another process fetched it meanwhile
+            if isinstance(r, BaseException):
+                continue
+            if r is None:  # another process fetched it meanwhile
                 present.extend(files)
+            else:
+                fetched.extend(files)
+                received += r
         for f in (*present, *fetched):
             _stage("linking")
             with _writing(rs.snapshot_file(spec.commit, f.path)):
@@ -191,7 +195,7 @@ class ModelPuller:
             snapshot=rs.snapshot_dir(spec.commit),
             fetched=tuple(sorted((f.path for f in fetched), key=order.__getitem__)),
             present=tuple(sorted((f.path for f in present), key=order.__getitem__)),
-            bytes_fetched=sum(f.size for f in fetched),
+            bytes_fetched=received,
             local_dir=local_dir,
         )
 
@@ -237,23 +241,23 @@ class ModelPuller:
         files: Sequence[ModelFile],
         priority: int,
         on_file: FileCallback | None,
-    ) -> bool:
-        """Fetch the blob of ``files`` (all share it); False if another process did meanwhile."""
+    ) -> int | None:
+        """Fetch the blob of ``files`` (all share it); the bytes received for it, or None if
+        another process fetched it meanwhile."""
         f = files[0]
+        received: int | None = 0
         if f.size == 0:
             await asyncio.to_thread(_write_empty_blob, rs, f)
-            fetched = True
         else:
             async with self._blob_lock(rs, f, on_file) as lock:
                 if await _done_meanwhile(rs, f, lock):
-                    fetched = False
+                    received = None
                 else:
-                    await self._download(rs, f, priority, on_file)
-                    fetched = True
+                    received = await self._download(rs, f, priority, on_file)
         if on_file:
             for g in files:
                 on_file(g.path, "done")
-        return fetched
+        return received
 
     @staticmethod
     def _blob_lock(rs: RepoStore, f: ModelFile, on_file: FileCallback | None) -> BlobLock:
@@ -265,13 +269,16 @@ class ModelPuller:
 
     async def _download(
         self, rs: RepoStore, f: ModelFile, priority: int, on_file: FileCallback | None
-    ) -> None:
-        """Download one blob from its first URL that works, then verify and record it."""
+    ) -> int:
+        """Download one blob from its first URL that works, then verify and record it;
+        returns the bytes received over the network for it (a resume's missing part only)."""
         blob = rs.blob_path(f.blob_id)
         errors: list[ModelhaulError] = []
+        received = 0
         for i, url in enumerate(f.urls):
             # Credentials belong to the primary URL's host; mirrors get none.
             headers = dict(f.headers) if i == 0 else {}
+            handle: DownloadHandle | None = None
             try:
                 handle = self.manager.add(
                     url,
@@ -283,11 +290,13 @@ class ModelPuller:
                 )
                 if on_file:
                     on_file(f.path, f"queued:{handle.id}")
-                await handle.wait()
+                received += (await handle.wait()).bytes_transferred
                 break
             except ModelhaulError as exc:
                 if exc.category in ("invalid_input", "disk_full", "permission", "cancelled"):
                     raise
+                if handle is not None:  # what a failed URL delivered was still received
+                    received += self.manager.info(handle.id).bytes_received
                 errors.append(exc)
                 if on_file and i + 1 < len(f.urls):
                     on_file(f.path, f"mirror: {exc.message}")
@@ -302,6 +311,7 @@ class ModelPuller:
                 raise IntegrityError(f"{f.path}: the downloaded file does not match its git hash")
         else:
             await asyncio.to_thread(rs.record_download, f.blob_id)
+        return received
 
     # ------------------------------------------------------------------ offline
 
@@ -418,11 +428,8 @@ class ModelPuller:
         async with self._blob_lock(rs, f, on_file) as lock:
             if await _done_meanwhile(rs, f, lock):
                 return 0
-            fetched = await asyncio.to_thread(_prepare_chunk_repair, rs, f)
-            await self._download(rs, f, 0, on_file)
-        if fetched is None:
-            fetched = rs.blob_path(f.blob_id).stat().st_size
-        return fetched
+            await asyncio.to_thread(_prepare_chunk_repair, rs, f)
+            return await self._download(rs, f, 0, on_file)
 
 
 async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from ..config import ManagerConfig
 from ..engine import check_sha256, is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
-from ..events import State, TaskEvent
+from ..events import Progress, State, TaskEvent
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list
@@ -201,13 +201,13 @@ async def run(args: argparse.Namespace) -> int:
     conns = config.segments.connections or config.segments.max_connections
     mconf = manager_config(args, conns, single=len(jobs) == 1)
     by_id: dict[str, list[_Job]] = {}
-    paths: dict[str, str] = {}
+    last: dict[str, Progress] = {}  # by task id
     renderer: Renderer = Renderer()
 
     def on_event(ev: TaskEvent) -> None:
         for job in by_id.get(ev.task_id, [])[:1]:
             if ev.kind == "progress" and ev.progress is not None:
-                paths[ev.task_id] = ev.progress.path
+                last[ev.task_id] = ev.progress
                 renderer.progress(job.label, ev.progress)
             elif ev.kind == "state" and ev.state in (State.COMPLETED, State.FAILED):
                 # Reported as each file ends, not in list order.
@@ -217,22 +217,24 @@ async def run(args: argparse.Namespace) -> int:
     try:
         async with DownloadManager(mconf, download_config=config, state_dir=state_dir()) as mgr:
             mgr.subscribe(on_event)
-            try:
-                for job in jobs:
-                    job.handle = mgr.add(
-                        job.entry.url, job.dest, directory=Path(args.dir), sha256=job.entry.sha256
-                    )
-                    by_id.setdefault(job.handle.id, []).append(job)
-                # Nothing has run yet (no await since the first add): no event is missed.
-                renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
-                renderer.start()
-                _notice_busy(jobs, Path(args.dir), renderer)
-                for job in jobs:
-                    await _wait(job)
-            except asyncio.CancelledError:
-                renderer.stop()
-                renderer.result(_cancelled_record(jobs, paths))
-                raise
+            for job in jobs:
+                job.handle = mgr.add(
+                    job.entry.url, job.dest, directory=Path(args.dir), sha256=job.entry.sha256
+                )
+                by_id.setdefault(job.handle.id, []).append(job)
+            # Nothing has run yet (no await since the first add): no event is missed.
+            renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
+            renderer.start()
+            _notice_busy(jobs, Path(args.dir), renderer)
+            for job in jobs:
+                await _wait(job)
+    except asyncio.CancelledError:
+        # Reported once the manager has closed: by then each partial file is kept or dropped.
+        renderer.stop()
+        record = _cancelled_record(jobs, last)
+        renderer.result(record)
+        args.interrupted = record["error"]["message"]  # what main says on stderr
+        raise
     finally:
         renderer.stop()
     return _finish(jobs, renderer)
@@ -283,16 +285,43 @@ def _failed_record(url: str | None, exc: ModelhaulError) -> dict[str, Any]:
     return _failed_dict(url, error_dict(exc))
 
 
-def _cancelled_record(jobs: list[_Job], paths: dict[str, str]) -> dict[str, Any]:
-    record = _failed_record(None, Cancelled("interrupted; partial data was kept"))
+def _cancelled_record(jobs: list[_Job], last: dict[str, Progress]) -> dict[str, Any]:
+    record = _failed_record(None, _interrupted(jobs, last))
     if len(jobs) == 1:
         job = jobs[0]
         record["url"] = job.entry.url
-        known = paths.get(job.handle.id) if job.handle is not None else None
-        record["path"] = known or (str(job.dest.absolute()) if job.dest is not None else None)
+        known = last.get(job.handle.id) if job.handle is not None else None
+        record["path"] = (
+            known.path if known else str(job.dest.absolute()) if job.dest is not None else None
+        )
     else:
         record["files"] = [j.record for j in jobs if j.record is not None]
     return record
+
+
+def _interrupted(jobs: list[_Job], last: dict[str, Progress]) -> Cancelled:
+    """What Ctrl-C left behind: partial data to resume, except from a server that ignores
+    Range requests, whose partial data the engine dropped since no run could resume it."""
+    unfinished = [j for j in jobs if j.record is None]
+    over = [j.label for j in unfinished if not _resumable(j, last)]
+    if not over:
+        return Cancelled("interrupted; partial data was kept, run the same command to resume")
+    names = ", ".join(over)
+    them = "it" if len(over) == 1 else "them"
+    message = (
+        f"interrupted; the server cannot resume {names} (it ignores Range requests), "
+        f"so the next run starts {them} over"
+    )
+    if len(over) < len(unfinished):
+        message += "; partial data of the others was kept"
+    return Cancelled(
+        message, hint=f"Run the same command again; {names} will be fetched from the start."
+    )
+
+
+def _resumable(job: _Job, last: dict[str, Progress]) -> bool:
+    p = last.get(job.handle.id) if job.handle is not None else None
+    return p is None or p.resumable
 
 
 def _finish(jobs: list[_Job], renderer: Renderer) -> int:
@@ -310,6 +339,7 @@ def _finish(jobs: list[_Job], renderer: Renderer) -> int:
                 "status": "completed" if not failures else "failed",
                 "path": None,
                 "size": sum(r["size"] or 0 for r in records),
+                "bytes_transferred": sum(r.get("bytes_transferred") or 0 for r in records),
                 "sha256": None,
                 "error": failures[0].record["error"] if failures and failures[0].record else None,
                 "files": records,

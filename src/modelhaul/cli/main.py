@@ -67,7 +67,7 @@ def _main(argv: Sequence[str], stdout: _GuardedStdout) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return _run(args.run(args), getattr(args, "interrupted", INTERRUPTED), stdout)
+        return _run(args.run(args), lambda: getattr(args, "interrupted", INTERRUPTED), stdout)
     except ModelhaulError as exc:
         print_error(exc)
         return _exit_for(exc)
@@ -173,10 +173,16 @@ def _exit_for(exc: ModelhaulError) -> int:
 
 
 def _run(
-    coro: Awaitable[int], interrupted: str = INTERRUPTED, stdout: _GuardedStdout | None = None
+    coro: Awaitable[int],
+    interrupted: Callable[[], str] = lambda: INTERRUPTED,
+    stdout: _GuardedStdout | None = None,
 ) -> int:
     """Run a command; SIGINT/SIGTERM cancel it cleanly (journals saved) instead of killing it,
-    and so does a closed stdout, quietly."""
+    and so does a closed stdout, quietly.
+
+    ``interrupted`` is asked only then: a command may have learnt what the interruption left
+    behind (``get``: whether the server could resume at all).
+    """
 
     async def runner() -> int:
         task = asyncio.ensure_future(coro)
@@ -192,7 +198,7 @@ def _run(
             if task.cancelled():
                 if stdout is not None and stdout.broken:
                     return EXIT_PIPE
-                print(f"modelhaul: {interrupted}", file=sys.stderr)
+                print(f"modelhaul: {interrupted()}", file=sys.stderr)
                 return EXIT_INTERRUPTED
             raise
         finally:

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..errors import ModelhaulError, human_bytes
+from ..errors import ModelhaulError, human_bytes, plural
 from ..events import Progress as ProgressRecord
 
 
@@ -91,6 +91,20 @@ class PlainRenderer(Renderer):
                 file=sys.stderr,
                 flush=True,
             )
+
+    def result(self, record: dict[str, Any]) -> None:
+        files = record.get("files")  # a list's records (a pull's result gives a count)
+        if isinstance(files, list) and files and record.get("status") in ("completed", "failed"):
+            print(f"modelhaul: {files_summary(files)}", file=sys.stderr, flush=True)
+
+
+def files_summary(records: list[dict[str, Any]]) -> str:
+    """'total 3/5 files, 2 failed': the files a list ended with, failures counted apart."""
+    completed = sum(1 for r in records if r.get("status") == "completed")
+    failed = len(records) - completed
+    return f"total {completed}/{plural(len(records), 'file')}" + (
+        f", {failed} failed" if failed else ""
+    )
 
 
 def describe(key: str, p: ProgressRecord) -> str:
