@@ -19,6 +19,7 @@ from modelhaul.config import (
     SegmentPolicy,
     Timeouts,
 )
+from modelhaul.disk.journal import VERSION, JournalState
 from modelhaul.errors import (
     CATEGORIES,
     HTTPStatusError,
@@ -29,7 +30,6 @@ from modelhaul.errors import (
     StallTimeout,
     status_info,
 )
-from modelhaul.journal import VERSION, JournalState
 from modelhaul.policy.ranges import RangeSet
 
 MiB = 1024 * 1024

@@ -40,7 +40,7 @@ from helpers import sha
 from modelhaul.cli.main import build_parser
 from modelhaul.cli.options import download_config
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy, Timeouts
-from modelhaul.engine import Downloader
+from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import CATEGORIES, InvalidInput, ModelhaulError
 from modelhaul.policy.backoff import parse_retry_after
 from modelhaul.sources import hf
@@ -954,7 +954,7 @@ def test_a_break_on_one_connection_and_a_change_on_another_restart_clean(
     restart must start from nothing: not believe it holds the bytes of that write (once a
     ValueError from the scheduler, or a hole in the file).
     """
-    from modelhaul import engine
+    from modelhaul.engine import downloader as engine
 
     real_pwritev = os.pwritev
     calls = iter(range(1_000_000))

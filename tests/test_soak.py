@@ -1,9 +1,9 @@
-"""The soak of tests/soak.py at CI size: 25 faulted downloads, 4 kills, files up to 16 MiB.
+"""The soak of tests/support/soak.py at CI size: 25 faulted downloads, 4 kills, files up to 16 MiB.
 
-The seed is fixed so that a failure can be replayed (``python tests/soak.py --downloads 25
+The seed is fixed so that a failure can be replayed (``python tests/support/soak.py --downloads 25
 --kills 4 --seed 23 --max-size 16M --max-faults 3 -v``); set MODELHAUL_SOAK_SEED to try another. Seed 23 plans
 both signals, content changes with and without --sha256, 0- and 1-byte files and redirects.
-The large run is a local job: ``python tests/soak.py`` (200 downloads, 20 kills, up to 300 MB).
+The large run is a local job: ``python tests/support/soak.py`` (200 downloads, 20 kills, up to 300 MB).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .availability import AvailabilityEvent, ModelAvailability, ModelState, ModelStatus
     from .config import (
         DownloadConfig,
         ManagerConfig,
@@ -20,7 +19,7 @@ if TYPE_CHECKING:
         SegmentPolicy,
         Timeouts,
     )
-    from .engine import Downloader
+    from .engine.downloader import Downloader
     from .errors import (
         Cancelled,
         DiskFull,
@@ -35,40 +34,41 @@ if TYPE_CHECKING:
         TransferError,
     )
     from .events import Progress, Result, State, TaskEvent
-    from .inventory import Inventory, StoredModel
     from .manager import DownloadHandle, DownloadManager, TaskInfo
-    from .models import ModelPuller, PullResult, VerifyReport
     from .sources.hf import HubSource, parse_hf_uri
     from .sources.manifest import load_manifest_file, parse_manifest_text
     from .sources.model import ModelFile, ModelSpec
-    from .statedb import StateDB
+    from .store.availability import AvailabilityEvent, ModelAvailability, ModelState, ModelStatus
+    from .store.inventory import Inventory, StoredModel
+    from .store.pull import ModelPuller, PullResult, VerifyReport
+    from .store.statedb import StateDB
     from .sync import SyncDownloadManager, download
 
 _EXPORTS: dict[str, str] = {
-    "AvailabilityEvent": "availability",
+    "AvailabilityEvent": "store.availability",
     "Cancelled": "errors",
     "DiskFull": "errors",
     "DownloadConfig": "config",
     "DownloadHandle": "manager",
     "DownloadManager": "manager",
-    "Downloader": "engine",
+    "Downloader": "engine.downloader",
     "HTTPStatusError": "errors",
     "HubSource": "sources.hf",
     "IntegrityError": "errors",
     "InvalidInput": "errors",
-    "Inventory": "inventory",
+    "Inventory": "store.inventory",
     "ManagerConfig": "config",
-    "ModelAvailability": "availability",
+    "ModelAvailability": "store.availability",
     "ModelFile": "sources.model",
-    "ModelPuller": "models",
+    "ModelPuller": "store.pull",
     "ModelSpec": "sources.model",
-    "ModelState": "availability",
-    "ModelStatus": "availability",
+    "ModelState": "store.availability",
+    "ModelStatus": "store.availability",
     "ModelhaulError": "errors",
     "NetworkError": "errors",
     "PermissionDenied": "errors",
     "Progress": "events",
-    "PullResult": "models",
+    "PullResult": "store.pull",
     "RateLimit": "config",
     "Result": "events",
     "RetriesExhausted": "errors",
@@ -76,14 +76,14 @@ _EXPORTS: dict[str, str] = {
     "SegmentPolicy": "config",
     "StallTimeout": "errors",
     "State": "events",
-    "StateDB": "statedb",
-    "StoredModel": "inventory",
+    "StateDB": "store.statedb",
+    "StoredModel": "store.inventory",
     "SyncDownloadManager": "sync",
     "TaskEvent": "events",
     "TaskInfo": "manager",
     "Timeouts": "config",
     "TransferError": "errors",
-    "VerifyReport": "models",
+    "VerifyReport": "store.pull",
     "download": "sync",
     "load_manifest_file": "sources.manifest",
     "parse_hf_uri": "sources.hf",

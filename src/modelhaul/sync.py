@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .config import DownloadConfig, ManagerConfig
-from .engine import Downloader, ProgressCallback
+from .engine.downloader import Downloader, ProgressCallback
 from .events import Result, TaskEvent
 from .manager import DownloadManager, TaskInfo
 

@@ -16,9 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig, RetryPolicy, SegmentPolicy, Timeouts
-from ..demo import RETRY_AFTER_S, DemoContent, DemoFaults, DemoOrigin, DemoStats, InjectedFault
 from ..errors import Cancelled, InvalidInput, ModelhaulError, human_bytes, plural
 from ..events import Result, TaskEvent
+from ..http.demo_origin import (
+    RETRY_AFTER_S,
+    DemoContent,
+    DemoFaults,
+    DemoOrigin,
+    DemoStats,
+    InjectedFault,
+)
 from ..manager import DownloadManager
 from ..policy.units import parse_size
 from .render import JsonRenderer, Renderer, make_renderer

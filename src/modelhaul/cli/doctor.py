@@ -19,10 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..doctor import Check, DoctorConfig, parse_source, run_doctor
+from ..doctor.checks import Check, DoctorConfig, parse_source, run_doctor
 from ..errors import InvalidInput
 from ..sources.hf import DEFAULT_ENDPOINT, default_token
-from ..store import hf_cache_root
+from ..store.repo import hf_cache_root
 from .options import state_dir
 
 EXIT_OK, EXIT_FAILED = 0, 1

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ManagerConfig
-from ..engine import check_sha256, is_downloading, plan_paths
+from ..engine.downloader import check_sha256, is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import Progress, State, TaskEvent
+from ..http.transport import check_url
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list
-from ..transport import check_url
 from . import remote
 from .options import add_transfer_options, download_config, state_dir
 from .render import JsonRenderer, Renderer, error_dict, make_renderer, print_error

@@ -21,8 +21,8 @@ from ..errors import (
     plural,
 )
 from ..events import TaskEvent
+from ..http.transport import same_host
 from ..manager import DownloadManager
-from ..models import ModelPuller, PullResult, VerifyReport, local_files
 from ..sources.hf import (
     HubRef,
     HubSource,
@@ -33,8 +33,8 @@ from ..sources.hf import (
 )
 from ..sources.manifest import format_of, load_manifest_file
 from ..sources.model import ModelFile, ModelSpec
-from ..store import CHUNK_BYTES, NotInStore, RepoStore, hf_cache_root
-from ..transport import same_host
+from ..store.pull import ModelPuller, PullResult, VerifyReport, local_files
+from ..store.repo import CHUNK_BYTES, NotInStore, RepoStore, hf_cache_root
 from . import remote
 from .options import add_transfer_options, download_config, state_dir
 from .render import Renderer, make_renderer, print_error
@@ -309,7 +309,7 @@ def _touch(repo_id: str) -> None:
 def _free_hint(env: Environment) -> Any:
     def hint(short: int) -> str:
         try:
-            from ..inventory import lru_suggestion
+            from ..store.inventory import lru_suggestion
 
             return lru_suggestion(env.cache_root, short)
         except Exception:  # a hint that cannot be computed must not hide the disk_full error

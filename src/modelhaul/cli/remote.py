@@ -527,8 +527,8 @@ async def _local_paths(client: ServiceClient) -> bool:
 
 def _get_entries(args: argparse.Namespace) -> list[UrlEntry]:
     # Imported here: the steering commands should not pay for aiohttp at start-up.
+    from ..http.transport import check_url
     from ..sources.url import UrlEntry, parse_input_list
-    from ..transport import check_url
 
     entries = [UrlEntry(url=check_url(u)) for u in args.urls]
     if args.input_file:

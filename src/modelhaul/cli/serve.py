@@ -17,10 +17,10 @@ from pathlib import Path
 
 from ..config import ManagerConfig
 from ..errors import InvalidInput, ModelhaulError
-from ..inventory import default_db_path
 from ..policy.units import parse_rate
 from ..sources.hf import DEFAULT_ENDPOINT, default_token
-from ..store import hf_cache_root
+from ..store.inventory import default_db_path
+from ..store.repo import hf_cache_root
 from .options import state_dir
 
 DEFAULT_HOST = "127.0.0.1"

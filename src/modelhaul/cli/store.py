@@ -18,7 +18,7 @@ from ..policy.units import parse_size
 from .options import state_dir
 
 if TYPE_CHECKING:
-    from ..inventory import Inventory, StoredModel
+    from ..store.inventory import Inventory, StoredModel
 
 # inventory pulls in huggingface_hub; imported inside the commands so that other commands
 # (and --help) start without it.
@@ -91,9 +91,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def open_inventory() -> Inventory:
-    from ..inventory import Inventory, default_db_path
-    from ..statedb import StateDB
-    from ..store import hf_cache_root
+    from ..store.inventory import Inventory, default_db_path
+    from ..store.repo import hf_cache_root
+    from ..store.statedb import StateDB
 
     root = hf_cache_root(os.environ)
     db = StateDB(default_db_path(root, os.environ.get("MODELHAUL_DB")))
@@ -193,8 +193,8 @@ def _not_in_store(exc: ModelhaulError) -> ModelhaulError:
 
 
 async def run_rm(args: argparse.Namespace) -> int:
-    from ..inventory import Pinned, parse_model_ref
-    from ..store import NotInStore
+    from ..store.inventory import Pinned, parse_model_ref
+    from ..store.repo import NotInStore
 
     repo_type, repo_id, revision = parse_model_ref(args.model)
     inv = open_inventory()
@@ -246,8 +246,8 @@ async def run_rm(args: argparse.Namespace) -> int:
 
 
 async def run_pin(args: argparse.Namespace) -> int:
-    from ..inventory import parse_model_ref
-    from ..store import NotInStore
+    from ..store.inventory import parse_model_ref
+    from ..store.repo import NotInStore
 
     repo_type, repo_id, _rev = parse_model_ref(args.model)
     inv = open_inventory()

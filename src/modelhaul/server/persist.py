@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..statedb import connect_wal, move_aside
+from ..store.statedb import connect_wal, move_aside
 
 log = logging.getLogger(__name__)
 

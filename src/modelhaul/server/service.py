@@ -38,16 +38,16 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 
 from ..config import DownloadConfig, ManagerConfig
-from ..engine import check_sha256, discard_partial, plan_paths
+from ..engine.downloader import check_sha256, discard_partial, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
-from ..inventory import GcResult, Inventory, lru_suggestion
+from ..http.transport import check_url
 from ..manager import DownloadManager, TaskInfo
-from ..models import ModelPuller
 from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri
-from ..statedb import StateDB
-from ..store import REPO_TYPES, check_repo_id
-from ..transport import check_url
+from ..store.inventory import GcResult, Inventory, lru_suggestion
+from ..store.pull import ModelPuller
+from ..store.repo import REPO_TYPES, check_repo_id
+from ..store.statedb import StateDB
 from .jobs import (
     Conflict,
     Job,

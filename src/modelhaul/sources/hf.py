@@ -27,10 +27,10 @@ from ..errors import (
     RetriesExhausted,
     TransferError,
 )
+from ..http.transport import same_host
 from ..policy.backoff import parse_retry_after, retry_wait_s
 from ..policy.paths import safe_relpath
-from ..store import check_repo_id, check_revision
-from ..transport import same_host
+from ..store.repo import check_repo_id, check_revision
 from .model import ModelFile, ModelSpec, check_paths
 
 T = TypeVar("T")

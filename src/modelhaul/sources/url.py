@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine import check_sha256
+from ..engine.downloader import check_sha256
 from ..errors import InvalidInput
-from ..transport import check_url
+from ..http.transport import check_url
 
 
 @dataclass(frozen=True, slots=True)

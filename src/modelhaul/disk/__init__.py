@@ -1,0 +1,1 @@
+"""What lands on disk: the journal, prefix hashing, completion records."""

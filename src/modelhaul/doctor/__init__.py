@@ -1,0 +1,1 @@
+"""Checks of everything a download depends on."""

@@ -1,0 +1,1 @@
+"""One file's transfer: probe, plan, workers, progress, publish."""

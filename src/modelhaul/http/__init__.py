@@ -1,0 +1,3 @@
+"""HTTP through aiohttp: the transport (session, redirects, bodies) and the demo origin.
+
+The only package that imports aiohttp."""

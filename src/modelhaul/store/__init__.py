@@ -1,0 +1,1 @@
+"""The Hugging Face-layout cache: repo store, inventory, state db, pull, availability."""

@@ -1,0 +1,500 @@
+"""What is in the store and what to do about it: list, remove, pin, and evict to a size.
+
+The cache folders are scanned with huggingface_hub's ``scan_cache_dir`` (so models fetched by
+other tools are listed too); modelhaul's StateDB adds pins, last-used times and known
+corruption. Sizes count each blob once per model, as on disk.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from huggingface_hub import scan_cache_dir
+from huggingface_hub.errors import CacheNotFound
+
+from ..disk.journal import Journal
+from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..errors import InvalidInput, ModelhaulError, human_bytes
+from .pull import load_listing, owed_refs, stored_commits
+from .repo import NotInStore, RepoStore, check_repo_id, parse_repo_folder
+from .statedb import ModelFacts, StateDB
+
+
+class Busy(ModelhaulError):
+    category = "client_error"
+    default_hint = "Wait for the download to finish, or pass --force."
+
+
+class Pinned(ModelhaulError):
+    """Removing a pinned model takes an explicit force: pinning says 'keep this'."""
+
+    category = "client_error"
+    default_hint = "Unpin it first, or remove it with force."
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    name: str
+    repo_type: str
+    revisions: tuple[str, ...]  # ref names (main, v1.0); commits that no ref names
+    commits: tuple[str, ...]
+    files: int
+    size: int
+    status: str  # ready | partial | downloading | corrupt
+    pinned: bool
+    last_used: float | None
+    path: Path
+    partial_bytes: int = 0  # received so far by unfinished downloads (not their preallocation)
+    files_listed: int | None = None  # what the revision should hold, when a listing says so
+    partial_disk_bytes: int = 0  # what unfinished downloads occupy on disk (freed by removal)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "repo_type": self.repo_type,
+            "revisions": list(self.revisions),
+            "commits": list(self.commits),
+            "files": self.files,
+            "size": self.size,
+            "status": self.status,
+            "pinned": self.pinned,
+            "last_used": _iso(self.last_used),
+            "last_used_ts": self.last_used,
+            "path": str(self.path),
+            "partial_bytes": self.partial_bytes,
+            "files_listed": self.files_listed,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    path: Path
+    size: int
+    age_s: float
+    model: str | None
+
+
+@dataclass(slots=True)
+class GcResult:
+    evicted: list[StoredModel] = field(default_factory=list)
+    partials: list[Partial] = field(default_factory=list)
+    freed: int = 0
+    size_before: int = 0
+    size_after: int = 0
+    dry_run: bool = False
+    unmet: bool = False  # pinned or busy models alone exceed the cap
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "event": "result",
+            "status": "completed",
+            "dry_run": self.dry_run,
+            "evicted": [{"name": m.name, "size": m.size} for m in self.evicted],
+            "partials_removed": [{"path": str(p.path), "size": p.size} for p in self.partials],
+            "freed": self.freed,
+            "size_before": self.size_before,
+            "size_after": self.size_after,
+            "fits": not self.unmet,
+        }
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_model_ref(text: str) -> tuple[str, str, str | None]:
+    """``ORG/NAME[@REV]``, ``hf://[datasets/]ORG/NAME[@REV]`` -> (repo_type, repo_id, revision)."""
+    rest = text[5:] if text.startswith("hf://") else text
+    repo_type = "model"
+    for kind in ("datasets", "spaces", "models"):
+        if rest.startswith(kind + "/"):
+            repo_type, rest = kind[:-1], rest[len(kind) + 1 :]
+            break
+    name, at, rev = rest.partition("@")
+    if at and not rev:
+        raise InvalidInput(f"empty revision in {text!r}")
+    return repo_type, check_repo_id(name.strip("/")), rev or None
+
+
+class Inventory:
+    """The store seen as a list of models, with the actions that change it."""
+
+    def __init__(self, root: Path, db: StateDB, *, lock_dir: Path | None = None) -> None:
+        self.root = root
+        self.db = db
+        self.lock_dir = lock_dir
+
+    # ------------------------------------------------------------------ listing
+
+    def scan(self) -> list[StoredModel]:
+        try:
+            info = scan_cache_dir(self.root)
+        except CacheNotFound:
+            return []
+        facts = self.db.facts()
+        models = []
+        for repo in info.repos:
+            f = facts.get((repo.repo_type, repo.repo_id))
+            refs: set[str] = set()
+            for rev in repo.revisions:
+                refs.update(rev.refs)
+            named = {c for rev in repo.revisions for c in [rev.commit_hash] if rev.refs}
+            unnamed = sorted(
+                r.commit_hash[:12] for r in repo.revisions if r.commit_hash not in named
+            )
+            try:
+                health = self._health(repo.repo_path, repo.repo_type, repo.repo_id, f)
+            except InvalidInput:  # a name huggingface_hub allows and modelhaul does not
+                received, on_disk, busy = self._partial_bytes(repo.repo_path)
+                status = "downloading" if busy else "partial" if on_disk else "ready"
+                health = _Health(status, 0, None, received, on_disk)
+            last_used = f.last_used if f and f.last_used is not None else repo.last_accessed
+            models.append(
+                StoredModel(
+                    name=repo.repo_id,
+                    repo_type=repo.repo_type,
+                    revisions=tuple(sorted(refs)) + tuple(unnamed),
+                    commits=tuple(sorted(r.commit_hash for r in repo.revisions)),
+                    files=max(
+                        max((len(r.files) for r in repo.revisions), default=0), health.present
+                    ),
+                    size=repo.size_on_disk,
+                    status=health.status,
+                    pinned=bool(f and f.pinned),
+                    last_used=last_used,
+                    path=repo.repo_path,
+                    partial_bytes=health.received,
+                    files_listed=health.listed,
+                    partial_disk_bytes=health.on_disk,
+                )
+            )
+        models.extend(self._unscanned({(m.repo_type, m.name) for m in models}, facts))
+        return sorted(models, key=lambda m: (m.repo_type != "model", m.name.lower()))
+
+    def _unscanned(self, seen: set[tuple[str, str]], facts: dict) -> list[StoredModel]:
+        """Repo folders huggingface_hub skipped (no snapshot yet, or a snapshot it calls
+        corrupt, such as a link to a missing blob)."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in self.root.iterdir():
+            parsed = parse_repo_folder(d.name)
+            if parsed is None or parsed in seen or not d.is_dir():
+                continue
+            repo_type, repo_id = parsed
+            f = facts.get(parsed)
+            try:
+                health = self._health(d, repo_type, repo_id, f)
+            except InvalidInput:  # a folder name no model of ours could have
+                continue
+            out.append(
+                StoredModel(
+                    name=repo_id,
+                    repo_type=repo_type,
+                    revisions=(),
+                    commits=(),
+                    files=health.present,
+                    size=_blobs_size(d),
+                    # huggingface_hub could not read it: never ready, whatever the files say
+                    status="partial" if health.status == "ready" else health.status,
+                    pinned=bool(f and f.pinned),
+                    last_used=f.last_used if f else None,
+                    path=d,
+                    partial_bytes=health.received,
+                    files_listed=health.listed,
+                    partial_disk_bytes=health.on_disk,
+                )
+            )
+        return out
+
+    def _health(
+        self, repo_path: Path, repo_type: str, repo_id: str, facts: ModelFacts | None
+    ) -> _Health:
+        """One model's status: downloading, else corrupt (known bad), else partial (a file a
+        revision lists is missing, a ref its pull owes is unwritten, a download unfinished, or
+        no revision at all), else ready."""
+        received, on_disk, downloading = self._partial_bytes(repo_path)
+        rs = RepoStore(self.root, repo_id, repo_type)
+        revisions = [_judge(rs, c) for c in stored_commits(rs)]
+        listed = [r.listed for r in revisions if r.listed is not None]
+        health = _Health(
+            status="ready",
+            present=max((r.present for r in revisions), default=0),
+            listed=max(listed) if listed else None,
+            received=received,
+            on_disk=on_disk,
+        )
+        if downloading:
+            health.status = "downloading"
+        elif (facts is not None and facts.corrupt) or any(r.state == "corrupt" for r in revisions):
+            health.status = "corrupt"
+        elif not revisions or on_disk or received or any(r.state != "ready" for r in revisions):
+            health.status = "partial"
+        return health
+
+    def _partial_bytes(self, repo_path: Path) -> tuple[int, int, bool]:
+        """Bytes unfinished downloads received (their journals say; a preallocated partial
+        file's size says nothing), bytes they occupy, and whether one is in progress."""
+        received = on_disk = 0
+        downloading = False
+        for part in self._parts(repo_path):
+            try:
+                st = part.stat()
+            except OSError:
+                continue
+            on_disk += st.st_blocks * 512
+            received += _received(part, st.st_size)
+            if self.lock_dir is not None and is_downloading(self.lock_dir, part):
+                downloading = True
+        return received, on_disk, downloading
+
+    @staticmethod
+    def _parts(repo_path: Path) -> list[Path]:
+        blobs = repo_path / "blobs"
+        if not blobs.is_dir():
+            return []
+        return [p for p in blobs.iterdir() if p.name.endswith((PART_SUFFIX, ".incomplete"))]
+
+    def find(self, repo_id: str, repo_type: str = "model") -> StoredModel:
+        for m in self.scan():
+            if m.name == repo_id and m.repo_type == repo_type:
+                return m
+        raise NotInStore(f"{repo_id} is not in the store at {self.root}")
+
+    def total_size(self, models: list[StoredModel] | None = None) -> int:
+        return sum(m.size for m in (models if models is not None else self.scan()))
+
+    def disk_free(self) -> int:
+        probe = self.root if self.root.exists() else self.root.parent
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        return shutil.disk_usage(probe).free
+
+    # ------------------------------------------------------------------ changing
+
+    def touch(self, repo_id: str, repo_type: str = "model") -> None:
+        self.db.touch(repo_type, repo_id)
+
+    def set_pinned(self, repo_id: str, pinned: bool, repo_type: str = "model") -> StoredModel:
+        model = self.find(repo_id, repo_type)
+        self.db.set_pinned(repo_type, repo_id, pinned)
+        return model
+
+    def remove(
+        self,
+        repo_id: str,
+        revision: str | None = None,
+        *,
+        repo_type: str = "model",
+        force: bool = False,
+    ) -> int:
+        """Remove a model or one revision with its now-unreferenced blobs; returns bytes freed."""
+        model = self.find(repo_id, repo_type)
+        if model.status == "downloading" and not force:
+            raise Busy(f"{repo_id} is downloading right now")
+        if model.pinned and not force:
+            raise Pinned(f"{repo_id} is pinned")
+        if revision is None:
+            freed = model.size + model.partial_disk_bytes
+            shutil.rmtree(model.path, ignore_errors=False)
+            shutil.rmtree(self.root / ".locks" / model.path.name, ignore_errors=True)
+            self.db.forget(repo_type, repo_id)
+            return freed
+        commit = self._commit_of(model, revision)
+        info = scan_cache_dir(self.root)
+        strategy = info.delete_revisions(commit)
+        freed = strategy.expected_freed_size
+        strategy.execute()
+        rs = RepoStore(self.root, repo_id, repo_type)
+        for name in (f"files-{commit}.json", f"files-{commit}.lock"):
+            (rs.meta / name).unlink(missing_ok=True)
+        rs.tree_path(commit).unlink(missing_ok=True)
+        for blob in strategy.blobs:
+            rs.forget_record(Path(blob).name)
+        if not model.path.exists():
+            self.db.forget(repo_type, repo_id)
+        return freed
+
+    def _commit_of(self, model: StoredModel, revision: str) -> str:
+        rs = RepoStore(self.root, model.name, model.repo_type)
+        commit = rs.read_ref(revision)
+        if commit and commit in model.commits:
+            return commit
+        matches = (
+            [c for c in model.commits if c.startswith(revision.lower())]
+            if len(revision) >= 7
+            else []
+        )
+        if len(matches) == 1:
+            return matches[0]
+        raise NotInStore(
+            f"revision {revision!r} of {model.name} is not in the store",
+            hint=f"Stored revisions: {', '.join(model.revisions) or 'none'}.",
+        )
+
+    def partials(self, *, older_than_s: float = 0.0) -> list[Partial]:
+        now = time.time()
+        out = []
+        if not self.root.is_dir():
+            return out
+        for d in self.root.iterdir():
+            parsed = parse_repo_folder(d.name)
+            if parsed is None:
+                continue
+            for part in self._parts(d):
+                try:
+                    st = part.stat()
+                except OSError:
+                    continue
+                age = now - st.st_mtime
+                if age < older_than_s:
+                    continue
+                if self.lock_dir is not None and is_downloading(self.lock_dir, part):
+                    continue
+                out.append(Partial(part, st.st_blocks * 512, age, parsed[1]))
+        return out
+
+    def lru(self, models: list[StoredModel], *, keep: Iterable[str] = ()) -> list[StoredModel]:
+        """Models that may be evicted, least recently used first."""
+        kept = set(keep)
+        candidates = [
+            m for m in models if not m.pinned and m.status != "downloading" and m.name not in kept
+        ]
+        return sorted(candidates, key=lambda m: (m.last_used or 0.0, m.name))
+
+    def gc(
+        self,
+        max_size: int | None,
+        *,
+        dry_run: bool = False,
+        partial_age_s: float = 7 * 24 * 3600,
+        keep: Iterable[str] = (),
+    ) -> GcResult:
+        """Evict LRU unpinned models until the store fits ``max_size``; drop stale partials."""
+        models = self.scan()
+        result = GcResult(dry_run=dry_run, size_before=self.total_size(models))
+        for p in self.partials(older_than_s=partial_age_s):
+            result.partials.append(p)
+            result.freed += p.size
+            if not dry_run:
+                p.path.unlink(missing_ok=True)
+                p.path.with_name(p.path.name.replace(PART_SUFFIX, JOURNAL_SUFFIX)).unlink(
+                    missing_ok=True
+                )
+        size = result.size_before
+        if max_size is not None:
+            for m in self.lru(models, keep=keep):
+                if size <= max_size:
+                    break
+                if not dry_run:
+                    try:
+                        self.remove(m.name, repo_type=m.repo_type)
+                    except (Pinned, Busy):  # pinned or started since the scan: it stays
+                        continue
+                result.evicted.append(m)
+                size -= m.size
+                result.freed += m.size
+            result.unmet = size > max_size
+        result.size_after = size
+        return result
+
+    def suggest_lru(self, short: int, *, keep: Iterable[str] = ()) -> str:
+        """A hint naming least recently used models that would free ``short`` bytes."""
+        picked, freed = [], 0
+        models = self.scan()
+        for m in self.lru(models, keep=keep):
+            if freed >= short:
+                break
+            picked.append(m)
+            freed += m.size
+        if not picked:
+            return "No unpinned model in the store could free that much."
+        names = ", ".join(
+            f"{m.name} ({human_bytes(m.size)}, last used {_iso(m.last_used) or 'never'})"
+            for m in picked
+        )
+        target = max(0, self.total_size(models) - freed)
+        enough = "would free enough" if freed >= short else "would help but not free enough"
+        return f"Removing the least recently used models {enough}: {names}; run: modelhaul gc --max-size {target}"
+
+
+@dataclass(slots=True)
+class _Health:
+    status: str
+    present: int
+    listed: int | None
+    received: int
+    on_disk: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Revision:
+    state: str  # ready | partial | corrupt
+    present: int
+    listed: int | None  # None: no listing, the snapshot is judged by its own links
+
+
+def _judge(rs: RepoStore, commit: str) -> _Revision:
+    """A stored revision against its listing, without hashing: each listed file must be in the
+    snapshot at its listed size (the engine publishes only verified blobs) and not found bad
+    by a later hash; the refs its pull owed must exist."""
+    listing = load_listing(rs, commit)
+    present = 0
+    corrupt = False
+    for f in listing.files:
+        try:
+            size = rs.snapshot_file(commit, f.path).stat().st_size
+        except (OSError, InvalidInput):
+            continue
+        if f.size >= 0 and size != f.size:
+            continue
+        if rs.is_discredited(f.blob_id):
+            corrupt = True
+            continue
+        present += 1
+    complete = present == len(listing.files) and not owed_refs(rs, listing)
+    state = "corrupt" if corrupt else "ready" if complete else "partial"
+    return _Revision(state, present, len(listing.files) if listing.known else None)
+
+
+def _received(part: Path, size: int) -> int:
+    """What a partial file holds: its journal's ranges (modelhaul preallocates the file, so
+    its size is the whole download's); huggingface_hub's ``.incomplete`` files only grow."""
+    if not part.name.endswith(PART_SUFFIX):
+        return size
+    state = Journal(part.with_name(part.name.replace(PART_SUFFIX, JOURNAL_SUFFIX))).load()
+    return state.done.total() if state is not None else 0
+
+
+def _blobs_size(repo_path: Path) -> int:
+    total = 0
+    blobs = repo_path / "blobs"
+    if blobs.is_dir():
+        for p in blobs.iterdir():
+            if p.is_file() and len(p.name) in (40, 64):
+                total += p.stat().st_size
+    return total
+
+
+def lru_suggestion(
+    root: Path, short: int, *, db_path: Path | None = None, lock_dir: Path | None = None
+) -> str:
+    """Used by 'pull' when the disk is short: which models to evict."""
+    db = StateDB(db_path or default_db_path(root))
+    try:
+        return Inventory(root, db, lock_dir=lock_dir).suggest_lru(short)
+    finally:
+        db.close()
+
+
+def default_db_path(root: Path, explicit: str | None = None) -> Path:
+    """The state database: ``explicit`` (MODELHAUL_DB, read by the CLI), else
+    ``modelhaul.sqlite`` beside the cache root."""
+    return Path(explicit) if explicit else root.parent / "modelhaul.sqlite"
