@@ -1,6 +1,6 @@
 """``get``/``pull --via-server`` say what is so (issue 13): Ctrl-C stops only the client, so it
 says the download goes on in the service and how to stop it; a download cancelled from
-elsewhere ends the client as a cancel does."""
+elsewhere ends the client as a cancel does; the progress shows the open connections."""
 
 from __future__ import annotations
 
@@ -130,3 +130,34 @@ def test_a_download_cancelled_elsewhere_ends_the_client_as_cancelled(
     assert f"download {job['id']} was cancelled" in stderr
     result = json_lines(stdout)[-1]
     assert result["status"] == "cancelled" and result["error"]["category"] == "cancelled"
+
+
+def test_progress_shows_open_connections_not_files(
+    server: ServerThread, origin: Origin, tmp_path: Path
+) -> None:
+    data = random.Random(4).randbytes(2 * MiB)
+    origin.add_file("conns.bin", data)
+    # No byte for a while, then slowly: the service has the download and no connection yet.
+    origin.set_default("conns.bin", Fault(delay_s=1.0, rate_bytes_per_s=512 * KiB))
+    proc = start_cli(
+        "get",
+        origin.url("conns.bin"),
+        "-o",
+        "conns.bin",
+        "--via-server",
+        "--server",
+        server.url,
+        "--json",
+        cwd=tmp_path,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0, stderr
+    progress = [e for e in json_lines(stdout) if e["event"] == "progress"]
+    assert progress, stdout
+    # Before the origin answered, none was open (the view's one file is not a connection).
+    assert progress[0]["bytes_done"] == 0 and progress[0]["connections"] == 0, progress[0]
+    assert any(p["connections"] >= 1 for p in progress), progress
+    assert (tmp_path / "conns.bin").read_bytes() == data

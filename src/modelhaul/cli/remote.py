@@ -783,7 +783,7 @@ def _as_progress(view: dict[str, Any]) -> Progress:
         total=view.get("total"),
         speed_bytes_per_s=view.get("speed") or 0.0,
         eta_s=view.get("eta"),
-        connections=view.get("connections") or view.get("files") or 0,
+        connections=view.get("connections") or 0,
         attempts=0,
         resumed_from=0,
         elapsed_s=0.0,
