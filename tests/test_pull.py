@@ -1105,3 +1105,31 @@ def test_ctrl_c_on_a_pull_says_which_files_the_next_run_starts_over(
     # What the message says is on disk: the partial of the ranged file only.
     parts = sorted(p.name for p in cache.rglob("*.modelhaul.part"))
     assert parts == [f"{sha256(files['ranged.bin'])}.modelhaul.part"]
+
+
+def test_pull_and_verify_failures_carry_why_and_steps_as_get_does(
+    cache: Path, tmp_path: Path
+) -> None:
+    url = f"{closed_port_url()}/w.bin"
+    manifest = tmp_path / "refused.toml"
+    manifest.write_text(
+        f'name = "acme/refused"\n[[files]]\npath = "w.bin"\nsize = 10\nsha256 = "{"0" * 64}"\n'
+        f'url = "{url}"\n'
+    )
+
+    run = run_cli("pull", str(manifest), "--retries", "0", "--json")
+
+    assert run.code == 1, run.stderr
+    error = run.result["error"]
+    assert error["category"] == "network"
+    assert error["why"] and error["steps"], error
+    # The same guidance as on the terminal.
+    assert f"why: {error['why']}" in run.stderr and f"1. {error['steps'][0]}" in run.stderr
+
+    verify = run_cli("verify", "acme/absent", "--json")
+
+    assert verify.code == 1, verify.stderr
+    error = verify.result["error"]
+    assert error["category"] == "not_found"
+    # The store's own words: nothing about web addresses, and nothing made up.
+    assert "why" not in error and error["steps"] == [], error

@@ -38,7 +38,7 @@ from ..store import CHUNK_BYTES, NotInStore, RepoStore, hf_cache_root
 from ..transport import same_host
 from . import remote
 from .options import add_transfer_options, download_config, state_dir
-from .render import Renderer, make_renderer, print_error
+from .render import Renderer, error_dict, make_renderer, print_error
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -372,7 +372,8 @@ def _offline(
 
 
 def _failed(exc: ModelhaulError) -> dict[str, Any]:
-    return {"event": "result", "status": "failed", "path": None, "error": exc.to_dict()}
+    """The result of a failure, with the guidance print_error gives (as ``get`` has it)."""
+    return {"event": "result", "status": "failed", "path": None, "error": error_dict(exc)}
 
 
 def parse_model_arg(text: str) -> HubRef:
