@@ -22,9 +22,9 @@ from typing import Any
 import filelock
 import pytest
 from aiohttp import web
+from fakehub import FakeHub
 
 from conftest import modelhaul_cmd
-from fakehub import FakeHub
 from modelhaul.doctor.checks import (
     Check,
     DoctorConfig,

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import blob, sha
+from origin import Fault, Origin
+
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy, Timeouts
 from modelhaul.engine.downloader import Downloader
 from modelhaul.http import transport as transport
-from origin import Fault, Origin
 
 
 def config(stall_s: float = 30.0, verify_tls: bool = True, **segments: object) -> DownloadConfig:

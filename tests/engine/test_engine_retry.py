@@ -17,12 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from helpers import blob, sha
+from origin import Fault, Origin
+
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy, Timeouts
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import HTTPStatusError, ModelhaulError, RetriesExhausted
-from origin import Fault, Origin
 
 KiB = 1024
 

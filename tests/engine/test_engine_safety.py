@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from helpers import blob, sha
+from origin import Fault, Origin
+
 from modelhaul.config import DownloadConfig, MiB, RateLimit, RetryPolicy, SegmentPolicy
 from modelhaul.engine import downloader as engine
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import DiskFull, ModelhaulError, RedirectRefused
 from modelhaul.events import Result
 from modelhaul.policy.ratelimit import TokenBucket
-from origin import Fault, Origin
 
 KiB = 1024
 SECRET = {"Authorization": "Bearer s3cret", "Cookie": "session=s3cret"}

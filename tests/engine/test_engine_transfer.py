@@ -12,14 +12,14 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import blob, sha
+from origin import Fault, Origin
+
 from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import IntegrityError
 from modelhaul.events import Progress
 from modelhaul.policy.ranges import RangeSet
-from origin import Fault, Origin
 
 KiB = 1024
 # Work stealing may fetch again the tail of a segment that was already on its way.

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from helpers import blob, sha
+from origin import Fault, Origin
+
 from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.disk.journal import Journal
 from modelhaul.errors import ModelhaulError
 from modelhaul.events import State, TaskEvent
 from modelhaul.manager import DownloadHandle, DownloadManager
 from modelhaul.policy.ranges import RangeSet
-from origin import Fault, Origin
 
 KiB = 1024
 

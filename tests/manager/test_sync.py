@@ -12,13 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from helpers import blob, sha
+from origin import Fault, Origin
+
 from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
 from modelhaul.errors import InvalidInput, ModelhaulError
 from modelhaul.events import State, TaskEvent
 from modelhaul.sync import LoopThread, SyncDownloadManager, download
-from origin import Fault, Origin
 
 KiB = 1024
 

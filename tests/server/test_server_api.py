@@ -10,9 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect as ws_connect
-
 from fakehub import FakeHub
 from helpers import blob, sha
 from origin import Fault, Origin
@@ -25,6 +22,8 @@ from server_harness import (
     service_config,
     wait_state,
 )
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 pytestmark = pytest.mark.timeout(60)
 

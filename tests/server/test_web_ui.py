@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from fakehub import FakeHub
-from modelhaul.server.security import AccessPolicy
 from origin import Fault, Origin
 from server_harness import KiB, MiB, ServerThread, service_config, wait_state
+
+from modelhaul.server.security import AccessPolicy
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -200,6 +200,43 @@ def test_pull_pin_and_remove_a_model(browser: Browser, server: ServerThread, hub
     finally:
         page.close()
         other.close()
+
+
+def test_removing_a_pinned_model_asks_naming_the_pin(
+    browser: Browser, server: ServerThread, hub: FakeHub
+) -> None:
+    hub.add_repo("org/kept", {"config.json": b'{"layers": 1}', "w.bin": b"w" * (256 * KiB)})
+    with server.client() as api:
+        job = api.post("/api/pulls", json={"source": "hf://org/kept"}).json()
+        assert wait_state(api, job["id"], ("completed", "failed"))["state"] == "completed"
+        assert api.post("/api/models/pin", json={"name": "org/kept"}).status_code == 200
+    page = open_page(browser, server.url)
+    asked: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        asked.append(dialog.message)
+        if len(asked) == 1:
+            dialog.dismiss()  # the first time, no: the model stays
+        else:
+            dialog.accept()
+
+    page.on("dialog", answer)
+    try:
+        model = page.locator('#store-body tr[data-name="org/kept"]')
+        expect(model.locator(".pinned")).to_have_text("yes")
+
+        model.locator("button.remove").click()
+        expect(model).to_have_count(1)
+        assert asked[0].startswith("org/kept is pinned; remove anyway?"), asked
+
+        model.locator("button.remove").click()
+        expect(model).to_have_count(0)
+        expect(page.locator("#store-empty")).to_be_visible()
+        expect(page.locator("#store-error")).to_be_empty()
+        assert len(asked) == 2 and asked[1] == asked[0]
+        assert not (server.config.store_root / "models--org--kept").exists()
+    finally:
+        page.close()
 
 
 def test_token_login(browser: Browser, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from huggingface_hub import hf_hub_download, snapshot_download
+from origin import Fault, Origin
 
 from conftest import modelhaul_cmd
 from modelhaul.errors import InvalidInput
@@ -29,7 +30,6 @@ from modelhaul.sources.manifest import (
     manifest_from_data,
     parse_manifest_text,
 )
-from origin import Fault, Origin
 
 FORMATS = ("toml", "json", "yaml")
 CONFIG = b'{"model_type": "fake"}'

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakehub import FakeHub, RequestRecord
 from huggingface_hub import (
     constants,
     get_cached_repo_tree,
@@ -32,9 +33,9 @@ from huggingface_hub import (
     snapshot_download,
 )
 from huggingface_hub.errors import IncompleteSnapshotError
+from origin import Fault, Origin
 
 from conftest import modelhaul_cmd
-from fakehub import FakeHub, RequestRecord
 from modelhaul.disk.journal import Journal
 from modelhaul.errors import HTTPStatusError, InvalidInput, human_bytes
 from modelhaul.manager import DownloadManager
@@ -1053,3 +1054,82 @@ async def test_a_long_lived_manager_refetches_a_blob_deleted_between_pulls(
 
     assert (result.snapshot / "w.safetensors").read_bytes() == W2
     assert (result.snapshot / "config.json").read_bytes() == CONFIG
+
+
+# ---------------------------------------------------------------------------------- honest ends
+
+
+def write_manifest(path: Path, origin: Origin, files: dict[str, bytes]) -> Path:
+    entries = "".join(
+        f'[[files]]\npath = "{name}"\nsize = {len(data)}\nsha256 = "{sha256(data)}"\n'
+        f'url = "{origin.url(name)}"\n'
+        for name, data in files.items()
+    )
+    path.write_text(f'name = "acme/model"\n{entries}')
+    return path
+
+
+def test_ctrl_c_on_a_pull_says_which_files_the_next_run_starts_over(
+    origin: Origin, cache: Path, tmp_path: Path, procs: list[subprocess.Popen[str]]
+) -> None:
+    files = {"norange.bin": random.Random(71).randbytes(6 * 1024 * 1024)}
+    files["ranged.bin"] = random.Random(72).randbytes(6 * 1024 * 1024)
+    origin.add_file("norange.bin", files["norange.bin"], accept_ranges=False)
+    origin.add_file("ranged.bin", files["ranged.bin"])
+    for name in files:
+        origin.set_default(name, Fault(rate_bytes_per_s=512 * 1024))
+    manifest = write_manifest(tmp_path / "model.toml", origin, files)
+    proc = _popen("pull", str(manifest), "--json")
+    procs.append(proc)
+    assert proc.stdout is not None
+    moving: set[str] = set()
+    for line in proc.stdout:  # both files have bytes on disk
+        event = json.loads(line)
+        if event["event"] == "progress" and event["bytes_done"] > 0:
+            moving.add(event["url"].rsplit("/", 1)[-1])
+            if moving == set(files):
+                break
+
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, err
+    said = (
+        "interrupted; the server cannot resume norange.bin (it ignores Range requests), so "
+        "the next run starts it over; partial data of the others was kept"
+    )
+    assert err.strip().splitlines()[-1] == f"modelhaul: {said}", err
+    error = _json_lines(out)[-1]["error"]
+    assert error["category"] == "cancelled" and error["message"] == said
+    assert "resume" not in error["hint"]
+    # What the message says is on disk: the partial of the ranged file only.
+    parts = sorted(p.name for p in cache.rglob("*.modelhaul.part"))
+    assert parts == [f"{sha256(files['ranged.bin'])}.modelhaul.part"]
+
+
+def test_pull_and_verify_failures_carry_why_and_steps_as_get_does(
+    cache: Path, tmp_path: Path
+) -> None:
+    url = f"{closed_port_url()}/w.bin"
+    manifest = tmp_path / "refused.toml"
+    manifest.write_text(
+        f'name = "acme/refused"\n[[files]]\npath = "w.bin"\nsize = 10\nsha256 = "{"0" * 64}"\n'
+        f'url = "{url}"\n'
+    )
+
+    run = run_cli("pull", str(manifest), "--retries", "0", "--json")
+
+    assert run.code == 1, run.stderr
+    error = run.result["error"]
+    assert error["category"] == "network"
+    assert error["why"] and error["steps"], error
+    # The same guidance as on the terminal.
+    assert f"why: {error['why']}" in run.stderr and f"1. {error['steps'][0]}" in run.stderr
+
+    verify = run_cli("verify", "acme/absent", "--json")
+
+    assert verify.code == 1, verify.stderr
+    error = verify.result["error"]
+    assert error["category"] == "not_found"
+    # The store's own words: nothing about web addresses, and nothing made up.
+    assert "why" not in error and error["steps"] == [], error

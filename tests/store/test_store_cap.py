@@ -7,8 +7,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import modelhaul_cmd
 from fakehub import FakeHub
+
+from conftest import modelhaul_cmd
 
 
 def _run(hub: FakeHub, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,9 +1,9 @@
 """``modelhaul`` entry point: parse, dispatch, map errors to exit statuses.
 
-Exit statuses: 0 success; 1 the work failed; 2 invalid usage or input; 130 interrupted (partial
-data kept for resume); 141 stdout was closed by its reader (``| head``), which stops the command
-as quietly as SIGPIPE stops other Unix tools. Errors are one line plus a hint on stderr, never a
-traceback.
+Exit statuses: 0 success; 1 the work failed; 2 invalid usage or input; 130 interrupted (the
+message says what it left behind: partial data to resume, a download going on in the service);
+141 stdout was closed by its reader (``| head``), which stops the command as quietly as SIGPIPE
+stops other Unix tools. Errors are one line plus a hint on stderr, never a traceback.
 """
 
 from __future__ import annotations

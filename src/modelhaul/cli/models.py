@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig
 from ..errors import (
+    Cancelled,
     InvalidInput,
     ModelhaulError,
     NetworkError,
@@ -37,7 +38,7 @@ from ..store.pull import ModelPuller, PullResult, VerifyReport, local_files
 from ..store.repo import CHUNK_BYTES, NotInStore, RepoStore, hf_cache_root
 from . import remote
 from .options import add_transfer_options, download_config, state_dir
-from .render import Renderer, make_renderer, print_error
+from .render import Renderer, error_dict, make_renderer, print_error
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -146,10 +147,17 @@ async def fetch_manifest(url: str, config: DownloadConfig) -> ModelSpec:
     return await fetch(url, timeouts=config.timeouts, headers=dict(config.headers))
 
 
-def _renderer_hook(renderer: Renderer, labels: dict[str, str]) -> Any:
+def _renderer_hook(renderer: Renderer, labels: dict[str, str], held: dict[str, bool]) -> Any:
+    """Show progress, and keep in ``held`` each file in flight: whether its partial data can
+    be resumed (the engine's ``resumable``), for what an interruption says."""
+
     def on_event(ev: TaskEvent) -> None:
+        label = labels.get(ev.task_id, ev.task_id)
         if ev.kind == "progress" and ev.progress is not None:
-            renderer.progress(labels.get(ev.task_id, ev.task_id), ev.progress)
+            renderer.progress(label, ev.progress)
+            held[label] = ev.progress.resumable
+        elif ev.kind == "state" and ev.state.final:
+            held.pop(label, None)
 
     return on_event
 
@@ -162,17 +170,33 @@ def exit_status(exc: ModelhaulError) -> int:
     return 1
 
 
-def _cancelled_record() -> dict[str, Any]:
-    return {
-        "event": "result",
-        "status": "cancelled",
-        "path": None,
-        "error": {
-            "category": "cancelled",
-            "message": "interrupted; partial data was kept",
-            "hint": "Run the same command again to resume.",
-        },
-    }
+def _interrupted(held: dict[str, bool]) -> Cancelled:
+    """What Ctrl-C left behind: partial data to resume, except for files from a server that
+    ignores Range requests, whose partial data the engine dropped since no run could resume
+    it (as ``get`` says)."""
+    over = [label for label, resumable in held.items() if not resumable]
+    if not over:
+        return Cancelled("interrupted; partial data was kept, run the same command to resume")
+    names = ", ".join(over)
+    them = "it" if len(over) == 1 else "them"
+    message = (
+        f"interrupted; the server cannot resume {names} (it ignores Range requests), "
+        f"so the next run starts {them} over"
+    )
+    if len(over) < len(held):
+        message += "; partial data of the others was kept"
+    return Cancelled(
+        message, hint=f"Run the same command again; {names} will be fetched from the start."
+    )
+
+
+def _cancelled(args: argparse.Namespace, renderer: Renderer, held: dict[str, bool]) -> None:
+    """Say what the interruption left behind: the result line, and main's line on stderr."""
+    err = _interrupted(held)
+    renderer.result(
+        {"event": "result", "status": "cancelled", "path": None, "error": err.to_dict()}
+    )
+    args.interrupted = err.message
 
 
 async def run_pull(args: argparse.Namespace) -> int:
@@ -180,11 +204,12 @@ async def run_pull(args: argparse.Namespace) -> int:
         return code
     # Created first: --json promises a result line last, even for a bad command line.
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
+    held: dict[str, bool] = {}
     try:
         env = Environment.read()
         config = download_config(args)
         local_dir = Path(args.local_dir) if args.local_dir else None
-        result = await _pull(args, env, config, renderer, local_dir)
+        result = await _pull(args, env, config, renderer, local_dir, held)
         _touch(result.repo_id)
     except ModelhaulError as exc:
         renderer.stop()
@@ -192,8 +217,8 @@ async def run_pull(args: argparse.Namespace) -> int:
         renderer.result(_failed(exc))
         return exit_status(exc)
     except asyncio.CancelledError:
-        renderer.stop()
-        renderer.result(_cancelled_record())
+        renderer.stop()  # the manager has closed: each partial file is kept or dropped
+        _cancelled(args, renderer, held)
         raise
     renderer.stop()
     if not result.offline and not args.json and not args.quiet:
@@ -211,6 +236,7 @@ async def _pull(
     config: DownloadConfig,
     renderer: Renderer,
     local_dir: Path | None,
+    held: dict[str, bool],
 ) -> PullResult:
     source = await resolve_source(args.source, env, config)
     async with manager_for(args, config) as mgr:
@@ -240,7 +266,7 @@ async def _pull(
         labels: dict[str, str] = {}
         by_path = {f.path: f for f in spec.files}
         rs = RepoStore(env.cache_root, spec.repo_id, spec.repo_type)
-        mgr.subscribe(_renderer_hook(renderer, labels))
+        mgr.subscribe(_renderer_hook(renderer, labels, held))
         renderer.start()
 
         def on_file(path: str, what: str) -> None:
@@ -346,7 +372,8 @@ def _offline(
 
 
 def _failed(exc: ModelhaulError) -> dict[str, Any]:
-    return {"event": "result", "status": "failed", "path": None, "error": exc.to_dict()}
+    """The result of a failure, with the guidance print_error gives (as ``get`` has it)."""
+    return {"event": "result", "status": "failed", "path": None, "error": error_dict(exc)}
 
 
 def parse_model_arg(text: str) -> HubRef:
@@ -355,11 +382,12 @@ def parse_model_arg(text: str) -> HubRef:
 
 async def run_verify(args: argparse.Namespace) -> int:
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)
+    held: dict[str, bool] = {}
     try:
         env = Environment.read()
         ref = parse_model_arg(args.model)
         config = download_config(args)
-        report = await _verify(args, env, ref, config, renderer)
+        report = await _verify(args, env, ref, config, renderer, held)
     except NotInStore as exc:  # the store's words, not the guidance for a web address
         from .store import print_refusal
 
@@ -373,8 +401,8 @@ async def run_verify(args: argparse.Namespace) -> int:
         renderer.result(_failed(exc))
         return exit_status(exc)
     except asyncio.CancelledError:
-        renderer.stop()
-        renderer.result(_cancelled_record())
+        renderer.stop()  # the manager has closed: each partial file is kept or dropped
+        _cancelled(args, renderer, held)
         raise
     renderer.stop()
     for p in report.problems:
@@ -416,6 +444,7 @@ async def _verify(
     ref: HubRef,
     config: DownloadConfig,
     renderer: Renderer,
+    held: dict[str, bool],
 ) -> VerifyReport:
     hub = HubSource(endpoint=env.endpoint, token=env.token)
 
@@ -446,7 +475,7 @@ async def _verify(
         )
         config = replace(config, segments=segments)
     async with manager_for(args, config) as mgr:
-        mgr.subscribe(_renderer_hook(renderer, labels))
+        mgr.subscribe(_renderer_hook(renderer, labels, held))
         if args.repair:
             renderer.start()
         puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks)

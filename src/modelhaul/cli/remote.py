@@ -22,11 +22,12 @@ import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
-from ..errors import InvalidInput, ModelhaulError, human_bytes
+from ..errors import Cancelled, InvalidInput, ModelhaulError, human_bytes
 from ..events import Progress
 from ..policy.paths import safe_relpath
 from ..policy.units import parse_rate
@@ -490,6 +491,7 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
     the exit status; otherwise None (the command runs locally)."""
     if not getattr(args, "via_server", False):
         return None
+    sent = _Sent()
     try:
         if getattr(args, "header", None):
             raise InvalidInput("-H/--header cannot be used with --via-server")
@@ -505,7 +507,10 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
             requests = _get_requests(args, entries, local=local)
         else:
             requests = [("/api/pulls", body)]
-        return await _follow(args, client, requests, local=local)
+        return await _follow(args, client, requests, sent, local=local)
+    except asyncio.CancelledError:
+        _say_interrupted(args, _interruption(sent))
+        raise
     except ModelhaulError as exc:
         if getattr(args, "json", False):  # --json promises a result line last, whatever failed
             JsonRenderer(sys.stdout).result(
@@ -629,22 +634,79 @@ def _read_manifest(path: Path) -> Any:
         raise InvalidInput(f"{path}: not valid {fmt.upper()}: {first}") from None
 
 
+@dataclass(slots=True)
+class _Sent:
+    """What a ``--via-server`` run has handed to the service so far: what Ctrl-C leaves there."""
+
+    server: str = DEFAULT_SERVER
+    ids: list[str] = field(default_factory=list)
+    ended: set[str] = field(default_factory=set)
+    sending: bool = False  # a request is on its way: the service may take it, answer unread
+
+    def going_on(self) -> list[str]:
+        return [i for i in self.ids if i not in self.ended]
+
+
+def _interruption(sent: _Sent) -> Cancelled:
+    """What Ctrl-C means here: this client stops following, and the service goes on with
+    every download it took (only 'modelhaul cancel' stops one)."""
+    server = "" if sent.server == DEFAULT_SERVER else f" --server {sent.server}"
+    going_on = sent.going_on()
+    if not going_on and not sent.sending:
+        return Cancelled(
+            "interrupted; nothing was left running in the service", hint="Run the command again."
+        )
+    if not going_on:
+        return Cancelled(
+            "interrupted while handing the work to the service; it may have taken it",
+            hint=f"'modelhaul queue{server}' shows what it holds; 'modelhaul cancel ID{server}' "
+            "stops a download.",
+        )
+    it = "it" if len(going_on) == 1 else "them"
+    message = (
+        f"interrupted; download {going_on[0]} goes on in the service"
+        if len(going_on) == 1
+        else f"interrupted; downloads {', '.join(going_on)} go on in the service"
+    )
+    if sent.sending:
+        message += ", and it may have taken the next one too"
+    return Cancelled(
+        message,
+        hint=f"'modelhaul queue{server}' shows {it}; "
+        f"'modelhaul cancel {' '.join(going_on)}{server}' stops {it}.",
+    )
+
+
+def _say_interrupted(args: argparse.Namespace, err: Cancelled) -> None:
+    """Tell main what to say on stderr, and with --json end with the result line."""
+    args.interrupted = f"{err.message} ({err.hint.rstrip('.')})"
+    if getattr(args, "json", False):
+        JsonRenderer(sys.stdout).result(
+            {"event": "result", "status": "cancelled", "path": None, "error": err.to_dict()}
+        )
+
+
 async def _follow(
     args: argparse.Namespace,
     client: ServiceClient,
     requests: list[tuple[str, dict[str, Any]]],
+    sent: _Sent,
     *,
     local: bool,
 ) -> int:
-    """Submit, then follow the downloads in the event stream until each one ends."""
+    """Submit, then follow the downloads in the event stream until each one ends; ``sent``
+    keeps what the service holds, for an interruption to say."""
     follower = EventFollower(client)
     renderer: Renderer = Renderer()
-    ids: list[str] = []
+    sent.server = client.base_url
+    ids = sent.ids
     try:
         snapshot = await follower.start()  # before submitting: no event can fall in between
         views: dict[str, dict[str, Any]] = {}
         for path, body in requests:
+            sent.sending = True
             view = await _call(client, "POST", path, body)
+            sent.sending = False
             ids.append(view["id"])
             views[view["id"]] = view
         # The stdout of now, not of import time (JsonRenderer's default), so a redirected
@@ -660,6 +722,7 @@ async def _follow(
             renderer.notice(f"the service writes into its directory {snapshot['download_dir']}")
         renderer.start()
         pending = {i for i in ids if views[i]["state"] not in _FINAL}
+        sent.ended.update(set(ids) - pending)
         while pending:
             event = await follower.next()
             view = event.get("download")
@@ -671,15 +734,10 @@ async def _follow(
             renderer.progress(view["name"], _as_progress(view))
             if view["state"] in _FINAL:
                 pending.discard(view["id"])
+                sent.ended.add(view["id"])
                 _file_done(renderer, view)
     except asyncio.CancelledError:
-        renderer.stop()
-        if ids:
-            print(
-                f"modelhaul: the download goes on in the service; "
-                f"'modelhaul cancel {' '.join(ids)}' stops it",
-                file=sys.stderr,
-            )
+        renderer.stop()  # before main says what the interruption left behind
         raise
     finally:
         follower.close()
@@ -725,7 +783,7 @@ def _as_progress(view: dict[str, Any]) -> Progress:
         total=view.get("total"),
         speed_bytes_per_s=view.get("speed") or 0.0,
         eta_s=view.get("eta"),
-        connections=view.get("connections") or view.get("files") or 0,
+        connections=view.get("connections") or 0,
         attempts=0,
         resumed_from=0,
         elapsed_s=0.0,
@@ -771,6 +829,9 @@ def _finish(views: dict[str, dict[str, Any]], ids: list[str], renderer: Renderer
         )
     if not failed:
         return 0
-    if {(r.get("error") or {}).get("category") for r in failed} == {"invalid_input"}:
+    categories = {(r.get("error") or {}).get("category") for r in failed}
+    if categories == {"invalid_input"}:
         return 2
+    if categories == {"cancelled"}:
+        return 130  # as for 'get' without --via-server: cancelled, not failed
     return 1

@@ -535,9 +535,12 @@ class Service:
         job.outcome = job.error = None
         job.ended.clear()
         self.db.update(int(job.id), paused=False, outcome=None, error=None)
+        # Every task not done goes to the manager, whatever its state at this instant: one
+        # whose pause is still winding down shows "running", and only the manager knows to
+        # queue it again once it has stopped (a running task it leaves alone).
         if job.kind == "url":
             infos = self._infos(job)
-            if infos and infos[0].state in (State.PAUSED, State.FAILED):
+            if infos and infos[0].state not in (State.COMPLETED, State.CANCELLED):
                 self.manager.resume(infos[0].id)
             elif not infos:
                 self._start_url(job)
@@ -545,7 +548,7 @@ class Service:
             self._start_model(job)  # a failed pull starts over; finished files are kept
         else:
             for info in self._infos(job):
-                if info.state is State.PAUSED:
+                if not info.state.final:
                     self.manager.resume(info.id)
         self._publish_download(job)
         return self.view(job)

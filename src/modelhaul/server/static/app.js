@@ -403,8 +403,17 @@
       pin.addEventListener("click", () => report("store-error",
         api("POST", m.pinned ? "/api/models/unpin" : "/api/models/pin", { name: m.name, repo_type: m.repo_type })));
       rm.addEventListener("click", () => {
-        if (!window.confirm("Remove " + name + " (" + bytes(m.size) + ") from the store?")) return;
-        report("store-error", api("POST", "/api/models/remove", { name: m.name, repo_type: m.repo_type }));
+        // Pinning says "keep this": the service removes a pinned model only with force, so
+        // the question names the pin, and a yes is that force. A model still downloading is
+        // not forced: the service's refusal says to wait.
+        const forced = m.pinned && m.status !== "downloading";
+        const question = m.pinned
+          ? name + " is pinned; remove anyway? (" + bytes(m.size) + ")"
+          : "Remove " + name + " (" + bytes(m.size) + ") from the store?";
+        if (!window.confirm(question)) return;
+        const body = { name: m.name, repo_type: m.repo_type };
+        if (forced) body.force = true;
+        report("store-error", api("POST", "/api/models/remove", body));
       });
       const status = m.partial_bytes && m.status !== "ready" ? m.status + " (+" + bytes(m.partial_bytes) + ")" : m.status;
       tr.append(
