@@ -25,14 +25,10 @@ from aiohttp import web
 
 from conftest import modelhaul_cmd
 from fakehub import FakeHub
-from modelhaul.doctor.checks import (
-    Check,
-    DoctorConfig,
-    check_clock,
-    check_proxy,
-    parse_source,
-    run_doctor,
-)
+from modelhaul.doctor.checks import Check, DoctorConfig
+from modelhaul.doctor.hub import parse_source
+from modelhaul.doctor.network import check_clock, check_proxy
+from modelhaul.doctor.run import run_doctor
 from modelhaul.engine.downloader import lock_file_for
 from modelhaul.errors import InvalidInput
 from modelhaul.sources.hf import HubRef
