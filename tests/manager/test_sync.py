@@ -14,22 +14,14 @@ from pathlib import Path
 import pytest
 
 from helpers import blob, sha
-from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
+from helpers import small_steps_config as config
+from modelhaul.config import ManagerConfig, MiB
 from modelhaul.errors import InvalidInput, ModelhaulError
 from modelhaul.events import State, TaskEvent
 from modelhaul.sync import LoopThread, SyncDownloadManager, download
 from origin import Fault, Origin
 
 KiB = 1024
-
-
-def config(**segments: object) -> DownloadConfig:
-    seg: dict[str, object] = {"read_buffer_bytes": 64 * KiB, "write_batch_bytes": 64 * KiB}
-    seg.update(segments)
-    return DownloadConfig(
-        retry=RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05),
-        segments=SegmentPolicy(**seg),  # type: ignore[arg-type]
-    )
 
 
 def test_download_blocks_until_the_file_is_verified(
