@@ -84,9 +84,12 @@ def _imports_aiohttp(path: Path) -> bool:
             a.name.split(".")[0] == "aiohttp" for a in node.names
         ):
             return True
-        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
-            if node.module.split(".")[0] == "aiohttp":
-                return True
+        if (
+            isinstance(node, ast.ImportFrom)
+            and not node.level
+            and (node.module or "").split(".")[0] == "aiohttp"
+        ):
+            return True
     return False
 
 

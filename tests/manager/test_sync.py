@@ -17,8 +17,8 @@ import pytest
 
 from helpers import blob, sha
 from helpers import small_steps_config as config
-from modelhaul.config import ManagerConfig, MiB
 from modelhaul import sync
+from modelhaul.config import ManagerConfig, MiB
 from modelhaul.errors import InvalidInput, ModelhaulError
 from modelhaul.events import State, TaskEvent
 from modelhaul.manager import DownloadManager

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -76,3 +77,34 @@ def small_steps_config(**overrides: Any) -> DownloadConfig:
     """``download_config`` with ``SMALL_STEPS`` (64 KiB reads and write batches) unless
     overridden: for tests that watch progress or the bandwidth limiter move."""
     return download_config(**{**SMALL_STEPS, **overrides})
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """Just enough TOML for manifests: scalars, arrays, and ``[[files]]`` tables."""
+    lines: list[str] = []
+    tables: list[dict[str, Any]] = []
+    for key, value in data.items():
+        if key == "files" and value and all(isinstance(e, dict) for e in value):
+            tables = value
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    for entry in tables:
+        lines.append("[[files]]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items())
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if value is None:
+        raise ValueError("TOML has no null")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(type(value))
