@@ -32,13 +32,11 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp import web
-from helpers import sha
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from origin import Fault, Origin
-from test_manifest import to_toml
 
 from conftest import modelhaul_cmd
+from helpers import sha, to_toml
 from modelhaul.cli.main import build_parser
 from modelhaul.cli.options import download_config
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy, Timeouts
@@ -48,6 +46,7 @@ from modelhaul.policy.backoff import parse_retry_after
 from modelhaul.sources import hf
 from modelhaul.sources.hf import HubSource, parse_hf_uri
 from modelhaul.sources.manifest import MAX_FILE_SIZE, parse_manifest_text
+from origin import Fault, Origin
 
 KiB, MiB = 1024, 1024 * 1024
 # Bigger than the engine's 8 MiB probe, so segment requests follow it.

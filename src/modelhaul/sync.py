@@ -227,11 +227,12 @@ class SyncDownloadManager:
             await mgr.__aenter__()
             return mgr
 
-        try:
+        # A manager that does not start (an error, or Ctrl-C while this thread waits) stops
+        # its loop thread; nothing is caught, so the interrupt or cancel goes on to the caller.
+        with contextlib.ExitStack() as on_failure:
+            on_failure.callback(self._thread.stop)
             self.manager = self._thread.run(make())
-        except BaseException:
-            self._thread.stop()
-            raise
+            on_failure.pop_all()
 
     def __enter__(self) -> Self:
         return self

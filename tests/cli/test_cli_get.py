@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import sha
-from origin import Fault, Origin
 
 from conftest import modelhaul_cmd
+from helpers import sha
+from origin import Fault, Origin
 
 MiB = 1024 * 1024
 RUN_TIMEOUT_S = 60

@@ -20,11 +20,10 @@ from typing import Any
 
 import pytest
 from filelock import FileLock
-from helpers import blob, sha
-from origin import Origin
 
 import modelhaul
 from conftest import cli_env, modelhaul_cmd
+from helpers import blob, sha
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
 from modelhaul.engine import downloader as engine
 from modelhaul.engine.downloader import Downloader, lock_file_for, plan_paths
@@ -32,6 +31,7 @@ from modelhaul.errors import InvalidInput, TargetConflict
 from modelhaul.manager import DownloadManager
 from modelhaul.sources.manifest import manifest_from_data
 from modelhaul.sources.url import parse_input_list
+from origin import Origin
 
 MiB = 1024 * 1024
 RUN_TIMEOUT_S = 60

@@ -19,14 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers import blob, sha
-from origin import Origin
 from rich.console import Console
 
 from conftest import modelhaul_cmd
+from helpers import blob, sha
 from modelhaul.cli.bars import RichRenderer
 from modelhaul.cli.render import PlainRenderer
 from modelhaul.events import Progress
+from origin import Origin
 
 MiB = 1024 * 1024
 _ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][A-Z0-9])")

@@ -7,6 +7,7 @@ writes, so an unwritable cache is a path under a regular file (or under /proc).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -22,17 +23,13 @@ from typing import Any
 import filelock
 import pytest
 from aiohttp import web
-from fakehub import FakeHub
 
 from conftest import modelhaul_cmd
-from modelhaul.doctor.checks import (
-    Check,
-    DoctorConfig,
-    check_clock,
-    check_proxy,
-    parse_source,
-    run_doctor,
-)
+from fakehub import FakeHub
+from modelhaul.doctor.checks import Check, DoctorConfig
+from modelhaul.doctor.hub import parse_source
+from modelhaul.doctor.network import check_clock, check_proxy
+from modelhaul.doctor.run import run_doctor
 from modelhaul.engine.downloader import lock_file_for
 from modelhaul.errors import InvalidInput
 from modelhaul.sources.hf import HubRef
@@ -182,6 +179,59 @@ async def test_an_unreachable_proxy_is_named_as_the_problem(
     assert endpoint.ok is False
     assert f"via proxy {proxy}" in endpoint.detail and "TCP connect" in endpoint.detail
     assert endpoint.fix.startswith("The proxy is not reachable") and "HTTPS_PROXY" in endpoint.fix
+
+
+@pytest.fixture
+async def hangup_endpoint() -> AsyncIterator[str]:
+    """A server that takes each connection, reads the request and hangs up without answering."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_that_hangs_up_fails_at_http(hangup_endpoint: str, cache: Path) -> None:
+    cfg = DoctorConfig(cache_root=cache, endpoint=hangup_endpoint, token=TOKEN)
+    checks = by_name(await run_doctor(cfg, parse_source(f"{hangup_endpoint}/model.bin")))
+    endpoint = checks["endpoint"]
+    assert endpoint.ok is False
+    assert "TCP 127.0.0.1:" in endpoint.detail  # TCP worked; the HTTP exchange is what failed
+    assert "closed the connection unexpectedly" in endpoint.detail
+    assert endpoint.fix.startswith("The server answers but not well")
+    assert checks["token"].ok is None and "could not ask" in checks["token"].detail
+    assert checks["source"].ok is False and "network" in checks["source"].detail
+
+
+async def test_a_server_error_fails_the_endpoint_but_not_the_token(
+    model_hub: FakeHub, cache: Path
+) -> None:
+    async def broken(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", broken)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        checks = by_name(
+            await run_doctor(DoctorConfig(cache_root=cache, endpoint=url, token=TOKEN))
+        )
+    finally:
+        await runner.cleanup()
+    assert checks["endpoint"].ok is False
+    assert "HTTP 503 (server error)" in checks["endpoint"].detail
+    assert checks["token"].ok is None and "answered HTTP 503" in checks["token"].detail
 
 
 async def test_a_skewed_clock_fails_the_clock_check(model_hub: FakeHub, cache: Path) -> None:

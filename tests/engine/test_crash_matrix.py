@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import sha
-from origin import Fault, Origin, RequestRecord
 
 from conftest import modelhaul_cmd
+from helpers import sha
+from origin import Fault, Origin, RequestRecord
 
 MiB = 1024 * 1024
 RUNNER = Path(__file__).resolve().parents[1] / "support" / "crash_runner.py"

@@ -16,25 +16,19 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import blob, sha
-from origin import Fault, Origin
 
 from conftest import cli_env, modelhaul_cmd
-from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy
+from helpers import blob, sha
+from helpers import download_config as config
+from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import ModelhaulError, RemoteChanged
 from modelhaul.policy.ranges import RangeSet
+from origin import Fault, Origin
 
 KiB = 1024
 # Work stealing may fetch again the tail of a segment that was already on its way.
 STEAL_SLACK = 4 * MiB
-
-
-def config(retries: int = 3, **segments: object) -> DownloadConfig:
-    return DownloadConfig(
-        retry=RetryPolicy(retries=retries, initial_delay_s=0.01, max_delay_s=0.05),
-        segments=SegmentPolicy(**segments),  # type: ignore[arg-type]
-    )
 
 
 def served_total(origin: Origin, name: str) -> int:

@@ -17,23 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import blob, sha
-from origin import Fault, Origin
 
-from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy, Timeouts
+from helpers import blob, sha
+from helpers import download_config as config
+from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import HTTPStatusError, ModelhaulError, RetriesExhausted
+from origin import Fault, Origin
 
 KiB = 1024
-
-
-def config(retries: int = 3, stall_s: float = 30.0, **segments: object) -> DownloadConfig:
-    return DownloadConfig(
-        retry=RetryPolicy(retries=retries, initial_delay_s=0.01, max_delay_s=0.05),
-        timeouts=Timeouts(stall_s=stall_s, connect_s=5.0),
-        segments=SegmentPolicy(**segments),  # type: ignore[arg-type]
-    )
-
 
 # ---------------------------------------------------------------------- transient faults
 

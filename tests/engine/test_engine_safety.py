@@ -20,29 +20,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import blob, sha
-from origin import Fault, Origin
 
-from modelhaul.config import DownloadConfig, MiB, RateLimit, RetryPolicy, SegmentPolicy
+from helpers import blob, sha
+from helpers import download_config as config
+from modelhaul.config import MiB
 from modelhaul.engine import downloader as engine
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import DiskFull, ModelhaulError, RedirectRefused
 from modelhaul.events import Result
 from modelhaul.policy.ratelimit import TokenBucket
+from origin import Fault, Origin
 
 KiB = 1024
 SECRET = {"Authorization": "Bearer s3cret", "Cookie": "session=s3cret"}
-
-
-def config(**kw: Any) -> DownloadConfig:
-    segments = kw.pop("segments", {})
-    if "rate" in kw:
-        kw["rate"] = RateLimit(**kw["rate"])
-    return DownloadConfig(
-        retry=RetryPolicy(retries=3, initial_delay_s=0.01, max_delay_s=0.05),
-        segments=SegmentPolicy(**segments),
-        **kw,
-    )
 
 
 def wait_bytes_while_running(

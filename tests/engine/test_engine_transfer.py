@@ -12,23 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import blob, sha
-from origin import Fault, Origin
 
-from modelhaul.config import DownloadConfig, MiB, RetryPolicy, SegmentPolicy
+from helpers import blob, sha
+from helpers import download_config as config
+from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import IntegrityError
 from modelhaul.events import Progress
 from modelhaul.policy.ranges import RangeSet
+from origin import Fault, Origin
 
 KiB = 1024
 # Work stealing may fetch again the tail of a segment that was already on its way.
 STEAL_SLACK = 4 * MiB
-FAST_RETRY = RetryPolicy(retries=3, initial_delay_s=0.01, max_delay_s=0.05)
-
-
-def config(**segments: object) -> DownloadConfig:
-    return DownloadConfig(retry=FAST_RETRY, segments=SegmentPolicy(**segments))  # type: ignore[arg-type]
 
 
 def leftovers(folder: Path) -> list[str]:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from helpers import blob
-from origin import Origin
 
+from helpers import blob
 from modelhaul.config import MiB
 from modelhaul.http.transport import Response, SocketBody, Transport
+from origin import Origin
 
 
 async def wait_buffered(resp: Response) -> None:

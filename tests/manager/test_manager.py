@@ -14,29 +14,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import blob, sha
-from origin import Fault, Origin
 
-from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
+from helpers import blob, sha
+from helpers import small_steps_config as config
+from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy
 from modelhaul.disk.journal import Journal
 from modelhaul.errors import ModelhaulError
 from modelhaul.events import State, TaskEvent
 from modelhaul.manager import DownloadHandle, DownloadManager
 from modelhaul.policy.ranges import RangeSet
+from origin import Fault, Origin
 
 KiB = 1024
-
-
-def config(**segments: object) -> DownloadConfig:
-    """Fast retries, and small read buffers and write batches so that progress (and the
-    bandwidth limiter) moves in small steps a test can measure."""
-    seg: dict[str, object] = {"read_buffer_bytes": 64 * KiB, "write_batch_bytes": 64 * KiB}
-    seg.update(segments)
-    return DownloadConfig(
-        retry=RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05),
-        segments=SegmentPolicy(**seg),  # type: ignore[arg-type]
-    )
-
 
 # Several connections over small chunks: a file is fetched as many ranges.
 SPLIT = {"connections": 2, "chunk_bytes": 256 * KiB, "min_steal_bytes": 128 * KiB}

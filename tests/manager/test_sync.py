@@ -6,30 +6,26 @@ blocking waits are the right ones here.
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import blob, sha
-from origin import Fault, Origin
 
-from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy, SegmentPolicy
+from helpers import blob, sha
+from helpers import small_steps_config as config
+from modelhaul import sync
+from modelhaul.config import ManagerConfig, MiB
 from modelhaul.errors import InvalidInput, ModelhaulError
 from modelhaul.events import State, TaskEvent
+from modelhaul.manager import DownloadManager
 from modelhaul.sync import LoopThread, SyncDownloadManager, download
+from origin import Fault, Origin
 
 KiB = 1024
-
-
-def config(**segments: object) -> DownloadConfig:
-    seg: dict[str, object] = {"read_buffer_bytes": 64 * KiB, "write_batch_bytes": 64 * KiB}
-    seg.update(segments)
-    return DownloadConfig(
-        retry=RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05),
-        segments=SegmentPolicy(**seg),  # type: ignore[arg-type]
-    )
 
 
 def test_download_blocks_until_the_file_is_verified(
@@ -266,3 +262,58 @@ def test_loop_thread_runs_coroutines_and_calls() -> None:
     finally:
         runner.stop()
     runner.stop()
+
+
+def new_loop_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [
+        t
+        for t in threading.enumerate()
+        if t not in before and t.name == "modelhaul-manager" and t.is_alive()
+    ]
+
+
+def test_a_manager_that_cannot_start_stops_its_loop_thread(
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    class Unstartable(DownloadManager):
+        async def __aenter__(self) -> DownloadManager:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sync, "DownloadManager", Unstartable)  # a start-up failure on demand
+    before = set(threading.enumerate())
+    with pytest.raises(OSError, match="No space left"):
+        SyncDownloadManager(state_dir=state_dir)
+    assert new_loop_threads(before) == []
+
+
+def test_ctrl_c_while_the_manager_starts_propagates_and_stops_its_loop_thread(
+    monkeypatch: pytest.MonkeyPatch, state_dir: Path
+) -> None:
+    """An interrupt is not an error to handle: it reaches the caller, and no thread is left."""
+    starting = threading.Event()
+
+    class NeverStarts(DownloadManager):
+        async def __aenter__(self) -> DownloadManager:
+            starting.set()
+            await asyncio.Event().wait()
+            return self
+
+    monkeypatch.setattr(sync, "DownloadManager", NeverStarts)
+    main = threading.main_thread()
+    assert threading.current_thread() is main, "signals reach the main thread only"
+
+    def press_ctrl_c() -> None:
+        if starting.wait(10):
+            signal.pthread_kill(main.ident or 0, signal.SIGINT)
+
+    before = set(threading.enumerate())
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    presser = threading.Thread(target=press_ctrl_c)
+    try:
+        presser.start()
+        with pytest.raises(KeyboardInterrupt):
+            SyncDownloadManager(state_dir=state_dir)
+    finally:
+        presser.join()
+        signal.signal(signal.SIGINT, previous)
+    assert new_loop_threads(before) == []

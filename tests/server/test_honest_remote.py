@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from origin import Fault, Origin
-from server_harness import KiB, MiB, ServerThread, service_config, wait_until
 
 from conftest import cli_env, modelhaul_cmd
+from origin import Fault, Origin
+from server_harness import KiB, MiB, ServerThread, service_config, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

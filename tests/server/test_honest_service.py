@@ -30,13 +30,13 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from origin import Fault, Origin
-from server_harness import KiB, MiB, ServerThread, service_config, wait_state, wait_until
 
 from conftest import cli_env, modelhaul_cmd
 from modelhaul.events import State
 from modelhaul.server.security import AccessPolicy
 from modelhaul.server.service import Service
+from origin import Fault, Origin
+from server_harness import KiB, MiB, ServerThread, service_config, wait_state, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

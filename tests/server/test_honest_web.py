@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from fakehub import FakeHub
 from helpers import blob
 from origin import Fault, Origin

@@ -10,6 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
 from fakehub import FakeHub
 from helpers import blob, sha
 from origin import Fault, Origin
@@ -22,8 +25,6 @@ from server_harness import (
     service_config,
     wait_state,
 )
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect as ws_connect
 
 pytestmark = pytest.mark.timeout(60)
 

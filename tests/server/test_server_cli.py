@@ -15,13 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from origin import Fault, Origin
-from server_harness import FINAL, KiB, MiB, ServerProcess, ServerThread, service_config, wait_state
 
 from conftest import cli_env, modelhaul_cmd
 from modelhaul.cli import remote
 from modelhaul.cli.main import build_parser, main
 from modelhaul.errors import InvalidInput
+from origin import Fault, Origin
+from server_harness import FINAL, KiB, MiB, ServerProcess, ServerThread, service_config, wait_state
 
 pytestmark = pytest.mark.timeout(90)
 

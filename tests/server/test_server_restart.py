@@ -9,10 +9,10 @@ import random
 from pathlib import Path
 
 import pytest
-from origin import Fault, Origin
-from server_harness import FINAL, KiB, MiB, ServerProcess, wait_state, wait_until
 
 from modelhaul.policy.ranges import RangeSet
+from origin import Fault, Origin
+from server_harness import FINAL, KiB, MiB, ServerProcess, wait_state, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

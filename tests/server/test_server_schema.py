@@ -10,11 +10,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from origin import Origin
 from schemathesis import GenerationMode
-from server_harness import ServerThread, service_config, wait_state
 
 from modelhaul.server.security import AccessPolicy
+from origin import Origin
+from server_harness import ServerThread, service_config, wait_state
 
 pytestmark = [
     pytest.mark.timeout(120),

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fakehub import FakeHub
+from modelhaul.server.security import AccessPolicy
 from origin import Fault, Origin
 from server_harness import KiB, MiB, ServerThread, service_config, wait_state
-
-from modelhaul.server.security import AccessPolicy
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 from huggingface_hub import hf_hub_download, snapshot_download
-from origin import Fault, Origin
 
 from conftest import modelhaul_cmd
+from helpers import to_toml
 from modelhaul.errors import InvalidInput
 from modelhaul.sources.manifest import (
     MAX_FILE_SIZE,
@@ -30,6 +30,7 @@ from modelhaul.sources.manifest import (
     manifest_from_data,
     parse_manifest_text,
 )
+from origin import Fault, Origin
 
 FORMATS = ("toml", "json", "yaml")
 CONFIG = b'{"model_type": "fake"}'
@@ -71,37 +72,6 @@ def render(data: Any, fmt: str) -> str:
     if fmt == "yaml":
         return yaml.safe_dump(data, allow_unicode=True)
     return to_toml(data)
-
-
-def to_toml(data: dict[str, Any]) -> str:
-    """Just enough TOML for manifests: scalars, arrays, and ``[[files]]`` tables."""
-    lines: list[str] = []
-    tables: list[dict[str, Any]] = []
-    for key, value in data.items():
-        if key == "files" and value and all(isinstance(e, dict) for e in value):
-            tables = value
-            continue
-        lines.append(f"{key} = {_toml_value(value)}")
-    for entry in tables:
-        lines.append("[[files]]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in entry.items())
-    return "\n".join(lines) + "\n"
-
-
-def _toml_value(value: Any) -> str:
-    if value is None:
-        raise ValueError("TOML has no null")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(type(value))
 
 
 def parse(data: Any, fmt: str) -> Any:

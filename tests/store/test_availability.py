@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from fakehub import FakeHub
 
+from fakehub import FakeHub
 from modelhaul.config import DownloadConfig, RetryPolicy
 from modelhaul.errors import ModelhaulError
 from modelhaul.manager import DownloadManager

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from conftest import modelhaul_cmd
 from helpers import blob, sha
 from origin import Origin
 from server_harness import EventReader, KiB, ServerThread, service_config
-
-from conftest import modelhaul_cmd
 
 pytestmark = pytest.mark.timeout(120)
 

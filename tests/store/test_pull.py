@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakehub import FakeHub, RequestRecord
 from huggingface_hub import (
     constants,
     get_cached_repo_tree,
@@ -33,15 +32,16 @@ from huggingface_hub import (
     snapshot_download,
 )
 from huggingface_hub.errors import IncompleteSnapshotError
-from origin import Fault, Origin
 
 from conftest import modelhaul_cmd
+from fakehub import FakeHub, RequestRecord
 from modelhaul.disk.journal import Journal
 from modelhaul.errors import HTTPStatusError, InvalidInput, human_bytes
 from modelhaul.manager import DownloadManager
 from modelhaul.sources.hf import HubRef, HubSource, explain_download_error, parse_hf_uri
 from modelhaul.store.pull import ModelPuller, PullResult
 from modelhaul.store.repo import CHUNK_BYTES
+from origin import Fault, Origin
 
 TOKEN = "hf_test_token_123"
 CONFIG = b'{"model_type": "fake"}'

@@ -7,9 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from fakehub import FakeHub
-
 from conftest import modelhaul_cmd
+from fakehub import FakeHub
 
 
 def _run(hub: FakeHub, *args: str) -> subprocess.CompletedProcess[str]:

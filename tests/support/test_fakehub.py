@@ -21,7 +21,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from fakehub import FakeHub, RequestRecord, fakehub_fixture
 from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -30,6 +29,8 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+
+from fakehub import FakeHub, RequestRecord, fakehub_fixture
 
 TOKEN = "hf_fake_token"
 CONFIG = b'{"model_type": "fake"}'

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
+
 from origin import Fault, Origin, origin_fixture
 
 DATA = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB, incompressible, position-dependent

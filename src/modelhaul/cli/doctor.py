@@ -19,7 +19,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ..doctor.checks import Check, DoctorConfig, parse_source, run_doctor
+from ..doctor.checks import Check, DoctorConfig
+from ..doctor.hub import parse_source
+from ..doctor.run import run_doctor
 from ..errors import InvalidInput
 from ..sources.hf import DEFAULT_ENDPOINT, default_token
 from ..store.repo import hf_cache_root
