@@ -16,21 +16,23 @@ from pathlib import Path
 import pytest
 
 from modelhaul.errors import InvalidInput, ModelhaulError, PermissionDenied
-from modelhaul.sources.model import ModelFile
-from modelhaul.store.pull import check_file, local_files, resolve_local_commit
-from modelhaul.store.repo import (
-    CHUNK_BYTES,
-    RepoStore,
-    bad_chunks,
+from modelhaul.policy.validate import (
     check_repo_id,
     check_revision,
-    chunk_sha256s,
-    git_blob_sha1,
-    hf_cache_root,
     parse_repo_folder,
     repo_folder_name,
+)
+from modelhaul.sources.model import ModelFile
+from modelhaul.store.chunks import (
+    CHUNK_BYTES,
+    bad_chunks,
+    chunk_sha256s,
+    git_blob_sha1,
     sha256_with_chunks,
 )
+from modelhaul.store.listing import local_files, resolve_local_commit
+from modelhaul.store.repo import RepoStore, hf_cache_root
+from modelhaul.store.verify import check_file
 
 COMMIT = "a" * 40
 OTHER_COMMIT = "b" * 40

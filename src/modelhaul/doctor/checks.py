@@ -42,8 +42,9 @@ from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, ModelhaulError, human_bytes, plural, status_info
 from ..guidance import GC_COMMAND, TOKENS_PAGE, explain
 from ..http.transport import check_url, map_error
+from ..policy.validate import check_repo_id, parse_repo_folder
 from ..sources.hf import DEFAULT_ENDPOINT, HubRef, HubSource, parse_hf_uri
-from ..store.repo import RepoStore, check_repo_id, parse_repo_folder
+from ..store.repo import RepoStore
 
 GIB = 1024**3
 PROBE_REPO = "openai-community/gpt2"  # a public model: a token check where whoami is missing

@@ -29,7 +29,7 @@ from ..config import Timeouts
 from ..errors import InvalidInput
 from ..http.transport import Transport, check_url
 from ..policy.paths import safe_relpath
-from ..store.repo import check_repo_id, check_revision
+from ..policy.validate import check_repo_id, check_revision
 from .model import ModelFile, ModelSpec, check_paths
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")

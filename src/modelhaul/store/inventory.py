@@ -20,8 +20,9 @@ from huggingface_hub.errors import CacheNotFound
 from ..disk.journal import Journal
 from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, ModelhaulError, human_bytes
-from .pull import load_listing, owed_refs, stored_commits
-from .repo import NotInStore, RepoStore, check_repo_id, parse_repo_folder
+from ..policy.validate import check_repo_id, parse_repo_folder, split_model_ref
+from .listing import load_listing, owed_refs, stored_commits
+from .repo import NotInStore, RepoStore
 from .statedb import ModelFacts, StateDB
 
 
@@ -110,17 +111,12 @@ def _iso(ts: float | None) -> str | None:
 
 
 def parse_model_ref(text: str) -> tuple[str, str, str | None]:
-    """``ORG/NAME[@REV]``, ``hf://[datasets/]ORG/NAME[@REV]`` -> (repo_type, repo_id, revision)."""
-    rest = text[5:] if text.startswith("hf://") else text
-    repo_type = "model"
-    for kind in ("datasets", "spaces", "models"):
-        if rest.startswith(kind + "/"):
-            repo_type, rest = kind[:-1], rest[len(kind) + 1 :]
-            break
-    name, at, rev = rest.partition("@")
-    if at and not rev:
-        raise InvalidInput(f"empty revision in {text!r}")
-    return repo_type, check_repo_id(name.strip("/")), rev or None
+    """``ORG/NAME[@REV]``, ``hf://[datasets/]ORG/NAME[@REV]`` -> (repo_type, repo_id, revision).
+
+    The revision is not checked here: it may be a commit prefix, matched against the store.
+    """
+    repo_type, name, rev = split_model_ref(text)
+    return repo_type, check_repo_id(name), rev
 
 
 class Inventory:
