@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
         "store.statedb",
         "sources",
     ),
-    ("store.pull", "store.inventory"),
+    ("store.pull", "store.health", "store.inventory"),
     ("store.availability", "guidance", "doctor"),
     ("server",),
     ("cli",),

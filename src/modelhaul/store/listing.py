@@ -22,52 +22,6 @@ from ..sources.model import ModelFile, ModelSpec
 from .repo import NotInStore, RepoStore
 
 
-def resolve_local_commit(rs: RepoStore, revision: str | None) -> str:
-    """The commit ``revision`` names in the store (a ref, a commit, or with none: main, else
-    the newest snapshot, counting pulls that failed before linking any file)."""
-    if not rs.folder.is_dir():
-        raise NotInStore(
-            f"{rs.repo_id} is not in the store at {rs.root}",
-            hint=f"Pull it first: modelhaul pull hf://{rs.repo_id}",
-        )
-    commits = stored_commits(rs)
-    if revision and is_commit_hash(revision) and revision in commits:
-        return revision
-    commit = rs.read_ref(revision or "main")
-    if commit is None and revision is None and commits:
-        commit = max(commits, key=lambda c: _mtime(rs, c))
-    if commit is None:
-        raise NotInStore(
-            f"revision {revision or 'main'} of {rs.repo_id} is not in the store",
-            hint="Pull it first, or name a revision that 'modelhaul ls' shows.",
-        )
-    return check_revision(commit)
-
-
-def stored_commits(rs: RepoStore) -> list[str]:
-    """Commits with a snapshot folder, and those whose pull failed before linking a file (a
-    list that still owes a ref). A finished list without a snapshot is a revision removed by
-    other tools, not a pull of ours."""
-    snaps = (
-        [p.name for p in rs.snapshots.iterdir() if p.is_dir() and is_commit_hash(p.name)]
-        if rs.snapshots.is_dir()
-        else []
-    )
-    unlinked = [
-        c
-        for c in rs.listed_commits()
-        if c not in snaps and is_commit_hash(c) and owed_refs(rs, load_listing(rs, c))
-    ]
-    return snaps + unlinked
-
-
-def _mtime(rs: RepoStore, commit: str) -> float:
-    for p in (rs.snapshot_dir(commit), rs.meta / f"files-{commit}.json"):
-        with contextlib.suppress(OSError):
-            return p.stat().st_mtime
-    return 0.0
-
-
 @dataclass(frozen=True, slots=True)
 class Listing:
     """The files a stored revision should hold, and where that knowledge comes from."""
@@ -250,3 +204,49 @@ def _files_from_snapshot(rs: RepoStore, commit: str) -> list[ModelFile]:
 def _unlocated(path: str, size: int, blob_id: str, sha256: str | None) -> ModelFile:
     """A file known from a listing that names no download URL (trees, snapshot links)."""
     return ModelFile(path=path, size=size, blob_id=blob_id, urls=(), sha256=sha256)
+
+
+def resolve_local_commit(rs: RepoStore, revision: str | None) -> str:
+    """The commit ``revision`` names in the store (a ref, a commit, or with none: main, else
+    the newest snapshot, counting pulls that failed before linking any file)."""
+    if not rs.folder.is_dir():
+        raise NotInStore(
+            f"{rs.repo_id} is not in the store at {rs.root}",
+            hint=f"Pull it first: modelhaul pull hf://{rs.repo_id}",
+        )
+    commits = stored_commits(rs)
+    if revision and is_commit_hash(revision) and revision in commits:
+        return revision
+    commit = rs.read_ref(revision or "main")
+    if commit is None and revision is None and commits:
+        commit = max(commits, key=lambda c: _mtime(rs, c))
+    if commit is None:
+        raise NotInStore(
+            f"revision {revision or 'main'} of {rs.repo_id} is not in the store",
+            hint="Pull it first, or name a revision that 'modelhaul ls' shows.",
+        )
+    return check_revision(commit)
+
+
+def stored_commits(rs: RepoStore) -> list[str]:
+    """Commits with a snapshot folder, and those whose pull failed before linking a file (a
+    list that still owes a ref). A finished list without a snapshot is a revision removed by
+    other tools, not a pull of ours."""
+    snaps = (
+        [p.name for p in rs.snapshots.iterdir() if p.is_dir() and is_commit_hash(p.name)]
+        if rs.snapshots.is_dir()
+        else []
+    )
+    unlinked = [
+        c
+        for c in rs.listed_commits()
+        if c not in snaps and is_commit_hash(c) and owed_refs(rs, load_listing(rs, c))
+    ]
+    return snaps + unlinked
+
+
+def _mtime(rs: RepoStore, commit: str) -> float:
+    for p in (rs.snapshot_dir(commit), rs.meta / f"files-{commit}.json"):
+        with contextlib.suppress(OSError):
+            return p.stat().st_mtime
+    return 0.0

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from ..errors import PermissionDenied
 from ..policy.paths import safe_relpath
 from ..sources.model import ModelSpec
-from .repo import RepoStore, unique_tmp, writing
+from .repo import RepoStore, link_or_copy, unique_tmp, writing
 
 
 def place_local_dir(rs: RepoStore, spec: ModelSpec, local_dir: Path) -> None:
@@ -24,10 +23,7 @@ def place_local_dir(rs: RepoStore, spec: ModelSpec, local_dir: Path) -> None:
             tmp = unique_tmp(dest)
             blob = rs.blob_path(f.blob_id)
             try:
-                try:
-                    os.link(blob, tmp)
-                except OSError:
-                    shutil.copyfile(blob, tmp)
+                link_or_copy(blob, tmp)
                 os.replace(tmp, dest)
             finally:
                 tmp.unlink(missing_ok=True)

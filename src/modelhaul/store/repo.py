@@ -147,10 +147,7 @@ class RepoStore:
             except OSError:
                 symlinks = False
         if not symlinks:
-            try:
-                os.link(blob, tmp)
-            except OSError:
-                shutil.copyfile(blob, tmp)
+            link_or_copy(blob, tmp)
         try:
             os.replace(tmp, dest)
         except OSError:
@@ -404,6 +401,14 @@ class BlobLock:
         self._lock.release()
 
 
+def link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link to ``src`` at ``dest``, or a copy where links fail (another file system)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def make_dirs_within(base: Path, path: Path) -> None:
     """``mkdir -p path`` for a ``path`` below ``base``, refusing a symlink on the way.
 
@@ -456,6 +461,7 @@ __all__ = [
     "NotInStore",
     "RepoStore",
     "hf_cache_root",
+    "link_or_copy",
     "make_dirs_within",
     "unique_tmp",
     "writing",
