@@ -1,8 +1,9 @@
-"""A model as a set of files: pull what is missing, verify, and repair only what is bad.
+"""Fetching a model's files: pull what is missing, and refetch only what verification found bad.
 
 Pulls go through the DownloadManager (several files at once, big ones segmented) into the
-Hugging Face cache layout kept by ``store.RepoStore``. A blob is linked into the snapshot only
-after it was verified, so a snapshot never points at a missing or wrong blob.
+Hugging Face cache layout kept by ``store.repo.RepoStore``. A blob is linked into the snapshot
+only after it was verified, so a snapshot never points at a missing or wrong blob. What a
+revision should hold is ``store.listing``'s; how a file is checked, ``store.verify``'s.
 """
 
 from __future__ import annotations
