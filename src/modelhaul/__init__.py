@@ -40,8 +40,9 @@ if TYPE_CHECKING:
     from .sources.model import ModelFile, ModelSpec
     from .store.availability import AvailabilityEvent, ModelAvailability, ModelState, ModelStatus
     from .store.inventory import Inventory, StoredModel
-    from .store.pull import ModelPuller, PullResult, VerifyReport
+    from .store.pull import ModelPuller, PullResult
     from .store.statedb import StateDB
+    from .store.verify import VerifyReport
     from .sync import SyncDownloadManager, download
 
 _EXPORTS: dict[str, str] = {
@@ -83,7 +84,7 @@ _EXPORTS: dict[str, str] = {
     "TaskInfo": "manager",
     "Timeouts": "config",
     "TransferError": "errors",
-    "VerifyReport": "store.pull",
+    "VerifyReport": "store.verify",
     "download": "sync",
     "load_manifest_file": "sources.manifest",
     "parse_hf_uri": "sources.hf",

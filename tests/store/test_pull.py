@@ -39,8 +39,8 @@ from modelhaul.disk.journal import Journal
 from modelhaul.errors import HTTPStatusError, InvalidInput, human_bytes
 from modelhaul.manager import DownloadManager
 from modelhaul.sources.hf import HubRef, HubSource, explain_download_error, parse_hf_uri
+from modelhaul.store.chunks import CHUNK_BYTES
 from modelhaul.store.pull import ModelPuller, PullResult
-from modelhaul.store.repo import CHUNK_BYTES
 from origin import Fault, Origin
 
 TOKEN = "hf_test_token_123"

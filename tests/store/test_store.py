@@ -17,20 +17,16 @@ import pytest
 
 from modelhaul.errors import InvalidInput, ModelhaulError, PermissionDenied
 from modelhaul.sources.model import ModelFile
-from modelhaul.store.pull import check_file, local_files, resolve_local_commit
-from modelhaul.store.repo import (
+from modelhaul.store.chunks import (
     CHUNK_BYTES,
-    RepoStore,
     bad_chunks,
-    check_repo_id,
-    check_revision,
     chunk_sha256s,
     git_blob_sha1,
-    hf_cache_root,
-    parse_repo_folder,
-    repo_folder_name,
     sha256_with_chunks,
 )
+from modelhaul.store.listing import local_files, resolve_local_commit
+from modelhaul.store.repo import RepoStore, hf_cache_root
+from modelhaul.store.verify import check_file
 
 COMMIT = "a" * 40
 OTHER_COMMIT = "b" * 40
@@ -76,52 +72,6 @@ def test_cache_root_follows_huggingface_hub_precedence(env: dict[str, str], expe
 
 def test_cache_root_defaults_to_home(isolated_home: Path) -> None:
     assert hf_cache_root({}) == isolated_home / ".cache" / "huggingface" / "hub"
-
-
-@pytest.mark.parametrize("repo_id", ["org/model", "gpt2", "Org-1/model_v2.5", "a/b.c-d_e"])
-def test_repo_ids_as_on_the_hub_are_accepted(repo_id: str) -> None:
-    assert check_repo_id(repo_id) == repo_id
-
-
-@pytest.mark.parametrize(
-    "repo_id",
-    ["", "/", "../x", "org/..", "org/../x", "a/b/c", "org--x/y", "/org/x", "org/x/", ".hid/x",
-     "org/x.", "a\\b", "a\x00b", "org/mo del", "x" * 97],
-)  # fmt: skip
-def test_repo_ids_that_could_escape_or_collide_are_refused(repo_id: str) -> None:
-    with pytest.raises(InvalidInput):
-        check_repo_id(repo_id)
-
-
-@pytest.mark.parametrize("revision", ["main", "v1.0", "refs/pr/1", COMMIT, "release_2024-01"])
-def test_revisions_accepted(revision: str) -> None:
-    assert check_revision(revision) == revision
-
-
-@pytest.mark.parametrize(
-    "revision", ["", "..", "a/../b", "/abs", "a b", "a\x00", "x" * 256, "a\\b", "~user"]
-)
-def test_revisions_that_could_escape_are_refused(revision: str) -> None:
-    with pytest.raises(InvalidInput):
-        check_revision(revision)
-
-
-@pytest.mark.parametrize(
-    ("repo_type", "repo_id", "folder"),
-    [
-        ("model", "org/model", "models--org--model"),
-        ("dataset", "org/data", "datasets--org--data"),
-        ("model", "gpt2", "models--gpt2"),
-    ],
-)
-def test_repo_folder_names_round_trip(repo_type: str, repo_id: str, folder: str) -> None:
-    assert repo_folder_name(repo_id, repo_type) == folder
-    assert parse_repo_folder(folder) == (repo_type, repo_id)
-
-
-@pytest.mark.parametrize("name", [".locks", "CACHEDIR.TAG", "models", "widgets--a--b", "models--"])
-def test_other_entries_of_the_cache_root_are_not_repo_folders(name: str) -> None:
-    assert parse_repo_folder(name) is None
 
 
 @pytest.mark.parametrize("etag", ["A" * 64, "a" * 63, "../" + "a" * 40, "g" * 40, ""])

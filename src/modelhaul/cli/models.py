@@ -34,8 +34,11 @@ from ..sources.hf import (
 )
 from ..sources.manifest import format_of, load_manifest_file
 from ..sources.model import ModelFile, ModelSpec
-from ..store.pull import ModelPuller, PullResult, VerifyReport, local_files
-from ..store.repo import CHUNK_BYTES, NotInStore, RepoStore, hf_cache_root
+from ..store.chunks import CHUNK_BYTES
+from ..store.listing import local_files
+from ..store.pull import ModelPuller, PullResult
+from ..store.repo import NotInStore, RepoStore, hf_cache_root
+from ..store.verify import VerifyReport
 from . import remote
 from .options import add_transfer_options, download_config, state_dir
 from .render import Renderer, error_dict, make_renderer, print_error

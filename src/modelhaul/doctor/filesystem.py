@@ -14,7 +14,7 @@ import filelock
 from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, human_bytes
 from ..guidance import GC_COMMAND
-from ..store.repo import check_repo_id, parse_repo_folder
+from ..policy.validate import check_repo_id, parse_repo_folder
 from .checks import GIB, Check, DoctorConfig, format_duration, os_error_text
 
 _TEMP_PREFIX = ".modelhaul-doctor-"

@@ -43,10 +43,10 @@ from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
 from ..http.transport import check_url
 from ..manager import DownloadManager, TaskInfo
+from ..policy.validate import REPO_TYPES, check_repo_id
 from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri
 from ..store.inventory import GcResult, Inventory, lru_suggestion
 from ..store.pull import ModelPuller
-from ..store.repo import REPO_TYPES, check_repo_id
 from ..store.statedb import StateDB
 from .jobs import (
     Conflict,

@@ -30,7 +30,7 @@ from ..errors import (
 from ..http.transport import same_host
 from ..policy.backoff import parse_retry_after, retry_wait_s
 from ..policy.paths import safe_relpath
-from ..store.repo import check_repo_id, check_revision
+from ..policy.validate import check_repo_id, check_revision, split_model_ref
 from .model import ModelFile, ModelSpec, check_paths
 
 T = TypeVar("T")
@@ -56,17 +56,8 @@ class HubRef:
 
 def parse_hf_uri(text: str) -> HubRef:
     """``hf://[datasets/|spaces/]ORG/NAME[@REV]`` (also without the scheme) -> HubRef."""
-    rest = text[5:] if text.startswith("hf://") else text
-    repo_type = "model"
-    for kind in ("datasets", "spaces", "models"):
-        if rest.startswith(kind + "/"):
-            repo_type = kind[:-1]
-            rest = rest[len(kind) + 1 :]
-            break
-    name, at, rev = rest.partition("@")
-    if at and not rev:
-        raise InvalidInput(f"empty revision in {text!r}")
-    return HubRef(check_repo_id(name.strip("/")), check_revision(rev) if rev else None, repo_type)
+    repo_type, name, rev = split_model_ref(text)
+    return HubRef(check_repo_id(name), check_revision(rev) if rev else None, repo_type)
 
 
 class HubSource:

@@ -29,7 +29,7 @@ from ..config import Timeouts
 from ..errors import InvalidInput
 from ..http.transport import Transport, check_url
 from ..policy.paths import safe_relpath
-from ..store.repo import check_repo_id, check_revision
+from ..policy.validate import check_repo_id, check_revision
 from .model import ModelFile, ModelSpec, check_paths
 
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -39,19 +39,26 @@ MAX_FILE_SIZE = 2**53
 
 def parse_manifest_text(text: str, *, fmt: str, source: str = "manifest") -> ModelSpec:
     """Parse and validate; every problem is an InvalidInput naming the field and entry."""
+    return manifest_from_data(decode_manifest(text, fmt=fmt, source=source), source=source)
+
+
+def decode_manifest(text: str, *, fmt: str, source: str = "manifest") -> Any:
+    """The data of a manifest in ``fmt`` (toml, json or yaml), not yet validated.
+
+    Raises:
+        InvalidInput: an unknown format, or text that is not valid in it.
+    """
     try:
         if fmt == "toml":
-            data: Any = tomllib.loads(text)
-        elif fmt == "json":
-            data = json.loads(text)
-        elif fmt == "yaml":
-            data = yaml.safe_load(text)
-        else:
-            raise InvalidInput(f"{source}: unknown manifest format {fmt!r}")
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError) as exc:
+            return tomllib.loads(text)
+        if fmt == "json":
+            return json.loads(text)
+        if fmt == "yaml":
+            return yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError, RecursionError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidInput(f"{source}: not valid {fmt.upper()}: {first}") from None
-    return manifest_from_data(data, source=source)
+    raise InvalidInput(f"{source}: unknown manifest format {fmt!r}")
 
 
 def manifest_from_data(data: Any, *, source: str = "manifest") -> ModelSpec:
@@ -154,13 +161,18 @@ def sniff_format(text: str) -> str:
     return "yaml"
 
 
-def load_manifest_file(path: Path) -> ModelSpec:
+def read_manifest_text(path: Path) -> str:
+    """A local manifest's text, refused above ``MAX_MANIFEST_BYTES`` or if unreadable."""
     try:
         if path.stat().st_size > MAX_MANIFEST_BYTES:
             raise InvalidInput(f"{path}: the manifest is larger than 16 MiB")
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidInput(f"cannot read manifest {path}: {exc}") from None
+
+
+def load_manifest_file(path: Path) -> ModelSpec:
+    text = read_manifest_text(path)
     return parse_manifest_text(
         text, fmt=format_of(path.name) or sniff_format(text), source=str(path)
     )

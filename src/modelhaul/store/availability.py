@@ -28,9 +28,11 @@ from ..events import TaskEvent
 from ..manager import DownloadManager
 from ..sources.hf import HubSource, parse_hf_uri
 from ..sources.model import ModelSpec
-from .pull import ModelPuller, check_file, local_files, resolve_local_commit
+from .listing import local_files, resolve_local_commit
+from .pull import ModelPuller
 from .repo import RepoStore
 from .statedb import StateDB
+from .verify import check_file
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ from pathlib import Path
 from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
-from ..disk.journal import Journal
 from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, ModelhaulError, human_bytes
-from .pull import load_listing, owed_refs, stored_commits
-from .repo import NotInStore, RepoStore, check_repo_id, parse_repo_folder
-from .statedb import ModelFacts, StateDB
+from ..policy.validate import check_repo_id, parse_repo_folder, split_model_ref
+from .health import judge_by_partials, judge_model, partial_files
+from .repo import NotInStore, RepoStore
+from .statedb import StateDB
 
 
 class Busy(ModelhaulError):
@@ -110,17 +110,12 @@ def _iso(ts: float | None) -> str | None:
 
 
 def parse_model_ref(text: str) -> tuple[str, str, str | None]:
-    """``ORG/NAME[@REV]``, ``hf://[datasets/]ORG/NAME[@REV]`` -> (repo_type, repo_id, revision)."""
-    rest = text[5:] if text.startswith("hf://") else text
-    repo_type = "model"
-    for kind in ("datasets", "spaces", "models"):
-        if rest.startswith(kind + "/"):
-            repo_type, rest = kind[:-1], rest[len(kind) + 1 :]
-            break
-    name, at, rev = rest.partition("@")
-    if at and not rev:
-        raise InvalidInput(f"empty revision in {text!r}")
-    return repo_type, check_repo_id(name.strip("/")), rev or None
+    """``ORG/NAME[@REV]``, ``hf://[datasets/]ORG/NAME[@REV]`` -> (repo_type, repo_id, revision).
+
+    The revision is not checked here: it may be a commit prefix, matched against the store.
+    """
+    repo_type, name, rev = split_model_ref(text)
+    return repo_type, check_repo_id(name), rev
 
 
 class Inventory:
@@ -150,11 +145,10 @@ class Inventory:
                 r.commit_hash[:12] for r in repo.revisions if r.commit_hash not in named
             )
             try:
-                health = self._health(repo.repo_path, repo.repo_type, repo.repo_id, f)
+                rs = RepoStore(self.root, repo.repo_id, repo.repo_type)
+                health = judge_model(rs, repo.repo_path, f, self.lock_dir)
             except InvalidInput:  # a name huggingface_hub allows and modelhaul does not
-                received, on_disk, busy = self._partial_bytes(repo.repo_path)
-                status = "downloading" if busy else "partial" if on_disk else "ready"
-                health = _Health(status, 0, None, received, on_disk)
+                health = judge_by_partials(repo.repo_path, self.lock_dir)
             last_used = f.last_used if f and f.last_used is not None else repo.last_accessed
             models.append(
                 StoredModel(
@@ -191,7 +185,7 @@ class Inventory:
             repo_type, repo_id = parsed
             f = facts.get(parsed)
             try:
-                health = self._health(d, repo_type, repo_id, f)
+                health = judge_model(RepoStore(self.root, repo_id, repo_type), d, f, self.lock_dir)
             except InvalidInput:  # a folder name no model of ours could have
                 continue
             out.append(
@@ -213,54 +207,6 @@ class Inventory:
                 )
             )
         return out
-
-    def _health(
-        self, repo_path: Path, repo_type: str, repo_id: str, facts: ModelFacts | None
-    ) -> _Health:
-        """One model's status: downloading, else corrupt (known bad), else partial (a file a
-        revision lists is missing, a ref its pull owes is unwritten, a download unfinished, or
-        no revision at all), else ready."""
-        received, on_disk, downloading = self._partial_bytes(repo_path)
-        rs = RepoStore(self.root, repo_id, repo_type)
-        revisions = [_judge(rs, c) for c in stored_commits(rs)]
-        listed = [r.listed for r in revisions if r.listed is not None]
-        health = _Health(
-            status="ready",
-            present=max((r.present for r in revisions), default=0),
-            listed=max(listed) if listed else None,
-            received=received,
-            on_disk=on_disk,
-        )
-        if downloading:
-            health.status = "downloading"
-        elif (facts is not None and facts.corrupt) or any(r.state == "corrupt" for r in revisions):
-            health.status = "corrupt"
-        elif not revisions or on_disk or received or any(r.state != "ready" for r in revisions):
-            health.status = "partial"
-        return health
-
-    def _partial_bytes(self, repo_path: Path) -> tuple[int, int, bool]:
-        """Bytes unfinished downloads received (their journals say; a preallocated partial
-        file's size says nothing), bytes they occupy, and whether one is in progress."""
-        received = on_disk = 0
-        downloading = False
-        for part in self._parts(repo_path):
-            try:
-                st = part.stat()
-            except OSError:
-                continue
-            on_disk += st.st_blocks * 512
-            received += _received(part, st.st_size)
-            if self.lock_dir is not None and is_downloading(self.lock_dir, part):
-                downloading = True
-        return received, on_disk, downloading
-
-    @staticmethod
-    def _parts(repo_path: Path) -> list[Path]:
-        blobs = repo_path / "blobs"
-        if not blobs.is_dir():
-            return []
-        return [p for p in blobs.iterdir() if p.name.endswith((PART_SUFFIX, ".incomplete"))]
 
     def find(self, repo_id: str, repo_type: str = "model") -> StoredModel:
         for m in self.scan():
@@ -348,7 +294,7 @@ class Inventory:
             parsed = parse_repo_folder(d.name)
             if parsed is None:
                 continue
-            for part in self._parts(d):
+            for part in partial_files(d):
                 try:
                     st = part.stat()
                 except OSError:
@@ -423,54 +369,6 @@ class Inventory:
         target = max(0, self.total_size(models) - freed)
         enough = "would free enough" if freed >= short else "would help but not free enough"
         return f"Removing the least recently used models {enough}: {names}; run: modelhaul gc --max-size {target}"
-
-
-@dataclass(slots=True)
-class _Health:
-    status: str
-    present: int
-    listed: int | None
-    received: int
-    on_disk: int
-
-
-@dataclass(frozen=True, slots=True)
-class _Revision:
-    state: str  # ready | partial | corrupt
-    present: int
-    listed: int | None  # None: no listing, the snapshot is judged by its own links
-
-
-def _judge(rs: RepoStore, commit: str) -> _Revision:
-    """A stored revision against its listing, without hashing: each listed file must be in the
-    snapshot at its listed size (the engine publishes only verified blobs) and not found bad
-    by a later hash; the refs its pull owed must exist."""
-    listing = load_listing(rs, commit)
-    present = 0
-    corrupt = False
-    for f in listing.files:
-        try:
-            size = rs.snapshot_file(commit, f.path).stat().st_size
-        except (OSError, InvalidInput):
-            continue
-        if f.size >= 0 and size != f.size:
-            continue
-        if rs.is_discredited(f.blob_id):
-            corrupt = True
-            continue
-        present += 1
-    complete = present == len(listing.files) and not owed_refs(rs, listing)
-    state = "corrupt" if corrupt else "ready" if complete else "partial"
-    return _Revision(state, present, len(listing.files) if listing.known else None)
-
-
-def _received(part: Path, size: int) -> int:
-    """What a partial file holds: its journal's ranges (modelhaul preallocates the file, so
-    its size is the whole download's); huggingface_hub's ``.incomplete`` files only grow."""
-    if not part.name.endswith(PART_SUFFIX):
-        return size
-    state = Journal(part.with_name(part.name.replace(PART_SUFFIX, JOURNAL_SUFFIX))).load()
-    return state.done.total() if state is not None else 0
 
 
 def _blobs_size(repo_path: Path) -> int:

@@ -1,50 +1,44 @@
-"""A model as a set of files: pull what is missing, verify, and repair only what is bad.
+"""Fetching a model's files: pull what is missing, and refetch only what verification found bad.
 
 Pulls go through the DownloadManager (several files at once, big ones segmented) into the
-Hugging Face cache layout kept by ``store.RepoStore``. A blob is linked into the snapshot only
-after it was verified, so a snapshot never points at a missing or wrong blob.
+Hugging Face cache layout kept by ``store.repo.RepoStore``. A blob is linked into the snapshot
+only after it was verified, so a snapshot never points at a missing or wrong blob. What a
+revision should hold is ``store.listing``'s; how a file is checked, ``store.verify``'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import os
-import re
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..disk.journal import Journal, JournalState
 from ..engine.downloader import _stage, part_paths
 from ..errors import (
     DiskFull,
     IntegrityError,
-    InvalidInput,
     ModelhaulError,
-    PermissionDenied,
     RetriesExhausted,
     human_bytes,
 )
 from ..manager import DownloadHandle, DownloadManager
-from ..policy.paths import safe_relpath
-from ..policy.ranges import RangeSet
 from ..sources.model import ModelFile, ModelSpec
-from .repo import (
-    EMPTY_GIT_OID,
-    EMPTY_SHA256,
-    BlobLock,
-    NotInStore,
-    RepoStore,
-    bad_chunks,
-    check_revision,
-    unique_tmp,
+from .chunks import EMPTY_GIT_OID, EMPTY_SHA256
+from .listing import (
+    load_listing,
+    local_files,
+    owed_refs,
+    record_pull_done,
+    record_pull_start,
+    resolve_local_commit,
+    write_owed_refs,
 )
+from .localdir import place_local_dir
+from .repo import BlobLock, RepoStore, unique_tmp, writing
+from .verify import FileProblem, VerifyReport, blob_good, check_file, prepare_chunk_repair
 
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_BLOB_ID = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 FileCallback = Callable[[str, str], None]  # (path, what happened)
 
 
@@ -72,41 +66,6 @@ class PullResult:
             "offline": self.offline,
             "local_dir": str(self.local_dir) if self.local_dir else None,
             "error": None,
-        }
-
-
-@dataclass(slots=True)
-class FileProblem:
-    path: str
-    problem: str  # "missing", "size", "hash", "link"
-    detail: str = ""
-
-
-@dataclass(slots=True)
-class VerifyReport:
-    repo_id: str
-    commit: str
-    checked: int = 0
-    problems: list[FileProblem] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-    bytes_refetched: int = 0
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "event": "result",
-            "status": "completed" if self.ok else "failed",
-            "model": self.repo_id,
-            "commit": self.commit,
-            "checked": self.checked,
-            "bad": [
-                {"path": p.path, "problem": p.problem, "detail": p.detail} for p in self.problems
-            ],
-            "repaired": self.repaired,
-            "bytes_refetched": self.bytes_refetched,
         }
 
 
@@ -151,7 +110,7 @@ class ModelPuller:
         rs.prepare()
         # Before any byte: a pull that fails leaves a list showing what is missing, and 'ls',
         # 'verify' and the service judge the snapshot against it instead of against itself.
-        with _writing(rs.folder):
+        with writing(rs.folder):
             await asyncio.to_thread(record_pull_start, rs, spec)
         present, missing = await self._sort_files(rs, spec.files)
         if missing and self.check_disk_space:
@@ -176,7 +135,7 @@ class ModelPuller:
                 received += r
         for f in (*present, *fetched):
             _stage("linking")
-            with _writing(rs.snapshot_file(spec.commit, f.path)):
+            with writing(rs.snapshot_file(spec.commit, f.path)):
                 rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
         if errors:
             for e in errors:
@@ -184,7 +143,7 @@ class ModelPuller:
                     raise e  # cancellation and the like propagate untouched
             first = errors[0]
             raise first if isinstance(first, ModelhaulError) else ModelhaulError(str(first))
-        with _writing(rs.folder):
+        with writing(rs.folder):
             await asyncio.to_thread(record_pull_done, rs, spec)
         if local_dir is not None:
             place_local_dir(rs, spec, local_dir)
@@ -207,7 +166,7 @@ class ModelPuller:
         checked: dict[str, bool] = {}
         for f in files:
             if f.blob_id not in checked:
-                checked[f.blob_id] = await asyncio.to_thread(_blob_good, rs, f)
+                checked[f.blob_id] = await asyncio.to_thread(blob_good, rs, f)
             (present if checked[f.blob_id] else missing).append(f)
         return present, missing
 
@@ -410,7 +369,7 @@ class ModelPuller:
                 problem.detail = f"repair failed: {exc.message}"
                 report.problems.append(problem)
                 continue
-            with _writing(rs.snapshot_file(commit, f.path)):
+            with writing(rs.snapshot_file(commit, f.path)):
                 rs.link(commit, f.path, f.blob_id, symlinks=self.symlinks)
             again = await asyncio.to_thread(check_file, rs, commit, f)
             if again is not None:
@@ -428,7 +387,7 @@ class ModelPuller:
         async with self._blob_lock(rs, f, on_file) as lock:
             if await _done_meanwhile(rs, f, lock):
                 return 0
-            await asyncio.to_thread(_prepare_chunk_repair, rs, f)
+            await asyncio.to_thread(prepare_chunk_repair, rs, f)
             return await self._download(rs, f, 0, on_file)
 
 
@@ -437,7 +396,7 @@ async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
     hashing if we waited for its lock or a fresh record vouches for it (a cheap check)."""
     if not lock.waited and rs.record(f.blob_id) is None:
         return False
-    return await asyncio.to_thread(_blob_good, rs, f)
+    return await asyncio.to_thread(blob_good, rs, f)
 
 
 def _every_url_failed(errors: list[ModelhaulError]) -> ModelhaulError:
@@ -461,365 +420,3 @@ def _write_empty_blob(rs: RepoStore, f: ModelFile) -> None:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o664))
         os.replace(tmp, blob)
     rs.verify_blob(f.blob_id)
-
-
-def _blob_good(rs: RepoStore, f: ModelFile) -> bool:
-    blob = rs.blob_path(f.blob_id)
-    try:
-        if blob.stat().st_size != f.size:
-            return False
-    except OSError:
-        return False
-    if not rs.verify_blob(f.blob_id):
-        return False
-    _forget_stale_journal(blob)
-    return True
-
-
-def _forget_stale_journal(blob: Path) -> None:
-    """Remove a journal left beside a good blob without its partial file.
-
-    A process killed between publishing the blob and removing its journal leaves one; nothing
-    can resume from it (its partial file is the blob now), and a blob found good is never
-    downloaded again, so without this it would stay in the store for good. A download in
-    progress always has its partial file, so its journal is never taken for a stale one.
-    """
-    part, journal = part_paths(blob)
-    if not part.exists():
-        Journal(journal).remove()
-
-
-def _prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int | None:
-    """Turn a corrupt blob with recorded chunk hashes into a partial file whose journal says
-    every good chunk is held; returns how many bytes will be fetched (None: all of it)."""
-    blob = rs.blob_path(f.blob_id)
-    rec = rs.chunk_hashes(f.blob_id)
-    try:
-        size = blob.stat().st_size
-    except OSError:
-        return None
-    if rec is None or not rec.chunks or rec.size != f.size or size != f.size or f.sha256 is None:
-        blob.unlink(missing_ok=True)
-        rs.forget_record(f.blob_id)
-        return None
-    bad = bad_chunks(blob, rec)
-    if not bad:  # the chunks agree but the whole does not: trust nothing
-        blob.unlink(missing_ok=True)
-        rs.forget_record(f.blob_id)
-        return None
-    good = RangeSet()
-    pos = 0
-    for start, end in bad:
-        good.add(pos, start)
-        pos = end
-    good.add(pos, f.size)
-    part, journal = part_paths(blob)
-    rs.forget_record(f.blob_id)
-    os.replace(blob, part)
-    Journal(journal).save(JournalState(url=f.urls[0], size=f.size, sha256=f.sha256, done=good))
-    return sum(e - s for s, e in bad)
-
-
-def check_file(rs: RepoStore, commit: str, f: ModelFile) -> FileProblem | None:
-    blob = rs.blob_path(f.blob_id)
-    link = rs.snapshot_file(commit, f.path)
-    try:
-        st = blob.stat()
-    except OSError:
-        return FileProblem(f.path, "missing", "the blob is missing")
-    if f.size >= 0 and st.st_size != f.size:
-        return FileProblem(f.path, "size", f"{st.st_size} bytes, expected {f.size}")
-    # Verify means hash again, whatever a record says; a bad blob keeps its chunk hashes.
-    if not rs.verify_blob(f.blob_id, rehash=True):
-        return FileProblem(f.path, "hash", "the content does not match its hash")
-    try:
-        if link.resolve() != blob.resolve() and not (link.is_file() and _same_file(link, blob)):
-            return FileProblem(f.path, "link", "the snapshot entry points elsewhere")
-    except OSError:
-        return FileProblem(f.path, "link", "the snapshot entry is missing")
-    if not link.exists():
-        return FileProblem(f.path, "link", "the snapshot entry is missing")
-    return None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.stat().st_size == b.stat().st_size
-    except OSError:
-        return False
-
-
-def resolve_local_commit(rs: RepoStore, revision: str | None) -> str:
-    """The commit ``revision`` names in the store (a ref, a commit, or with none: main, else
-    the newest snapshot, counting pulls that failed before linking any file)."""
-    if not rs.folder.is_dir():
-        raise NotInStore(
-            f"{rs.repo_id} is not in the store at {rs.root}",
-            hint=f"Pull it first: modelhaul pull hf://{rs.repo_id}",
-        )
-    commits = stored_commits(rs)
-    if revision and _HEX40.match(revision) and revision in commits:
-        return revision
-    commit = rs.read_ref(revision or "main")
-    if commit is None and revision is None and commits:
-        commit = max(commits, key=lambda c: _mtime(rs, c))
-    if commit is None:
-        raise NotInStore(
-            f"revision {revision or 'main'} of {rs.repo_id} is not in the store",
-            hint="Pull it first, or name a revision that 'modelhaul ls' shows.",
-        )
-    return check_revision(commit)
-
-
-def stored_commits(rs: RepoStore) -> list[str]:
-    """Commits with a snapshot folder, and those whose pull failed before linking a file (a
-    list that still owes a ref). A finished list without a snapshot is a revision removed by
-    other tools, not a pull of ours."""
-    snaps = (
-        [p.name for p in rs.snapshots.iterdir() if p.is_dir() and _HEX40.match(p.name)]
-        if rs.snapshots.is_dir()
-        else []
-    )
-    unlinked = [
-        c
-        for c in rs.listed_commits()
-        if c not in snaps and _HEX40.match(c) and owed_refs(rs, load_listing(rs, c))
-    ]
-    return snaps + unlinked
-
-
-def _mtime(rs: RepoStore, commit: str) -> float:
-    for p in (rs.snapshot_dir(commit), rs.meta / f"files-{commit}.json"):
-        with contextlib.suppress(OSError):
-            return p.stat().st_mtime
-    return 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Listing:
-    """The files a stored revision should hold, and where that knowledge comes from."""
-
-    commit: str
-    files: list[ModelFile]
-    source: str  # "modelhaul" (our record), "trees" (the Hub listing), "snapshot" (itself)
-    pending_refs: tuple[str, ...] = ()  # refs the recording pull had yet to write
-
-    @property
-    def known(self) -> bool:
-        """Whether the list says what should be there (a snapshot only says what is)."""
-        return self.source != "snapshot"
-
-
-def load_listing(rs: RepoStore, commit: str) -> Listing:
-    """The files of a stored revision: modelhaul's record (what pulls asked for, written before
-    fetching), else huggingface_hub's ``trees/<commit>.json``, else the snapshot's own links."""
-    data = rs.load_file_list(commit)
-    if data and isinstance(data.get("files"), list):
-        pending = data.get("pending_refs") or []
-        return Listing(
-            commit,
-            _files_from_record(data["files"]),
-            "modelhaul",
-            tuple(str(r) for r in pending if isinstance(r, str)),
-        )
-    tree = rs.load_tree(commit)
-    if tree is not None:
-        return Listing(commit, _files_from_tree(tree), "trees")
-    return Listing(commit, _files_from_snapshot(rs, commit), "snapshot")
-
-
-def local_files(rs: RepoStore, commit: str) -> list[ModelFile]:
-    """The files a stored revision should hold (see ``load_listing``)."""
-    return load_listing(rs, commit).files
-
-
-def owed_refs(rs: RepoStore, listing: Listing) -> list[str]:
-    """Refs the pull that recorded ``listing`` was to write and that do not exist. A ref that
-    exists, even at another commit, was written by a later pull of that name."""
-    return [r for r in listing.pending_refs if _ref_missing(rs, r)]
-
-
-def _ref_missing(rs: RepoStore, name: str) -> bool:
-    try:
-        return not (rs.refs / check_revision(name)).is_file()
-    except InvalidInput:
-        return False  # a name no pull of ours could have recorded
-
-
-def write_owed_refs(rs: RepoStore, commit: str, names: Sequence[str]) -> None:
-    """Write refs an interrupted pull owed (never moving one a later pull wrote)."""
-    for name in names:
-        if _ref_missing(rs, name):
-            rs.write_ref(name, commit)
-    _settle_refs(rs, commit, names)
-
-
-def record_pull_start(rs: RepoStore, spec: ModelSpec) -> None:
-    """Record the files a pull asks for, added to what earlier (filtered) pulls of the commit
-    asked for (a commit's files never change), and the ref it will owe until it finishes; and
-    the Hub's listing of the whole revision where huggingface_hub looks for it."""
-    if spec.tree is not None:
-        rs.save_tree(spec.commit, spec.tree)
-    owes = bool(spec.revision) and spec.revision != spec.commit
-    with rs.file_list_lock(spec.commit):
-        old = rs.load_file_list(spec.commit) or {}
-        entries = _record_entries(old)
-        entries.update({f.path: f.to_json() for f in spec.files})
-        pending = {r for r in old.get("pending_refs") or () if isinstance(r, str)}
-        if owes and rs.read_ref(spec.revision or "") != spec.commit:
-            pending.add(spec.revision or "")
-        _save_record(rs, spec, entries, sorted(pending))
-
-
-def record_pull_done(rs: RepoStore, spec: ModelSpec) -> None:
-    """The pull finished: write its ref, then strike it from the refs the list owes."""
-    if spec.revision and spec.revision != spec.commit:
-        rs.write_ref(spec.revision, spec.commit)
-        _settle_refs(rs, spec.commit, [spec.revision])
-
-
-def _settle_refs(rs: RepoStore, commit: str, names: Sequence[str]) -> None:
-    with rs.file_list_lock(commit):
-        data = rs.load_file_list(commit)
-        if not data or not data.get("pending_refs"):
-            return
-        data["pending_refs"] = [r for r in data["pending_refs"] if r not in names]
-        rs.save_file_list(commit, data)
-
-
-def _record_entries(old: dict[str, object]) -> dict[str, object]:
-    entries: dict[str, object] = {}
-    for e in old.get("files") or ():  # type: ignore[attr-defined]
-        if isinstance(e, dict) and isinstance(e.get("path"), str):
-            entries[e["path"]] = e
-    return entries
-
-
-def _save_record(
-    rs: RepoStore, spec: ModelSpec, entries: dict[str, object], pending: list[str]
-) -> None:
-    rs.save_file_list(
-        spec.commit,
-        {
-            "repo_id": spec.repo_id,
-            "repo_type": spec.repo_type,
-            "source": spec.source,
-            "pending_refs": pending,
-            "files": list(entries.values()),
-        },
-    )
-
-
-def _files_from_record(entries: list[object]) -> list[ModelFile]:
-    out = []
-    for e in entries:
-        if not isinstance(e, dict):
-            continue
-        try:
-            blob_id = str(e["blob_id"])
-            if not _BLOB_ID.match(blob_id):
-                continue
-            out.append(
-                ModelFile(
-                    path=safe_relpath(e["path"]),
-                    size=int(e["size"]),
-                    blob_id=blob_id,
-                    urls=tuple(str(u) for u in e.get("urls") or ()),
-                    sha256=e.get("sha256"),
-                )
-            )
-        except (KeyError, TypeError, ValueError, InvalidInput):
-            continue
-    return out
-
-
-def _files_from_tree(tree: dict[str, dict[str, object]]) -> list[ModelFile]:
-    """huggingface_hub's listing: an LFS file's blob is named by its SHA-256, others by the
-    git blob id."""
-    out = []
-    for path, e in tree.items():
-        sha = e.get("lfs_sha256")
-        blob_id = sha if isinstance(sha, str) else e.get("blob_id")
-        size = e.get("size")
-        if not isinstance(blob_id, str) or not _BLOB_ID.match(blob_id) or not isinstance(size, int):
-            continue
-        try:
-            rel = safe_relpath(path)
-        except InvalidInput:
-            continue
-        out.append(
-            ModelFile(
-                path=rel,
-                size=size,
-                blob_id=blob_id,
-                urls=(),
-                sha256=sha if isinstance(sha, str) else None,
-            )
-        )
-    return out
-
-
-def _files_from_snapshot(rs: RepoStore, commit: str) -> list[ModelFile]:
-    """A snapshot's own links (models fetched by huggingface_hub without a listing)."""
-    snap = rs.snapshot_dir(commit)
-    out: list[ModelFile] = []
-    if not snap.is_dir():
-        return out
-    for dirpath, _dirs, names in os.walk(snap):
-        for name in names:
-            p = Path(dirpath) / name
-            if not p.is_symlink():
-                continue
-            blob_id = Path(os.readlink(p)).name
-            if not _BLOB_ID.match(blob_id):
-                continue
-            try:
-                size = (rs.blobs / blob_id).stat().st_size
-            except OSError:
-                size = -1
-            rel = p.relative_to(snap).as_posix()
-            out.append(
-                ModelFile(
-                    path=rel,
-                    size=size,
-                    blob_id=blob_id,
-                    urls=(),
-                    sha256=blob_id if len(blob_id) == 64 else None,
-                )
-            )
-    return out
-
-
-def place_local_dir(rs: RepoStore, spec: ModelSpec, local_dir: Path) -> None:
-    """Plain files in ``local_dir`` (hard links to the blobs where possible, else copies)."""
-    base = local_dir.absolute()
-    for f in spec.files:
-        dest = base / safe_relpath(f.path)
-        with _writing(dest):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if not dest.parent.resolve().is_relative_to(base.resolve()):
-                raise PermissionDenied(f"refusing to write through a symbolic link under {base}")
-            tmp = unique_tmp(dest)
-            blob = rs.blob_path(f.blob_id)
-            try:
-                try:
-                    os.link(blob, tmp)
-                except OSError:
-                    shutil.copyfile(blob, tmp)
-                os.replace(tmp, dest)
-            finally:
-                tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """OS errors while writing ``path`` as modelhaul errors: a full disk, or a path that cannot
-    be written (permissions, a folder where a file goes), never a traceback."""
-    try:
-        yield
-    except ModelhaulError:
-        raise
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFull(f"the disk is full while writing {path}") from exc
-        raise PermissionDenied(f"cannot write {path}: {exc.strerror or exc}") from exc

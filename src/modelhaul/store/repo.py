@@ -20,35 +20,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
+import errno
 import json
 import os
-import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from ..disk.hashing import sha256_file
-from ..errors import InvalidInput, ModelhaulError, PermissionDenied
+from ..errors import DiskFull, InvalidInput, ModelhaulError, PermissionDenied
 from ..policy.paths import safe_relpath
+from ..policy.validate import (
+    REVISION_PATTERN,
+    check_repo_id,
+    check_repo_type,
+    check_revision,
+    is_blob_id,
+    is_commit_hash,
+    repo_folder_name,
+)
+from .chunks import CHUNK_BYTES, BlobRecord, chunk_sha256s, git_blob_sha1, sha256_with_chunks
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
     "# This file is a cache directory tag created by modelhaul (Hugging Face cache layout).\n"
 )
-CHUNK_BYTES = 16 * 1024 * 1024
-EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-EMPTY_GIT_OID = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
-_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
-_REV = re.compile(r"^[A-Za-z0-9._/-]{1,255}$")
 _DISCREDITED = -1  # the mtime a record gets when a hash found its blob bad
-REPO_TYPES = ("model", "dataset", "space")
 TREE_FORMAT_VERSION = 1  # huggingface_hub's _tree_cache.TREE_CACHE_FORMAT_VERSION
 
 
@@ -71,67 +72,13 @@ def hf_cache_root(environ: Mapping[str, str]) -> Path:
     return Path.home() / ".cache" / "huggingface" / "hub"
 
 
-def check_repo_id(repo_id: str) -> str:
-    """``org/name`` (or a bare ``name``); raise InvalidInput for anything that could escape."""
-    parts = repo_id.split("/")
-    if not 1 <= len(parts) <= 2 or not all(_REPO_PART.match(p) for p in parts):
-        raise InvalidInput(
-            f"bad model name {repo_id!r}",
-            hint="Use ORG/NAME as on the Hub, e.g. 'openai-community/gpt2'.",
-        )
-    if any(p in (".", "..") or "--" in p or p.endswith(".") for p in parts):
-        raise InvalidInput(f"bad model name {repo_id!r}")
-    return repo_id
-
-
-def check_revision(revision: str) -> str:
-    if not _REV.match(revision) or ".." in revision.split("/") or revision.startswith("/"):
-        raise InvalidInput(f"bad revision {revision!r}")
-    return revision
-
-
-def repo_folder_name(repo_id: str, repo_type: str = "model") -> str:
-    return f"{repo_type}s--" + "--".join(repo_id.split("/"))
-
-
-def parse_repo_folder(name: str) -> tuple[str, str] | None:
-    """``models--org--name`` -> ("model", "org/name"); None if not a repo folder."""
-    type_part, sep, rest = name.partition("--")
-    if not sep or type_part not in ("models", "datasets", "spaces") or not rest:
-        return None
-    return type_part[:-1], rest.replace("--", "/")
-
-
-def git_blob_sha1(path: Path) -> str:
-    """The git object id of a file, as the Hub reports for small (non-LFS) files."""
-    size = path.stat().st_size
-    h = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
-    with open(path, "rb", buffering=0) as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class BlobRecord:
-    """What a verification established about a blob, valid while size and mtime hold."""
-
-    size: int
-    mtime_ns: int
-    digest: str  # sha256 or git sha1, whatever the blob is named after
-    chunk_bytes: int
-    chunks: tuple[str, ...]  # sha256 of each chunk (LFS blobs only)
-
-
 class RepoStore:
     """One repository's folder in the cache."""
 
     def __init__(self, root: Path, repo_id: str, repo_type: str = "model") -> None:
         self.root = root
         self.repo_id = check_repo_id(repo_id)
-        if repo_type not in REPO_TYPES:
-            raise InvalidInput(f"bad repository type {repo_type!r}")
-        self.repo_type = repo_type
+        self.repo_type = check_repo_type(repo_type)
         self.folder = root / repo_folder_name(repo_id, repo_type)
         self.blobs = self.folder / "blobs"
         self.snapshots = self.folder / "snapshots"
@@ -141,7 +88,7 @@ class RepoStore:
     # ------------------------------------------------------------------ paths
 
     def blob_path(self, etag: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", etag):
+        if not is_blob_id(etag):
             raise InvalidInput(f"bad blob id {etag!r}")
         return self.blobs / etag
 
@@ -179,7 +126,7 @@ class RepoStore:
             text = (self.refs / check_revision(revision)).read_text().strip()
         except (OSError, InvalidInput):
             return None
-        return text if re.fullmatch(r"[0-9a-f]{40}", text) else None
+        return text if is_commit_hash(text) else None
 
     def link(self, commit: str, relpath: str, etag: str, *, symlinks: bool = True) -> Path:
         """Point ``snapshots/<commit>/<relpath>`` at the blob (relative symlink, else a copy).
@@ -200,10 +147,7 @@ class RepoStore:
             except OSError:
                 symlinks = False
         if not symlinks:
-            try:
-                os.link(blob, tmp)
-            except OSError:
-                shutil.copyfile(blob, tmp)
+            link_or_copy(blob, tmp)
         try:
             os.replace(tmp, dest)
         except OSError:
@@ -237,7 +181,11 @@ class RepoStore:
         out = []
         for name in names:
             commit = name.removeprefix("files-").removesuffix(".json")
-            if name.startswith("files-") and name.endswith(".json") and _REV.match(commit):
+            if (
+                name.startswith("files-")
+                and name.endswith(".json")
+                and REVISION_PATTERN.match(commit)
+            ):
                 out.append(commit)
         return out
 
@@ -280,19 +228,17 @@ class RepoStore:
 
     def record(self, etag: str) -> BlobRecord | None:
         """The verification record of a blob, if the blob is unchanged since."""
+        rec = self.chunk_hashes(etag)
         try:
-            data = json.loads(self._record_path(etag).read_bytes())
             st = self.blob_path(etag).stat()
-            rec = BlobRecord(
-                size=int(data["size"]),
-                mtime_ns=int(data["mtime_ns"]),
-                digest=str(data["digest"]),
-                chunk_bytes=int(data["chunk_bytes"]),
-                chunks=tuple(str(c) for c in data["chunks"]),
-            )
-        except (OSError, ValueError, KeyError, TypeError):
+        except OSError:
             return None
-        if rec.size != st.st_size or rec.mtime_ns != st.st_mtime_ns or rec.digest != etag:
+        if (
+            rec is None
+            or rec.size != st.st_size
+            or rec.mtime_ns != st.st_mtime_ns
+            or rec.digest != etag
+        ):
             return None
         return rec
 
@@ -397,67 +343,6 @@ class RepoStore:
             _atomic_write(self._record_path(etag), json.dumps(data).encode())
 
 
-def sha256_with_chunks(path: Path, chunk_bytes: int) -> tuple[str, tuple[str, ...]]:
-    """Whole-file SHA-256 plus the SHA-256 of each ``chunk_bytes`` piece, in one read."""
-    whole = hashlib.sha256()
-    chunks: list[str] = []
-    buf = bytearray(min(chunk_bytes, 4 << 20))
-    view = memoryview(buf)
-    part = hashlib.sha256()
-    in_part = 0
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            whole.update(view[:n])
-            pos = 0
-            while pos < n:
-                take = min(n - pos, chunk_bytes - in_part)
-                part.update(view[pos : pos + take])
-                in_part += take
-                pos += take
-                if in_part == chunk_bytes:
-                    chunks.append(part.hexdigest())
-                    part = hashlib.sha256()
-                    in_part = 0
-    if in_part:
-        chunks.append(part.hexdigest())
-    return whole.hexdigest(), tuple(chunks)
-
-
-def chunk_sha256s(path: Path, chunk_bytes: int) -> tuple[str, ...]:
-    """The SHA-256 of each ``chunk_bytes`` piece of a file."""
-    out: list[str] = []
-    buf = bytearray(chunk_bytes)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = 0
-            while n < chunk_bytes and (got := f.readinto(view[n:])):
-                n += got
-            if not n:
-                break
-            out.append(hashlib.sha256(view[:n]).hexdigest())
-    return tuple(out)
-
-
-def bad_chunks(path: Path, rec: BlobRecord) -> list[tuple[int, int]]:
-    """Byte ranges of ``path`` whose chunk hash differs from the record (or are missing)."""
-    bad: list[tuple[int, int]] = []
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return [(0, rec.size)]
-    now = chunk_sha256s(path, rec.chunk_bytes)
-    for i, want in enumerate(rec.chunks):
-        start = i * rec.chunk_bytes
-        end = min(rec.size, start + rec.chunk_bytes)
-        if i >= len(now) or now[i] != want or end > size:
-            if bad and bad[-1][1] == start:
-                bad[-1] = (bad[-1][0], end)
-            else:
-                bad.append((start, end))
-    return bad
-
-
 def unique_tmp(path: Path) -> Path:
     """A temporary name beside ``path`` that no other process or thread uses."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.modelhaul-tmp")
@@ -516,6 +401,14 @@ class BlobLock:
         self._lock.release()
 
 
+def link_or_copy(src: Path, dest: Path) -> None:
+    """A hard link to ``src`` at ``dest``, or a copy where links fail (another file system)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
 def make_dirs_within(base: Path, path: Path) -> None:
     """``mkdir -p path`` for a ``path`` below ``base``, refusing a symlink on the way.
 
@@ -538,6 +431,20 @@ def make_dirs_within(base: Path, path: Path) -> None:
             raise PermissionDenied(f"cannot create the folder {current}: a file is there") from exc
 
 
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """OS errors while writing ``path`` as modelhaul errors: a full disk, or a path that cannot
+    be written (permissions, a folder where a file goes), never a traceback."""
+    try:
+        yield
+    except ModelhaulError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"the disk is full while writing {path}") from exc
+        raise PermissionDenied(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = unique_tmp(path)
     try:
@@ -551,16 +458,11 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 __all__ = [
     "BlobLock",
-    "BlobRecord",
     "NotInStore",
     "RepoStore",
-    "bad_chunks",
-    "check_repo_id",
-    "git_blob_sha1",
     "hf_cache_root",
-    "parse_repo_folder",
-    "repo_folder_name",
-    "sha256_file",
-    "sha256_with_chunks",
+    "link_or_copy",
+    "make_dirs_within",
     "unique_tmp",
+    "writing",
 ]
