@@ -20,6 +20,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("store.pull", "store.inventory"),
     ("store.availability", "guidance", "doctor"),
     ("server",),
+    ("client",),
     ("cli",),
 ]
 
@@ -102,3 +103,13 @@ def test_get_starts_without_the_heavy_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_client_knows_neither_the_server_nor_the_cli() -> None:
+    """client/ is what a remote caller needs: it must work without the server's dependencies."""
+    offenders = []
+    for path in (SRC / "client").rglob("*.py"):
+        for target in _internal_imports(path):
+            if target.split(".")[0] in ("server", "cli"):
+                offenders.append(f"{path.relative_to(SRC)} imports {target}")
+    assert not offenders, offenders
