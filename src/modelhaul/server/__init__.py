@@ -6,10 +6,10 @@
     jobs.py            a download (a URL, or a model over many files) and its JSON view; no I/O
     stream.py          the event stream: rising seq, one bounded queue per subscriber
     resolve.py         where a model pull's files come from: inline manifest, manifest URL, hf://
-    service.py         the Service: lifecycle and steering, composed of the three parts below
+    service.py         the Service: lifecycle and steering, made of job_runner and fanout
     job_runner.py        adding, restoring, starting and finishing downloads in the manager
     fanout.py            snapshots, subscriptions, the manager's events per download
-    store_ops.py         the store: ls, pin, remove, gc, in the store's own thread
+    store_ops.py       the store as the service shows it: ls, pin, remove, gc, in one thread
     schemas.py         the API's request and response bodies (pydantic, with limits)
     error_handlers.py  every error answered in one shape, its status from its category
     guard.py           the middleware in front of everything: Host, Origin, token, body size

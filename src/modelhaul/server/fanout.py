@@ -13,8 +13,8 @@ so nothing falls between the snapshot and the first event), then:
     limit      the global speed limit changed
     store      the store's models, sizes and free space changed
 
-``EventFanout`` is a part of ``Service`` (service.py), which composes it with the job runner
-and the store operations; it uses their state, as the one object they make.
+``EventFanout`` is a part of ``Service`` (service.py), which composes it with the job runner; it
+uses their state, as the one object they make.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from .stream import EventStream, Subscription
 
 if TYPE_CHECKING:
     from ..manager import DownloadManager
+    from .store_ops import StoreOperations
 
 _PROGRESS_EVERY_S = 0.2
 _TOTAL_EVERY_S = 0.25
@@ -48,7 +49,7 @@ class EventFanout:
     _publish_pending: set[str]
     _total_at: float
     _closing: bool
-    _store: dict[str, Any] | None
+    _store: StoreOperations
     download_dir: Path
 
     def snapshot(self) -> dict[str, Any]:
@@ -57,7 +58,7 @@ class EventFanout:
             "seq": self._stream.seq,
             "downloads": self.downloads(),
             "limit": self.limit_view(),
-            "store": self._store,
+            "store": self._store.view,
             "download_dir": str(self.download_dir),
         }
 

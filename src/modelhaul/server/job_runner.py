@@ -4,7 +4,7 @@ they end.
 
 A *download* is what a client asked for: one URL (one manager task), or one model (``hf://`` or
 a manifest) that becomes one task per missing file. ``JobRunner`` is a part of ``Service``
-(service.py), which composes it with the event fan-out and the store operations.
+(service.py), which composes it with the event fan-out.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class JobRunner:
     """Adds, restores, starts and finishes downloads."""
 
     # State and methods of the other parts: Service sets these up and has manager, db, view and
-    # _spawn; EventFanout has _publish*, _replay_orphans; StoreOperations has refresh_store.
+    # _spawn and refresh_store; EventFanout has _publish*, _replay_orphans.
     config: ServiceConfig
     manager: DownloadManager
     db: QueueDB

@@ -10,9 +10,9 @@ its own loop. Store scans and changes run in one dedicated thread: they walk dir
 the store's SQLite connection belongs to the thread that opened it.
 
 Events go to subscribers as JSON-ready dicts with a rising ``seq`` (the kinds are listed in
-``fanout.py``). ``Service`` is composed of three parts, one module each: ``JobRunner``
-(job_runner.py: adding, restoring, starting and finishing downloads), ``EventFanout``
-(fanout.py: snapshots, subscriptions, the manager's events per download) and
+``fanout.py``). ``Service`` is composed of two parts, one module each: ``JobRunner``
+(job_runner.py: adding, restoring, starting and finishing downloads) and ``EventFanout``
+(fanout.py: snapshots, subscriptions, the manager's events per download); it holds a
 ``StoreOperations`` (store_ops.py: ls, pin, remove, gc); steering and the lifecycle are here.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,7 +78,7 @@ class ServiceConfig:
         return self.queue_db or self.state_dir / "server-queue.sqlite"
 
 
-class Service(JobRunner, EventFanout, StoreOperations):
+class Service(JobRunner, EventFanout):
     """Owns the manager, the store and the queue; every method runs on the serving loop.
 
     Example::
@@ -97,12 +96,12 @@ class Service(JobRunner, EventFanout, StoreOperations):
         self._manager: DownloadManager | None = None
         self._puller: ModelPuller | None = None
         self._db: QueueDB | None = None
-        self._inventory = Inventory(
-            config.store_root, StateDB(config.store_db), lock_dir=config.state_dir / "locks"
+        self._store = StoreOperations(
+            Inventory(
+                config.store_root, StateDB(config.store_db), lock_dir=config.state_dir / "locks"
+            ),
+            self._store_changed,
         )
-        self._store_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelhaul-store")
-        self._store_lock: asyncio.Lock | None = None
-        self._store: dict[str, Any] | None = None
         self._jobs: dict[str, Job] = {}
         self._by_task: dict[str, set[str]] = {}
         self._stream = EventStream()
@@ -129,7 +128,7 @@ class Service(JobRunner, EventFanout, StoreOperations):
             ) from exc
         self.download_dir = cfg.download_dir.resolve()
         self._claim_state_dir()
-        self._store_lock = asyncio.Lock()
+        self._store.start()
         self._db = QueueDB(cfg.queue_path)
         manager = DownloadManager(
             cfg.manager, download_config=cfg.download, state_dir=cfg.state_dir
@@ -180,9 +179,7 @@ class Service(JobRunner, EventFanout, StoreOperations):
         await asyncio.gather(*self._background, return_exceptions=True)
         if self._db is not None:
             self._db.close()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._store_pool, self._inventory.db.close)
-        self._store_pool.shutdown(wait=False)
+        await self._store.close()
         if self._state_lock is not None:
             self._state_lock.release()
             self._state_lock = None
@@ -352,3 +349,38 @@ class Service(JobRunner, EventFanout, StoreOperations):
     def view(self, job: Job) -> dict[str, Any]:
         """The JSON shape of one download, as the API and the events show it."""
         return job_view(job, self._infos(job))
+
+    # ------------------------------------------------------------------ the store
+
+    def _store_changed(self, view: dict[str, Any]) -> None:
+        if not self._closing:
+            self._publish({"event": "store", "store": view})
+
+    async def refresh_store(self) -> dict[str, Any]:
+        """Scan the store; tell subscribers if anything changed."""
+        return await self._store.refresh()
+
+    async def set_pinned(self, name: str, pinned: bool, repo_type: str = "model") -> dict[str, Any]:
+        return await self._store.set_pinned(name, pinned, repo_type)
+
+    async def remove_model(
+        self,
+        name: str,
+        *,
+        revision: str | None = None,
+        repo_type: str = "model",
+        force: bool = False,
+    ) -> dict[str, Any]:
+        return await self._store.remove_model(
+            name, revision=revision, repo_type=repo_type, force=force
+        )
+
+    async def gc(
+        self, max_size: int | None, *, dry_run: bool = False, partial_age_s: float = 7 * 86400
+    ) -> dict[str, Any]:
+        """Evict least recently used unpinned models to fit ``max_size``; never what a
+        download in the queue is pulling."""
+        keep = [j.label for j in self._jobs.values() if j.kind == "model" and j.outcome is None]
+        return await self._store.gc(
+            max_size, dry_run=dry_run, partial_age_s=partial_age_s, keep=keep
+        )
