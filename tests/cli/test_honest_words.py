@@ -21,8 +21,8 @@ import pytest
 
 from conftest import ROOT, modelhaul_cmd
 from modelhaul.cli.main import build_parser
-from modelhaul.cli.remote import RemoteError, ServiceUnreachable
 from modelhaul.cli.render import error_dict
+from modelhaul.client.service import RemoteError, ServiceUnreachable
 from modelhaul.errors import (
     CATEGORIES,
     NETWORK_KINDS,

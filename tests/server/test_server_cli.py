@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import cli_env, modelhaul_cmd
-from modelhaul.cli import remote
+from modelhaul.cli import via_server
 from modelhaul.cli.main import build_parser, main
 from modelhaul.errors import InvalidInput
 from origin import Fault, Origin
@@ -157,13 +157,13 @@ def test_token_from_the_state_dir_and_refused_without(tmp_path: Path, state_dir:
 
 def _parser_with_via_server() -> argparse.ArgumentParser:
     """The real parser; --via-server added to get/pull if cli/get.py and cli/models.py do not
-    wire it yet (see remote.add_via_server_option)."""
+    wire it yet (see via_server.add_via_server_option)."""
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for name in ("get", "pull"):
         p = sub.choices[name]
         if not any("--via-server" in a.option_strings for a in p._actions):
-            remote.add_via_server_option(p)
+            via_server.add_via_server_option(p)
     return parser
 
 
@@ -179,7 +179,7 @@ async def test_get_via_server(
     origin.add_file("v.bin", data)
     parser = _parser_with_via_server()
     local = parser.parse_args(["get", origin.url("v.bin")])
-    assert await remote.maybe_via_server(local) is None  # without the flag: runs locally
+    assert await via_server.maybe_via_server(local) is None  # without the flag: runs locally
 
     args = parser.parse_args(
         [
@@ -193,7 +193,7 @@ async def test_get_via_server(
             "sub/v.bin",
         ]
     )
-    assert await remote.maybe_via_server(args) == 0
+    assert await via_server.maybe_via_server(args) == 0
     lines = [json.loads(line) for line in capfd.readouterr().out.splitlines()]
     result = lines[-1]
     assert result["status"] == "completed" and result["size"] == len(data)
@@ -205,21 +205,21 @@ async def test_get_via_server(
     missing = parser.parse_args(
         ["get", "--via-server", "--server", server.url, "--json", origin.url("nope.bin")]
     )
-    assert await remote.maybe_via_server(missing) == 1
+    assert await via_server.maybe_via_server(missing) == 1
     result = json.loads(capfd.readouterr().out.splitlines()[-1])
     assert result["status"] == "failed" and result["error"]["category"] == "not_found"
 
     two = [origin.url("v.bin"), origin.url("n.bin")]
     several = parser.parse_args(["get", "--via-server", "--server", server.url, *two, "-o", "x"])
     with pytest.raises(InvalidInput, match="-o takes one URL"):
-        await remote.maybe_via_server(several)
+        await via_server.maybe_via_server(several)
 
     nobody = f"http://127.0.0.1:{free_port()}"
     capfd.readouterr()
     unreachable = parser.parse_args(
         ["get", "--via-server", "--server", nobody, "--json", origin.url("v.bin")]
     )
-    assert await remote.maybe_via_server(unreachable) == 1
+    assert await via_server.maybe_via_server(unreachable) == 1
     out, err = capfd.readouterr()
     assert json.loads(out.splitlines()[-1])["error"]["category"] == "network"
     assert err.splitlines() == [
@@ -244,7 +244,7 @@ async def test_pull_via_server_sends_a_local_manifest_inline(
     args = parser.parse_args(
         ["pull", "--via-server", "--server", server.url, "--json", str(manifest)]
     )
-    assert await remote.maybe_via_server(args) == 0
+    assert await via_server.maybe_via_server(args) == 0
     result = json.loads(capfd.readouterr().out.splitlines()[-1])
     assert result["model"] == "acme/cli" and result["status"] == "completed"
     assert (Path(result["path"]) / "m.bin").read_bytes() == data
@@ -252,7 +252,7 @@ async def test_pull_via_server_sends_a_local_manifest_inline(
         ["pull", "--via-server", "--server", server.url, "--local-dir", "x", str(manifest)]
     )
     with pytest.raises(InvalidInput, match="--local-dir"):
-        await remote.maybe_via_server(with_local)
+        await via_server.maybe_via_server(with_local)
 
 
 def test_get_via_server_from_the_command_line(

@@ -17,7 +17,7 @@ from ..http.transport import check_url
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list
-from . import remote
+from . import via_server
 from .options import add_transfer_options, download_config, state_dir
 from .render import JsonRenderer, Renderer, error_dict, make_renderer, print_error
 
@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("-j", "--jobs", type=int, metavar="N", help="files in flight (default 4)")
     add_transfer_options(p)
-    remote.add_via_server_option(p)
+    via_server.add_via_server_option(p)
     p.set_defaults(run=run)
 
 
@@ -188,7 +188,7 @@ def manager_config(args: argparse.Namespace, connections: int, *, single: bool) 
 
 
 async def run(args: argparse.Namespace) -> int:
-    if (code := await remote.maybe_via_server(args)) is not None:
+    if (code := await via_server.maybe_via_server(args)) is not None:
         return code
     try:
         entries = collect_entries(args)

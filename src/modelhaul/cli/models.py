@@ -39,7 +39,7 @@ from ..store.listing import local_files
 from ..store.pull import ModelPuller, PullResult
 from ..store.repo import NotInStore, RepoStore, hf_cache_root
 from ..store.verify import VerifyReport
-from . import remote
+from . import via_server
 from .options import add_transfer_options, download_config, state_dir
 from .render import Renderer, error_dict, make_renderer, print_error
 
@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-j", "--jobs", type=int, metavar="N", help="files in flight (default: adaptive)"
     )
     add_transfer_options(p)
-    remote.add_via_server_option(p)
+    via_server.add_via_server_option(p)
     p.set_defaults(run=run_pull)
 
     v = sub.add_parser(
@@ -203,7 +203,7 @@ def _cancelled(args: argparse.Namespace, renderer: Renderer, held: dict[str, boo
 
 
 async def run_pull(args: argparse.Namespace) -> int:
-    if (code := await remote.maybe_via_server(args)) is not None:
+    if (code := await via_server.maybe_via_server(args)) is not None:
         return code
     # Created first: --json promises a result line last, even for a bad command line.
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet)

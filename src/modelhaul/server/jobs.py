@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PERMANENT_CATEGORIES, InvalidInput, ModelhaulError
+from ..errors import PERMANENT_CATEGORIES, Cancelled, InvalidInput, ModelhaulError
 from ..events import State
 from ..manager import TaskInfo
 
@@ -135,3 +135,14 @@ def check_priority(priority: int) -> None:
         raise InvalidInput(
             f"priority must be an integer from {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority!r}"
         )
+
+
+def cancelled_error(job: Job) -> dict[str, Any]:
+    """The error a cancelled download shows: what cancel did, not the engine's "kept" hint."""
+    if job.kind == "url":
+        what = "its partial data was deleted"
+    else:
+        what = "the partial data of its files in flight was deleted; finished files stay"
+    return Cancelled(
+        f"download {job.id} was cancelled; {what}", hint="Add it again to download it anew."
+    ).to_dict()

@@ -1,0 +1,119 @@
+"""/api/downloads: list the downloads, queue a URL, and steer one (pause, resume, retry, cancel,
+priority, forget)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from ..schemas import ERROR_RESPONSES, AddDownload, Download, DownloadId, DownloadList, SetPriority
+from .deps import ServiceDep, TrustedDep
+
+router = APIRouter()
+
+
+@router.get("/api/downloads", response_model=DownloadList, tags=["downloads"])
+async def list_downloads(service: ServiceDep) -> dict[str, Any]:
+    return {"downloads": service.downloads()}
+
+
+@router.post(
+    "/api/downloads",
+    response_model=Download,
+    status_code=201,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def add_download(
+    body: AddDownload, response: Response, service: ServiceDep, local: TrustedDep
+) -> dict[str, Any]:
+    """Queue a URL; the same URL and place still queued returns that download (200)."""
+    view, created = service.add_url(
+        body.url,
+        out=body.out,
+        folder=body.dir,
+        sha256=body.sha256,
+        priority=body.priority,
+        paused=body.paused,
+        local=local,
+    )
+    response.status_code = 201 if created else 200
+    return view
+
+
+@router.get(
+    "/api/downloads/{download_id}",
+    response_model=Download,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def get_download(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
+    return service.download(download_id)
+
+
+@router.post(
+    "/api/downloads/{download_id}/pause",
+    response_model=Download,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def pause(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
+    """Stop fetching, keep the partial data."""
+    return service.pause(download_id)
+
+
+@router.post(
+    "/api/downloads/{download_id}/resume",
+    response_model=Download,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def resume(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
+    """Resume a paused download, or retry a failed one."""
+    return service.resume(download_id)
+
+
+@router.post(
+    "/api/downloads/{download_id}/retry",
+    response_model=Download,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def retry(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
+    """Run a failed download again (same source and destination); 409 if it has not failed."""
+    return service.retry(download_id)
+
+
+@router.post(
+    "/api/downloads/{download_id}/cancel",
+    response_model=Download,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def cancel(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
+    """Stop for good and delete the partial data; answers once that is done (within
+    seconds: a transfer still winding down after that shows its state of the moment)."""
+    return await service.cancel(download_id)
+
+
+@router.put(
+    "/api/downloads/{download_id}/priority",
+    response_model=Download,
+    responses=ERROR_RESPONSES,
+    tags=["downloads"],
+)
+async def set_priority(
+    download_id: DownloadId, body: SetPriority, service: ServiceDep
+) -> dict[str, Any]:
+    """Higher runs first; a started file goes before a new one of the same priority."""
+    return service.set_priority(download_id, body.priority)
+
+
+@router.delete(
+    "/api/downloads/{download_id}", status_code=204, responses=ERROR_RESPONSES, tags=["downloads"]
+)
+async def forget(download_id: DownloadId, service: ServiceDep) -> Response:
+    """Remove a finished download from the list (its file stays)."""
+    service.forget(download_id)
+    return Response(status_code=204)
