@@ -33,7 +33,7 @@ from modelhaul.doctor.checks import (
     parse_source,
     run_doctor,
 )
-from modelhaul.engine.downloader import lock_file_for
+from modelhaul.disk.partials import lock_file_for
 from modelhaul.errors import InvalidInput
 from modelhaul.sources.hf import HubRef
 

@@ -38,7 +38,7 @@ import aiohttp
 import filelock
 
 from ..config import RetryPolicy
-from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, ModelhaulError, human_bytes, plural, status_info
 from ..guidance import GC_COMMAND, TOKENS_PAGE, explain
 from ..http.transport import check_url, map_error

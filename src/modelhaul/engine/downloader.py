@@ -28,7 +28,6 @@ import contextlib
 import errno
 import hashlib
 import os
-import re
 import shutil
 import threading
 import time
@@ -42,21 +41,27 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
-from filelock import FileLock
-from filelock import Timeout as LockTimeout
-
-from ..config import DownloadConfig, MiB
+from ..config import DownloadConfig, MiB, RetryPolicy
+from ..disk.files import (
+    WriteFailed,
+    commit_file,
+    make_folder,
+    os_error,
+    preallocate,
+    pwritev_all,
+    pwritev_locked,
+)
 from ..disk.hashing import PrefixHasher, sha256_file_async
 from ..disk.journal import Journal, JournalState
+from ..disk.lock import AsyncFileLock
+from ..disk.partials import discard_partial, lock_file_for, plan_paths
 from ..disk.records import CompletionRecords
 from ..errors import (
     Cancelled,
     DiskFull,
     HTTPStatusError,
     IntegrityError,
-    InvalidInput,
     ModelhaulError,
-    PermissionDenied,
     RangeNotHonoured,
     RemoteChanged,
     RetriesExhausted,
@@ -66,7 +71,6 @@ from ..errors import (
 )
 from ..events import Progress, Result
 from ..http.transport import BodyPump, Response, SocketBody, Transport, check_url, sleep_s
-from ..policy.backoff import retry_wait_s
 from ..policy.headers import (
     filename_from_disposition,
     filename_from_url,
@@ -75,13 +79,15 @@ from ..policy.headers import (
 )
 from ..policy.ranges import RangeSet
 from ..policy.ratelimit import TokenBucket
+from ..policy.retry import Retry
 from ..policy.segments import Segment, SegmentScheduler, next_connection_count
+from ..policy.validate import check_sha256
+from .stages import stage
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
 PhaseCallback = Callable[[str, int | None], None]
 
-_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _PROBE_BYTES = 8 * MiB
 _UNKNOWN_END = 2**62
 _TICK_S = 0.1
@@ -107,99 +113,6 @@ _BATCH_MAX_AGE_S = 0.5
 # A segment younger than this is not stolen from, nor one that will be done within it: on a
 # fast link the victim's server has already sent what the thief would ask for again.
 _STEAL_AFTER_S = 0.25
-_PREALLOC_STEP = 64 * MiB
-_PREALLOC_CHEAP_S = 0.004  # ext4 reserves 64 MiB in well under a millisecond; tmpfs takes ~15
-PART_SUFFIX = ".modelhaul.part"
-JOURNAL_SUFFIX = ".modelhaul.journal"
-
-_stage_hook: Callable[[str], None] | None = None
-"""A seam for crash tests only (tests/crash_runner.py): called with the name of each stage a
-download passes ("probed", "segment_done_before_journal", "hashing",
-"renamed_before_journal_removal"; models.py adds "linking"), so a test can kill the process
-exactly there. None in normal use."""
-
-
-def _stage(name: str) -> None:
-    hook = _stage_hook
-    if hook is not None:
-        hook(name)
-
-
-def check_sha256(value: str | None) -> str | None:
-    if value is None:
-        return None
-    if not _HEX64.match(value):
-        raise InvalidInput(
-            f"bad SHA-256 {value!r}: expected 64 hexadecimal digits",
-            hint="Copy the checksum exactly as published (sha256sum prints it first).",
-        )
-    return value.lower()
-
-
-def part_paths(dest: Path) -> tuple[Path, Path]:
-    """Where the partial file and its journal live for a target path."""
-    return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetPaths:
-    dest: Path  # a guess from the URL while name_pending
-    part: Path
-    journal: Path
-    name_pending: bool
-
-
-def plan_paths(
-    url: str,
-    dest: str | os.PathLike[str] | None,
-    directory: str | os.PathLike[str] | None = None,
-) -> TargetPaths:
-    """Where a download's file, partial data and journal go, decided before any request."""
-    if dest is not None:
-        target = Path(dest).absolute()
-        part, journal = part_paths(target)
-        return TargetPaths(target, part, journal, False)
-    if directory is None:
-        raise InvalidInput("a download needs a destination file or directory")
-    folder = Path(directory).absolute()
-    # The name comes from the response; the partial file is named after the URL so that a
-    # re-run finds it again before asking the server anything.
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return TargetPaths(
-        folder / sanitize_filename(filename_from_url(url)),
-        folder / f".modelhaul-{key}{PART_SUFFIX}",
-        folder / f".modelhaul-{key}{JOURNAL_SUFFIX}",
-        True,
-    )
-
-
-def lock_file_for(lock_dir: Path, part: Path) -> Path:
-    """The cross-process lock a download of ``part`` holds (one per partial file)."""
-    digest = hashlib.sha256(str(part).encode()).hexdigest()[:32]
-    return lock_dir / f"{digest}.lock"
-
-
-def is_downloading(lock_dir: Path, part: Path) -> bool:
-    """True while some process holds the download lock of ``part``."""
-    path = lock_file_for(lock_dir, part)
-    if not path.exists():
-        return False
-    lock = FileLock(str(path), thread_local=False)
-    try:
-        lock.acquire(timeout=0)
-    except LockTimeout:
-        return True
-    except OSError:
-        return False
-    lock.release()
-    return False
-
-
-def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | None = None) -> None:
-    """Remove the partial data and journal of a target (what cancel means)."""
-    default_part, default_journal = part_paths(dest)
-    (part or default_part).unlink(missing_ok=True)
-    Journal(journal or default_journal).remove()
 
 
 @dataclass(slots=True, eq=False)
@@ -356,7 +269,7 @@ class Downloader:
             on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
-        _make_folder(dest.parent)
+        make_folder(dest.parent)
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
         t = _Transfer(
@@ -387,9 +300,13 @@ class Downloader:
 
     def _target_lock(
         self, part: Path, on_notice: NoticeCallback | None, dest: Path
-    ) -> _AsyncFileLock:
+    ) -> AsyncFileLock:
         # Locked by the partial file (one per transfer), told as the file the user asked for.
-        return _AsyncFileLock(self._lock_path(part), on_wait=on_notice, what=str(dest))
+        def on_wait() -> None:
+            if on_notice is not None:
+                on_notice(f"another modelhaul process is downloading {dest}; waiting for it")
+
+        return AsyncFileLock(self._lock_path(part), on_wait=on_wait)
 
     # ------------------------------------------------------------------ the whole download
 
@@ -426,36 +343,36 @@ class Downloader:
                     bytes_transferred=0,
                     already_complete=True,
                 )
-        restarts = 0
+        # The first clean restart is at once: nothing was wrong with the link.
+        restarts = retry_of(self.config.retry, total=self.config.retry.max_restarts, free=1)
         while True:
-            if restarts > 1:
-                await sleep_s(self.config.retry.delay_s(restarts - 2))
             try:
                 return await self._transfer_once(t)
             except (RemoteChanged, RangeNotHonoured) as exc:
                 # Both mean the partial data is useless: the file changed, or the origin does
                 # not do ranges, so a retry starts over (for the latter, on one connection).
-                restarts += 1
+                restarts = restarts.increment(exc)
                 t.history.append(exc)
-                if restarts > self.config.retry.max_restarts:
+                if restarts.is_exhausted():
                     if isinstance(exc, RangeNotHonoured):
                         cause = exc.__cause__
                         last = cause if isinstance(cause, ModelhaulError) else exc
                         raise RetriesExhausted(last, list(t.history)) from exc
                     raise RemoteChanged(
-                        f"{exc.message}; gave up after {restarts} clean restarts",
+                        f"{exc.message}; gave up after {restarts.fails} clean restarts",
                         hint="The file keeps changing on the server; try again later.",
                     ) from exc
                 discard_partial(t.dest, part=t.part, journal=t.journal.path)
                 t.state = JournalState(url=t.url, size=None, sha256=t.expected_sha256)
                 t.resolved_url = None
                 t.single = t.single or isinstance(exc, RangeNotHonoured)
+            await sleep_s(restarts.wait_s())
 
     async def _transfer_once(self, t: _Transfer) -> Result:
         self._open_part(t)
         try:
             probe = await self._probe(t)
-            _stage("probed")
+            stage("probed")
             try:
                 if t.on_phase:
                     t.on_phase("probed", t.size)
@@ -482,7 +399,7 @@ class Downloader:
             self._emit_progress(t, force=True)
             if t.on_phase:
                 t.on_phase("verifying", size)
-            _stage("hashing")
+            stage("hashing")
             if t.inline_hash is not None and t.inline_pos == size:
                 digest = t.inline_hash.hexdigest()
             else:
@@ -556,7 +473,7 @@ class Downloader:
             # 0o664 with the user's umask: never world-writable.
             t.fd = os.open(t.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
         except OSError as exc:
-            raise _os_error(exc, t.part, t.dest) from exc
+            raise os_error(exc, t.part, t.dest) from exc
         if not t.state.done:
             os.ftruncate(t.fd, 0)
 
@@ -564,8 +481,7 @@ class Downloader:
 
     async def _probe(self, t: _Transfer) -> tuple[Segment, Response] | Response | None:
         """First request: learn size and validator, and keep the response for its bytes."""
-        retry = self.config.retry
-        fails = 0
+        retry = retry_of(self.config.retry)
         while True:
             t.attempts += 1
             try:
@@ -574,18 +490,10 @@ class Downloader:
                 if isinstance(exc, RemoteChanged | RangeNotHonoured) or not exc.retryable:
                     raise
                 t.history.append(exc)
-                fails += 1
-                if fails > retry.retries:
+                retry = retry.increment(exc)
+                if retry.is_exhausted():
                     raise RetriesExhausted(exc, list(t.history)) from exc
-                await sleep_s(
-                    retry_wait_s(
-                        fails - 1,
-                        getattr(exc, "retry_after_s", None),
-                        max_s=retry.max_delay_s,
-                        initial_s=retry.initial_delay_s,
-                        factor=retry.factor,
-                    )
-                )
+                await sleep_s(retry.wait_s(getattr(exc, "retry_after_s", None)))
 
     async def _probe_once(self, t: _Transfer) -> tuple[Segment, Response] | Response | None:
         st = t.state
@@ -731,10 +639,10 @@ class Downloader:
             if os.fstat(t.fd).st_size > t.size:
                 os.ftruncate(t.fd, t.size)
             if t.size:
-                _preallocate(t.fd, t.size)
+                preallocate(t.fd, t.size)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _os_error(exc, t.part, t.dest) from exc
+                raise os_error(exc, t.part, t.dest) from exc
             # Filesystems without fallocate still work; the space check above stands.
         self._save_journal(t)
 
@@ -746,7 +654,7 @@ class Downloader:
         try:
             t.journal.save(t.state)
         except OSError as exc:
-            raise _os_error(exc, t.journal.path, t.dest) from exc
+            raise os_error(exc, t.journal.path, t.dest) from exc
         t.journal_written = True
         t.journal_dirty = False
         t.journal_saved_at = time.monotonic()
@@ -759,16 +667,16 @@ class Downloader:
     async def _publish(self, t: _Transfer) -> None:
         # fsync, rename and the directory fsync block for milliseconds: off the loop, so many
         # small files publish in parallel and no other transfer stalls meanwhile.
-        job = _WRITE_POOL.submit(_commit_file, t.fd, t.part, t.dest)
+        job = _WRITE_POOL.submit(commit_file, t.fd, t.part, t.dest)
         t.writes.add(job)
         job.add_done_callback(t.writes.discard)
         try:
             await asyncio.wrap_future(job)
         except OSError as exc:
-            raise _os_error(exc, t.dest, t.dest) from exc
+            raise os_error(exc, t.dest, t.dest) from exc
         os.close(t.fd)
         t.fd = -1
-        _stage("renamed_before_journal_removal")
+        stage("renamed_before_journal_removal")
         self._drop_journal(t)
 
     # ------------------------------------------------------------------ workers
@@ -808,8 +716,7 @@ class Downloader:
         tg.create_task(self._worker(t, first))
 
     async def _worker(self, t: _Transfer, first: tuple[Segment, Response] | None) -> None:
-        retry = self.config.retry
-        fails = 0
+        retry = retry_of(self.config.retry)
         seg, resp = first if first else (None, None)
         try:
             while True:
@@ -832,10 +739,10 @@ class Downloader:
                         t.attempts += 1
                         resp = await self._open_segment(t, seg)
                     await self._stream(t, seg, resp)
-                    _stage("segment_done_before_journal")
+                    stage("segment_done_before_journal")
                     resp.release()
                     resp = None
-                    fails = 0
+                    retry = retry.reset()
                     self._finish_segment(t, seg)
                     seg = None
                 except TransferError as exc:
@@ -851,7 +758,7 @@ class Downloader:
                     gained = seg.pos > before
                     self._finish_segment(t, seg)
                     seg = None
-                    fails = 0 if gained else fails + 1
+                    retry = retry.increment(exc, gained=gained)
                     if (
                         isinstance(exc, HTTPStatusError)
                         and exc.status in (429, 503)
@@ -860,17 +767,9 @@ class Downloader:
                         # Automatic mode backs off; an explicit -x is the user's to keep.
                         t.throttled = True
                         t.target = max(1, min(t.target, t.alive) // 2)
-                    if fails > retry.retries:
+                    if retry.is_exhausted():
                         return
-                    await sleep_s(
-                        retry_wait_s(
-                            max(0, fails - 1),
-                            getattr(exc, "retry_after_s", None),
-                            max_s=retry.max_delay_s,
-                            initial_s=retry.initial_delay_s,
-                            factor=retry.factor,
-                        )
-                    )
+                    await sleep_s(retry.wait_s(getattr(exc, "retry_after_s", None)))
         finally:
             if resp is not None:
                 resp.close()
@@ -1114,12 +1013,12 @@ class Downloader:
                 for lim in t.limiters:  # a cap set while running
                     await lim.acquire(n)
                 since_journal = self._after_write(t, seg, since_journal + n)
-        except _WriteFailed as exc:
+        except WriteFailed as exc:
             if exc.written:
                 # What reached the disk before it filled up is kept for the resume.
                 landed(at, exc.written)
             job = None
-            raise _os_error(exc.cause, t.part, t.dest) from exc.cause
+            raise os_error(exc.cause, t.part, t.dest) from exc.cause
         finally:
             if job is not None:
                 # Cancelled mid-receive: wake the thread and keep what it wrote.
@@ -1149,9 +1048,9 @@ class Downloader:
         if t.inline_hash is not None:
             if offset == t.inline_pos:
                 try:
-                    n = _pwritev_all(t.fd, bufs, offset)
-                except _WriteFailed as exc:
-                    raise _os_error(exc.cause, t.part, t.dest) from exc.cause
+                    n = pwritev_all(t.fd, bufs, offset)
+                except WriteFailed as exc:
+                    raise os_error(exc.cause, t.part, t.dest) from exc.cause
                 for b in bufs:
                     t.inline_hash.update(b)
                 t.inline_pos += n
@@ -1160,15 +1059,15 @@ class Downloader:
                 return
             # Out of order (a retry, a second connection): the file hasher takes over.
             t.inline_hash = None
-        job = _WRITE_POOL.submit(_locked_pwritev, t, bufs, offset)
+        job = _WRITE_POOL.submit(pwritev_locked, t.fd, t.write_lock, bufs, offset)
         t.writes.add(job)
         job.add_done_callback(t.writes.discard)
         try:
             n = await asyncio.wrap_future(job)
-        except _WriteFailed as exc:
+        except WriteFailed as exc:
             if exc.written:
                 self._record_write(t, state, offset, exc.written)
-            raise _os_error(exc.cause, t.part, t.dest) from exc.cause
+            raise os_error(exc.cause, t.part, t.dest) from exc.cause
         self._record_write(t, state, offset, n)
 
     @staticmethod
@@ -1291,15 +1190,6 @@ def _etag_changed(known: str | None, seen: str | None) -> bool:
     return bool(known and seen and known != seen)
 
 
-class _WriteFailed(OSError):
-    """A write to the partial file failed (as opposed to a receive) after ``written`` bytes."""
-
-    def __init__(self, cause: OSError, written: int) -> None:
-        super().__init__(cause.errno, cause.strerror)
-        self.cause = cause
-        self.written = written
-
-
 def _recv_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want: int) -> int:
     """In a worker thread: receive up to ``want`` bytes of ``body`` and write them at
     ``offset``. Returns SocketBody.recv_block's count (0: nothing yet, -1: end of stream)."""
@@ -1311,7 +1201,7 @@ def _recv_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, want:
     # A steal may have moved the segment's end while this thread was receiving.
     n = max(0, min(n, seg.end - offset))
     if n:
-        _locked_pwritev(t, [body.view[:n]], offset)
+        pwritev_locked(t.fd, t.write_lock, [body.view[:n]], offset)
     return n
 
 
@@ -1330,8 +1220,8 @@ def _splice_write(body: SocketBody, t: _Transfer, seg: Segment, offset: int, wan
             try:
                 with t.write_lock:
                     _pipe_to_file(body, t, keep, at)
-            except _WriteFailed as exc:
-                raise _WriteFailed(exc.cause, done + exc.written) from exc.cause
+            except WriteFailed as exc:
+                raise WriteFailed(exc.cause, done + exc.written) from exc.cause
         done += keep
         if keep < n:
             body.discard(n - keep)
@@ -1347,7 +1237,7 @@ _NO_SPLICE = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EBAD
 
 def _pipe_to_file(body: SocketBody, t: _Transfer, n: int, offset: int) -> None:
     """Move ``n`` bytes from the body's pipe into the partial file at ``offset``, or raise
-    _WriteFailed with how many did reach it."""
+    WriteFailed with how many did reach it."""
     fd = body.pipe_fd
     assert fd is not None
     written = 0
@@ -1369,133 +1259,22 @@ def _pipe_to_file(body: SocketBody, t: _Transfer, n: int, offset: int) -> None:
             data = os.read(fd, n - written)
             if not data:
                 raise OSError(errno.EIO, "the receive pipe ran dry")
-            written += _pwritev_all(t.fd, [data], offset + written)
-    except _WriteFailed as exc:
-        raise _WriteFailed(exc.cause, written + exc.written) from exc.cause
+            written += pwritev_all(t.fd, [data], offset + written)
+    except WriteFailed as exc:
+        raise WriteFailed(exc.cause, written + exc.written) from exc.cause
     except OSError as exc:
-        raise _WriteFailed(exc, written) from exc
+        raise WriteFailed(exc, written) from exc
 
 
-def _locked_pwritev(t: _Transfer, bufs: list[bytes], offset: int) -> int:
-    with t.write_lock:
-        return _pwritev_all(t.fd, bufs, offset)
+def retry_of(policy: RetryPolicy, *, total: int | None = None, free: int = 0) -> Retry:
+    """A fresh Retry with the configured backoff (``total`` defaults to ``policy.retries``)."""
+    return Retry(
+        total=policy.retries if total is None else total,
+        initial_s=policy.initial_delay_s,
+        factor=policy.factor,
+        max_s=policy.max_delay_s,
+        free=free,
+    )
 
 
-def _pwritev_all(fd: int, bufs: list[bytes], offset: int) -> int:
-    """Write all of ``bufs`` at ``offset``; on failure raise _WriteFailed, which says how many
-    bytes did reach the file (a full disk takes part of a multi-MiB write)."""
-    total = sum(map(len, bufs))
-    written = 0
-    try:
-        written = os.pwritev(fd, bufs, offset)
-        if written < total:  # short write: rare, finish it plainly
-            view = memoryview(b"".join(bufs))[written:]
-            while view:
-                n = os.pwrite(fd, view, offset + written)
-                written += n
-                view = view[n:]
-    except OSError as exc:
-        raise _WriteFailed(exc, written) from exc
-    return written
-
-
-def _preallocate(fd: int, size: int) -> None:
-    """Reserve the file's blocks where that is cheap (ext4, xfs, btrfs: extents only).
-
-    tmpfs, and glibc's fallback on filesystems without fallocate, zero-fill instead: about
-    0.25 CPU-s per GiB that the writes then redo, while the first byte waits. The first piece
-    shows which kind of filesystem this is; a slow one gets no more.
-    """
-    first = min(size, _PREALLOC_STEP)
-    started = time.perf_counter()
-    os.posix_fallocate(fd, 0, first)
-    if size > first and time.perf_counter() - started < _PREALLOC_CHEAP_S:
-        os.posix_fallocate(fd, first, size - first)
-
-
-def _commit_file(fd: int, part: Path, dest: Path) -> None:
-    """Make the verified partial file durable, then atomically the target."""
-    os.fsync(fd)
-    os.replace(part, dest)
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _os_error(exc: OSError, path: Path, target: Path) -> ModelhaulError:
-    """The error for ``exc`` on ``path`` (the target or its partial file or journal beside
-    it), told as a failure to write ``target``: the user never asked for the internal files."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(
-            f"the disk is full while writing {target}",
-            hint=f"Free space in {path.parent} and run again: the partial data was kept.",
-        )
-    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(f"cannot write {target}: {exc.strerror}")
-    if exc.errno == errno.ELOOP:
-        return PermissionDenied(
-            f"refusing to write {target} through a symbolic link planted beside it",
-            hint=f"Remove the symbolic link {path} (nothing was written through it), then run "
-            "again.",
-        )
-    return PermissionDenied(f"cannot write {target}: {exc.strerror or exc}")
-
-
-def _make_folder(folder: Path) -> None:
-    """Create the target's folder; one that is a file (or under one) is bad input."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as exc:
-        blocker = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
-        raise InvalidInput(
-            f"{folder} is not a directory"
-            + ("" if blocker == folder else f" ({blocker} is a file)"),
-            hint="Choose a destination in a directory; a file is in the way.",
-        ) from exc
-    except OSError as exc:
-        raise _os_error(exc, folder, folder) from exc
-
-
-class _AsyncFileLock:
-    """A cross-process file lock acquired without blocking the event loop."""
-
-    def __init__(self, path: Path, *, on_wait: NoticeCallback | None, what: str) -> None:
-        # Not thread-local: it is acquired in a worker thread and released on the loop thread.
-        self._lock = FileLock(str(path), thread_local=False)
-        self._on_wait = on_wait
-        self._what = what
-
-    async def __aenter__(self) -> None:
-        try:
-            # filelock makes the lock folder when it is missing.
-            self._lock.acquire(timeout=0)
-            return
-        except LockTimeout:
-            pass
-        if self._on_wait:
-            self._on_wait(f"another modelhaul process is downloading {self._what}; waiting for it")
-        while True:
-            try:
-                await asyncio.to_thread(self._lock.acquire, timeout=0.5)
-                return
-            except LockTimeout:
-                continue
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self._lock.release()
-
-
-__all__ = ["Cancelled", "Downloader", "check_sha256", "discard_partial", "part_paths"]
+__all__ = ["Cancelled", "Downloader"]

@@ -38,11 +38,12 @@ from typing import Any, TypeVar
 from filelock import FileLock, Timeout
 
 from ..config import DownloadConfig, ManagerConfig
-from ..engine.downloader import check_sha256, discard_partial, plan_paths
+from ..disk.partials import discard_partial, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
 from ..http.transport import check_url
 from ..manager import DownloadManager, TaskInfo
+from ..policy.validate import check_sha256
 from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri
 from ..store.inventory import GcResult, Inventory, lru_suggestion
 from ..store.pull import ModelPuller

@@ -18,7 +18,7 @@ from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
 from ..disk.journal import Journal
-from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, ModelhaulError, human_bytes
 from .pull import load_listing, owed_refs, stored_commits
 from .repo import NotInStore, RepoStore, check_repo_id, parse_repo_folder

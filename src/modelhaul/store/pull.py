@@ -18,7 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..disk.journal import Journal, JournalState
-from ..engine.downloader import _stage, part_paths
+from ..disk.partials import part_paths
+from ..engine.stages import stage
 from ..errors import (
     DiskFull,
     IntegrityError,
@@ -175,7 +176,7 @@ class ModelPuller:
                 fetched.extend(files)
                 received += r
         for f in (*present, *fetched):
-            _stage("linking")
+            stage("linking")
             with _writing(rs.snapshot_file(spec.commit, f.path)):
                 rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
         if errors:
