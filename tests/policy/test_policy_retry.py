@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
+from modelhaul.errors import ModelhaulError, NetworkError
 from modelhaul.policy.retry import Retry
 
 HALF = 0.5  # rand() -> 0.5: the delay is 3/4 of the uncapped backoff
@@ -32,14 +33,14 @@ def test_exhaustion_counts_only_failures_in_a_row_that_gained_nothing(
 ) -> None:
     retry = Retry(total=total)
     for i, gained in enumerate(outcomes):
-        retry = retry.increment(ValueError(i), gained=gained)
+        retry = retry.increment(NetworkError(str(i)), gained=gained)
     assert retry.is_exhausted() is exhausted
-    assert [e.args[0] for e in retry.history] == list(range(len(outcomes)))  # type: ignore[attr-defined]
+    assert [e.message for e in retry.history] == [str(i) for i in range(len(outcomes))]
 
 
 def test_increment_returns_a_new_value_and_leaves_the_old_alone() -> None:
     first = Retry(total=2)
-    second = first.increment(ValueError("a"))
+    second = first.increment(NetworkError("a"))
     assert first.fails == 0 and first.history == ()
     assert second.fails == 1 and len(second.history) == 1
     with pytest.raises(AttributeError):
@@ -47,7 +48,7 @@ def test_increment_returns_a_new_value_and_leaves_the_old_alone() -> None:
 
 
 def test_reset_keeps_the_history() -> None:
-    retry = Retry(total=1).increment(ValueError("a")).reset()
+    retry = Retry(total=1).increment(NetworkError("a")).reset()
     assert retry.fails == 0 and len(retry.history) == 1
     assert retry.reset() is retry
 
@@ -88,12 +89,12 @@ def test_a_retry_loop_with_an_injected_sleeper_waits_the_growing_backoff() -> No
     async def sleeper(s: float) -> None:
         slept.append(s)
 
-    async def run() -> tuple[BaseException, ...]:
+    async def run() -> tuple[ModelhaulError, ...]:
         retry = Retry(total=3, initial_s=1.0, factor=2.0, max_s=60.0)
         while True:
             try:
-                raise ConnectionError(len(retry.history))
-            except ConnectionError as exc:
+                raise NetworkError(f"attempt {len(retry.history)}")
+            except NetworkError as exc:
                 retry = retry.increment(exc)
                 if retry.is_exhausted():
                     return retry.history

@@ -22,6 +22,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from ..errors import ModelhaulError
 from .backoff import backoff_delay_s, retry_wait_s
 
 
@@ -44,7 +45,7 @@ class Retry:
     max_s: float = 60.0
     free: int = 0
     fails: int = 0
-    history: tuple[BaseException, ...] = ()
+    history: tuple[ModelhaulError, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("total", "free", "fails"):
@@ -55,7 +56,7 @@ class Retry:
         if self.initial_s < 0 or self.max_s < 0:
             raise ValueError("initial_s and max_s must be >= 0")
 
-    def increment(self, error: BaseException, *, gained: bool = False) -> Retry:
+    def increment(self, error: ModelhaulError, *, gained: bool = False) -> Retry:
         """The value after ``error``; ``gained``: the failed attempt made progress, so it
         does not count against the budget (only attempts that gain nothing do)."""
         return replace(self, fails=0 if gained else self.fails + 1, history=(*self.history, error))
