@@ -953,7 +953,7 @@ def test_a_break_on_one_connection_and_a_change_on_another_restart_clean(
     restart must start from nothing: not believe it holds the bytes of that write (once a
     ValueError from the scheduler, or a hole in the file).
     """
-    from modelhaul.engine import downloader as engine
+    from modelhaul.disk import files
 
     real_pwritev = os.pwritev
     calls = iter(range(1_000_000))
@@ -963,7 +963,7 @@ def test_a_break_on_one_connection_and_a_change_on_another_restart_clean(
             time.sleep(0.5)
         return real_pwritev(fd, bufs, offset)
 
-    monkeypatch.setattr(engine.os, "pwritev", slow_disk)
+    monkeypatch.setattr(files.os, "pwritev", slow_disk)
     old, new = blob(SEGMENTED, seed=28), blob(SEGMENTED, seed=29)
     origin.add_file("v.bin", old)
     origin.change_content_after("v.bin", 1, new)

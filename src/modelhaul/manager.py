@@ -34,7 +34,8 @@ from types import TracebackType
 from typing import Self
 
 from .config import DownloadConfig, ManagerConfig
-from .engine.downloader import Downloader, TargetPaths, discard_partial, plan_paths
+from .disk.partials import TargetPaths, discard_partial, plan_paths
+from .engine.downloader import Downloader
 from .errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
 from .events import Progress, Result, State, TaskEvent
 from .http.transport import Transport, check_url
@@ -330,7 +331,7 @@ class DownloadManager:
         if self._closed:
             raise RuntimeError("the manager is closed")
         check_url(url)
-        from .engine.downloader import check_sha256
+        from .policy.validate import check_sha256
 
         sha256 = check_sha256(sha256)
         paths = plan_paths(url, dest, directory)

@@ -18,7 +18,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from .config import DownloadConfig, ManagerConfig
-from .engine.downloader import Downloader, ProgressCallback
+from .engine.downloader import Downloader
+from .engine.transfer import ProgressCallback
 from .events import Result, TaskEvent
 from .manager import DownloadManager, TaskInfo
 

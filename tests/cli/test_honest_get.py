@@ -25,8 +25,9 @@ import modelhaul
 from conftest import cli_env, modelhaul_cmd
 from helpers import blob, sha
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
-from modelhaul.engine import downloader as engine
-from modelhaul.engine.downloader import Downloader, lock_file_for, plan_paths
+from modelhaul.disk import files
+from modelhaul.disk.partials import lock_file_for, part_paths, plan_paths
+from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import InvalidInput, TargetConflict
 from modelhaul.manager import DownloadManager
 from modelhaul.sources.manifest import manifest_from_data
@@ -234,7 +235,7 @@ def test_a_closed_stdout_stops_a_download_quietly_and_keeps_its_partial(
     assert code == 141, err
     assert "Traceback" not in err and "internal error" not in err, err
     assert not out.exists()
-    part, journal = engine.part_paths(out)
+    part, journal = part_paths(out)
     assert part.exists()
     done = json.loads(journal.read_text())["done"]
     assert sum(end - start for start, end in done) > 0
@@ -421,7 +422,7 @@ async def test_a_full_disk_while_writing_names_the_target(
     def no_fallocate(fd: int, offset: int, length: int) -> None:
         raise OSError(95, "Operation not supported")  # as on filesystems without it
 
-    monkeypatch.setattr(engine.os, "posix_fallocate", no_fallocate)
+    monkeypatch.setattr(files.os, "posix_fallocate", no_fallocate)
     cfg = fast_config(check_disk_space=False, segments=SegmentPolicy(connections=1))
     async with Downloader(cfg, state_dir=state_dir) as dl:
         with pytest.raises(modelhaul.DiskFull) as info:

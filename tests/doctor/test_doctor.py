@@ -26,11 +26,11 @@ from aiohttp import web
 
 from conftest import modelhaul_cmd
 from fakehub import FakeHub
+from modelhaul.disk.partials import lock_file_for
 from modelhaul.doctor.checks import Check, DoctorConfig
 from modelhaul.doctor.hub import parse_source
 from modelhaul.doctor.network import check_clock, check_proxy
 from modelhaul.doctor.run import run_doctor
-from modelhaul.engine.downloader import lock_file_for
 from modelhaul.errors import InvalidInput
 from modelhaul.sources.hf import HubRef
 

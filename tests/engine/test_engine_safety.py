@@ -24,7 +24,7 @@ import pytest
 from helpers import blob, sha
 from helpers import download_config as config
 from modelhaul.config import MiB
-from modelhaul.engine import downloader as engine
+from modelhaul.disk import files
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import DiskFull, ModelhaulError, RedirectRefused
 from modelhaul.events import Result
@@ -200,7 +200,7 @@ async def test_not_enough_space_fails_before_writing(
         usage = real(path)
         return usage._replace(free=MiB)
 
-    monkeypatch.setattr(engine.shutil, "disk_usage", tiny)
+    monkeypatch.setattr(shutil, "disk_usage", tiny)
     out = tmp_path / "out"
     async with Downloader(config(segments={"connections": connections}), state_dir=state_dir) as dl:
         with pytest.raises(DiskFull) as info:
@@ -236,7 +236,7 @@ async def test_enospc_while_writing_fails_at_once_and_keeps_the_journal(
     def no_fallocate(fd: int, offset: int, length: int) -> None:
         raise OSError(95, "Operation not supported")  # as on filesystems without it
 
-    monkeypatch.setattr(engine.os, "posix_fallocate", no_fallocate)
+    monkeypatch.setattr(files.os, "posix_fallocate", no_fallocate)
     dest = small_disk / "full.bin"
     cfg = config(check_disk_space=False, segments={"connections": 1})
     async with Downloader(cfg, state_dir=state_dir) as dl:
@@ -533,11 +533,11 @@ def test_preallocation_stops_after_the_first_piece_where_it_zero_fills(
 ) -> None:
     seen: list[tuple[int, int]] = []
     clock = iter([0.0, first_piece_s])
-    monkeypatch.setattr(engine.time, "perf_counter", lambda: next(clock))
-    monkeypatch.setattr(engine.os, "posix_fallocate", lambda fd, o, n: seen.append((o, n)))
+    monkeypatch.setattr(files.time, "perf_counter", lambda: next(clock))
+    monkeypatch.setattr(files.os, "posix_fallocate", lambda fd, o, n: seen.append((o, n)))
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
-        engine._preallocate(fd, 200 * MiB)
+        files.preallocate(fd, 200 * MiB)
     finally:
         os.close(fd)
     # Extent-based filesystems answer at once and get the whole file reserved; a slow first
@@ -548,7 +548,7 @@ def test_preallocation_stops_after_the_first_piece_where_it_zero_fills(
 def test_preallocation_reserves_real_blocks(tmp_path: Path) -> None:
     fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
     try:
-        engine._preallocate(fd, 3 * MiB)
+        files.preallocate(fd, 3 * MiB)
         assert os.fstat(fd).st_size == 3 * MiB
     finally:
         os.close(fd)

@@ -3,7 +3,7 @@
     python tests/support/crash_runner.py STAGE[:N] get URL -o PATH ...
 
 The process kills itself with SIGKILL the N-th time (default: the first) the engine or the
-puller reports STAGE through the private stage hook (see ``modelhaul.engine.downloader._stage``). Stages:
+puller reports STAGE through the private stage hook (see ``modelhaul.engine.stages.stage``). Stages:
 probed, segment_done_before_journal, hashing, renamed_before_journal_removal, linking. If the
 stage is never reached the CLI runs to its end and exits with its own status, so a test can
 tell "killed there" (exit by SIGKILL) from "never got there".
@@ -16,7 +16,7 @@ import signal
 import sys
 
 from modelhaul.cli import main as cli_main
-from modelhaul.engine import downloader as engine
+from modelhaul.engine import stages
 
 
 def install(stage: str, nth: int = 1) -> None:
@@ -31,7 +31,7 @@ def install(stage: str, nth: int = 1) -> None:
         if seen >= nth:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    engine._stage_hook = hook
+    stages.stage_hook = hook
 
 
 def main(argv: list[str]) -> int:

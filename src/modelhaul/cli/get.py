@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ManagerConfig
-from ..engine.downloader import check_sha256, is_downloading, plan_paths
+from ..disk.partials import is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import Progress, State, TaskEvent
 from ..http.transport import check_url
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
+from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry, parse_input_list
 from . import via_server
 from .options import add_transfer_options, download_config, state_dir

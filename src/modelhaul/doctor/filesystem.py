@@ -11,7 +11,7 @@ from pathlib import Path
 
 import filelock
 
-from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput, human_bytes
 from ..guidance import GC_COMMAND
 from ..policy.validate import check_repo_id, parse_repo_folder

@@ -1,1 +1,2 @@
-"""One file's transfer: probe, plan, workers, progress, publish."""
+"""One file's transfer: downloader (the face, the lock, clean restarts), probe, plan, workers
+(+ autoscale), streams (the receive paths), progress, publish; transfer holds the state."""

@@ -1,7 +1,8 @@
 """Pure checks of names that come from users and remote listings, before they touch a path.
 
 Each ``check_*`` returns its argument unchanged or raises ``InvalidInput``; the ``is_*``
-functions only answer. No I/O here: the store, the sources and the faces all use these.
+functions only answer. No I/O here: the store, the sources and the faces all use these;
+``check_sha256`` normalises the checksums users hand in.
 """
 
 from __future__ import annotations
@@ -89,3 +90,23 @@ def split_model_ref(text: str) -> tuple[str, str, str | None]:
     if at and not rev:
         raise InvalidInput(f"empty revision in {text!r}")
     return repo_type, name.strip("/"), rev or None
+
+
+# ---------------------------------------------------------------------- checksums
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def check_sha256(value: str | None) -> str | None:
+    """The SHA-256 ``value`` normalised to lower case; None stays None.
+
+    Raises:
+        InvalidInput: ``value`` is not 64 hexadecimal digits.
+    """
+    if value is None:
+        return None
+    if not _HEX64.match(value):
+        raise InvalidInput(
+            f"bad SHA-256 {value!r}: expected 64 hexadecimal digits",
+            hint="Copy the checksum exactly as published (sha256sum prints it first).",
+        )
+    return value.lower()

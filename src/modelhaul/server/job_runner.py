@@ -15,11 +15,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.downloader import check_sha256, plan_paths
+from ..disk.partials import plan_paths
 from ..errors import InvalidInput, ModelhaulError
 from ..events import State, TaskEvent
 from ..http.transport import check_url
 from ..manager import TaskInfo
+from ..policy.validate import check_sha256
 from ..sources.hf import parse_hf_uri
 from ..store.inventory import lru_suggestion
 from ..store.pull import ModelPuller

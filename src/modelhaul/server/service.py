@@ -28,7 +28,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..config import DownloadConfig, ManagerConfig
-from ..engine.downloader import discard_partial, plan_paths
+from ..disk.partials import discard_partial, plan_paths
 from ..errors import InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
 from ..manager import DownloadManager, TaskInfo

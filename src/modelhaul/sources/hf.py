@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
@@ -28,8 +28,9 @@ from ..errors import (
     TransferError,
 )
 from ..http.transport import same_host
-from ..policy.backoff import parse_retry_after, retry_wait_s
+from ..policy.backoff import parse_retry_after
 from ..policy.paths import safe_relpath
+from ..policy.retry import Retry
 from ..policy.validate import check_repo_id, check_revision, split_model_ref
 from .model import ModelFile, ModelSpec, check_paths
 
@@ -185,8 +186,11 @@ class HubSource:
 
     async def _call(self, ref: HubRef, fn: Callable[[], T]) -> T:
         """Run a blocking huggingface_hub call in a thread, retrying what is worth retrying."""
-        history: list[ModelhaulError] = []
-        fails = 0
+        retry = Retry(
+            total=self._retry.retries,
+            initial_s=self._retry.initial_delay_s,
+            max_s=self._retry.max_delay_s,
+        )
         while True:
             try:
                 return await asyncio.to_thread(fn)
@@ -194,21 +198,14 @@ class HubSource:
                 err = map_hub_error(exc, ref, self.endpoint)
                 if not err.retryable:
                     raise err from exc
-                history.append(err)
-                fails += 1
                 budget = self._retry.retries
                 if self._network_retries is not None and err.category in ("network", "timeout"):
                     budget = self._network_retries
-                if fails > budget:
-                    raise RetriesExhausted(err, history) from exc
-                await asyncio.sleep(
-                    retry_wait_s(
-                        fails - 1,
-                        getattr(err, "retry_after_s", None),
-                        max_s=self._retry.max_delay_s,
-                        initial_s=self._retry.initial_delay_s,
-                    )
-                )
+                # The budget depends on the kind of failure: network ones may have their own.
+                retry = replace(retry, total=budget).increment(err)
+                if retry.is_exhausted():
+                    raise RetriesExhausted(err, list(retry.history)) from exc
+                await asyncio.sleep(retry.wait_s(getattr(err, "retry_after_s", None)))
 
 
 def _tree_entry(f: ModelFile, entry: Any) -> dict[str, object]:

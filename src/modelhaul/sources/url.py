@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine.downloader import check_sha256
 from ..errors import InvalidInput
 from ..http.transport import check_url
+from ..policy.validate import check_sha256
 
 
 @dataclass(frozen=True, slots=True)

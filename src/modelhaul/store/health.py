@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..disk.journal import Journal
-from ..engine.downloader import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
 from ..errors import InvalidInput
 from .listing import load_listing, owed_refs, stored_commits
 from .repo import RepoStore

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..engine.downloader import _stage, part_paths
+from ..disk.partials import part_paths
+from ..engine.stages import stage
 from ..errors import (
     DiskFull,
     IntegrityError,
@@ -134,7 +135,7 @@ class ModelPuller:
                 fetched.extend(files)
                 received += r
         for f in (*present, *fetched):
-            _stage("linking")
+            stage("linking")
             with writing(rs.snapshot_file(spec.commit, f.path)):
                 rs.link(spec.commit, f.path, f.blob_id, symlinks=self.symlinks)
         if errors:

@@ -18,7 +18,6 @@ snapshot that ``trees/<commit>.json`` shows to be incomplete, as it does for its
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import json
@@ -30,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
-from filelock import Timeout as LockTimeout
 
+from ..disk.lock import AsyncFileLock
 from ..errors import DiskFull, InvalidInput, ModelhaulError, PermissionDenied
 from ..policy.paths import safe_relpath
 from ..policy.validate import (
@@ -353,49 +352,29 @@ class BlobLock:
 
     Held while a blob is fetched or repaired, so two processes (modelhaul or huggingface_hub)
     never fetch the same blob at once, whichever state directory each uses. Acquired without
-    blocking the event loop; ``on_wait`` is called once if another holder makes us wait.
+    blocking the event loop (disk.lock); ``on_wait`` is called once if another holder makes
+    us wait.
     """
 
     def __init__(self, path: Path, *, on_wait: Callable[[], None] | None = None) -> None:
         self.path = path
-        # Not thread-local: it may be acquired in a worker thread and released on the loop.
-        self._lock = FileLock(str(path), thread_local=False)
-        self._on_wait = on_wait
-        self.waited = False  # another holder made us wait: what it did may be done now
+        self._lock = AsyncFileLock(path, on_wait=on_wait)
 
-    def _acquire_within(self, timeout_s: float) -> bool:
-        try:
-            self._lock.acquire(timeout=timeout_s)
-        except LockTimeout:
-            return False
-        return True
+    @property
+    def waited(self) -> bool:
+        """Another holder made us wait: what it did may be done now."""
+        return self._lock.waited
 
     async def __aenter__(self) -> BlobLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self._acquire_within(0):
-                return self
+            await self._lock.acquire()
         except OSError as exc:
             raise PermissionDenied(
                 f"cannot create the lock {self.path}: {exc.strerror or exc}",
                 hint="Set HF_HUB_CACHE (or HF_HOME) to a writable directory.",
             ) from exc
-        self.waited = True
-        if self._on_wait is not None:
-            self._on_wait()
-        while True:
-            attempt = asyncio.ensure_future(asyncio.to_thread(self._acquire_within, 0.5))
-            try:
-                if await asyncio.shield(attempt):
-                    return self
-            except asyncio.CancelledError:
-                # The thread may still get the lock after we stopped waiting: give it back.
-                attempt.add_done_callback(self._release_if_acquired)
-                raise
-
-    def _release_if_acquired(self, attempt: asyncio.Future[bool]) -> None:
-        if not attempt.cancelled() and attempt.exception() is None and attempt.result():
-            self._lock.release()
+        return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._lock.release()

@@ -1,0 +1,146 @@
+"""The plan of a download: its partial file and journal, preallocation, the segment schedule.
+
+Journal policy lives here: when a journal is loaded, saved (small files are not), dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+
+from ..config import SegmentPolicy
+from ..disk.files import os_error, preallocate
+from ..disk.journal import JournalState
+from ..errors import DiskFull, human_bytes
+from ..policy.segments import SegmentScheduler
+from .transfer import Transfer
+
+_JOURNAL_MIN_BYTES = 2 * 1024 * 1024
+# A segment younger than this is not stolen from, nor one that will be done within it: on a
+# fast link the victim's server has already sent what the thief would ask for again.
+_STEAL_AFTER_S = 0.25
+
+
+def open_part(t: Transfer) -> None:
+    """Load the journal if it belongs to this download, else start afresh; open the partial
+    file (never through a symbolic link)."""
+    loaded = t.facts.journal.load()
+    exists = t.facts.part.is_file() and not t.facts.part.is_symlink()
+    if (
+        loaded
+        and exists
+        # Bytes of a body of unknown length (chunked, content-encoded) cannot be resumed;
+        # treated as held, they would collide with the next probe's range.
+        and loaded.size is not None
+        and (
+            loaded.url == t.facts.url
+            or (t.facts.expected_sha256 and loaded.sha256 == t.facts.expected_sha256)
+        )
+    ):
+        t.state = loaded
+        t.state.url = t.facts.url
+        t.state.sha256 = t.facts.expected_sha256
+        t.journal_written = True
+    else:
+        if loaded is not None or exists:
+            t.facts.journal.remove()
+        t.state = JournalState(url=t.facts.url, size=None, sha256=t.facts.expected_sha256)
+    try:
+        # O_NOFOLLOW: a symlink planted at the partial path must not redirect our writes.
+        # 0o664 with the user's umask: never world-writable.
+        t.fd = os.open(t.facts.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
+    except OSError as exc:
+        raise os_error(exc, t.facts.part, t.dest) from exc
+    if not t.state.done:
+        os.ftruncate(t.fd, 0)
+
+
+def may_split(segments: SegmentPolicy) -> bool:
+    """Whether the first request may ask for a range (more than one connection allowed)."""
+    n = segments.connections
+    return n is None or n > 1
+
+
+def plan_segments(t: Transfer, seg_cfg: SegmentPolicy) -> None:
+    """The first connection count and the scheduler of the file's chunks, once its size is known."""
+    assert t.size is not None
+    fixed = seg_cfg.connections
+    if fixed is not None:
+        t.target = fixed
+    elif t.size < seg_cfg.min_split_bytes:
+        t.target = 1
+    else:
+        t.target = min(seg_cfg.initial_connections, seg_cfg.max_connections)
+    conns = fixed or seg_cfg.max_connections
+    chunk = t.size if t.target == 1 else seg_cfg.chunk_for(t.size, conns)
+    t.sched = SegmentScheduler(
+        t.size,
+        t.state.done,
+        chunk_bytes=chunk,
+        min_steal_bytes=seg_cfg.min_steal_bytes,
+        align=64 * 1024,
+        steal_after_s=_STEAL_AFTER_S,
+    )
+
+
+def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
+    """Check the free space, size the partial file, reserve its blocks, save the journal."""
+    if t.size is None:
+        return
+    try:
+        allocated = os.fstat(t.fd).st_blocks * 512
+    except OSError:
+        allocated = 0
+    needed = max(0, t.size - allocated)
+    if check_disk_space and needed:
+        free = shutil.disk_usage(t.facts.part.parent).free
+        if free < needed:
+            raise DiskFull(
+                f"not enough disk space for {t.dest.name}: needs {human_bytes(needed)} more, "
+                f"{human_bytes(free)} free in {t.facts.part.parent}",
+                hint=f"Free at least {human_bytes(needed - free)} in {t.facts.part.parent}, or "
+                "download elsewhere with -d DIR.",
+            )
+    try:
+        if os.fstat(t.fd).st_size > t.size:
+            os.ftruncate(t.fd, t.size)
+        if t.size:
+            preallocate(t.fd, t.size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise os_error(exc, t.facts.part, t.dest) from exc
+        # Filesystems without fallocate still work; the space check above stands.
+    save_journal(t)
+
+
+def save_journal(t: Transfer) -> None:
+    """Record what the partial file holds (small files are not journaled: they restart)."""
+    if t.size is not None and t.size < _JOURNAL_MIN_BYTES:
+        # Refetching a small file costs less than journaling it; it restarts instead.
+        t.journal_dirty = False
+        return
+    try:
+        t.facts.journal.save(t.state)
+    except OSError as exc:
+        raise os_error(exc, t.facts.journal.path, t.dest) from exc
+    t.journal_written = True
+    t.journal_dirty = False
+    t.journal_saved_at = time.monotonic()
+
+
+def drop_journal(t: Transfer) -> None:
+    if t.journal_written:
+        t.facts.journal.remove()
+        t.journal_written = False
+
+
+__all__ = [
+    "drop_journal",
+    "may_split",
+    "open_part",
+    "plan_segments",
+    "prepare_file",
+    "save_journal",
+]

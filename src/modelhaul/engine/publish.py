@@ -1,0 +1,137 @@
+"""The end of an attempt: verify the bytes, publish the file, or leave a resumable partial.
+
+Write into a partial file beside the destination, verify, fsync, then ``os.replace`` into
+place; only then remove the journal. An attempt that ends otherwise keeps its partial file and
+journal when a resume can use them, and removes them when not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import time
+from concurrent.futures import wait as wait_futures
+
+from ..disk.files import commit_file, os_error
+from ..disk.hashing import PrefixHasher
+from ..errors import IntegrityError, ModelhaulError
+from ..events import Result
+from .plan import drop_journal, prepare_file, save_journal
+from .pools import WRITE_POOL
+from .probe import Probe, close_probe
+from .progress import emit_progress
+from .stages import stage
+from .transfer import Transfer
+
+# Small files arriving in order are written and hashed on the loop: no thread hand-offs.
+_INLINE_MAX_BYTES = 4 * 1024 * 1024
+
+
+def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
+    """After the probe: size the partial file and start hashing its completed prefix."""
+    try:
+        if t.facts.on_phase:
+            t.facts.on_phase("probed", t.size)
+        prepare_file(t, check_disk_space=check_disk_space)
+        t.hasher = PrefixHasher(t.fd)
+        t.hasher.advance(t.state.done.prefix_end())
+        t.resumed_from = t.bytes_done()
+    except Exception:
+        # No worker took the probe's response (a full disk, say): drop its connection,
+        # or the server goes on sending into it for as long as the error lives.
+        close_probe(first)
+        raise
+    if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
+        t.inline_hash = hashlib.sha256()
+
+
+async def verify(t: Transfer) -> tuple[int, str]:
+    """The size and SHA-256 of the received file; a mismatch with the expected one removes it.
+
+    Raises:
+        IntegrityError: the digest is not the expected SHA-256.
+    """
+    size = t.size if t.size is not None else t.bytes_done()
+    t.size = size
+    save_journal(t)
+    emit_progress(t, force=True)
+    if t.facts.on_phase:
+        t.facts.on_phase("verifying", size)
+    stage("hashing")
+    if t.inline_hash is not None and t.inline_pos == size:
+        digest = t.inline_hash.hexdigest()
+    else:
+        assert t.hasher is not None
+        t.hasher.advance(t.state.done.prefix_end())
+        digest = await t.hasher.digest(size)
+    expected = t.facts.expected_sha256
+    if expected and digest != expected:
+        drop_journal(t)
+        t.facts.part.unlink(missing_ok=True)
+        raise IntegrityError(
+            f"SHA-256 mismatch for {t.dest.name}: expected {expected}, got {digest}"
+        )
+    return size, digest
+
+
+async def publish(t: Transfer) -> None:
+    """fsync the verified partial file, rename it into place, then drop its journal."""
+    # fsync, rename and the directory fsync block for milliseconds: off the loop, so many
+    # small files publish in parallel and no other transfer stalls meanwhile.
+    job = WRITE_POOL.submit(commit_file, t.fd, t.facts.part, t.dest)
+    t.track(job)
+    try:
+        await asyncio.wrap_future(job)
+    except OSError as exc:
+        raise os_error(exc, t.dest, t.dest) from exc
+    os.close(t.fd)
+    t.fd = -1
+    stage("renamed_before_journal_removal")
+    drop_journal(t)
+
+
+def result_of(t: Transfer, size: int, digest: str) -> Result:
+    """The Result of a published download."""
+    return Result(
+        url=t.facts.url,
+        path=str(t.dest),
+        size=size,
+        sha256=digest,
+        elapsed_s=time.monotonic() - t.facts.started,
+        attempts=t.attempts,
+        resumed_from=t.resumed_from,
+        bytes_transferred=t.received,
+        etag=t.state.etag,
+    )
+
+
+async def end_attempt(t: Transfer) -> None:
+    """Whatever the outcome: stop hashing, close the partial file, keep it only if resumable."""
+    if t.hasher is not None:
+        await t.hasher.aclose()
+        t.hasher = None
+    if t.fd < 0:
+        return
+    if t.facts.part.exists() and t.size is not None and t.state.done:
+        with contextlib.suppress(ModelhaulError):
+            save_journal(t)
+    # A cancelled await does not stop a write already running in its thread; it
+    # must end before the descriptor number can be reused by another open file.
+    wait_futures(list(t.writes))
+    os.close(t.fd)
+    t.fd = -1
+    if not t.state.done or t.size is None or t.single:
+        # Nothing worth resuming (without a size no range can be asked for, and
+        # an origin that ignored Range answers the next run from byte 0 again):
+        # leave no partial file behind.
+        t.facts.part.unlink(missing_ok=True)
+        drop_journal(t)
+    if t.received:
+        # The last word on what this attempt received and whether it can resume,
+        # for those who account across attempts (the manager, a pause, Ctrl-C).
+        emit_progress(t, force=True)
+
+
+__all__ = ["end_attempt", "publish", "result_of", "start_writing", "verify"]
