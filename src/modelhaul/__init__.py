@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         TransferError,
     )
     from .events import Progress, Result, State, TaskEvent
-    from .manager import DownloadHandle, DownloadManager, TaskInfo
+    from .manager.downloads import DownloadHandle, DownloadManager, TaskInfo
     from .sources.hf import HubSource, parse_hf_uri
     from .sources.manifest import load_manifest_file, parse_manifest_text
     from .sources.model import ModelFile, ModelSpec
@@ -49,8 +49,8 @@ _EXPORTS: dict[str, str] = {
     "Cancelled": "errors",
     "DiskFull": "errors",
     "DownloadConfig": "config",
-    "DownloadHandle": "manager",
-    "DownloadManager": "manager",
+    "DownloadHandle": "manager.downloads",
+    "DownloadManager": "manager.downloads",
     "Downloader": "engine.downloader",
     "HTTPStatusError": "errors",
     "HubSource": "sources.hf",
@@ -80,7 +80,7 @@ _EXPORTS: dict[str, str] = {
     "StoredModel": "store.inventory",
     "SyncDownloadManager": "sync",
     "TaskEvent": "events",
-    "TaskInfo": "manager",
+    "TaskInfo": "manager.downloads",
     "Timeouts": "config",
     "TransferError": "errors",
     "VerifyReport": "store.pull",

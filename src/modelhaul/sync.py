@@ -20,7 +20,7 @@ from typing import Any, Self, TypeVar
 from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader, ProgressCallback
 from .events import Result, TaskEvent
-from .manager import DownloadManager, TaskInfo
+from .manager.downloads import DownloadManager, TaskInfo
 
 T = TypeVar("T")
 

@@ -28,7 +28,7 @@ from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
 from modelhaul.engine import downloader as engine
 from modelhaul.engine.downloader import Downloader, lock_file_for, plan_paths
 from modelhaul.errors import InvalidInput, TargetConflict
-from modelhaul.manager import DownloadManager
+from modelhaul.manager.downloads import DownloadManager
 from modelhaul.sources.manifest import manifest_from_data
 from modelhaul.sources.url import parse_input_list
 from origin import Origin

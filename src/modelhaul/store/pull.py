@@ -28,7 +28,7 @@ from ..errors import (
     RetriesExhausted,
     human_bytes,
 )
-from ..manager import DownloadHandle, DownloadManager
+from ..manager.downloads import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..policy.ranges import RangeSet
 from ..sources.model import ModelFile, ModelSpec

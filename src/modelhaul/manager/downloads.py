@@ -33,13 +33,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from .config import DownloadConfig, ManagerConfig
-from .engine.downloader import Downloader, TargetPaths, discard_partial, plan_paths
-from .errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
-from .events import Progress, Result, State, TaskEvent
-from .http.transport import Transport, check_url
-from .policy.fairshare import estimate_demand, water_fill
-from .policy.ratelimit import TokenBucket
+from ..config import DownloadConfig, ManagerConfig
+from ..engine.downloader import Downloader, TargetPaths, discard_partial, plan_paths
+from ..errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
+from ..events import Progress, Result, State, TaskEvent
+from ..http.transport import Transport, check_url
+from ..policy.fairshare import estimate_demand, water_fill
+from ..policy.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ class DownloadManager:
         if self._closed:
             raise RuntimeError("the manager is closed")
         check_url(url)
-        from .engine.downloader import check_sha256
+        from ..engine.downloader import check_sha256
 
         sha256 = check_sha256(sha256)
         paths = plan_paths(url, dest, directory)

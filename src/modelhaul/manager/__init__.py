@@ -1,0 +1,1 @@
+"""Many downloads at once: the queue, limits, pause/resume/cancel, and events."""
