@@ -20,7 +20,8 @@ from typing import Any, Self, TypeVar
 from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader, ProgressCallback
 from .events import Result, TaskEvent
-from .manager.downloads import DownloadManager, TaskInfo
+from .manager.downloads import DownloadManager
+from .manager.tasks import TaskInfo
 
 T = TypeVar("T")
 

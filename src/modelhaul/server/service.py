@@ -42,7 +42,8 @@ from ..engine.downloader import check_sha256, discard_partial, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
 from ..http.transport import check_url
-from ..manager.downloads import DownloadManager, TaskInfo
+from ..manager.downloads import DownloadManager
+from ..manager.tasks import TaskInfo
 from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri
 from ..store.inventory import GcResult, Inventory, lru_suggestion
 from ..store.pull import ModelPuller
