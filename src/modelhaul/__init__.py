@@ -34,7 +34,8 @@ if TYPE_CHECKING:
         TransferError,
     )
     from .events import Progress, Result, State, TaskEvent
-    from .manager import DownloadHandle, DownloadManager, TaskInfo
+    from .manager.downloads import DownloadHandle, DownloadManager
+    from .manager.tasks import TaskInfo
     from .sources.hf import HubSource, parse_hf_uri
     from .sources.manifest import load_manifest_file, parse_manifest_text
     from .sources.model import ModelFile, ModelSpec
@@ -50,8 +51,8 @@ _EXPORTS: dict[str, str] = {
     "Cancelled": "errors",
     "DiskFull": "errors",
     "DownloadConfig": "config",
-    "DownloadHandle": "manager",
-    "DownloadManager": "manager",
+    "DownloadHandle": "manager.downloads",
+    "DownloadManager": "manager.downloads",
     "Downloader": "engine.downloader",
     "HTTPStatusError": "errors",
     "HubSource": "sources.hf",
@@ -81,7 +82,7 @@ _EXPORTS: dict[str, str] = {
     "StoredModel": "store.inventory",
     "SyncDownloadManager": "sync",
     "TaskEvent": "events",
-    "TaskInfo": "manager",
+    "TaskInfo": "manager.tasks",
     "Timeouts": "config",
     "TransferError": "errors",
     "VerifyReport": "store.verify",

@@ -3,6 +3,11 @@
 Every method may be called from any thread (a GUI, a web handler, a plain script). Calls are
 marshalled onto the loop thread, so the async core keeps a single-threaded view of its state.
 Event callbacks run on the loop thread: keep them short, or hand work to your own thread.
+
+Nothing is written twice: ``OnLoop`` wraps an object of the async core, and ``steer`` and
+``read`` turn its methods into methods that run on the loop thread, so ``SyncHandle`` and
+``SyncDownloadManager`` only name what they expose and write out what differs (blocking waits
+with a timeout, handles wrapped for this thread).
 """
 
 from __future__ import annotations
@@ -10,20 +15,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
 
 from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader
 from .engine.transfer import ProgressCallback
 from .events import Result, TaskEvent
-from .manager import DownloadManager, TaskInfo
+from .manager.downloads import DownloadHandle, DownloadManager
 
 T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
 
 
 class LoopThread:
@@ -81,15 +89,15 @@ class LoopThread:
             with self._lock:
                 self._pending.discard(future)
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
+    def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Call a plain function on the loop thread and return its result here."""
         if self.in_loop_thread():
-            return fn(*args)
+            return fn(*args, **kwargs)
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def invoke() -> None:
             try:
-                result = fn(*args)
+                result = fn(*args, **kwargs)
             except Exception as exc:  # delivered to the calling thread
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     future.set_exception(exc)
@@ -170,39 +178,72 @@ def download(
         runner.stop()
 
 
-class SyncHandle:
-    """A download handle usable from any thread."""
+class OnLoop(Generic[T]):
+    """An object of the async core, used from other threads through its loop thread."""
 
-    def __init__(self, owner: SyncDownloadManager, task_id: str) -> None:
-        self._owner = owner
-        self.id = task_id
+    def __init__(self, thread: LoopThread, target: T) -> None:
+        self._thread = thread
+        self._target = target
+
+    def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._thread.stopped:
+            raise RuntimeError("the manager is closed")
+        return self._thread.call(fn, *args, **kwargs)
+
+    def _read(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        # Once the loop thread is gone nothing changes any more: answer directly.
+        if self._thread.loop.is_closed():
+            return fn(*args, **kwargs)
+        return self._call(fn, *args, **kwargs)
+
+
+def steer(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
+    """``method`` of the wrapped object, run on the loop thread; refused once it has stopped."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def on_loop(self: OnLoop[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        # Looked up by name, so a subclass's override is the one that runs.
+        return self._call(getattr(self._target, name), *args, **kwargs)
+
+    return on_loop
+
+
+def read(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
+    """``method`` of the wrapped object, run on the loop thread, or here once it has stopped."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    def on_loop(self: OnLoop[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self._read(getattr(self._target, name), *args, **kwargs)
+
+    return on_loop
+
+
+class SyncHandle(OnLoop[DownloadHandle]):
+    """A download handle usable from any thread: ``DownloadHandle`` run on the loop thread."""
+
+    def __init__(self, thread: LoopThread, handle: DownloadHandle) -> None:
+        super().__init__(thread, handle)
+        self.id = handle.id
 
     def __repr__(self) -> str:
         return f"SyncHandle({self.id!r})"
 
-    def pause(self) -> None:
-        self._owner.pause(self.id)
-
-    def resume(self) -> None:
-        self._owner.resume(self.id)
-
-    def cancel(self) -> None:
-        self._owner.cancel(self.id)
-
-    def set_priority(self, priority: int) -> None:
-        self._owner.set_priority(self.id, priority)
-
-    def set_limit(self, rate_bytes_per_s: float | None) -> None:
-        self._owner.set_task_limit(self.id, rate_bytes_per_s)
-
-    def info(self) -> TaskInfo:
-        return self._owner.info(self.id)
+    pause = steer(DownloadHandle.pause)
+    resume = steer(DownloadHandle.resume)
+    cancel = steer(DownloadHandle.cancel)
+    set_priority = steer(DownloadHandle.set_priority)
+    set_limit = steer(DownloadHandle.set_limit)
+    info = read(DownloadHandle.info)
 
     def wait(self, timeout: float | None = None) -> Result:
-        return self._owner.wait(self.id, timeout)
+        """The result once completed; raises the categorised error, or Cancelled, or
+        ``TimeoutError`` after ``timeout`` seconds."""
+        return self._thread.run(self._target.wait(), timeout)
 
 
-class SyncDownloadManager:
+class SyncDownloadManager(OnLoop[DownloadManager]):
     """``DownloadManager`` for threaded code.
 
     Example::
@@ -220,7 +261,7 @@ class SyncDownloadManager:
         download_config: DownloadConfig | None = None,
         state_dir: Path | None = None,
     ) -> None:
-        self._thread = LoopThread("modelhaul-manager")
+        thread = LoopThread("modelhaul-manager")
         self._close_lock = threading.Lock()
 
         async def make() -> DownloadManager:
@@ -231,9 +272,14 @@ class SyncDownloadManager:
         # A manager that does not start (an error, or Ctrl-C while this thread waits) stops
         # its loop thread; nothing is caught, so the interrupt or cancel goes on to the caller.
         with contextlib.ExitStack() as on_failure:
-            on_failure.callback(self._thread.stop)
-            self.manager = self._thread.run(make())
+            on_failure.callback(thread.stop)
+            super().__init__(thread, thread.run(make()))
             on_failure.pop_all()
+
+    @property
+    def manager(self) -> DownloadManager:
+        """The async manager; call it only on its own loop thread."""
+        return self._target
 
     def __enter__(self) -> Self:
         return self
@@ -256,17 +302,6 @@ class SyncDownloadManager:
             finally:
                 self._thread.stop()
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._thread.stopped:
-            raise RuntimeError("the manager is closed")
-        return self._thread.call(fn, *args)
-
-    def _read(self, fn: Callable[..., T], *args: Any) -> T:
-        # Once the loop thread is gone nothing changes any more: answer directly.
-        if self._thread.loop.is_closed():
-            return fn(*args)
-        return self._call(fn, *args)
-
     def add(
         self,
         url: str,
@@ -282,48 +317,32 @@ class SyncDownloadManager:
     ) -> SyncHandle:
         """Queue a download and return its handle at once; see ``DownloadManager.add``."""
         handle = self._call(
-            lambda: self.manager.add(
-                url,
-                dest,
-                directory=directory,
-                sha256=sha256,
-                expected_size=expected_size,
-                priority=priority,
-                rate_limit=rate_limit,
-                headers=headers,
-                paused=paused,
-            )
+            self.manager.add,
+            url,
+            dest,
+            directory=directory,
+            sha256=sha256,
+            expected_size=expected_size,
+            priority=priority,
+            rate_limit=rate_limit,
+            headers=headers,
+            paused=paused,
         )
-        return SyncHandle(self, handle.id)
+        return SyncHandle(self._thread, handle)
 
-    def pause(self, task_id: str) -> None:
-        self._call(self.manager.pause, task_id)
-
-    def resume(self, task_id: str) -> None:
-        self._call(self.manager.resume, task_id)
-
-    def cancel(self, task_id: str) -> None:
-        self._call(self.manager.cancel, task_id)
-
-    def set_priority(self, task_id: str, priority: int) -> None:
-        self._call(self.manager.set_priority, task_id, priority)
-
-    def set_task_limit(self, task_id: str, rate_bytes_per_s: float | None) -> None:
-        self._call(self.manager.set_task_limit, task_id, rate_bytes_per_s)
-
-    def set_limit(self, rate_bytes_per_s: float | None) -> None:
-        self._call(self.manager.set_limit, rate_bytes_per_s)
+    pause = steer(DownloadManager.pause)
+    resume = steer(DownloadManager.resume)
+    cancel = steer(DownloadManager.cancel)
+    set_priority = steer(DownloadManager.set_priority)
+    set_task_limit = steer(DownloadManager.set_task_limit)
+    set_limit = steer(DownloadManager.set_limit)
+    info = read(DownloadManager.info)
+    tasks = read(DownloadManager.tasks)
 
     @property
     def rate_limit(self) -> float | None:
         """The global bandwidth cap in bytes per second (None: unlimited)."""
         return self._read(lambda: self.manager.rate_limit)
-
-    def info(self, task_id: str) -> TaskInfo:
-        return self._read(self.manager.info, task_id)
-
-    def tasks(self) -> list[TaskInfo]:
-        return self._read(self.manager.tasks)
 
     def wait(self, task_id: str, timeout: float | None = None) -> Result:
         return self._thread.run(self.manager.wait(task_id), timeout)

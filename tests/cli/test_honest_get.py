@@ -29,7 +29,7 @@ from modelhaul.disk import files
 from modelhaul.disk.partials import lock_file_for, part_paths, plan_paths
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import InvalidInput, TargetConflict
-from modelhaul.manager import DownloadManager
+from modelhaul.manager.downloads import DownloadManager
 from modelhaul.sources.manifest import manifest_from_data
 from modelhaul.sources.url import parse_input_list
 from origin import Origin

@@ -21,7 +21,7 @@ from modelhaul import sync
 from modelhaul.config import ManagerConfig, MiB
 from modelhaul.errors import InvalidInput, ModelhaulError
 from modelhaul.events import State, TaskEvent
-from modelhaul.manager import DownloadManager
+from modelhaul.manager.downloads import DownloadManager
 from modelhaul.sync import LoopThread, SyncDownloadManager, download
 from origin import Fault, Origin
 

@@ -13,7 +13,7 @@ import pytest
 from fakehub import FakeHub
 from modelhaul.config import DownloadConfig, RetryPolicy
 from modelhaul.errors import ModelhaulError
-from modelhaul.manager import DownloadManager
+from modelhaul.manager.downloads import DownloadManager
 from modelhaul.sources.hf import HubSource
 from modelhaul.store.availability import (
     AvailabilityEvent,

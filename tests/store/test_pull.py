@@ -37,7 +37,7 @@ from conftest import modelhaul_cmd
 from fakehub import FakeHub, RequestRecord
 from modelhaul.disk.journal import Journal
 from modelhaul.errors import HTTPStatusError, InvalidInput, human_bytes
-from modelhaul.manager import DownloadManager
+from modelhaul.manager.downloads import DownloadManager
 from modelhaul.sources.hf import HubRef, HubSource, explain_download_error, parse_hf_uri
 from modelhaul.store.chunks import CHUNK_BYTES
 from modelhaul.store.pull import ModelPuller, PullResult

@@ -26,7 +26,7 @@ from ..http.demo_origin import (
     DemoStats,
     InjectedFault,
 )
-from ..manager import DownloadManager
+from ..manager.downloads import DownloadManager
 from ..policy.units import parse_size
 from .render import JsonRenderer, Renderer, make_renderer
 

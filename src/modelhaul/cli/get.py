@@ -14,7 +14,7 @@ from ..disk.partials import is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import Progress, State, TaskEvent
 from ..http.transport import check_url
-from ..manager import DownloadHandle, DownloadManager
+from ..manager.downloads import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry, parse_input_list

@@ -23,7 +23,7 @@ from ..errors import (
 )
 from ..events import TaskEvent
 from ..http.transport import same_host
-from ..manager import DownloadManager
+from ..manager.downloads import DownloadManager
 from ..sources.hf import (
     HubRef,
     HubSource,

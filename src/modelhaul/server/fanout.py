@@ -29,7 +29,7 @@ from .jobs import Job
 from .stream import EventStream, Subscription
 
 if TYPE_CHECKING:
-    from ..manager import DownloadManager
+    from ..manager.downloads import DownloadManager
     from .store_ops import StoreOperations
 
 _PROGRESS_EVERY_S = 0.2

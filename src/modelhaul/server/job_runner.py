@@ -19,7 +19,7 @@ from ..disk.partials import plan_paths
 from ..errors import InvalidInput, ModelhaulError
 from ..events import State, TaskEvent
 from ..http.transport import check_url
-from ..manager import TaskInfo
+from ..manager.tasks import TaskInfo
 from ..policy.validate import check_sha256
 from ..sources.hf import parse_hf_uri
 from ..store.inventory import lru_suggestion
@@ -30,7 +30,7 @@ from .resolve import check_manifest_path, is_manifest_path, parse_inline_manifes
 from .security import resolve_folder, resolve_local_path, resolve_output
 
 if TYPE_CHECKING:
-    from ..manager import DownloadManager
+    from ..manager.downloads import DownloadManager
     from .persist import QueueDB
     from .service import ServiceConfig
 

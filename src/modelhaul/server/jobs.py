@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import PERMANENT_CATEGORIES, Cancelled, InvalidInput, ModelhaulError
 from ..events import State
-from ..manager import TaskInfo
+from ..manager.tasks import TaskInfo
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 _ACTIVE = (State.RUNNING, State.VERIFYING)

@@ -31,7 +31,8 @@ from ..config import DownloadConfig, ManagerConfig
 from ..disk.partials import discard_partial, plan_paths
 from ..errors import InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
-from ..manager import DownloadManager, TaskInfo
+from ..manager.downloads import DownloadManager
+from ..manager.tasks import TaskInfo
 from ..sources.hf import DEFAULT_ENDPOINT
 from ..store.inventory import Inventory
 from ..store.pull import ModelPuller

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..config import RetryPolicy
 from ..errors import ModelhaulError
 from ..events import TaskEvent
-from ..manager import DownloadManager
+from ..manager.downloads import DownloadManager
 from ..sources.hf import HubSource, parse_hf_uri
 from ..sources.model import ModelSpec
 from .listing import local_files, resolve_local_commit

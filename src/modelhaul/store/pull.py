@@ -24,7 +24,7 @@ from ..errors import (
     RetriesExhausted,
     human_bytes,
 )
-from ..manager import DownloadHandle, DownloadManager
+from ..manager.downloads import DownloadHandle, DownloadManager
 from ..sources.model import ModelFile, ModelSpec
 from .chunks import EMPTY_GIT_OID, EMPTY_SHA256
 from .listing import (

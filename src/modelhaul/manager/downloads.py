@@ -1,0 +1,497 @@
+"""DownloadManager: many downloads at once, each steered by its handle.
+
+The manager owns one Downloader (one connection pool) and runs each file in its own asyncio
+task, so pausing or cancelling one never disturbs another. Every method that steers (add,
+pause, resume, cancel, set_priority, set_limit) returns at once and must be called on the
+manager's event loop; ``sync.SyncDownloadManager`` makes them callable from any thread. Which
+file starts next is ``queue``'s decision, bandwidth is ``limits``', events go out through
+``fanout``, and ``claims`` keeps one file to one download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from ..config import DownloadConfig, ManagerConfig
+from ..disk.partials import TargetPaths, discard_partial, plan_paths
+from ..engine.downloader import Downloader
+from ..errors import Cancelled, ModelhaulError
+from ..events import Progress, Result, State, TaskEvent
+from ..http.transport import Transport, check_url
+from ..policy.ratelimit import TokenBucket
+from ..policy.validate import check_sha256
+from .claims import Claims, materialize_aliases
+from .fanout import EventCallback, EventStream, Fanout, progress_event, state_event, total_event
+from .limits import FairShare, TaskBucket, check_rate, within_host_limit
+from .queue import TaskQueue
+from .tasks import ACTIVE, Task, TaskInfo, completed_again, new_future
+
+
+class DownloadHandle:
+    """What ``add`` returns: steer and await one download."""
+
+    def __init__(self, manager: DownloadManager, task_id: str) -> None:
+        self._manager = manager
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"DownloadHandle({self.id!r})"
+
+    def pause(self) -> None:
+        self._manager.pause(self.id)
+
+    def resume(self) -> None:
+        self._manager.resume(self.id)
+
+    def cancel(self) -> None:
+        self._manager.cancel(self.id)
+
+    def set_priority(self, priority: int) -> None:
+        self._manager.set_priority(self.id, priority)
+
+    def set_limit(self, rate_bytes_per_s: float | None) -> None:
+        self._manager.set_task_limit(self.id, rate_bytes_per_s)
+
+    def info(self) -> TaskInfo:
+        return self._manager.info(self.id)
+
+    async def wait(self) -> Result:
+        """The result once completed; raises the categorised error, or Cancelled."""
+        return await self._manager.wait(self.id)
+
+
+class DownloadManager:
+    """Run many downloads under limits, with live control and events.
+
+    Example::
+
+        async with DownloadManager() as mgr:
+            a = mgr.add(url_a, "a.bin", priority=10)
+            b = mgr.add(url_b, "b.bin")
+            b.pause()
+            await a.wait()
+    """
+
+    def __init__(
+        self,
+        config: ManagerConfig | None = None,
+        *,
+        download_config: DownloadConfig | None = None,
+        state_dir: Path | None = None,
+    ) -> None:
+        self.config = config or ManagerConfig()
+        dc = within_host_limit(download_config or DownloadConfig(), self.config)
+        transport = Transport.for_config(
+            dc,
+            limit=self.config.max_connections,
+            limit_per_host=self.config.max_connections_per_host,
+        )
+        self.downloader = Downloader(
+            dc,
+            # The global cap is enforced by the downloads' own buckets, whose fair shares add
+            # up to it: a shared bucket in front of them would queue first come, first served
+            # again and hide from the rebalance which download is held back.
+            limiter=TokenBucket(None),
+            state_dir=state_dir,
+            transport=transport,
+        )
+        self._transport = transport
+        self._tasks: dict[str, Task] = {}
+        self._queue = TaskQueue(self.config)
+        self._bandwidth = FairShare(
+            self._tasks, self.config.rate_bytes_per_s or dc.rate.rate_bytes_per_s
+        )
+        self._claims = Claims()
+        self._seq = itertools.count()
+        self._fanout = Fanout()
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        await self._transport.open()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Pause everything still running (partial data kept) and release connections.
+
+        Whoever still waits for an unfinished download gets ``Cancelled``; event streams end.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._bandwidth.close()
+        runners = []
+        for task in self._tasks.values():
+            if task.runner is not None and not task.runner.done():
+                task.stop_run()
+                runners.append(task.runner)
+        for runner in runners:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+        await asyncio.sleep(0)  # let the runners' done callbacks record their states
+        for task in self._tasks.values():
+            if task.state is State.QUEUED:
+                self._set_state(task, State.PAUSED)
+            if not task.future.done():
+                task.future.set_exception(
+                    Cancelled(f"the manager closed before download {task.id} finished")
+                )
+        self._fanout.end_streams()
+        await self._transport.close()
+
+    # ------------------------------------------------------------------ adding
+
+    def add(
+        self,
+        url: str,
+        dest: str | os.PathLike[str] | None = None,
+        *,
+        directory: str | os.PathLike[str] | None = None,
+        sha256: str | None = None,
+        expected_size: int | None = None,
+        priority: int = 0,
+        rate_limit: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        paused: bool = False,
+    ) -> DownloadHandle:
+        """Queue a download and return its handle at once.
+
+        Adding the same URL and target again (or the same expected SHA-256 for another path)
+        returns the existing download: the bytes are fetched once.
+        """
+        if self._closed:
+            raise RuntimeError("the manager is closed")
+        check_url(url)
+        sha256 = check_sha256(sha256)
+        paths = plan_paths(url, dest, directory)
+        # One partial file is one transfer, whatever checksum each caller knows; one checksum
+        # is one blob, wherever each caller wants it.
+        keys: list[tuple[str, ...]] = [("target", url, str(paths.part))]
+        if sha256:
+            keys.insert(0, ("sha256", sha256))
+        existing = self._claims.sharable(keys)
+        if existing is not None:
+            alias = existing.paths.dest != paths.dest and not paths.name_pending
+            if alias:
+                existing.aliases.append(paths.dest)
+            if existing.state is not State.COMPLETED:
+                return DownloadHandle(self, existing.id)
+            materialize_aliases(existing)
+            return self._add_done(existing, paths.dest if alias else None, priority, rate_limit)
+        task = self._new_task(
+            url,
+            paths,
+            dest=None if dest is None else Path(dest),
+            directory=None if directory is None else Path(directory),
+            sha256=sha256,
+            expected_size=expected_size,
+            headers=dict(headers or {}),
+            priority=priority,
+            rate_limit=rate_limit,
+        )
+        self._claims.share(keys, task)
+        self._set_state(task, State.PAUSED if paused else State.QUEUED)
+        self._schedule()
+        return DownloadHandle(self, task.id)
+
+    def _new_task(
+        self,
+        url: str,
+        paths: TargetPaths,
+        *,
+        dest: Path | None,
+        directory: Path | None,
+        sha256: str | None,
+        expected_size: int | None,
+        headers: dict[str, str],
+        priority: int,
+        rate_limit: float | None,
+    ) -> Task:
+        seq = next(self._seq)
+        task = Task(
+            id=f"d{seq + 1}",
+            url=url,
+            paths=paths,
+            dest=dest,
+            directory=directory,
+            sha256=sha256,
+            expected_size=expected_size,
+            headers=headers,
+            priority=priority,
+            seq=seq,
+            rate_limit=rate_limit,
+            limiter=TaskBucket(rate_limit),
+            future=new_future(),
+            size=expected_size,
+        )
+        self._tasks[task.id] = task
+        return task
+
+    def _add_done(
+        self, done: Task, alias: Path | None, priority: int, rate_limit: float | None
+    ) -> DownloadHandle:
+        """A new download of a file this manager already completed: done at once, with a
+        result of its own that says so (nothing was transferred for it)."""
+        assert done.result is not None
+        result = completed_again(done.result, alias)
+        task = self._new_task(
+            done.url,
+            done.paths,
+            dest=alias or done.dest,
+            directory=done.directory,
+            sha256=result.sha256,
+            expected_size=result.size,
+            headers=done.headers,
+            priority=priority,
+            rate_limit=rate_limit,
+        )
+        task.result = result
+        task.future.set_result(result)
+        self._set_state(task, State.COMPLETED)
+        return DownloadHandle(self, task.id)
+
+    # ------------------------------------------------------------------ steering
+
+    def handle(self, task_id: str) -> DownloadHandle:
+        self._get(task_id)
+        return DownloadHandle(self, task_id)
+
+    def _get(self, task_id: str) -> Task:
+        try:
+            return self._tasks[task_id]
+        except KeyError:
+            raise KeyError(f"no download with id {task_id!r}") from None
+
+    def pause(self, task_id: str) -> None:
+        """Stop the download's connections, keep its partial data and journal, free its slot."""
+        task = self._get(task_id)
+        if task.state is State.QUEUED:
+            self._set_state(task, State.PAUSED)
+        elif task.state in ACTIVE and task.runner is not None:
+            task.stop_run()
+
+    def resume(self, task_id: str) -> None:
+        """Queue a paused (or failed) download again; it continues from its journal."""
+        task = self._get(task_id)
+        if self._closed:
+            return
+        if task.state in ACTIVE and task.pause_requested and not task.cancel_requested:
+            # Still winding down: queue it again as soon as it has stopped.
+            task.resume_requested = True
+        elif task.state is State.PAUSED:
+            self._set_state(task, State.QUEUED)
+            self._schedule()
+        elif task.state is State.FAILED:
+            # A failed download may be retried: it gets a fresh future.
+            task.future = new_future()
+            task.error = None
+            self._set_state(task, State.QUEUED)
+            self._schedule()
+
+    def cancel(self, task_id: str) -> None:
+        task = self._get(task_id)
+        if task.state.final:
+            return
+        if task.state in ACTIVE and task.runner is not None:
+            task.cancel_requested = True
+            task.runner.cancel()
+            return
+        self._finish_cancelled(task)
+
+    def set_priority(self, task_id: str, priority: int) -> None:
+        task = self._get(task_id)
+        task.priority = priority
+        if task in self._queue.queued:
+            self._queue.push(task)
+        self._publish_state(task)
+        self._schedule()
+
+    def set_task_limit(self, task_id: str, rate_bytes_per_s: float | None) -> None:
+        """Cap one download (None: no cap of its own); effective at once while it runs."""
+        task = self._get(task_id)
+        check_rate(rate_bytes_per_s)
+        task.rate_limit = rate_bytes_per_s
+        self._bandwidth.rebalance()
+
+    def set_limit(self, rate_bytes_per_s: float | None) -> None:
+        """Change the global bandwidth cap (None: unlimited); effective within a fraction of
+        a second for running downloads."""
+        check_rate(rate_bytes_per_s)
+        self._bandwidth.set_limit(rate_bytes_per_s)
+
+    @property
+    def rate_limit(self) -> float | None:
+        """The global bandwidth cap in bytes per second (None: unlimited)."""
+        return self._bandwidth.rate_limit
+
+    def pause_all(self) -> None:
+        for task_id in list(self._tasks):
+            self.pause(task_id)
+
+    # ------------------------------------------------------------------ observing
+
+    def info(self, task_id: str) -> TaskInfo:
+        return self._get(task_id).info()
+
+    def tasks(self) -> list[TaskInfo]:
+        return [self.info(t) for t in self._tasks]
+
+    async def wait(self, task_id: str) -> Result:
+        return await asyncio.shield(self._get(task_id).future)
+
+    async def join(self) -> None:
+        """Wait until nothing is queued or running (paused downloads do not count)."""
+        await self._queue.wait_idle()
+
+    def subscribe(self, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback`` on the manager's loop for every event; returns an unsubscriber."""
+        return self._fanout.subscribe(callback)
+
+    def events(self) -> EventStream:
+        """Every event from this call on, in order, until the manager closes.
+
+        Progress events may be dropped if you lag far behind; state events never are.
+
+        Example::
+
+            async for event in mgr.events():
+                if event.kind == "state" and event.task_id == h.id and event.state.final:
+                    break
+        """
+        stream = self._fanout.stream()
+        if self._closed:
+            stream.end_nowait()
+        return stream
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _schedule(self) -> None:
+        if self._closed:
+            return
+        while (task := self._queue.next_nowait()) is not None:
+            self._start(task)
+
+    def _start(self, task: Task) -> None:
+        task.pause_requested = task.cancel_requested = False
+        task.started_once = True
+        task.received_before += task.received
+        task.received = 0
+        # A fresh bucket: connections of a paused run booked bytes they never received, and a
+        # bucket never gives bookings back, so the old one would hold the new run back.
+        task.limiter = TaskBucket(task.rate_limit)
+        self._set_state(task, State.RUNNING)
+        task.runner = asyncio.create_task(self._run(task), name=f"modelhaul-{task.id}")
+        task.runner.add_done_callback(lambda r, t=task: self._on_runner_done(t, r))
+
+    async def _run(self, task: Task) -> Result:
+        result = await self.downloader.download(
+            task.url,
+            task.dest,
+            directory=task.directory,
+            sha256=task.sha256,
+            expected_size=task.expected_size,
+            headers=task.headers,
+            limiters=(task.limiter,),
+            on_progress=lambda p: self._on_progress(task, p),
+            on_phase=lambda phase, size: self._on_phase(task, phase, size),
+            on_target=lambda path: self._claims.claim(task, path),
+        )
+        if task.received_before:
+            result = replace(
+                result, bytes_transferred=task.received_before + result.bytes_transferred
+            )
+        task.result = result
+        materialize_aliases(task)
+        return result
+
+    def _on_runner_done(self, task: Task, runner: asyncio.Task[Result]) -> None:
+        task.runner = None
+        if runner.cancelled():
+            if task.cancel_requested:
+                self._finish_cancelled(task)
+            else:
+                self._set_state(task, State.PAUSED)
+                if task.resume_requested and not self._closed:
+                    task.resume_requested = False
+                    self._set_state(task, State.QUEUED)
+        else:
+            exc = runner.exception()
+            if exc is None:
+                result = runner.result()
+                task.result = result
+                self._set_state(task, State.COMPLETED)
+                if not task.future.done():
+                    task.future.set_result(result)
+            else:
+                err = exc if isinstance(exc, ModelhaulError) else _wrap(exc)
+                task.error = err
+                self._set_state(task, State.FAILED)
+                if not task.future.done():
+                    task.future.set_exception(err)
+        self._schedule()
+
+    def _finish_cancelled(self, task: Task) -> None:
+        with contextlib.suppress(OSError):
+            discard_partial(task.paths.dest, part=task.paths.part, journal=task.paths.journal)
+        self._set_state(task, State.CANCELLED)
+        if not task.future.done():
+            task.future.set_exception(Cancelled(f"download {task.id} was cancelled"))
+        self._schedule()
+
+    # ------------------------------------------------------------------ events
+
+    def _on_phase(self, task: Task, phase: str, size: int | None) -> None:
+        if phase == "probed":
+            task.size = size
+            if size is not None:
+                self._queue.presume_small = size < self.config.small_file_bytes
+            self._schedule()
+        elif phase == "verifying" and task.state is State.RUNNING:
+            self._set_state(task, State.VERIFYING)
+
+    def _on_progress(self, task: Task, p: Progress) -> None:
+        task.received = p.bytes_received
+        if task.state not in ACTIVE:
+            return
+        task.last = p
+        task.size = p.total
+        self._publish(progress_event(task, p))
+        if self._fanout.total_due():
+            self._publish(total_event(self._tasks.values(), idle=self._queue.idle()))
+
+    def _set_state(self, task: Task, state: State) -> None:
+        was_running = task.state is State.RUNNING
+        task.state = state
+        self._queue.index(task)
+        self._publish_state(task)
+        if was_running != (state is State.RUNNING):
+            self._bandwidth.running_changed(task)
+        if self._queue.became_idle():
+            # the last word on the aggregate
+            self._publish(total_event(self._tasks.values(), idle=True))
+
+    def _publish_state(self, task: Task) -> None:
+        self._publish(state_event(task))
+
+    def _publish(self, event: TaskEvent) -> None:
+        self._fanout.publish(event)
+
+
+def _wrap(exc: BaseException) -> ModelhaulError:
+    err = ModelhaulError(f"unexpected error: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
