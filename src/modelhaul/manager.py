@@ -37,7 +37,7 @@ from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader, TargetPaths, discard_partial, plan_paths
 from .errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
 from .events import Progress, Result, State, TaskEvent
-from .http.transport import Transport, check_url
+from .http.bodies import Transport, check_url
 from .policy.fairshare import estimate_demand, water_fill
 from .policy.ratelimit import TokenBucket
 

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import blob
 from modelhaul.config import MiB
-from modelhaul.http.transport import Response, SocketBody, Transport
+from modelhaul.http.bodies import Response, SocketBody, Transport
 from origin import Origin
 
 

@@ -13,7 +13,7 @@ from ..config import ManagerConfig
 from ..engine.downloader import check_sha256, is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import Progress, State, TaskEvent
-from ..http.transport import check_url
+from ..http.bodies import check_url
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..sources.url import UrlEntry, parse_input_list

@@ -22,7 +22,7 @@ from ..errors import (
     plural,
 )
 from ..events import TaskEvent
-from ..http.transport import same_host
+from ..http.bodies import same_host
 from ..manager import DownloadManager
 from ..sources.hf import (
     HubRef,

@@ -11,7 +11,7 @@ from ..config import RetryPolicy
 from ..errors import InvalidInput, ModelhaulError, human_bytes, plural, status_info
 from ..guidance import TOKENS_PAGE, explain
 from ..http.probe import ProbeAnswer, ProbeFailure, ProbeSession
-from ..http.transport import check_url, map_error
+from ..http.bodies import check_url, map_error
 from ..sources.hf import HubRef, HubSource, parse_hf_uri
 from ..store.repo import RepoStore
 from .checks import Check, DoctorConfig

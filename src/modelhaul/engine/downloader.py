@@ -65,7 +65,7 @@ from ..errors import (
     human_bytes,
 )
 from ..events import Progress, Result
-from ..http.transport import BodyPump, Response, SocketBody, Transport, check_url, sleep_s
+from ..http.bodies import BodyPump, Response, SocketBody, Transport, check_url, sleep_s
 from ..policy.backoff import retry_wait_s
 from ..policy.headers import (
     filename_from_disposition,

@@ -20,7 +20,7 @@ from typing import Literal
 import aiohttp
 
 from ..errors import ModelhaulError
-from .transport import map_error
+from .bodies import map_error
 
 ProbeStage = Literal["tls", "proxy", "http"]
 

@@ -41,7 +41,7 @@ from ..config import DownloadConfig, ManagerConfig
 from ..engine.downloader import check_sha256, discard_partial, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
-from ..http.transport import check_url
+from ..http.bodies import check_url
 from ..manager import DownloadManager, TaskInfo
 from ..policy.validate import REPO_TYPES, check_repo_id
 from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri

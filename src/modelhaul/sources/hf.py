@@ -27,7 +27,7 @@ from ..errors import (
     RetriesExhausted,
     TransferError,
 )
-from ..http.transport import same_host
+from ..http.bodies import same_host
 from ..policy.backoff import parse_retry_after, retry_wait_s
 from ..policy.paths import safe_relpath
 from ..policy.validate import check_repo_id, check_revision, split_model_ref

@@ -27,7 +27,7 @@ import yaml
 
 from ..config import Timeouts
 from ..errors import InvalidInput
-from ..http.transport import Transport, check_url
+from ..http.bodies import Transport, check_url
 from ..policy.paths import safe_relpath
 from ..policy.validate import check_repo_id, check_revision
 from .model import ModelFile, ModelSpec, check_paths
