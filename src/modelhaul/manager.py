@@ -37,9 +37,10 @@ from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader, TargetPaths, discard_partial, plan_paths
 from .errors import Cancelled, DiskFull, ModelhaulError, PermissionDenied, TargetConflict
 from .events import Progress, Result, State, TaskEvent
-from .http.bodies import Transport, check_url
+from .http.session import Transport
 from .policy.fairshare import estimate_demand, water_fill
 from .policy.ratelimit import TokenBucket
+from .policy.urls import check_url
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from ..config import ManagerConfig
 from ..engine.downloader import check_sha256, is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import Progress, State, TaskEvent
-from ..http.bodies import check_url
 from ..manager import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
+from ..policy.urls import check_url
 from ..sources.url import UrlEntry, parse_input_list
 from . import remote
 from .options import add_transfer_options, download_config, state_dir

@@ -65,7 +65,9 @@ from ..errors import (
     human_bytes,
 )
 from ..events import Progress, Result
-from ..http.bodies import BodyPump, Response, SocketBody, Transport, check_url, sleep_s
+from ..http.bodies import BodyPump, SocketBody
+from ..http.response import Response
+from ..http.session import Transport, sleep_s
 from ..policy.backoff import retry_wait_s
 from ..policy.headers import (
     filename_from_disposition,
@@ -76,6 +78,7 @@ from ..policy.headers import (
 from ..policy.ranges import RangeSet
 from ..policy.ratelimit import TokenBucket
 from ..policy.segments import Segment, SegmentScheduler, next_connection_count
+from ..policy.urls import check_url
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]

@@ -41,8 +41,8 @@ from ..config import DownloadConfig, ManagerConfig
 from ..engine.downloader import check_sha256, discard_partial, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
-from ..http.bodies import check_url
 from ..manager import DownloadManager, TaskInfo
+from ..policy.urls import check_url
 from ..policy.validate import REPO_TYPES, check_repo_id
 from ..sources.hf import DEFAULT_ENDPOINT, parse_hf_uri
 from ..store.inventory import GcResult, Inventory, lru_suggestion

@@ -27,9 +27,9 @@ from ..errors import (
     RetriesExhausted,
     TransferError,
 )
-from ..http.bodies import same_host
 from ..policy.backoff import parse_retry_after, retry_wait_s
 from ..policy.paths import safe_relpath
+from ..policy.urls import same_host
 from ..policy.validate import check_repo_id, check_revision, split_model_ref
 from .model import ModelFile, ModelSpec, check_paths
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..engine.downloader import check_sha256
 from ..errors import InvalidInput
-from ..http.bodies import check_url
+from ..policy.urls import check_url
 
 
 @dataclass(frozen=True, slots=True)
