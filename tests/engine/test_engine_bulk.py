@@ -23,7 +23,7 @@ from helpers import blob, sha
 from helpers import download_config as config
 from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
-from modelhaul.http import transport as transport
+from modelhaul.http import bodies as transport
 from origin import Fault, Origin
 
 

@@ -13,9 +13,9 @@ from ..config import ManagerConfig
 from ..disk.partials import is_downloading, plan_paths
 from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
 from ..events import Progress, State, TaskEvent
-from ..http.transport import check_url
 from ..manager.downloads import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
+from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry, parse_input_list
 from . import via_server

@@ -22,8 +22,8 @@ from ..errors import (
     plural,
 )
 from ..events import TaskEvent
-from ..http.transport import same_host
 from ..manager.downloads import DownloadManager
+from ..policy.urls import same_host
 from ..sources.hf import (
     HubRef,
     HubSource,

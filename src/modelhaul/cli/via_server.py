@@ -82,7 +82,7 @@ async def _local_paths(client: ServiceClient) -> bool:
 
 def _get_entries(args: argparse.Namespace) -> list[UrlEntry]:
     # Imported here: the steering commands should not pay for aiohttp at start-up.
-    from ..http.transport import check_url
+    from ..policy.urls import check_url
     from ..sources.url import UrlEntry, parse_input_list
 
     entries = [UrlEntry(url=check_url(u)) for u in args.urls]

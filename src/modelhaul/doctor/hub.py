@@ -10,8 +10,9 @@ from typing import Any
 from ..config import RetryPolicy
 from ..errors import InvalidInput, ModelhaulError, human_bytes, plural, status_info
 from ..guidance import TOKENS_PAGE, explain
+from ..http.errors import map_error
 from ..http.probe import ProbeAnswer, ProbeFailure, ProbeSession
-from ..http.transport import check_url, map_error
+from ..policy.urls import check_url
 from ..sources.hf import HubRef, HubSource, parse_hf_uri
 from ..store.repo import RepoStore
 from .checks import Check, DoctorConfig

@@ -20,7 +20,7 @@ from urllib.request import proxy_bypass_environment
 
 from ..errors import InvalidInput
 from ..http.probe import ProbeFailure, ProbeSession
-from ..http.transport import check_url
+from ..policy.urls import check_url
 from .checks import Check, DoctorConfig, format_duration, os_error_text
 
 

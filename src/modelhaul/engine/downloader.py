@@ -42,8 +42,9 @@ from ..disk.partials import discard_partial, lock_file_for, plan_paths
 from ..disk.records import CompletionRecords
 from ..errors import Cancelled, ModelhaulError, RangeNotHonoured, RemoteChanged, RetriesExhausted
 from ..events import Result
-from ..http.transport import Transport, check_url, sleep_s
+from ..http.session import Transport, sleep_s
 from ..policy.ratelimit import TokenBucket
+from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .plan import open_part
 from .probe import probe

@@ -20,7 +20,8 @@ from ..errors import (
     RetriesExhausted,
     TransferError,
 )
-from ..http.transport import Response, Transport, sleep_s
+from ..http.response import Response
+from ..http.session import Transport, sleep_s
 from ..policy.headers import (
     filename_from_disposition,
     filename_from_url,

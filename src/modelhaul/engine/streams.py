@@ -17,8 +17,9 @@ from ..config import DownloadConfig
 from ..disk.files import Buffer, WriteFailed, os_error, pwritev_all, pwritev_locked
 from ..disk.journal import JournalState
 from ..errors import IntegrityError, TruncatedBody, human_bytes
+from ..http.bodies import BodyPump, SocketBody
 from ..http.receive import POLL_S, FileSink, most_per_receive, receive_into
-from ..http.transport import BodyPump, Response, SocketBody
+from ..http.response import Response
 from ..policy.segments import Segment
 from .plan import save_journal
 from .pools import RECV_POOL, WRITE_POOL

@@ -22,7 +22,8 @@ from ..errors import (
     TransferError,
     TruncatedBody,
 )
-from ..http.transport import Response, Transport, sleep_s
+from ..http.response import Response
+from ..http.session import Transport, sleep_s
 from ..policy.headers import parse_content_range
 from ..policy.segments import Segment, next_connection_count
 from .plan import save_journal

@@ -15,14 +15,13 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Literal
 
 import aiohttp
 
 from ..errors import ModelhaulError
-from .transport import map_error
+from .errors import FailedStage, failed_stage, map_error
 
-ProbeStage = Literal["tls", "proxy", "http"]
+ProbeStage = FailedStage
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +70,7 @@ class ProbeSession:
                 body = await resp.content.read(body_bytes) if ok and body_bytes > 0 else b""
                 return ProbeAnswer(resp.status, resp.headers, body)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return ProbeFailure(map_error(exc, url), _stage_of(exc))
+            return ProbeFailure(map_error(exc, url), failed_stage(exc))
 
 
 @contextlib.asynccontextmanager
@@ -92,14 +91,6 @@ async def open_probe_session(
         headers={"User-Agent": user_agent, "Accept-Encoding": "identity"},
     ) as session:
         yield ProbeSession(session)
-
-
-def _stage_of(exc: BaseException) -> ProbeStage:
-    if isinstance(exc, ssl.SSLError | aiohttp.ClientSSLError):
-        return "tls"
-    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
-        return "proxy"
-    return "http"
 
 
 __all__ = ["ProbeAnswer", "ProbeFailure", "ProbeSession", "ProbeStage", "open_probe_session"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..disk.files import WriteFailed, pwritev_all, pwritev_locked
 from ..policy.segments import Segment
-from .transport import SocketBody
+from .bodies import SocketBody
 
 # The longest one receive_into blocks; a SocketBody for it is taken with this poll_s.
 POLL_S = 0.5

@@ -25,8 +25,9 @@ from ..disk.partials import TargetPaths, discard_partial, plan_paths
 from ..engine.downloader import Downloader
 from ..errors import Cancelled, ModelhaulError
 from ..events import Progress, Result, State, TaskEvent
-from ..http.transport import Transport, check_url
+from ..http.session import Transport
 from ..policy.ratelimit import TokenBucket
+from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .claims import Claims, materialize_aliases
 from .fanout import EventCallback, EventStream, Fanout, progress_event, state_event, total_event

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from ..disk.partials import plan_paths
 from ..errors import InvalidInput, ModelhaulError
 from ..events import State, TaskEvent
-from ..http.transport import check_url
 from ..manager.tasks import TaskInfo
+from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from ..sources.hf import parse_hf_uri
 from ..store.inventory import lru_suggestion

@@ -27,10 +27,10 @@ from ..errors import (
     RetriesExhausted,
     TransferError,
 )
-from ..http.transport import same_host
 from ..policy.backoff import parse_retry_after
 from ..policy.paths import safe_relpath
 from ..policy.retry import Retry
+from ..policy.urls import same_host
 from ..policy.validate import check_repo_id, check_revision, split_model_ref
 from .model import ModelFile, ModelSpec, check_paths
 

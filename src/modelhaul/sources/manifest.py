@@ -27,8 +27,9 @@ import yaml
 
 from ..config import Timeouts
 from ..errors import InvalidInput
-from ..http.transport import Transport, check_url
+from ..http.session import Transport
 from ..policy.paths import safe_relpath
+from ..policy.urls import check_url
 from ..policy.validate import check_repo_id, check_revision
 from .model import ModelFile, ModelSpec, check_paths
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import InvalidInput
-from ..http.transport import check_url
+from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from modelhaul.errors import StallTimeout
-from modelhaul.http.transport import SocketBody
+from modelhaul.http.bodies import SocketBody
 
 needs_splice = pytest.mark.skipif(not hasattr(os, "splice"), reason="no splice on this system")
 

@@ -16,7 +16,9 @@ import pytest
 
 from helpers import blob
 from modelhaul.config import MiB
-from modelhaul.http.transport import Response, SocketBody, Transport
+from modelhaul.http.bodies import SocketBody
+from modelhaul.http.response import Response
+from modelhaul.http.session import Transport
 from origin import Origin
 
 
