@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..config import ManagerConfig
 from ..errors import InvalidInput, ModelhaulError
@@ -22,6 +23,9 @@ from ..sources.hf import DEFAULT_ENDPOINT, default_token
 from ..store.inventory import default_db_path
 from ..store.repo import hf_cache_root
 from .options import state_dir
+
+if TYPE_CHECKING:
+    from ..server.service import ServiceConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -80,7 +84,7 @@ async def run(args: argparse.Namespace) -> int:
         from ..server.app import create_app
         from ..server.runner import bind_socket, bound_url, make_server, run_service
         from ..server.security import AccessPolicy, load_or_create_token, requires_token
-        from ..server.service import Service, ServiceConfig
+        from ..server.service import Service
     except ImportError as exc:
         raise ModelhaulError(
             f"'modelhaul serve' needs the server extra ({exc.name or 'a module'} is missing)",
@@ -91,31 +95,15 @@ async def run(args: argparse.Namespace) -> int:
     if args.jobs is not None and not 1 <= args.jobs <= 256:
         raise InvalidInput(f"-j must be between 1 and 256, got {args.jobs}")
     rate = parse_rate(args.limit_rate) if args.limit_rate is not None else None
-    env = os.environ
     state = state_dir()
-    store_root = hf_cache_root(env)
-    download_dir = Path(args.download_dir or env.get("MODELHAUL_DOWNLOAD_DIR") or ".").absolute()
+    store_root = hf_cache_root(os.environ)
+    download_dir = Path(
+        args.download_dir or os.environ.get("MODELHAUL_DOWNLOAD_DIR") or "."
+    ).absolute()
     token = (
         load_or_create_token(state) if requires_token(args.host, force=args.require_token) else None
     )
-    manager = (
-        ManagerConfig(max_active_files=args.jobs, max_small_files=args.jobs, adaptive=False)
-        if args.jobs
-        else ManagerConfig()
-    )
-    service = Service(
-        ServiceConfig(
-            download_dir=download_dir,
-            store_root=store_root,
-            state_dir=state,
-            store_db=default_db_path(store_root, env.get("MODELHAUL_DB")),
-            hf_endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
-            hf_token=default_token(),
-            symlinks=env.get("HF_HUB_DISABLE_SYMLINKS", "").strip().lower()
-            not in ("1", "true", "yes", "on"),
-            manager=manager,
-        )
-    )
+    service = Service(_service_config(args, state, store_root, download_dir))
     policy = AccessPolicy(
         bind_host=args.host,
         token=token,
@@ -135,25 +123,7 @@ async def run(args: argparse.Namespace) -> int:
     def announce() -> None:
         if rate is not None:
             service.set_limit(rate)
-        if args.json:
-            record = {
-                "event": "listening",
-                "url": url,
-                "token_required": token is not None,
-                "download_dir": str(download_dir),
-                "store": str(store_root),
-            }
-            print(json.dumps(record), flush=True)
-            return
-        print(f"modelhaul: serving on {url}/", file=sys.stderr)
-        print(f"  downloads go to {download_dir}; models to {store_root}", file=sys.stderr)
-        if token is not None:
-            print(f"  open {url}/?token={token} in a browser;", file=sys.stderr)
-            print(
-                f"  API clients send 'Authorization: Bearer TOKEN' (in {state}/server-token)",
-                file=sys.stderr,
-            )
-        sys.stderr.flush()
+        _announce(args, url, token, state, download_dir, store_root)
 
     app = create_app(service, policy, version=_version())
     server = make_server(app, service, on_started=announce)
@@ -169,6 +139,61 @@ async def run(args: argparse.Namespace) -> int:
     if not args.json:
         print("modelhaul: stopped; unfinished downloads resume at the next start", file=sys.stderr)
     return 0
+
+
+def _service_config(
+    args: argparse.Namespace, state: Path, store_root: Path, download_dir: Path
+) -> ServiceConfig:
+    """What the service is told, from the options and the environment the CLI reads."""
+    from ..server.service import ServiceConfig
+
+    env = os.environ
+    manager = (
+        ManagerConfig(max_active_files=args.jobs, max_small_files=args.jobs, adaptive=False)
+        if args.jobs
+        else ManagerConfig()
+    )
+    return ServiceConfig(
+        download_dir=download_dir,
+        store_root=store_root,
+        state_dir=state,
+        store_db=default_db_path(store_root, env.get("MODELHAUL_DB")),
+        hf_endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
+        hf_token=default_token(),
+        symlinks=env.get("HF_HUB_DISABLE_SYMLINKS", "").strip().lower()
+        not in ("1", "true", "yes", "on"),
+        manager=manager,
+    )
+
+
+def _announce(
+    args: argparse.Namespace,
+    url: str,
+    token: str | None,
+    state: Path,
+    download_dir: Path,
+    store_root: Path,
+) -> None:
+    """Say where the service listens: one JSON line with --json, else words on stderr."""
+    if args.json:
+        record = {
+            "event": "listening",
+            "url": url,
+            "token_required": token is not None,
+            "download_dir": str(download_dir),
+            "store": str(store_root),
+        }
+        print(json.dumps(record), flush=True)
+        return
+    print(f"modelhaul: serving on {url}/", file=sys.stderr)
+    print(f"  downloads go to {download_dir}; models to {store_root}", file=sys.stderr)
+    if token is not None:
+        print(f"  open {url}/?token={token} in a browser;", file=sys.stderr)
+        print(
+            f"  API clients send 'Authorization: Bearer TOKEN' (in {state}/server-token)",
+            file=sys.stderr,
+        )
+    sys.stderr.flush()
 
 
 def _version() -> str:
