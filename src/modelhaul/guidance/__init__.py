@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import (
+from ..errors import (
     HTTPStatusError,
     IntegrityError,
     ModelhaulError,
