@@ -1,10 +1,11 @@
 """What to tell a user when a download fails for good: what happened, why, and what to try.
 
 Pure: no I/O, no environment reads. Everything specific (the endpoint, the model, the cache root)
-is passed in by the caller, and everything else is read from the error itself (its category,
+is passed in by the caller, and everything else is read from the error's fields (its category,
 HTTP status, the Hub's ``X-Error-Code``, ``Retry-After``, how and where a connection failed,
-a ``DiskFull``'s sizes): the error's fields, never its message's wording. Advice about HF_ENDPOINT, HF_TOKEN or HF_HUB_OFFLINE is
-given only when the Hub was involved: a plain URL's failure is about that URL.
+a ``DiskFull``'s sizes), never from its message's wording. Advice about HF_ENDPOINT, HF_TOKEN
+or HF_HUB_OFFLINE is given only when the Hub was involved: a plain URL's failure is about that
+URL.
 A ``RetriesExhausted`` is explained by the error that ended it.
 
 The package: this module dispatches by category; ``answers`` explains a server's answers,

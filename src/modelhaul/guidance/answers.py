@@ -71,7 +71,8 @@ def _repo_not_found(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
         else "the Hub has no such repository that this token's account may see."
     )
     steps = [
-        f"Check the name: ORG/NAME exactly as in the address of the model page ({page_of(err, ctx)}).",
+        "Check the name: ORG/NAME exactly as in the address of the model page "
+        f"({page_of(err, ctx)}).",
     ]
     if no_token:
         steps.append(
@@ -205,7 +206,8 @@ def client_error(err: ModelhaulError, ctx: Context) -> tuple[str | None, list[st
         return "the server redirected to a loop, a non-HTTP address or from https to http.", steps
     if status is not None:
         return (
-            f"{host_of(err)} refused the request (HTTP {status}); the URL or a header is wrong for it.",
+            f"{host_of(err)} refused the request (HTTP {status}); the URL or a header is wrong "
+            "for it.",
             [
                 "Check the URL and any -H headers.",
                 "Check that an HTTPS_PROXY in use passes the request through unchanged.",

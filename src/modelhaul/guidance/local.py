@@ -40,7 +40,10 @@ def disk_full(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     where = where or ctx.cache_root
     place = f" in {where}" if where else ""
     if need is not None and free is not None:
-        why = f"the download needs {human_bytes(need)} more but only {human_bytes(free)} is free{place}."
+        why = (
+            f"the download needs {human_bytes(need)} more but only {human_bytes(free)} is "
+            f"free{place}."
+        )
     else:
         why = f"the disk filled up while writing{place}; the partial data was kept."
     steps = [
