@@ -82,7 +82,8 @@ class Downloader:
         cfg = self.config
         self.limiter = limiter or TokenBucket(cfg.rate.rate_bytes_per_s)
         # Locks and completion records live outside the target directory, so a finished
-        # download leaves nothing beside the file.
+        # download leaves nothing beside the file. No state_dir: the CLI's own default, so
+        # library and CLI runs lock each other out of the same file.
         state = state_dir or default_state_dir()
         self._lock_dir = state / "locks"
         self.records = CompletionRecords(state / "done")
