@@ -1,10 +1,15 @@
-"""Frozen config values, the error tree's categories and hints, and the journal's JSON shape."""
+"""Frozen config values, the one state directory, the error tree's categories, fields and hints,
+typed events, and the journal's JSON shape."""
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
+import socket
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,14 +17,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelhaul import errors
+from modelhaul.cli.options import state_dir
 from modelhaul.config import (
     DownloadConfig,
+    ManagerConfig,
     RateLimit,
     RetryPolicy,
     SegmentPolicy,
     Timeouts,
+    default_state_dir,
 )
 from modelhaul.disk.journal import VERSION, JournalState
+from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import (
     CATEGORIES,
     HTTPStatusError,
@@ -30,7 +39,9 @@ from modelhaul.errors import (
     StallTimeout,
     status_info,
 )
+from modelhaul.events import FileEvent, FilePhase, Phase
 from modelhaul.policy.ranges import RangeSet
+from origin import Origin
 
 MiB = 1024 * 1024
 
@@ -62,6 +73,14 @@ MiB = 1024 * 1024
         (SegmentPolicy, "read_buffer_bytes", 0),
         (RateLimit, "rate_bytes_per_s", 0),
         (RateLimit, "rate_bytes_per_s", -100),
+        (SegmentPolicy, "journal_every_bytes", 0),
+        (SegmentPolicy, "journal_every_s", -1.0),
+        (DownloadConfig, "max_redirects", -1),
+        (DownloadConfig, "user_agent", ""),
+        (DownloadConfig, "user_agent", "a\r\nX-Injected: 1"),
+        (DownloadConfig, "headers", (("only-a-name",),)),
+        (ManagerConfig, "max_active_files", 0),
+        (ManagerConfig, "rate_bytes_per_s", 0),
     ],
 )
 def test_invalid_values_are_refused_naming_the_field(cls: type, field: str, value: object) -> None:
@@ -331,6 +350,89 @@ def test_retries_exhausted_counts_one_attempt_in_the_singular() -> None:
     assert RetriesExhausted(last, [last]).message.endswith("(gave up after 1 attempt)")
 
 
+def test_categories_keep_their_json_strings() -> None:
+    """Scripts match on these strings: the enum must not change a single one."""
+    assert [str(c) for c in errors.Category] == [
+        "network",
+        "timeout",
+        "not_found",
+        "auth",
+        "rate_limited",
+        "server_error",
+        "client_error",
+        "integrity",
+        "disk_full",
+        "permission",
+        "invalid_input",
+        "cancelled",
+    ]
+    out = json.loads(json.dumps(errors.DiskFull("x").to_dict()))
+    assert out["category"] == "disk_full"
+    assert type(errors.DiskFull("x").to_dict()["category"]) is str
+
+
+def test_errors_carry_their_facts_as_fields() -> None:
+    full = errors.DiskFull("no room", need_bytes=5 * MiB, free_bytes=2 * MiB, path="/srv/hub")
+    assert (full.need_bytes, full.free_bytes, full.path) == (5 * MiB, 2 * MiB, "/srv/hub")
+    assert full.short_bytes == 3 * MiB
+    assert errors.DiskFull("the disk is full while writing x").short_bytes is None
+    status = HTTPStatusError(429, "https://h/f", retry_after_s=7, error_code="X")
+    assert (status.status, status.url, status.retry_after_s, status.error_code) == (
+        429,
+        "https://h/f",
+        7,
+        "X",
+    )
+    assert NetworkError("x", kind="dns").kind is errors.NetworkKind.DNS
+    with pytest.raises(ValueError, match="kind"):
+        NetworkError("x", kind="gremlins")
+    refused = errors.RedirectRefused("no", reason="downgrade")
+    assert refused.reason is errors.RedirectReason.DOWNGRADE
+    size = errors.IntegrityError("short", expected_size=10, actual_size=9)
+    assert (size.expected_size, size.actual_size) == (10, 9)
+    assert RetriesExhausted(status, [status]).url == "https://h/f"
+
+
+def _chained(outer: Exception, inner: BaseException) -> Exception:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except Exception as exc:
+        return exc
+
+
+class ConnectError(Exception):
+    """Stands for a library's wrapper (httpx.ConnectError) around the socket's error."""
+
+
+class ProxyError(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (socket.gaierror(socket.EAI_NONAME, "Name or service not known"), "dns"),
+        (ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"), "refused"),
+        (ConnectionResetError(errno.ECONNRESET, "reset"), "reset"),
+        (OSError(errno.EHOSTUNREACH, "No route to host"), "unreachable"),
+        (ssl.SSLCertVerificationError(1, "certificate verify failed"), "tls"),
+        (ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"), "tls_handshake"),
+        (
+            _chained(ConnectError("[Errno 111] name resolution failed"), socket.gaierror(-2, "x")),
+            "dns",
+        ),
+        (_chained(ConnectError("ssl handshake"), ConnectionRefusedError(111, "x")), "refused"),
+        (ProxyError("502 from the proxy"), "proxy"),
+        (ConnectError("Connection refused, certificate, DNS"), None),  # words are not facts
+    ],
+)
+def test_network_kind_reads_types_never_words(exc: BaseException, kind: str | None) -> None:
+    assert errors.network_kind(exc) == kind
+
+
 def test_human_bytes() -> None:
     assert errors.human_bytes(0) == "0 B"
     assert errors.human_bytes(1023) == "1023 B"
@@ -483,3 +585,53 @@ def test_journal_from_json_fuzz_accepted_state_is_usable(data: Any) -> None:
         assert got.size is None or e <= got.size
     got.validator()
     assert JournalState.from_json(json.loads(json.dumps(got.to_json()))) == got
+
+
+# ---------------------------------------------------------------- the one state directory
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"MODELHAUL_STATE_DIR": "/s", "XDG_CACHE_HOME": "/x"}, "/s"),
+        ({"XDG_CACHE_HOME": "/x"}, "/x/modelhaul"),
+        ({"MODELHAUL_STATE_DIR": "", "XDG_CACHE_HOME": ""}, "/home/u/.cache/modelhaul"),
+        ({}, "/home/u/.cache/modelhaul"),
+    ],
+)
+def test_default_state_dir_rule(environ: dict[str, str], expected: str) -> None:
+    assert default_state_dir(environ, home=Path("/home/u")) == Path(expected)
+
+
+@pytest.mark.parametrize("variable", ["XDG_CACHE_HOME", "MODELHAUL_STATE_DIR"])
+async def test_library_and_cli_keep_state_in_one_place(
+    variable: str, origin: Origin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library download with no state_dir and the CLI lock and record in the same folder."""
+    monkeypatch.delenv("MODELHAUL_STATE_DIR", raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "elsewhere"))
+    origin.add_file("s.bin", b"x" * 4096)
+    async with Downloader() as dl:
+        await dl.download(origin.url("s.bin"), tmp_path / "s.bin")
+    cli = state_dir()
+    assert cli.is_relative_to(tmp_path / "elsewhere")
+    assert list((cli / "done").iterdir())  # the completion record is where the CLI looks
+    assert not (Path.home() / ".cache" / "modelhaul").exists()
+
+
+# ---------------------------------------------------------------- typed events
+
+
+def test_file_events_are_values_not_strings() -> None:
+    queued = FileEvent(path="a.bin", phase=FilePhase.QUEUED, download_id="7")
+    assert queued.download_id == "7"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        queued.path = "b.bin"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="download_id"):
+        FileEvent(path="a.bin", phase=FilePhase.QUEUED)
+    with pytest.raises(ValueError, match="download_id"):
+        FileEvent(path="a.bin", phase=FilePhase.DONE, download_id="7")
+    mirror = FileEvent(path="a.bin", phase=FilePhase.MIRROR, reason="HTTP 503")
+    assert mirror.reason == "HTTP 503" and mirror.download_id is None
+    # The engine's phases keep the words its callers printed before they were an enum.
+    assert [str(p) for p in Phase] == ["probed", "verifying"]

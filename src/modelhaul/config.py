@@ -1,13 +1,45 @@
-"""Frozen configuration values. Loose shorthand ("20M") is normalised at the CLI boundary."""
+"""Frozen configuration values, and the one default state directory.
+
+Loose shorthand ("20M") is normalised at the CLI boundary. Each value checks itself in
+``__post_init__`` and names the field it refuses.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .policy.backoff import backoff_delay_s
 
 MiB = 1024 * 1024
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    """Where modelhaul keeps locks, completion records and the service's queue and token.
+
+    ``MODELHAUL_STATE_DIR`` if set, else ``$XDG_CACHE_HOME/modelhaul``, else
+    ``~/.cache/modelhaul``. The library and the CLI lock in the same place only if they
+    agree, so this is the one rule, and the environment is read here and nowhere deeper:
+    the CLI passes ``os.environ`` explicitly; the library calls it with nothing when its
+    caller gave no ``state_dir`` (an application that wants no environment read passes one).
+
+    Args:
+        environ: the environment to read; None reads ``os.environ``.
+        home: the home directory; None is ``Path.home()``.
+
+    >>> default_state_dir({"XDG_CACHE_HOME": "/c"})
+    PosixPath('/c/modelhaul')
+    """
+    env = os.environ if environ is None else environ
+    explicit = env.get("MODELHAUL_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = env.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else (home or Path.home()) / ".cache"
+    return base / "modelhaul"
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -91,8 +123,10 @@ class SegmentPolicy:
             "write_batch_bytes",
             "read_buffer_bytes",
             "recv_budget_bytes",
+            "journal_every_bytes",
         ):
             _positive(name, getattr(self, name))
+        _positive("journal_every_s", self.journal_every_s, allow_zero=True)
         if self.chunk_bytes is not None:
             _positive("chunk_bytes", self.chunk_bytes)
 
@@ -142,6 +176,14 @@ class DownloadConfig:
     allow_https_downgrade: bool = False
     max_redirects: int = 10
     check_disk_space: bool = True
+
+    def __post_init__(self) -> None:
+        _positive("max_redirects", self.max_redirects, allow_zero=True)
+        if not self.user_agent or any(c in self.user_agent for c in "\r\n"):
+            raise ValueError(f"user_agent must be one non-empty line, got {self.user_agent!r}")
+        for pair in self.headers:
+            if len(pair) != 2 or not all(isinstance(part, str) for part in pair):
+                raise ValueError(f"headers must be (name, value) string pairs, got {pair!r}")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

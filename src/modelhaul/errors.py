@@ -1,72 +1,136 @@
 """The one exception tree of modelhaul.
 
-Every error carries a ``category`` (a stable string that scripts can match on), a ``retryable``
-flag, a ``message`` saying what happened, and a ``hint`` with the user's next step. Third-party
-errors are translated into this tree in exactly one place (``transport.py``) and chained with
-``from exc``.
+Every error carries a ``category`` (a :class:`Category`, a string that scripts match on in
+``--json`` output and the service's answers), a ``retryable`` flag, a ``message`` saying what
+happened, and a ``hint`` with the user's next step. Errors carry the facts guidance needs as
+fields (``DiskFull.need_bytes``, ``HTTPStatusError.status``, ``NetworkError.kind``...), so
+advice is computed from them and never recovered from the message's wording.
 
-    ModelhaulError
+Third-party errors are translated where the third party is called, chained with ``from exc``,
+and nowhere else: aiohttp's and the OS's network errors by ``map_error`` in ``http/`` (which
+``doctor`` calls too), huggingface_hub's by ``map_hub_error`` in ``sources/hf.py``, urllib's
+by the service client in ``cli/remote.py``. OS errors on local files (ENOSPC, EACCES) are told
+as ``DiskFull``/``PermissionDenied`` by the module that writes the file (``engine``, ``store``,
+``manager``, ``server/security.py``), since only it can name the file the user asked for.
+
+    ModelhaulError              category        fields
     ├── InvalidInput            invalid_input   bad URL, rate, hex, manifest, unsafe name
-    │   └── TargetConflict      invalid_input   two downloads of one run would write one path
-    ├── TransferError           (base for everything that happens on the wire)
-    │   ├── NetworkError        network         connection refused/reset, DNS, TLS
+    │   └── TargetConflict      invalid_input   path, urls: two downloads would write one path
+    ├── TransferError           (on the wire)   url
+    │   ├── NetworkError        network         kind (NetworkKind): refused, reset, DNS, TLS...
     │   ├── StallTimeout        timeout         no byte for the stall timeout
-    │   ├── HTTPStatusError     by status       not_found, auth, rate_limited, server_error, client_error
+    │   ├── HTTPStatusError     by status       status, retry_after_s, error_code
     │   ├── TruncatedBody       network         fewer bytes than promised
     │   ├── RemoteChanged       network         the remote file changed under us (restart cleanly)
     │   ├── RangeNotHonoured    network         the origin ignored or garbled a Range request
-    │   └── RetriesExhausted    as its cause    gave up; keeps the attempt history
-    ├── RedirectRefused         client_error    loop, non-HTTP scheme, https->http downgrade
-    ├── IntegrityError          integrity       checksum or size mismatch
-    ├── DiskFull                disk_full       not enough free space, or ENOSPC while writing
+    │   └── RetriesExhausted    as its cause    last, attempts: gave up, keeps the history
+    ├── RedirectRefused         client_error    reason (RedirectReason): loop, scheme, downgrade
+    ├── IntegrityError          integrity       expected_size, actual_size (None: a checksum)
+    ├── DiskFull                disk_full       need_bytes, free_bytes, path
     ├── PermissionDenied        permission      cannot write the target or the cache
     └── Cancelled               cancelled       the user cancelled or interrupted
 """
 
 from __future__ import annotations
 
+import enum
+import errno as _errno
+import socket
+import ssl
 from dataclasses import dataclass
 from typing import ClassVar, Self
 
-CATEGORIES = (
-    "network",
-    "timeout",
-    "not_found",
-    "auth",
-    "rate_limited",
-    "server_error",
-    "client_error",
-    "integrity",
-    "disk_full",
-    "permission",
-    "invalid_input",
-    "cancelled",
-)
+
+class Category(enum.StrEnum):
+    """What kind of failure an error is; the value is the ``error.category`` of JSON output."""
+
+    NETWORK = "network"
+    TIMEOUT = "timeout"
+    NOT_FOUND = "not_found"
+    AUTH = "auth"
+    RATE_LIMITED = "rate_limited"
+    SERVER_ERROR = "server_error"
+    CLIENT_ERROR = "client_error"
+    INTEGRITY = "integrity"
+    DISK_FULL = "disk_full"
+    PERMISSION = "permission"
+    INVALID_INPUT = "invalid_input"
+    CANCELLED = "cancelled"
+
+
+CATEGORIES: tuple[Category, ...] = tuple(Category)
 
 # Failures another attempt cannot fix until the user changes something (the URL, a token, the
 # request): the web page offers to retry these after the fix, and to resume the others. Decided
 # by category, because a RetriesExhausted is never ``retryable`` even when its cause was.
-PERMANENT_CATEGORIES = frozenset({"not_found", "auth", "client_error", "invalid_input"})
-
-# How a connection failed: the host name did not resolve, nothing listened, no route, the peer
-# reset or closed it, the TLS certificate did not verify, the TLS handshake failed otherwise,
-# the proxy failed.
-NETWORK_KINDS = (
-    "dns",
-    "refused",
-    "unreachable",
-    "reset",
-    "closed",
-    "tls",
-    "tls_handshake",
-    "proxy",
+PERMANENT_CATEGORIES = frozenset(
+    {Category.NOT_FOUND, Category.AUTH, Category.CLIENT_ERROR, Category.INVALID_INPUT}
 )
+
+
+class NetworkKind(enum.StrEnum):
+    """How a connection failed."""
+
+    DNS = "dns"  # the host name did not resolve
+    REFUSED = "refused"  # nothing listened
+    UNREACHABLE = "unreachable"  # no route, or the connect timed out
+    RESET = "reset"  # the peer reset the connection
+    CLOSED = "closed"  # the peer closed it mid-response
+    TLS = "tls"  # the certificate did not verify
+    TLS_HANDSHAKE = "tls_handshake"  # the TLS handshake failed otherwise
+    PROXY = "proxy"  # the proxy failed or refused to forward
+
+
+NETWORK_KINDS: tuple[NetworkKind, ...] = tuple(NetworkKind)
+
+_KIND_OF_ERRNO = {
+    _errno.ECONNREFUSED: NetworkKind.REFUSED,
+    _errno.ECONNRESET: NetworkKind.RESET,
+    _errno.EPIPE: NetworkKind.RESET,
+    _errno.ECONNABORTED: NetworkKind.RESET,
+    _errno.ENETUNREACH: NetworkKind.UNREACHABLE,
+    _errno.EHOSTUNREACH: NetworkKind.UNREACHABLE,
+    _errno.ETIMEDOUT: NetworkKind.UNREACHABLE,
+}
+
+
+def network_kind(exc: BaseException | None) -> NetworkKind | None:
+    """How a connection failed, read from the types of the standard-library errors in the
+    chain of ``exc`` (``__cause__``, ``__context__``, and urllib3's ``reason``).
+
+    For translators of libraries that wrap socket and TLS errors in their own (httpx under
+    huggingface_hub): the socket's error is a fact, its wording is not.
+
+    >>> network_kind(ConnectionRefusedError(111, "Connection refused"))
+    <NetworkKind.REFUSED: 'refused'>
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, socket.gaierror):
+            return NetworkKind.DNS
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return NetworkKind.TLS
+        if isinstance(exc, ssl.SSLError):
+            return NetworkKind.TLS_HANDSHAKE
+        if "ProxyError" in (c.__name__ for c in type(exc).__mro__):
+            return NetworkKind.PROXY
+        kind = _KIND_OF_ERRNO.get(getattr(exc, "errno", None) or 0)
+        if isinstance(exc, OSError) and kind is not None:
+            return kind
+        reason = getattr(exc, "reason", None)
+        exc = (
+            exc.__cause__
+            or exc.__context__
+            or (reason if isinstance(reason, BaseException) else None)
+        )
+    return None
 
 
 class ModelhaulError(Exception):
     """Root of every error modelhaul raises on purpose."""
 
-    category: ClassVar[str] = "client_error"
+    category: ClassVar[Category] = Category.CLIENT_ERROR
     retryable: ClassVar[bool] = False
     default_hint: ClassVar[str] = ""
 
@@ -77,11 +141,11 @@ class ModelhaulError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         """The JSON shape used by ``--json`` result lines and the service."""
-        return {"category": self.category, "message": self.message, "hint": self.hint}
+        return {"category": str(self.category), "message": self.message, "hint": self.hint}
 
 
 class InvalidInput(ModelhaulError, ValueError):
-    category = "invalid_input"
+    category = Category.INVALID_INPUT
     default_hint = "Check the command line or the input file; run with --help for the syntax."
 
 
@@ -113,19 +177,26 @@ class TargetConflict(InvalidInput):
 
 
 class TransferError(ModelhaulError):
-    """Something went wrong on the wire; most of these are worth another attempt."""
+    """Something went wrong on the wire; most of these are worth another attempt.
 
-    category = "network"
+    ``url`` is where the request was going, when the raiser knows it.
+    """
+
+    category = Category.NETWORK
     retryable = True
     default_hint = (
         "Check the network connection, proxy (HTTPS_PROXY) and CA settings, then run again."
     )
 
+    def __init__(self, message: str, *, hint: str | None = None, url: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.url = url
+
 
 class NetworkError(TransferError):
     """The connection failed.
 
-    ``kind`` says how, when the transport knows (one of ``NETWORK_KINDS``), and ``url`` where
+    ``kind`` says how, when the translator knows (a :class:`NetworkKind`), and ``url`` where
     it was going; guidance is chosen from these facts, not from the message's wording.
     """
 
@@ -138,14 +209,13 @@ class NetworkError(TransferError):
         kind: str | None = None,
     ) -> None:
         if kind is not None and kind not in NETWORK_KINDS:
-            raise ValueError(f"kind must be one of {NETWORK_KINDS}, got {kind!r}")
-        super().__init__(message, hint=hint)
-        self.url = url
-        self.kind = kind
+            raise ValueError(f"kind must be one of {[str(k) for k in NETWORK_KINDS]}, got {kind!r}")
+        super().__init__(message, hint=hint, url=url)
+        self.kind = None if kind is None else NetworkKind(kind)
 
 
 class StallTimeout(TransferError):
-    category = "timeout"
+    category = Category.TIMEOUT
     default_hint = (
         "The server stopped sending data; run again, or raise --timeout on a very slow link."
     )
@@ -169,30 +239,32 @@ class RangeNotHonoured(TransferError):
 
 @dataclass(frozen=True, slots=True)
 class _StatusInfo:
-    category: str
+    category: Category
     retryable: bool
     hint: str
 
 
 _STATUS: dict[int, _StatusInfo] = {
     401: _StatusInfo(
-        "auth",
+        Category.AUTH,
         False,
         "The server wants credentials: pass them with -H 'Authorization: Bearer TOKEN' "
         "or set HF_TOKEN for the Hugging Face Hub.",
     ),
     403: _StatusInfo(
-        "auth",
+        Category.AUTH,
         False,
         "Access denied: check the token or credentials passed with -H or HF_TOKEN, and that "
         "your account may read this file (gated models need their licence accepted).",
     ),
-    404: _StatusInfo("not_found", False, "Check the URL: the server has no such file."),
-    410: _StatusInfo("not_found", False, "The file was removed from the server; check the URL."),
-    408: _StatusInfo("server_error", True, "The server timed out; run again later."),
-    425: _StatusInfo("server_error", True, "The server asked to retry later; run again."),
+    404: _StatusInfo(Category.NOT_FOUND, False, "Check the URL: the server has no such file."),
+    410: _StatusInfo(
+        Category.NOT_FOUND, False, "The file was removed from the server; check the URL."
+    ),
+    408: _StatusInfo(Category.SERVER_ERROR, True, "The server timed out; run again later."),
+    425: _StatusInfo(Category.SERVER_ERROR, True, "The server asked to retry later; run again."),
     429: _StatusInfo(
-        "rate_limited",
+        Category.RATE_LIMITED,
         True,
         "The server is rate limiting: wait a little, then run again with fewer connections (-x).",
     ),
@@ -201,22 +273,30 @@ _STATUS: dict[int, _StatusInfo] = {
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
-def status_info(status: int) -> tuple[str, bool, str]:
+def status_info(status: int) -> tuple[Category, bool, str]:
     """Category, retryable flag and hint for an HTTP status."""
     if status in _STATUS:
         info = _STATUS[status]
         return info.category, info.retryable, info.hint
     if status >= 500:
         return (
-            "server_error",
+            Category.SERVER_ERROR,
             status in RETRYABLE_STATUSES,
             "The server failed; run again later or use a mirror.",
         )
-    return "client_error", False, "The server refused the request; check the URL and headers."
+    return (
+        Category.CLIENT_ERROR,
+        False,
+        "The server refused the request; check the URL and headers.",
+    )
 
 
 class HTTPStatusError(TransferError):
-    """The server answered with an error status."""
+    """The server answered with an error status.
+
+    ``retry_after_s`` is the server's Retry-After, ``error_code`` the Hub's X-Error-Code
+    (GatedRepo, RepoNotFound, RevisionNotFound, EntryNotFound), when present.
+    """
 
     def __init__(
         self,
@@ -230,15 +310,15 @@ class HTTPStatusError(TransferError):
     ) -> None:
         category, retryable, default = status_info(status)
         self.status = status
-        self.url = url
         self.retry_after_s = retry_after_s
-        self.error_code = error_code  # the Hub's X-Error-Code, when present
+        self.error_code = error_code
         self._category = category
         self._retryable = retryable
-        super().__init__(message or f"HTTP {status} from {url}", hint=hint or default)
+        super().__init__(message or f"HTTP {status} from {url}", hint=hint or default, url=url)
+        self.url: str = url
 
     @property  # type: ignore[override]
-    def category(self) -> str:
+    def category(self) -> Category:
         return self._category
 
     @property  # type: ignore[override]
@@ -246,12 +326,25 @@ class HTTPStatusError(TransferError):
         return self._retryable
 
 
+class RedirectReason(enum.StrEnum):
+    """Why a redirect was refused."""
+
+    TOO_MANY = "too_many"
+    SCHEME = "scheme"  # not http or https
+    DOWNGRADE = "downgrade"  # https -> http
+    LOOP = "loop"
+
+
 class RedirectRefused(ModelhaulError):
     """A redirect we will not follow: a loop, too many hops, a non-HTTP scheme, an https->http
-    downgrade."""
+    downgrade (``reason``, when the raiser says)."""
 
-    category = "client_error"
+    category = Category.CLIENT_ERROR
     default_hint = "The server redirects somewhere modelhaul will not go; check the URL."
+
+    def __init__(self, message: str, *, reason: str | None = None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = None if reason is None else RedirectReason(reason)
 
 
 class RetriesExhausted(TransferError):
@@ -262,36 +355,81 @@ class RetriesExhausted(TransferError):
     def __init__(self, last: ModelhaulError, attempts: list[ModelhaulError]) -> None:
         n = len(attempts)
         super().__init__(
-            f"{last.message} (gave up after {n} attempt{'s' if n != 1 else ''})", hint=last.hint
+            f"{last.message} (gave up after {n} attempt{'s' if n != 1 else ''})",
+            hint=last.hint,
+            url=getattr(last, "url", None),
         )
         self.last = last
         self.attempts = attempts
 
     @property  # type: ignore[override]
-    def category(self) -> str:
+    def category(self) -> Category:
         return self.last.category
 
 
 class IntegrityError(ModelhaulError):
-    category = "integrity"
+    """The bytes are not the published ones: a checksum mismatch, or (with ``expected_size``
+    and ``actual_size``) a size the server did not keep."""
+
+    category = Category.INTEGRITY
     default_hint = (
         "The download did not match its checksum and was discarded. Run again; if it fails "
         "again the published checksum may be wrong."
     )
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected_size: int | None = None,
+        actual_size: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.expected_size = expected_size
+        self.actual_size = actual_size
+
 
 class DiskFull(ModelhaulError, OSError):
-    category = "disk_full"
+    """Not enough free space.
+
+    ``need_bytes`` (what is still to be written), ``free_bytes`` and ``path`` (the directory
+    measured) are set when the shortage was found before writing. A full disk met while
+    writing (ENOSPC) knows none of them; its message names the file.
+    """
+
+    category = Category.DISK_FULL
     default_hint = "Free some disk space or download somewhere else (-d DIR)."
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        need_bytes: int | None = None,
+        free_bytes: int | None = None,
+        path: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.need_bytes = need_bytes
+        self.free_bytes = free_bytes
+        self.path = path
+
+    @property
+    def short_bytes(self) -> int | None:
+        """How much more must be freed, when the sizes are known."""
+        if self.need_bytes is None or self.free_bytes is None:
+            return None
+        return max(0, self.need_bytes - self.free_bytes)
 
 
 class PermissionDenied(ModelhaulError, OSError):
-    category = "permission"
+    category = Category.PERMISSION
     default_hint = "Check that you may write to the target directory, or choose another with -d."
 
 
 class Cancelled(ModelhaulError):
-    category = "cancelled"
+    category = Category.CANCELLED
     default_hint = "Run the same command again to resume; partial data was kept."
 
 

@@ -1,8 +1,14 @@
-"""Immutable progress and state records. The engine emits them; it never renders anything."""
+"""Immutable progress and state records, and the enums their callbacks speak in.
+
+The engine emits them; it never renders anything. Callbacks receive these values, never
+strings to parse: ``on_phase(Phase, size)`` from one file's transfer, ``on_file(FileEvent)``
+from a model pull, ``TaskEvent`` from the manager.
+"""
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +25,46 @@ class State(enum.StrEnum):
     @property
     def final(self) -> bool:
         return self in (State.COMPLETED, State.FAILED, State.CANCELLED)
+
+
+class Phase(enum.StrEnum):
+    """A step of one file's transfer that its caller may act on."""
+
+    PROBED = "probed"  # the size is known (None: the origin did not say)
+    VERIFYING = "verifying"  # every byte is on disk; hashing and publishing follow
+
+
+PhaseCallback = Callable[[Phase, int | None], None]  # (phase, the file's size)
+
+
+class FilePhase(enum.StrEnum):
+    """What happened to one file of a model pull."""
+
+    QUEUED = "queued"  # handed to the manager as ``download_id``
+    MIRROR = "mirror"  # a URL failed (``reason``); the next URL is tried
+    WAITING = "waiting"  # another process fetches the same blob (``reason``)
+    DONE = "done"  # the file is in the snapshot
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileEvent:
+    """One file of a model pull changed phase.
+
+    ``download_id`` is the manager's task id (set with ``QUEUED``), ``reason`` says why for
+    ``MIRROR`` and ``WAITING``.
+    """
+
+    path: str
+    phase: FilePhase
+    download_id: str | None = None
+    reason: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.phase is FilePhase.QUEUED) != (self.download_id is not None):
+            raise ValueError("download_id is set exactly for FilePhase.QUEUED")
+
+
+FileCallback = Callable[[FileEvent], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,12 +142,20 @@ class Result:
         }
 
 
+class EventKind(enum.StrEnum):
+    """What a ``TaskEvent`` reports; the value is the ``event`` of its JSON form."""
+
+    STATE = "state"  # one download changed state
+    PROGRESS = "progress"  # one download received bytes
+    TOTAL = "total"  # the sum over all downloads (``task_id`` empty)
+
+
 @dataclass(frozen=True, slots=True)
 class TaskEvent:
-    """Something happened to one managed download (``kind`` "state" or "progress"), or to all
-    of them (``kind`` "total", ``task_id`` empty)."""
+    """Something happened to one managed download (``kind`` STATE or PROGRESS), or to all of
+    them (``kind`` TOTAL, ``task_id`` empty)."""
 
-    kind: str
+    kind: EventKind
     task_id: str
     state: State
     time: float
@@ -115,7 +169,7 @@ class TaskEvent:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "event": self.kind,
+            "event": self.kind.value,
             "id": self.task_id,
             "state": self.state.value,
             "time": round(self.time, 3),

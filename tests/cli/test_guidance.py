@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
+import socket
+import ssl
+from pathlib import Path
+
 import pytest
 
+from modelhaul import guidance
 from modelhaul.errors import (
     CATEGORIES,
     Cancelled,
@@ -18,6 +25,7 @@ from modelhaul.errors import (
     RetriesExhausted,
     StallTimeout,
     TruncatedBody,
+    network_kind,
 )
 from modelhaul.guidance import Guidance, explain, format_guidance
 
@@ -148,6 +156,7 @@ CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
         NetworkError(
             "TLS verification failed for huggingface.co: [SSL: CERTIFICATE_VERIFY_FAILED]",
             hint="...",
+            kind="tls",
         ),
         {},
         ["SSL_CERT_FILE", "corporate proxy", "clock"],
@@ -167,6 +176,7 @@ CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
         NetworkError(
             "cannot reach the Hub at http://127.0.0.1:9: [Errno 111] Connection refused",
             url="http://127.0.0.1:9",
+            kind="refused",
         ),
         {"endpoint": "http://127.0.0.1:9"},
         ["nothing answered", "port", "HTTPS_PROXY", "modelhaul doctor"],
@@ -211,6 +221,9 @@ CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
         "disk full before starting: sizes and gc",
         DiskFull(
             "org/model needs 3.2 GiB more, only 1.0 GiB free in /srv/hub",
+            need_bytes=int(3.2 * 2**30),
+            free_bytes=2**30,
+            path="/srv/hub",
             hint="Free at least 2.2 GiB in /srv/hub.",
         ),
         {"model": "org/model"},
@@ -237,7 +250,9 @@ CASES: list[tuple[str, ModelhaulError, dict[str, str], list[str]]] = [
     ),
     (
         "a refused downgrade redirect",
-        RedirectRefused("refusing an https -> http downgrade redirect to evil.example"),
+        RedirectRefused(
+            "refusing an https -> http downgrade redirect to evil.example", reason="downgrade"
+        ),
         {},
         ["--allow-insecure-redirects"],
     ),
@@ -275,7 +290,12 @@ def test_retries_exhausted_is_explained_by_its_last_error_but_says_it_gave_up() 
 
 
 def test_disk_full_with_the_cache_size_gives_the_gc_command_that_frees_enough() -> None:
-    err = DiskFull("org/model needs 3.0 GiB more, only 1.0 GiB free in /srv/hub")
+    err = DiskFull(
+        "org/model needs 3.0 GiB more, only 1.0 GiB free in /srv/hub",
+        need_bytes=3 * 2**30,
+        free_bytes=2**30,
+        path="/srv/hub",
+    )
     g = explain(err, store_bytes=10 * 2**30)
     assert "'modelhaul gc --max-size 8G'" in g.steps[0]
     assert "at least 2.0 GiB" in g.steps[0]
@@ -284,8 +304,16 @@ def test_disk_full_with_the_cache_size_gives_the_gc_command_that_frees_enough() 
 
 
 def test_tls_is_not_mistaken_for_dns_or_the_other_way_round() -> None:
-    dns = NetworkError("Cannot connect to host x:443 ssl:default [Name or service not known]")
-    tls = NetworkError("connection to x failed: [SSL: WRONG_VERSION_NUMBER] wrong version number")
+    # The kind comes from the error's type where it is translated (see network_kind), never
+    # from the message: a message that names the other kind does not mislead guidance.
+    dns = NetworkError(
+        "Cannot connect to host x:443 ssl:default [Name or service not known]",
+        kind=network_kind(socket.gaierror(socket.EAI_NONAME, "Name or service not known")),
+    )
+    tls = NetworkError(
+        "connection to x failed: [SSL: WRONG_VERSION_NUMBER] wrong version number",
+        kind=network_kind(ssl.SSLCertVerificationError(1, "certificate verify failed")),
+    )
     assert "SSL_CERT_FILE" not in text_of(explain(dns))
     assert "SSL_CERT_FILE" in text_of(explain(tls))
 
@@ -294,3 +322,30 @@ def test_format_guidance_numbers_steps_under_a_why_line() -> None:
     g = Guidance(what="w", why="because", steps=("first", "second"))
     assert format_guidance(g) == ["  why: because", "  try: 1. first", "       2. second"]
     assert format_guidance(Guidance(what="w", why="", steps=())) == []
+
+
+def test_guidance_reads_facts_never_the_message() -> None:
+    """The message is shown as 'what' and read nowhere else: guidance is computed from fields."""
+    package = Path(inspect.getfile(guidance)).parent
+    tree = ast.Module(
+        body=[ast.parse(f.read_text()) for f in sorted(package.glob("*.py"))], type_ignores=[]
+    )
+    reads = [n for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr == "message"]
+    whats = [
+        k.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        for k in n.keywords
+        if k.arg == "what"
+    ]
+    assert reads and all(any(r is w for w in whats) for r in reads)
+    # Regular expressions parse URLs (a field) only.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in ("match", "search"):
+            assert ast.unparse(node.args[1]) == "path", ast.unparse(node)
+
+
+def test_an_unknown_network_kind_does_not_guess_from_words() -> None:
+    err = NetworkError("Cannot connect: [Errno -2] Name or service not known, certificate")
+    text = text_of(explain(err))
+    assert "did not resolve" not in text and "SSL_CERT_FILE" not in text

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig, RetryPolicy, SegmentPolicy, Timeouts
 from ..errors import Cancelled, InvalidInput, ModelhaulError, human_bytes, plural
-from ..events import Result, TaskEvent
+from ..events import EventKind, Result, TaskEvent
 from ..http.demo_origin import (
     RETRY_AFTER_S,
     DemoContent,
@@ -117,7 +117,7 @@ async def _download(url: str, folder: Path, expected: str, renderer: Renderer) -
     mconf = ManagerConfig(max_connections_per_host=config.segments.max_connections)
 
     def on_event(ev: TaskEvent) -> None:
-        if ev.kind == "progress" and ev.progress is not None:
+        if ev.kind is EventKind.PROGRESS and ev.progress is not None:
             renderer.progress("demo.bin", ev.progress)
 
     # A state directory of its own: the demo always downloads, and leaves no records behind.

@@ -11,8 +11,8 @@ from typing import Any
 
 from ..config import ManagerConfig
 from ..disk.partials import is_downloading, plan_paths
-from ..errors import Cancelled, InvalidInput, ModelhaulError, TargetConflict
-from ..events import Progress, State, TaskEvent
+from ..errors import Cancelled, Category, InvalidInput, ModelhaulError, TargetConflict
+from ..events import EventKind, Progress, State, TaskEvent
 from ..manager.downloads import DownloadHandle, DownloadManager
 from ..policy.paths import safe_relpath
 from ..policy.urls import check_url
@@ -207,10 +207,10 @@ async def run(args: argparse.Namespace) -> int:
 
     def on_event(ev: TaskEvent) -> None:
         for job in by_id.get(ev.task_id, [])[:1]:
-            if ev.kind == "progress" and ev.progress is not None:
+            if ev.kind is EventKind.PROGRESS and ev.progress is not None:
                 last[ev.task_id] = ev.progress
                 renderer.progress(job.label, ev.progress)
-            elif ev.kind == "state" and ev.state in (State.COMPLETED, State.FAILED):
+            elif ev.kind is EventKind.STATE and ev.state in (State.COMPLETED, State.FAILED):
                 # Reported as each file ends, not in list order.
                 record = ev.result or _failed_dict(job.entry.url, ev.error or {})
                 renderer.file_done(job.label, record)
@@ -273,7 +273,7 @@ async def _wait(job: _Job) -> None:
 def _failed_dict(url: str | None, error: dict[str, str]) -> dict[str, Any]:
     return {
         "event": "result",
-        "status": "cancelled" if error.get("category") == "cancelled" else "failed",
+        "status": "cancelled" if error.get("category") == Category.CANCELLED else "failed",
         "url": url,
         "path": None,
         "size": None,
@@ -349,8 +349,8 @@ def _finish(jobs: list[_Job], renderer: Renderer) -> int:
     if not failures:
         return 0
     categories = {j.error.category for j in failures if j.error is not None}
-    if categories == {"invalid_input"}:
+    if categories == {Category.INVALID_INPUT}:
         return 2
-    if categories == {"cancelled"}:
+    if categories == {Category.CANCELLED}:
         return 130
     return 1

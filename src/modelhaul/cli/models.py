@@ -14,6 +14,7 @@ from typing import Any
 from ..config import DownloadConfig, ManagerConfig
 from ..errors import (
     Cancelled,
+    Category,
     InvalidInput,
     ModelhaulError,
     NetworkError,
@@ -21,7 +22,7 @@ from ..errors import (
     human_bytes,
     plural,
 )
-from ..events import TaskEvent
+from ..events import EventKind, FileEvent, FilePhase, TaskEvent
 from ..manager.downloads import DownloadManager
 from ..policy.urls import same_host
 from ..sources.hf import (
@@ -156,19 +157,19 @@ def _renderer_hook(renderer: Renderer, labels: dict[str, str], held: dict[str, b
 
     def on_event(ev: TaskEvent) -> None:
         label = labels.get(ev.task_id, ev.task_id)
-        if ev.kind == "progress" and ev.progress is not None:
+        if ev.kind is EventKind.PROGRESS and ev.progress is not None:
             renderer.progress(label, ev.progress)
             held[label] = ev.progress.resumable
-        elif ev.kind == "state" and ev.state.final:
+        elif ev.kind is EventKind.STATE and ev.state.final:
             held.pop(label, None)
 
     return on_event
 
 
 def exit_status(exc: ModelhaulError) -> int:
-    if exc.category == "invalid_input":
+    if exc.category is Category.INVALID_INPUT:
         return 2
-    if exc.category == "cancelled":
+    if exc.category is Category.CANCELLED:
         return 130
     return 1
 
@@ -258,7 +259,7 @@ async def _pull(
             try:
                 spec = await hub.resolve(source)
             except (NetworkError, RetriesExhausted) as exc:
-                if exc.category not in ("network", "timeout"):
+                if exc.category not in (Category.NETWORK, Category.TIMEOUT):
                     raise
                 return _offline(puller, source, exc, renderer)
         else:
@@ -272,14 +273,14 @@ async def _pull(
         mgr.subscribe(_renderer_hook(renderer, labels, held))
         renderer.start()
 
-        def on_file(path: str, what: str) -> None:
-            if what.startswith("queued:"):
-                labels[what.split(":", 1)[1]] = path
-            elif what.startswith(("mirror:", "waiting:")):
-                kind, _, why = what.partition(": ")
-                verb = "trying a mirror" if kind == "mirror" else "waiting"
-                renderer.notice(f"{path}: {verb} ({why})")
-            elif what == "done":
+        def on_file(event: FileEvent) -> None:
+            path = event.path
+            if event.download_id is not None:
+                labels[event.download_id] = path
+            elif event.phase in (FilePhase.MIRROR, FilePhase.WAITING):
+                verb = "trying a mirror" if event.phase is FilePhase.MIRROR else "waiting"
+                renderer.notice(f"{path}: {verb} ({event.reason})")
+            elif event.phase is FilePhase.DONE:
                 f = by_path[path]
                 record = {
                     "status": "completed",
@@ -466,9 +467,9 @@ async def _verify(
 
     labels: dict[str, str] = {}
 
-    def on_file(path: str, what: str) -> None:
-        if what.startswith("queued:"):
-            labels[what.split(":", 1)[1]] = path
+    def on_file(event: FileEvent) -> None:
+        if event.download_id is not None:
+            labels[event.download_id] = event.path
 
     if args.repair:
         # A repair fetches whole bad chunks; splitting one already in flight between two

@@ -7,7 +7,14 @@ import math
 import os
 from pathlib import Path
 
-from ..config import DownloadConfig, RateLimit, RetryPolicy, SegmentPolicy, Timeouts
+from ..config import (
+    DownloadConfig,
+    RateLimit,
+    RetryPolicy,
+    SegmentPolicy,
+    Timeouts,
+    default_state_dir,
+)
 from ..errors import InvalidInput
 from ..policy.units import parse_rate
 
@@ -107,10 +114,6 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
 
 
 def state_dir() -> Path:
-    """Where modelhaul keeps locks and its own state (MODELHAUL_STATE_DIR, else XDG cache)."""
-    env = os.environ.get("MODELHAUL_STATE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "modelhaul"
+    """Where modelhaul keeps locks and its own state: the library's rule, read from this
+    process's environment."""
+    return default_state_dir(os.environ)

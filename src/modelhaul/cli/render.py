@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from ..errors import ModelhaulError, human_bytes, plural
+from ..errors import Category, ModelhaulError, human_bytes, plural
 from ..events import Progress as ProgressRecord
 
 
@@ -129,7 +129,7 @@ def make_renderer(*, json_mode: bool, quiet: bool, files: int | None = None) -> 
     return PlainRenderer()
 
 
-_NO_GUIDANCE = ("invalid_input", "cancelled")
+_NO_GUIDANCE = (Category.INVALID_INPUT, Category.CANCELLED)
 
 
 def print_error(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..client.events import EventFollower
 from ..client.service import DEFAULT_SERVER, FINAL_STATES, RemoteError, ServiceClient
-from ..errors import Cancelled, InvalidInput, ModelhaulError
+from ..errors import Cancelled, Category, InvalidInput, ModelhaulError
 from ..events import Progress
 from ..policy.paths import safe_relpath
 from .remote import add_server_options, call, client_from_args, report_failure
@@ -361,7 +361,7 @@ def _finish(views: dict[str, dict[str, Any]], ids: list[str], renderer: Renderer
         print_error(
             RemoteError(
                 str(err.get("message") or "failed"),
-                category=str(err.get("category") or "client_error"),
+                category=str(err.get("category") or Category.CLIENT_ERROR),
                 hint=err.get("hint") or None,
             ),
             what=r.get("id") if len(records) > 1 else None,

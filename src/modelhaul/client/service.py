@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from ..errors import InvalidInput, ModelhaulError
+from ..errors import Category, InvalidInput, ModelhaulError
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 REQUEST_TIMEOUT_S = 30.0
@@ -24,17 +24,20 @@ class RemoteError(ModelhaulError):
 
     def __init__(self, message: str, *, category: str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self._category = category
+        try:
+            self._category = Category(category)
+        except ValueError:  # a newer service's category: the nearest this client knows
+            self._category = Category.CLIENT_ERROR
 
     @property  # type: ignore[override]
-    def category(self) -> str:
+    def category(self) -> Category:
         return self._category
 
 
 class ServiceUnreachable(ModelhaulError):
     """Nothing answers at the service's address, or the event stream dropped."""
 
-    category = "network"
+    category = Category.NETWORK
 
 
 class ServiceClient:
@@ -114,16 +117,16 @@ class ServiceClient:
         if exc.code == 401:
             return RemoteError(
                 f"the service at {self.base_url} needs its access token",
-                category="auth",
+                category=Category.AUTH,
                 hint="Pass --token or set MODELHAUL_TOKEN; the token is in the server-token "
                 "file of the service's state directory.",
             )
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             err = data["error"]
-            category = str(err.get("category") or "client_error")
+            category = str(err.get("category") or Category.CLIENT_ERROR)
             message = str(err.get("message") or f"HTTP {exc.code}")
             hint = err.get("hint")
-            if category == "invalid_input":
+            if category == Category.INVALID_INPUT:
                 return InvalidInput(message, hint=hint or None)
             return RemoteError(message, category=category, hint=hint or None)
         if isinstance(data, dict) and isinstance(data.get("detail"), list):
@@ -132,4 +135,4 @@ class ServiceClient:
             return InvalidInput(f"the service refused the request: {where}: {first.get('msg')}")
         if exc.code == 404:
             return self.not_ours()
-        return RemoteError(f"HTTP {exc.code} from {self.base_url}", category="server_error")
+        return RemoteError(f"HTTP {exc.code} from {self.base_url}", category=Category.SERVER_ERROR)

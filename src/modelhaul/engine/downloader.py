@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from ..config import DownloadConfig
+from ..config import DownloadConfig, default_state_dir
 from ..disk.files import make_folder
 from ..disk.hashing import sha256_file_async
 from ..disk.journal import Journal, JournalState
@@ -82,8 +82,9 @@ class Downloader:
         cfg = self.config
         self.limiter = limiter or TokenBucket(cfg.rate.rate_bytes_per_s)
         # Locks and completion records live outside the target directory, so a finished
-        # download leaves nothing beside the file.
-        state = state_dir or Path.home() / ".cache" / "modelhaul"
+        # download leaves nothing beside the file. No state_dir: the CLI's own default, so
+        # library and CLI runs lock each other out of the same file.
+        state = state_dir or default_state_dir()
         self._lock_dir = state / "locks"
         self.records = CompletionRecords(state / "done")
         self._own_transport = transport is None

@@ -100,6 +100,9 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
             raise DiskFull(
                 f"not enough disk space for {t.dest.name}: needs {human_bytes(needed)} more, "
                 f"{human_bytes(free)} free in {t.facts.part.parent}",
+                need_bytes=needed,
+                free_bytes=free,
+                path=str(t.facts.part.parent),
                 hint=f"Free at least {human_bytes(needed - free)} in {t.facts.part.parent}, or "
                 "download elsewhere with -d DIR.",
             )

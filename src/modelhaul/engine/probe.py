@@ -167,6 +167,8 @@ def _check_expected_size(t: Transfer, resp: Response) -> None:
         resp.close()
         raise IntegrityError(
             f"{t.dest.name}: the server has {t.size} bytes, expected {t.facts.expected_size}",
+            expected_size=t.facts.expected_size,
+            actual_size=t.size,
             hint="The file on the server differs from the one published; check the source.",
         )
 

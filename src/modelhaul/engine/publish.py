@@ -17,7 +17,7 @@ from concurrent.futures import wait as wait_futures
 from ..disk.files import commit_file, os_error
 from ..disk.hashing import PrefixHasher
 from ..errors import IntegrityError, ModelhaulError
-from ..events import Result
+from ..events import Phase, Result
 from .plan import drop_journal, prepare_file, save_journal
 from .pools import WRITE_POOL
 from .probe import Probe, close_probe
@@ -33,7 +33,7 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
     """After the probe: size the partial file and start hashing its completed prefix."""
     try:
         if t.facts.on_phase:
-            t.facts.on_phase("probed", t.size)
+            t.facts.on_phase(Phase.PROBED, t.size)
         prepare_file(t, check_disk_space=check_disk_space)
         t.hasher = PrefixHasher(t.fd)
         t.hasher.advance(t.state.done.prefix_end())
@@ -58,7 +58,7 @@ async def verify(t: Transfer) -> tuple[int, str]:
     save_journal(t)
     emit_progress(t, force=True)
     if t.facts.on_phase:
-        t.facts.on_phase("verifying", size)
+        t.facts.on_phase(Phase.VERIFYING, size)
     stage("hashing")
     if t.inline_hash is not None and t.inline_pos == size:
         digest = t.inline_hash.hexdigest()

@@ -22,14 +22,13 @@ from ..config import RetryPolicy
 from ..disk.hashing import PrefixHasher
 from ..disk.journal import Journal, JournalState
 from ..errors import ModelhaulError
-from ..events import Progress
+from ..events import PhaseCallback, Progress
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
 from ..policy.segments import SegmentScheduler
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
-PhaseCallback = Callable[[str, int | None], None]
 
 # The end of a segment whose body has no known length: the body's end is the file's.
 UNKNOWN_END = 2**62

@@ -65,4 +65,4 @@ async def follow_redirects(
         if resp.status >= 400:
             raise await status_error(resp, current)
         return resp, current
-    raise RedirectRefused(f"more than {max_redirects} redirects from {url}")
+    raise RedirectRefused(f"more than {max_redirects} redirects from {url}", reason="too_many")

@@ -24,7 +24,7 @@ from ..config import DownloadConfig, ManagerConfig
 from ..disk.partials import TargetPaths, discard_partial, plan_paths
 from ..engine.downloader import Downloader
 from ..errors import Cancelled, ModelhaulError
-from ..events import Progress, Result, State, TaskEvent
+from ..events import Phase, Progress, Result, State, TaskEvent
 from ..http.session import Transport
 from ..policy.ratelimit import TokenBucket
 from ..policy.urls import check_url
@@ -370,7 +370,7 @@ class DownloadManager:
         Example::
 
             async for event in mgr.events():
-                if event.kind == "state" and event.task_id == h.id and event.state.final:
+                if event.kind is EventKind.STATE and event.task_id == h.id and event.state.final:
                     break
         """
         stream = self._fanout.stream()
@@ -455,13 +455,13 @@ class DownloadManager:
 
     # ------------------------------------------------------------------ events
 
-    def _on_phase(self, task: Task, phase: str, size: int | None) -> None:
-        if phase == "probed":
+    def _on_phase(self, task: Task, phase: Phase, size: int | None) -> None:
+        if phase is Phase.PROBED:
             task.size = size
             if size is not None:
                 self._queue.presume_small = size < self.config.small_file_bytes
             self._schedule()
-        elif phase == "verifying" and task.state is State.RUNNING:
+        elif phase is Phase.VERIFYING and task.state is State.RUNNING:
             self._set_state(task, State.VERIFYING)
 
     def _on_progress(self, task: Task, p: Progress) -> None:

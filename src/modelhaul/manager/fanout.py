@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Collection
 
-from ..events import Progress, State, TaskEvent
+from ..events import EventKind, Progress, State, TaskEvent
 from .tasks import ACTIVE, Task
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class EventStream:
         return event
 
     def put_nowait(self, event: TaskEvent) -> None:
-        if self._queue.qsize() < _QUEUE_MAX or event.kind != "progress":
+        if self._queue.qsize() < _QUEUE_MAX or event.kind is not EventKind.PROGRESS:
             self._queue.put_nowait(event)
 
     def end_nowait(self) -> None:
@@ -93,7 +93,7 @@ class Fanout:
 
 def progress_event(task: Task, p: Progress) -> TaskEvent:
     return TaskEvent(
-        "progress",
+        EventKind.PROGRESS,
         task.id,
         task.state,
         time.time(),
@@ -108,7 +108,7 @@ def progress_event(task: Task, p: Progress) -> TaskEvent:
 def state_event(task: Task) -> TaskEvent:
     info = task.info()
     return TaskEvent(
-        "state",
+        EventKind.STATE,
         task.id,
         task.state,
         time.time(),
@@ -144,7 +144,7 @@ def total_event(tasks: Collection[Task], *, idle: bool) -> TaskEvent:
     else:
         state = State.COMPLETED
     return TaskEvent(
-        "total",
+        EventKind.TOTAL,
         "",
         state,
         time.time(),

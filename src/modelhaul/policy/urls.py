@@ -125,13 +125,16 @@ def next_hop(
     target = urljoin(current, location)
     scheme = urlsplit(target).scheme.lower()
     if scheme not in ("http", "https"):
-        raise RedirectRefused(f"refusing a redirect to a non-HTTP URL: {target[:200]}")
+        raise RedirectRefused(
+            f"refusing a redirect to a non-HTTP URL: {target[:200]}", reason="scheme"
+        )
     downgrade = scheme == "http" and urlsplit(current).scheme.lower() == "https"
     if downgrade and not allow_downgrade:
         raise RedirectRefused(
             f"refusing an https -> http downgrade redirect to {host_of(target)}",
+            reason="downgrade",
             hint="Pass --allow-insecure-redirects if you trust this server.",
         )
     if target in seen:
-        raise RedirectRefused(f"redirect loop at {target[:200]}")
+        raise RedirectRefused(f"redirect loop at {target[:200]}", reason="loop")
     return target

@@ -13,15 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import ModelhaulError
+from ..errors import Category, ModelhaulError
 
 _HTTP_HINT = "The API's routes are listed in /openapi.json."
 _STATUS_BY_CATEGORY = {
-    "invalid_input": 400,
-    "not_found": 404,
-    "client_error": 409,
-    "disk_full": 507,
-    "permission": 500,
+    Category.INVALID_INPUT: 400,
+    Category.NOT_FOUND: 404,
+    Category.CLIENT_ERROR: 409,
+    Category.DISK_FULL: 507,
+    Category.PERMISSION: 500,
 }
 
 
@@ -65,7 +65,7 @@ def validation_error(errors: Sequence[Any]) -> dict[str, str]:
     if len(errors) > 5:
         problems.append(f"and {len(errors) - 5} more")
     error = {
-        "category": "invalid_input",
+        "category": Category.INVALID_INPUT.value,
         "message": "; ".join(problems) or "invalid request",
         "hint": "The request's schema is in /openapi.json.",
     }
@@ -88,5 +88,6 @@ def http_error_body(status: int, detail: str, method: str, path: str) -> dict[st
 def category_of(status: int) -> str:
     """The error category an HTTP status the framework or the guard answers with stands for."""
     if status >= 500:
-        return "server_error"
-    return {401: "auth", 403: "auth", 404: "not_found"}.get(status, "client_error")
+        return Category.SERVER_ERROR.value
+    known = {401: Category.AUTH, 403: Category.AUTH, 404: Category.NOT_FOUND}
+    return known.get(status, Category.CLIENT_ERROR).value

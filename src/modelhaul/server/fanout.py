@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..events import TaskEvent
+from ..events import EventKind, TaskEvent
 from .jobs import Job
 from .stream import EventStream, Subscription
 
@@ -82,7 +82,7 @@ class EventFanout:
     def _on_manager_event(self, ev: TaskEvent) -> None:
         if self._closing:
             return  # closing pauses everything; that is not the user's decision to record
-        if ev.kind == "total":
+        if ev.kind is EventKind.TOTAL:
             now = time.monotonic()
             if now - self._total_at >= _TOTAL_EVERY_S:
                 self._total_at = now
@@ -90,7 +90,7 @@ class EventFanout:
             return
         claimed = self._by_task.get(ev.task_id)
         if not claimed:
-            if ev.kind == "state":
+            if ev.kind is EventKind.STATE:
                 if not self._orphans:  # kept for the current step of the loop only
                     asyncio.get_running_loop().call_soon(self._orphans.clear)
                 self._orphans.setdefault(ev.task_id, []).append(ev)
@@ -99,13 +99,13 @@ class EventFanout:
             job = self._jobs.get(job_id)
             if job is None:
                 continue
-            if ev.kind == "state":
+            if ev.kind is EventKind.STATE:
                 self._publish({**ev.to_dict(), "id": job.id, "task": ev.task_id})
                 if job.kind == "url" and ev.state.final and job.outcome is None:
                     self._finish_url(job, self.manager.info(ev.task_id))
                 else:
                     self._publish_download(job)
-            elif ev.kind == "progress":
+            elif ev.kind is EventKind.PROGRESS:
                 now = time.monotonic()
                 if now - job.progress_at >= _PROGRESS_EVERY_S:
                     job.progress_at = now

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..disk.partials import plan_paths
-from ..errors import InvalidInput, ModelhaulError
-from ..events import State, TaskEvent
+from ..errors import Category, InvalidInput, ModelhaulError
+from ..events import FileEvent, State, TaskEvent
 from ..manager.tasks import TaskInfo
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
@@ -269,10 +269,10 @@ class JobRunner:
                 free_hint=partial(self._free_hint, spec.repo_id),
             )
         except ModelhaulError as exc:
-            if exc.category == "cancelled" and job.cancel_requested:
+            if exc.category is Category.CANCELLED and job.cancel_requested:
                 self._finish(job, "cancelled", error=cancelled_error(job))
             else:
-                outcome = "cancelled" if exc.category == "cancelled" else "failed"
+                outcome = "cancelled" if exc.category is Category.CANCELLED else "failed"
                 self._finish(job, outcome, error=exc.to_dict())
         except asyncio.CancelledError:
             if job.cancel_requested:
@@ -297,10 +297,10 @@ class JobRunner:
             lock_dir=self.config.state_dir / "locks",
         )
 
-    def _on_model_file(self, job: Job, path: str, what: str) -> None:
-        if not what.startswith("queued:"):
+    def _on_model_file(self, job: Job, event: FileEvent) -> None:
+        task_id = event.download_id
+        if task_id is None:
             return
-        task_id = what.split(":", 1)[1]
         self._attach(job, task_id)
         self._replay_orphans(job)
         if job.paused:

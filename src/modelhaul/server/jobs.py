@@ -8,7 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import PERMANENT_CATEGORIES, Cancelled, InvalidInput, ModelhaulError
+from ..errors import PERMANENT_CATEGORIES, Cancelled, Category, InvalidInput, ModelhaulError
 from ..events import State
 from ..manager.tasks import TaskInfo
 
@@ -17,14 +17,14 @@ _ACTIVE = (State.RUNNING, State.VERIFYING)
 
 
 class NoSuchDownload(ModelhaulError):
-    category = "not_found"
+    category = Category.NOT_FOUND
     default_hint = "List the downloads with 'modelhaul queue'."
 
 
 class Conflict(ModelhaulError):
     """The download is in a state where that action means nothing."""
 
-    category = "client_error"
+    category = Category.CLIENT_ERROR
 
 
 @dataclass(slots=True, eq=False)

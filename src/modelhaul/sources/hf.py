@@ -20,12 +20,14 @@ from huggingface_hub import errors as hf_errors
 
 from ..config import RetryPolicy
 from ..errors import (
+    Category,
     HTTPStatusError,
     InvalidInput,
     ModelhaulError,
     NetworkError,
     RetriesExhausted,
     TransferError,
+    network_kind,
 )
 from ..policy.backoff import parse_retry_after
 from ..policy.paths import safe_relpath
@@ -199,7 +201,10 @@ class HubSource:
                 if not err.retryable:
                     raise err from exc
                 budget = self._retry.retries
-                if self._network_retries is not None and err.category in ("network", "timeout"):
+                if self._network_retries is not None and err.category in (
+                    Category.NETWORK,
+                    Category.TIMEOUT,
+                ):
                     budget = self._network_retries
                 # The budget depends on the kind of failure: network ones may have their own.
                 retry = replace(retry, total=budget).increment(err)
@@ -328,6 +333,7 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
             hint="Check the network, HF_ENDPOINT and proxy settings (HTTPS_PROXY); with the model "
             "already in the cache, HF_HUB_OFFLINE=1 uses it without the network.",
             url=endpoint,  # so that guidance knows it was the Hub, and which host
+            kind=network_kind(exc),
         )
     if isinstance(exc, ValueError | KeyError | TypeError | AttributeError):
         # huggingface_hub turns the Hub's JSON into its dataclasses: an answer that is not

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config import RetryPolicy
 from ..errors import ModelhaulError
-from ..events import TaskEvent
+from ..events import EventKind, FileEvent, TaskEvent
 from ..manager.downloads import DownloadManager
 from ..sources.hf import HubSource, parse_hf_uri
 from ..sources.model import ModelSpec
@@ -247,7 +247,7 @@ class ModelAvailability:
                     spec = spec.select(include, exclude)
                     pull.total = sum(f.size for f in spec.files)
                     result = await self.puller.pull(
-                        spec, on_file=lambda path, what: self._on_file(key, model, what)
+                        spec, on_file=lambda event: self._on_file(key, model, event)
                     )
                 except ModelhaulError as exc:
                     after = self._stored_status(model, repo_type, repo_id, revision).state
@@ -302,9 +302,9 @@ class ModelAvailability:
 
     # ------------------------------------------------------------------ events
 
-    def _on_file(self, key: str, model: str, what: str) -> None:
-        if what.startswith("queued:"):
-            task_id = what.split(":", 1)[1]
+    def _on_file(self, key: str, model: str, event: FileEvent) -> None:
+        task_id = event.download_id
+        if task_id is not None:
             pull = self._pulls.get(key)
             if pull is not None:
                 pull.tasks.add(task_id)
@@ -312,7 +312,7 @@ class ModelAvailability:
 
     def _on_task_event(self, ev: TaskEvent) -> None:
         key = self._task_model.get(ev.task_id)
-        if key is None or ev.kind != "progress":
+        if key is None or ev.kind is not EventKind.PROGRESS:
             return
         pull = self._pulls.get(key)
         if pull is None:

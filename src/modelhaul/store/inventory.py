@@ -18,7 +18,7 @@ from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
 from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
-from ..errors import InvalidInput, ModelhaulError, human_bytes
+from ..errors import Category, InvalidInput, ModelhaulError, human_bytes
 from ..policy.validate import check_repo_id, parse_repo_folder, split_model_ref
 from .health import judge_by_partials, judge_model, partial_files
 from .repo import NotInStore, RepoStore
@@ -26,14 +26,14 @@ from .statedb import StateDB
 
 
 class Busy(ModelhaulError):
-    category = "client_error"
+    category = Category.CLIENT_ERROR
     default_hint = "Wait for the download to finish, or pass --force."
 
 
 class Pinned(ModelhaulError):
     """Removing a pinned model takes an explicit force: pinning says 'keep this'."""
 
-    category = "client_error"
+    category = Category.CLIENT_ERROR
     default_hint = "Unpin it first, or remove it with force."
 
 

@@ -18,12 +18,14 @@ from pathlib import Path
 from ..disk.partials import part_paths
 from ..engine.stages import stage
 from ..errors import (
+    Category,
     DiskFull,
     IntegrityError,
     ModelhaulError,
     RetriesExhausted,
     human_bytes,
 )
+from ..events import FileCallback, FileEvent, FilePhase
 from ..manager.downloads import DownloadHandle, DownloadManager
 from ..sources.model import ModelFile, ModelSpec
 from .chunks import EMPTY_GIT_OID, EMPTY_SHA256
@@ -40,7 +42,13 @@ from .localdir import place_local_dir
 from .repo import BlobLock, RepoStore, unique_tmp, writing
 from .verify import FileProblem, VerifyReport, blob_good, check_file, prepare_chunk_repair
 
-FileCallback = Callable[[str, str], None]  # (path, what happened)
+# Failures another URL of the same file cannot cure: stop at once instead of trying a mirror.
+_FINAL_CATEGORIES = (
+    Category.INVALID_INPUT,
+    Category.DISK_FULL,
+    Category.PERMISSION,
+    Category.CANCELLED,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +112,8 @@ class ModelPuller:
 
         Each blob is fetched once, however many paths share it, under the per-blob lock that
         huggingface_hub also takes, so two processes never fetch the same blob at once.
-        ``on_file(path, what)`` hears "queued:<task id>", "mirror: <why>", "waiting: <why>"
-        and "done".
+        ``on_file`` hears a ``FileEvent`` per file: queued (with its download id), mirror and
+        waiting (with the reason), done.
         """
         rs = self.repo(spec)
         rs.prepare()
@@ -192,6 +200,9 @@ class ModelPuller:
             raise DiskFull(
                 f"{rs.repo_id} needs {human_bytes(needed)} more, only {human_bytes(free)} free "
                 f"in {self.root}",
+                need_bytes=needed,
+                free_bytes=free,
+                path=str(self.root),
                 hint=hint,
             )
 
@@ -216,14 +227,20 @@ class ModelPuller:
                     received = await self._download(rs, f, priority, on_file)
         if on_file:
             for g in files:
-                on_file(g.path, "done")
+                on_file(FileEvent(path=g.path, phase=FilePhase.DONE))
         return received
 
     @staticmethod
     def _blob_lock(rs: RepoStore, f: ModelFile, on_file: FileCallback | None) -> BlobLock:
         def on_wait() -> None:
             if on_file:
-                on_file(f.path, "waiting: another process is fetching it")
+                on_file(
+                    FileEvent(
+                        path=f.path,
+                        phase=FilePhase.WAITING,
+                        reason="another process is fetching it",
+                    )
+                )
 
         return BlobLock(rs.lock_path(f.blob_id), on_wait=on_wait)
 
@@ -249,17 +266,17 @@ class ModelPuller:
                     priority=priority,
                 )
                 if on_file:
-                    on_file(f.path, f"queued:{handle.id}")
+                    on_file(FileEvent(path=f.path, phase=FilePhase.QUEUED, download_id=handle.id))
                 received += (await handle.wait()).bytes_transferred
                 break
             except ModelhaulError as exc:
-                if exc.category in ("invalid_input", "disk_full", "permission", "cancelled"):
+                if exc.category in _FINAL_CATEGORIES:
                     raise
                 if handle is not None:  # what a failed URL delivered was still received
                     received += self.manager.info(handle.id).bytes_received
                 errors.append(exc)
                 if on_file and i + 1 < len(f.urls):
-                    on_file(f.path, f"mirror: {exc.message}")
+                    on_file(FileEvent(path=f.path, phase=FilePhase.MIRROR, reason=exc.message))
         else:
             raise _every_url_failed(errors)
         if not blob.is_file():
@@ -403,7 +420,7 @@ async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
 def _every_url_failed(errors: list[ModelhaulError]) -> ModelhaulError:
     """One error for a file none of whose URLs worked: a wrong file anywhere matters most (the
     source publishes something else), else the primary URL's error; the rest is history."""
-    chosen = next((e for e in errors if e.category == "integrity"), errors[0])
+    chosen = next((e for e in errors if e.category is Category.INTEGRITY), errors[0])
     if len(errors) == 1:
         return chosen
     return RetriesExhausted(chosen, errors)

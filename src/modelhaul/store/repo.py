@@ -31,7 +31,7 @@ from typing import Any
 from filelock import FileLock
 
 from ..disk.lock import AsyncFileLock
-from ..errors import DiskFull, InvalidInput, ModelhaulError, PermissionDenied
+from ..errors import Category, DiskFull, InvalidInput, ModelhaulError, PermissionDenied
 from ..policy.paths import safe_relpath
 from ..policy.validate import (
     REVISION_PATTERN,
@@ -55,7 +55,7 @@ TREE_FORMAT_VERSION = 1  # huggingface_hub's _tree_cache.TREE_CACHE_FORMAT_VERSI
 class NotInStore(ModelhaulError):
     """A model (or revision) the store does not hold: a wrong name, not a server's 404."""
 
-    category = "not_found"
+    category = Category.NOT_FOUND
     default_hint = "Run 'modelhaul ls' to see what the store holds."
 
 
