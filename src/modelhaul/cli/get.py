@@ -20,7 +20,14 @@ from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry, parse_input_list
 from . import via_server
 from .options import add_transfer_options, download_config, state_dir
-from .render import JsonRenderer, Renderer, error_dict, make_renderer, print_error
+from .render import (
+    JsonRenderer,
+    Renderer,
+    error_dict,
+    interrupted_error,
+    make_renderer,
+    print_error,
+)
 
 # Connections one host may get when several files share it (each file still gets its -x).
 _SHARED_HOST_CONNECTIONS = 16
@@ -301,23 +308,8 @@ def _cancelled_record(jobs: list[_Job], last: dict[str, Progress]) -> dict[str, 
 
 
 def _interrupted(jobs: list[_Job], last: dict[str, Progress]) -> Cancelled:
-    """What Ctrl-C left behind: partial data to resume, except from a server that ignores
-    Range requests, whose partial data the engine dropped since no run could resume it."""
     unfinished = [j for j in jobs if j.record is None]
-    over = [j.label for j in unfinished if not _resumable(j, last)]
-    if not over:
-        return Cancelled("interrupted; partial data was kept, run the same command to resume")
-    names = ", ".join(over)
-    them = "it" if len(over) == 1 else "them"
-    message = (
-        f"interrupted; the server cannot resume {names} (it ignores Range requests), "
-        f"so the next run starts {them} over"
-    )
-    if len(over) < len(unfinished):
-        message += "; partial data of the others was kept"
-    return Cancelled(
-        message, hint=f"Run the same command again; {names} will be fetched from the start."
-    )
+    return interrupted_error({j.label: _resumable(j, last) for j in unfinished})
 
 
 def _resumable(job: _Job, last: dict[str, Progress]) -> bool:

@@ -13,7 +13,6 @@ from typing import Any
 
 from ..config import DownloadConfig, ManagerConfig
 from ..errors import (
-    Cancelled,
     Category,
     InvalidInput,
     ModelhaulError,
@@ -42,7 +41,7 @@ from ..store.repo import NotInStore, RepoStore, hf_cache_root
 from ..store.verify import VerifyReport
 from . import via_server
 from .options import add_transfer_options, download_config, state_dir
-from .render import Renderer, error_dict, make_renderer, print_error
+from .render import Renderer, error_dict, interrupted_error, make_renderer, print_error
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -174,29 +173,9 @@ def exit_status(exc: ModelhaulError) -> int:
     return 1
 
 
-def _interrupted(held: dict[str, bool]) -> Cancelled:
-    """What Ctrl-C left behind: partial data to resume, except for files from a server that
-    ignores Range requests, whose partial data the engine dropped since no run could resume
-    it (as ``get`` says)."""
-    over = [label for label, resumable in held.items() if not resumable]
-    if not over:
-        return Cancelled("interrupted; partial data was kept, run the same command to resume")
-    names = ", ".join(over)
-    them = "it" if len(over) == 1 else "them"
-    message = (
-        f"interrupted; the server cannot resume {names} (it ignores Range requests), "
-        f"so the next run starts {them} over"
-    )
-    if len(over) < len(held):
-        message += "; partial data of the others was kept"
-    return Cancelled(
-        message, hint=f"Run the same command again; {names} will be fetched from the start."
-    )
-
-
 def _cancelled(args: argparse.Namespace, renderer: Renderer, held: dict[str, bool]) -> None:
     """Say what the interruption left behind: the result line, and main's line on stderr."""
-    err = _interrupted(held)
+    err = interrupted_error(held)
     renderer.result(
         {"event": "result", "status": "cancelled", "path": None, "error": err.to_dict()}
     )

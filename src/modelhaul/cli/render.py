@@ -10,9 +10,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
 
-from ..errors import Category, ModelhaulError, human_bytes, plural
+from ..errors import Cancelled, Category, ModelhaulError, human_bytes, plural
 from ..events import Progress as ProgressRecord
 
 
@@ -114,6 +115,26 @@ def describe(key: str, p: ProgressRecord) -> str:
     return (
         f"{key}: {pct}{human_bytes(p.bytes_done)}/{total} "
         f"{human_bytes(p.speed_bytes_per_s)}/s{eta} ({p.connections} conn)"
+    )
+
+
+def interrupted_error(resumable: Mapping[str, bool]) -> Cancelled:
+    """What Ctrl-C left behind, given each unfinished file's label and whether its server can
+    resume it: partial data to resume, except from a server that ignores Range requests, whose
+    partial data the engine dropped since no run could use it."""
+    over = [label for label, can in resumable.items() if not can]
+    if not over:
+        return Cancelled("interrupted; partial data was kept, run the same command to resume")
+    names = ", ".join(over)
+    them = "it" if len(over) == 1 else "them"
+    message = (
+        f"interrupted; the server cannot resume {names} (it ignores Range requests), "
+        f"so the next run starts {them} over"
+    )
+    if len(over) < len(resumable):
+        message += "; partial data of the others was kept"
+    return Cancelled(
+        message, hint=f"Run the same command again; {names} will be fetched from the start."
     )
 
 
