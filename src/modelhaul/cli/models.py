@@ -173,8 +173,19 @@ def exit_status(exc: ModelhaulError) -> int:
     return 1
 
 
+def _fail(renderer: Renderer, exc: ModelhaulError) -> int:
+    """Stop the bars, say what went wrong and what to try, end with the result line; the exit
+    status."""
+    renderer.stop()
+    print_error(exc)
+    renderer.result(_failed(exc))
+    return exit_status(exc)
+
+
 def _cancelled(args: argparse.Namespace, renderer: Renderer, held: dict[str, bool]) -> None:
-    """Say what the interruption left behind: the result line, and main's line on stderr."""
+    """Stop the bars (the manager has closed: each partial file is kept or dropped), then say what
+    the interruption left behind: the result line, and main's line on stderr."""
+    renderer.stop()
     err = interrupted_error(held)
     renderer.result(
         {"event": "result", "status": "cancelled", "path": None, "error": err.to_dict()}
@@ -195,12 +206,8 @@ async def run_pull(args: argparse.Namespace) -> int:
         result = await _pull(args, env, config, renderer, local_dir, held)
         _touch(result.repo_id)
     except ModelhaulError as exc:
-        renderer.stop()
-        print_error(exc)
-        renderer.result(_failed(exc))
-        return exit_status(exc)
+        return _fail(renderer, exc)
     except asyncio.CancelledError:
-        renderer.stop()  # the manager has closed: each partial file is kept or dropped
         _cancelled(args, renderer, held)
         raise
     renderer.stop()
@@ -379,12 +386,8 @@ async def run_verify(args: argparse.Namespace) -> int:
         renderer.result(_failed(exc))
         return 1
     except ModelhaulError as exc:
-        renderer.stop()
-        print_error(exc)
-        renderer.result(_failed(exc))
-        return exit_status(exc)
+        return _fail(renderer, exc)
     except asyncio.CancelledError:
-        renderer.stop()  # the manager has closed: each partial file is kept or dropped
         _cancelled(args, renderer, held)
         raise
     renderer.stop()

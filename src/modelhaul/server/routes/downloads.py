@@ -3,14 +3,26 @@ priority, forget)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.types import DecoratedCallable
 
 from ..schemas import ERROR_RESPONSES, AddDownload, Download, DownloadId, DownloadList, SetPriority
 from .deps import ServiceDep, TrustedDep
 
 router = APIRouter()
+
+
+def _steer(action: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
+    """The route of one steering action on a download, answered with the download's view."""
+    return router.post(
+        f"/api/downloads/{{download_id}}/{action}",
+        response_model=Download,
+        responses=ERROR_RESPONSES,
+        tags=["downloads"],
+    )
 
 
 @router.get("/api/downloads", response_model=DownloadList, tags=["downloads"])
@@ -52,45 +64,25 @@ async def get_download(download_id: DownloadId, service: ServiceDep) -> dict[str
     return service.download(download_id)
 
 
-@router.post(
-    "/api/downloads/{download_id}/pause",
-    response_model=Download,
-    responses=ERROR_RESPONSES,
-    tags=["downloads"],
-)
+@_steer("pause")
 async def pause(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
     """Stop fetching, keep the partial data."""
     return service.pause(download_id)
 
 
-@router.post(
-    "/api/downloads/{download_id}/resume",
-    response_model=Download,
-    responses=ERROR_RESPONSES,
-    tags=["downloads"],
-)
+@_steer("resume")
 async def resume(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
     """Resume a paused download, or retry a failed one."""
     return service.resume(download_id)
 
 
-@router.post(
-    "/api/downloads/{download_id}/retry",
-    response_model=Download,
-    responses=ERROR_RESPONSES,
-    tags=["downloads"],
-)
+@_steer("retry")
 async def retry(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
     """Run a failed download again (same source and destination); 409 if it has not failed."""
     return service.retry(download_id)
 
 
-@router.post(
-    "/api/downloads/{download_id}/cancel",
-    response_model=Download,
-    responses=ERROR_RESPONSES,
-    tags=["downloads"],
-)
+@_steer("cancel")
 async def cancel(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
     """Stop for good and delete the partial data; answers once that is done (within
     seconds: a transfer still winding down after that shows its state of the moment)."""
