@@ -139,14 +139,10 @@ def test_the_client_knows_neither_the_server_nor_the_cli() -> None:
     assert not offenders, offenders
 
 
-# Where a face still reaches past the manager (issue 14): cli/get recomputes target and lock
-# paths the manager already knows, the service plans and discards partial files itself;
-# cli/demo serves the demo origin. Remove an entry when its import goes; add none.
+# Where a face still reaches past the manager (issue 14). Remove an entry when its import
+# goes; add none.
 _FACES_REACHING_IN = {
-    ("cli.demo", "http.demo_origin"),
-    ("cli.get", "disk.partials"),
-    ("server.job_runner", "disk.partials"),
-    ("server.service", "disk.partials"),
+    ("cli.demo", "http.demo_origin"),  # deliberate: the demo command starts the demo origin server
 }
 
 

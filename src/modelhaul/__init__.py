@@ -46,7 +46,8 @@ if TYPE_CHECKING:
         State,
         TaskEvent,
     )
-    from .manager.downloads import DownloadHandle, DownloadManager
+    from .manager.downloads import DownloadManager
+    from .manager.handle import DownloadHandle
     from .manager.tasks import TaskInfo
     from .sources.hf import HubSource, parse_hf_uri
     from .sources.manifest import load_manifest_file, parse_manifest_text
@@ -64,7 +65,7 @@ _EXPORTS: dict[str, str] = {
     "Category": "errors",
     "DiskFull": "errors",
     "DownloadConfig": "config",
-    "DownloadHandle": "manager.downloads",
+    "DownloadHandle": "manager.handle",
     "DownloadManager": "manager.downloads",
     "Downloader": "engine.downloader",
     "EventKind": "events",

@@ -27,7 +27,8 @@ from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader
 from .engine.transfer import ProgressCallback
 from .events import Result, TaskEvent
-from .manager.downloads import DownloadHandle, DownloadManager
+from .manager.downloads import DownloadManager
+from .manager.handle import DownloadHandle
 
 T = TypeVar("T")
 R = TypeVar("R")

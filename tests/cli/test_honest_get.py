@@ -26,10 +26,11 @@ from conftest import cli_env, modelhaul_cmd
 from helpers import blob, sha
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
 from modelhaul.disk import files
-from modelhaul.disk.partials import lock_file_for, part_paths, plan_paths
+from modelhaul.disk.partials import lock_file_for
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import InvalidInput, TargetConflict
 from modelhaul.manager.downloads import DownloadManager
+from modelhaul.policy.paths import part_paths, plan_paths
 from modelhaul.sources.manifest import manifest_from_data
 from modelhaul.sources.url import parse_input_list
 from origin import Origin

@@ -21,7 +21,8 @@ from modelhaul.config import DownloadConfig, ManagerConfig, MiB, RetryPolicy
 from modelhaul.disk.journal import Journal
 from modelhaul.errors import ModelhaulError
 from modelhaul.events import State, TaskEvent
-from modelhaul.manager.downloads import DownloadHandle, DownloadManager
+from modelhaul.manager.downloads import DownloadManager
+from modelhaul.manager.handle import DownloadHandle
 from modelhaul.policy.ranges import RangeSet
 from origin import Fault, Origin
 

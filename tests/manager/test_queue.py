@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from modelhaul.config import ManagerConfig, MiB
-from modelhaul.disk.partials import TargetPaths
 from modelhaul.events import State
 from modelhaul.manager.limits import TaskBucket
 from modelhaul.manager.queue import TaskQueue
 from modelhaul.manager.tasks import Task, new_future
+from modelhaul.policy.paths import TargetPaths
 
 
 def make_task(seq: int, *, priority: int = 0, size: int | None = None) -> Task:

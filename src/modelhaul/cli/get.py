@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ManagerConfig
-from ..disk.partials import is_downloading, plan_paths
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError, TargetConflict
 from ..events import EventKind, Progress, State, TaskEvent
-from ..manager.downloads import DownloadHandle, DownloadManager
-from ..policy.paths import safe_relpath
+from ..manager.downloads import DownloadManager
+from ..manager.handle import DownloadHandle
+from ..policy.paths import plan_paths, safe_relpath
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry, parse_input_list
@@ -233,7 +233,7 @@ async def run(args: argparse.Namespace) -> int:
             # Nothing has run yet (no await since the first add): no event is missed.
             renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
             renderer.start()
-            _notice_busy(jobs, Path(args.dir), renderer)
+            _notice_busy(mgr, jobs, Path(args.dir), renderer)
             for job in jobs:
                 await _wait(job)
     except asyncio.CancelledError:
@@ -248,15 +248,15 @@ async def run(args: argparse.Namespace) -> int:
     return _finish(jobs, renderer)
 
 
-def _notice_busy(jobs: list[_Job], directory: Path, renderer: Renderer) -> None:
+def _notice_busy(
+    mgr: DownloadManager, jobs: list[_Job], directory: Path, renderer: Renderer
+) -> None:
     """Say so when another process holds a target: this one will wait for it, then reuse it.
 
     The manager waits on the lock without telling anyone, so the CLI looks before it starts.
     """
-    lock_dir = state_dir() / "locks"
     for job in jobs:
-        part = plan_paths(job.entry.url, job.dest, directory).part
-        if is_downloading(lock_dir, part):
+        if mgr.is_downloading(plan_paths(job.entry.url, job.dest, directory)):
             renderer.notice(
                 f"another modelhaul process is downloading {job.label}; waiting for it to finish"
             )

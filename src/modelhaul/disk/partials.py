@@ -1,62 +1,19 @@
-"""Where a download's partial data, journal and lock live, and whether someone holds them.
+"""A partial download's lock and leftovers: whether someone holds it, and throwing it away.
 
-Pure path decisions plus the two small file-system questions every face asks about a partial
-download (is a process on it? throw it away), so that faces need not import the engine.
+Where the partial data and journal live is pure arithmetic (``policy.paths``); the faces ask
+these questions through the manager (``DownloadManager.is_downloading`` / ``discard_partial``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from ..errors import InvalidInput
-from ..policy.headers import filename_from_url, sanitize_filename
+from ..policy.paths import part_paths
 from .journal import Journal
-
-PART_SUFFIX = ".modelhaul.part"
-JOURNAL_SUFFIX = ".modelhaul.journal"
-
-
-def part_paths(dest: Path) -> tuple[Path, Path]:
-    """Where the partial file and its journal live for a target path."""
-    return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
-
-
-@dataclass(frozen=True, slots=True)
-class TargetPaths:
-    dest: Path  # a guess from the URL while name_pending
-    part: Path
-    journal: Path
-    name_pending: bool
-
-
-def plan_paths(
-    url: str,
-    dest: str | os.PathLike[str] | None,
-    directory: str | os.PathLike[str] | None = None,
-) -> TargetPaths:
-    """Where a download's file, partial data and journal go, decided before any request."""
-    if dest is not None:
-        target = Path(dest).absolute()
-        part, journal = part_paths(target)
-        return TargetPaths(target, part, journal, False)
-    if directory is None:
-        raise InvalidInput("a download needs a destination file or directory")
-    folder = Path(directory).absolute()
-    # The name comes from the response; the partial file is named after the URL so that a
-    # re-run finds it again before asking the server anything.
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return TargetPaths(
-        folder / sanitize_filename(filename_from_url(url)),
-        folder / f".modelhaul-{key}{PART_SUFFIX}",
-        folder / f".modelhaul-{key}{JOURNAL_SUFFIX}",
-        True,
-    )
 
 
 def lock_file_for(lock_dir: Path, part: Path) -> Path:
@@ -88,13 +45,4 @@ def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | Non
     Journal(journal or default_journal).remove()
 
 
-__all__ = [
-    "JOURNAL_SUFFIX",
-    "PART_SUFFIX",
-    "TargetPaths",
-    "discard_partial",
-    "is_downloading",
-    "lock_file_for",
-    "part_paths",
-    "plan_paths",
-]
+__all__ = ["discard_partial", "is_downloading", "lock_file_for"]

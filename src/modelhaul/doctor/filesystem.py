@@ -11,9 +11,10 @@ from pathlib import Path
 
 import filelock
 
-from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import is_downloading
 from ..errors import InvalidInput, human_bytes
 from ..guidance import GC_COMMAND
+from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from ..policy.validate import check_repo_id, parse_repo_folder
 from .checks import GIB, Check, DoctorConfig, format_duration, os_error_text
 

@@ -38,11 +38,12 @@ from ..disk.files import make_folder
 from ..disk.hashing import sha256_file_async
 from ..disk.journal import Journal, JournalState
 from ..disk.lock import AsyncFileLock
-from ..disk.partials import discard_partial, lock_file_for, plan_paths
+from ..disk.partials import discard_partial, lock_file_for
 from ..disk.records import CompletionRecords
 from ..errors import Cancelled, ModelhaulError, RangeNotHonoured, RemoteChanged, RetriesExhausted
 from ..events import Result
 from ..http.session import Transport, sleep_s
+from ..policy.paths import plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
@@ -85,7 +86,7 @@ class Downloader:
         # download leaves nothing beside the file. No state_dir: the CLI's own default, so
         # library and CLI runs lock each other out of the same file.
         state = state_dir or default_state_dir()
-        self._lock_dir = state / "locks"
+        self.lock_dir = state / "locks"
         self.records = CompletionRecords(state / "done")
         self._own_transport = transport is None
         self.transport = transport or Transport.for_config(cfg)
@@ -182,7 +183,7 @@ class Downloader:
     # ------------------------------------------------------------------ locking
 
     def _lock_path(self, dest: Path) -> Path:
-        return lock_file_for(self._lock_dir, dest)
+        return lock_file_for(self.lock_dir, dest)
 
     def _target_lock(
         self, part: Path, on_notice: NoticeCallback | None, dest: Path

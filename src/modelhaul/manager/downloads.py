@@ -21,52 +21,21 @@ from types import TracebackType
 from typing import Self
 
 from ..config import DownloadConfig, ManagerConfig
-from ..disk.partials import TargetPaths, discard_partial, plan_paths
+from ..disk.partials import discard_partial, is_downloading
 from ..engine.downloader import Downloader
 from ..errors import Cancelled, ModelhaulError
 from ..events import Phase, Progress, Result, State, TaskEvent
 from ..http.session import Transport
+from ..policy.paths import TargetPaths, plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .claims import Claims, materialize_aliases
 from .fanout import EventCallback, EventStream, Fanout, progress_event, state_event, total_event
+from .handle import DownloadHandle
 from .limits import FairShare, TaskBucket, check_rate, within_host_limit
 from .queue import TaskQueue
 from .tasks import ACTIVE, Task, TaskInfo, completed_again, new_future
-
-
-class DownloadHandle:
-    """What ``add`` returns: steer and await one download."""
-
-    def __init__(self, manager: DownloadManager, task_id: str) -> None:
-        self._manager = manager
-        self.id = task_id
-
-    def __repr__(self) -> str:
-        return f"DownloadHandle({self.id!r})"
-
-    def pause(self) -> None:
-        self._manager.pause(self.id)
-
-    def resume(self) -> None:
-        self._manager.resume(self.id)
-
-    def cancel(self) -> None:
-        self._manager.cancel(self.id)
-
-    def set_priority(self, priority: int) -> None:
-        self._manager.set_priority(self.id, priority)
-
-    def set_limit(self, rate_bytes_per_s: float | None) -> None:
-        self._manager.set_task_limit(self.id, rate_bytes_per_s)
-
-    def info(self) -> TaskInfo:
-        return self._manager.info(self.id)
-
-    async def wait(self) -> Result:
-        """The result once completed; raises the categorised error, or Cancelled."""
-        return await self._manager.wait(self.id)
 
 
 class DownloadManager:
@@ -447,11 +416,21 @@ class DownloadManager:
 
     def _finish_cancelled(self, task: Task) -> None:
         with contextlib.suppress(OSError):
-            discard_partial(task.paths.dest, part=task.paths.part, journal=task.paths.journal)
+            self.discard_partial(task.paths)
         self._set_state(task, State.CANCELLED)
         if not task.future.done():
             task.future.set_exception(Cancelled(f"download {task.id} was cancelled"))
         self._schedule()
+
+    # ------------------------------------------------------------------ partial files
+
+    def is_downloading(self, paths: TargetPaths) -> bool:
+        """True while some process (this one or another) holds the download lock of ``paths``."""
+        return is_downloading(self.downloader.lock_dir, paths.part)
+
+    def discard_partial(self, paths: TargetPaths) -> None:
+        """Delete the partial data and journal of ``paths`` (what cancelling it means)."""
+        discard_partial(paths.dest, part=paths.part, journal=paths.journal)
 
     # ------------------------------------------------------------------ events
 

@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..disk.partials import TargetPaths
 from ..errors import ModelhaulError
 from ..events import Progress, Result, State
+from ..policy.paths import TargetPaths
 from .limits import TaskBucket
 
 ACTIVE = (State.RUNNING, State.VERIFYING)

@@ -1,10 +1,58 @@
-"""Relative paths from remote listings (Hub trees, manifests) that must stay inside a folder."""
+"""Path arithmetic, no I/O: where a download's file, partial data and journal go, and the
+relative paths from remote listings (Hub trees, manifests) that must stay inside a folder."""
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 from ..errors import InvalidInput
+from .headers import filename_from_url, sanitize_filename
+
+PART_SUFFIX = ".modelhaul.part"
+JOURNAL_SUFFIX = ".modelhaul.journal"
+
+
+def part_paths(dest: Path) -> tuple[Path, Path]:
+    """Where the partial file and its journal live for a target path."""
+    return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPaths:
+    dest: Path  # a guess from the URL while name_pending
+    part: Path
+    journal: Path
+    name_pending: bool
+
+
+def plan_paths(
+    url: str,
+    dest: str | os.PathLike[str] | None,
+    directory: str | os.PathLike[str] | None = None,
+) -> TargetPaths:
+    """Where a download's file, partial data and journal go, decided before any request.
+
+    Relative paths are made absolute against the current directory (the one thing read).
+    """
+    if dest is not None:
+        target = Path(dest).absolute()
+        part, journal = part_paths(target)
+        return TargetPaths(target, part, journal, False)
+    if directory is None:
+        raise InvalidInput("a download needs a destination file or directory")
+    folder = Path(directory).absolute()
+    # The name comes from the response; the partial file is named after the URL so that a
+    # re-run finds it again before asking the server anything.
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return TargetPaths(
+        folder / sanitize_filename(filename_from_url(url)),
+        folder / f".modelhaul-{key}{PART_SUFFIX}",
+        folder / f".modelhaul-{key}{JOURNAL_SUFFIX}",
+        True,
+    )
 
 
 def safe_relpath(path: object, *, where: str = "file entry") -> str:

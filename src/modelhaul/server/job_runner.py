@@ -15,10 +15,10 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..disk.partials import plan_paths
 from ..errors import Category, InvalidInput, ModelhaulError
 from ..events import FileEvent, State, TaskEvent
 from ..manager.tasks import TaskInfo
+from ..policy.paths import plan_paths
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from ..sources.hf import parse_hf_uri

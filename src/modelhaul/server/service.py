@@ -28,11 +28,11 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..config import DownloadConfig, ManagerConfig
-from ..disk.partials import discard_partial, plan_paths
 from ..errors import InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
 from ..manager.downloads import DownloadManager
 from ..manager.tasks import TaskInfo
+from ..policy.paths import plan_paths
 from ..sources.hf import DEFAULT_ENDPOINT
 from ..store.inventory import Inventory
 from ..store.pull import ModelPuller
@@ -284,8 +284,7 @@ class Service(JobRunner, EventFanout):
         elif not live and job.outcome != "cancelled":
             # Failed, or not in the manager: drop the partial data here.
             dest, folder = self._url_target(job)
-            paths = plan_paths(job.request["url"], dest, folder)
-            discard_partial(paths.dest, part=paths.part, journal=paths.journal)
+            self.manager.discard_partial(plan_paths(job.request["url"], dest, folder))
             self._finish(job, "cancelled", error=cancelled_error(job))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(job.ended.wait(), CANCEL_WAIT_S)

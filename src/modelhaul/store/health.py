@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..disk.journal import Journal
-from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import is_downloading
 from ..errors import InvalidInput
+from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from .listing import load_listing, owed_refs, stored_commits
 from .repo import RepoStore
 from .statedb import ModelFacts

@@ -17,8 +17,9 @@ from pathlib import Path
 from huggingface_hub import scan_cache_dir
 from huggingface_hub.errors import CacheNotFound
 
-from ..disk.partials import JOURNAL_SUFFIX, PART_SUFFIX, is_downloading
+from ..disk.partials import is_downloading
 from ..errors import Category, InvalidInput, ModelhaulError, human_bytes
+from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from ..policy.validate import check_repo_id, parse_repo_folder, split_model_ref
 from .health import judge_by_partials, judge_model, partial_files
 from .repo import NotInStore, RepoStore

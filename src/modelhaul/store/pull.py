@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..disk.partials import part_paths
 from ..engine.stages import stage
 from ..errors import (
     Category,
@@ -26,7 +25,9 @@ from ..errors import (
     human_bytes,
 )
 from ..events import FileCallback, FileEvent, FilePhase
-from ..manager.downloads import DownloadHandle, DownloadManager
+from ..manager.downloads import DownloadManager
+from ..manager.handle import DownloadHandle
+from ..policy.paths import part_paths
 from ..sources.model import ModelFile, ModelSpec
 from .chunks import EMPTY_GIT_OID, EMPTY_SHA256
 from .listing import (

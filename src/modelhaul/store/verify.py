@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..disk.journal import Journal, JournalState
-from ..disk.partials import part_paths
+from ..policy.paths import part_paths
 from ..policy.ranges import RangeSet
 from ..sources.model import ModelFile
 from .chunks import bad_chunks
