@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..events import Result
 from .tasks import TaskInfo
 
-if TYPE_CHECKING:
-    from .downloads import DownloadManager
+
+class Steered(Protocol):
+    """What a handle steers: the manager, seen only through the calls a handle makes (so this
+    module need not import the manager's, which imports it)."""
+
+    def pause(self, task_id: str) -> None: ...
+    def resume(self, task_id: str) -> None: ...
+    def cancel(self, task_id: str) -> None: ...
+    def set_priority(self, task_id: str, priority: int) -> None: ...
+    def set_task_limit(self, task_id: str, rate_bytes_per_s: float | None) -> None: ...
+    def info(self, task_id: str) -> TaskInfo: ...
+    async def wait(self, task_id: str) -> Result: ...
 
 
 class DownloadHandle:
     """What ``add`` returns: steer and await one download."""
 
-    def __init__(self, manager: DownloadManager, task_id: str) -> None:
+    def __init__(self, manager: Steered, task_id: str) -> None:
         self._manager = manager
         self.id = task_id
 
