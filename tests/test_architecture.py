@@ -239,15 +239,9 @@ def test_cancellation_always_propagates() -> None:
 # cycle, so every package can be read bottom-up like the whole.
 _PACKAGES = ("engine", "http", "manager", "store", "disk", "server", "doctor", "guidance", "cli")
 _PACKAGES += ("client", "policy", "sources")
-# Package cycles still to be broken (issue 14): exact, to shrink; remove an entry when it is gone,
-# add none. Each is a function-level or TYPE_CHECKING import today, but still a loop to read.
-_CYCLES_INSIDE: dict[str, tuple[str, ...]] = {
-    # make_renderer (render) lazily imports RichRenderer (bars), a Renderer subclass: the factory
-    # belongs above both (its callers include get.py, edited elsewhere at the time).
-    "cli": ("cli.render", "cli.bars"),
-    # job_runner names ServiceConfig for its types: that config belongs below both.
-    "server": ("server.job_runner", "server.service"),
-}
+# Package cycles still to be broken: exact, to shrink; remove an entry when it is gone, add none
+# (none today). A function-level or TYPE_CHECKING import still makes a loop to read.
+_CYCLES_INSIDE: dict[str, tuple[str, ...]] = {}
 # Package __init__ modules that hold code on purpose (and so import their own modules).
 # guidance/__init__.py is the dispatcher (``explain``); its parts must never import it back.
 _INIT_WITH_CODE = {"guidance"}

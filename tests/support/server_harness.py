@@ -24,9 +24,10 @@ import httpx
 from conftest import cli_env, modelhaul_cmd
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
 from modelhaul.server.app import create_app
+from modelhaul.server.config import ServiceConfig
 from modelhaul.server.runner import bind_socket, bound_url, make_server, run_service
 from modelhaul.server.security import AccessPolicy
-from modelhaul.server.service import Service, ServiceConfig
+from modelhaul.server.service import Service
 from modelhaul.store.inventory import default_db_path
 
 KiB = 1024

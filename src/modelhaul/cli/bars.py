@@ -1,4 +1,4 @@
-"""Progress bars on a terminal (rich), for make_renderer in render.py.
+"""Progress bars on a terminal (rich), for make_renderer in output.py.
 
 Sizes and speeds are in one unit family (MiB, MiB/s): rich's own speed column is decimal (MB/s).
 Speed and ETA are the engine's measurements, carried on each row as task fields.

@@ -28,7 +28,8 @@ from ..http.demo_origin import (
 )
 from ..manager.downloads import DownloadManager
 from ..policy.units import parse_size
-from .render import JsonRenderer, Renderer, make_renderer
+from .output import make_renderer
+from .render import JsonRenderer, Renderer
 
 DEFAULT_SIZE = "256M"
 STALL_TIMEOUT_S = 2.0

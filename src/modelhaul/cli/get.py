@@ -20,12 +20,12 @@ from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry, parse_input_list
 from . import via_server
 from .options import add_transfer_options, download_config, state_dir
+from .output import make_renderer
 from .render import (
     JsonRenderer,
     Renderer,
     error_dict,
     interrupted_error,
-    make_renderer,
     print_error,
 )
 

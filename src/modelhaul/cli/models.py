@@ -41,7 +41,8 @@ from ..store.repo import NotInStore, RepoStore, hf_cache_root
 from ..store.verify import VerifyReport
 from . import via_server
 from .options import add_transfer_options, download_config, state_dir
-from .render import Renderer, error_dict, interrupted_error, make_renderer, print_error
+from .output import make_renderer
+from .render import Renderer, error_dict, interrupted_error, print_error
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -138,18 +138,6 @@ def interrupted_error(resumable: Mapping[str, bool]) -> Cancelled:
     )
 
 
-def make_renderer(*, json_mode: bool, quiet: bool, files: int | None = None) -> Renderer:
-    if json_mode:
-        return JsonRenderer()
-    if quiet:
-        return QuietRenderer()
-    if sys.stderr.isatty():
-        from .bars import RichRenderer
-
-        return RichRenderer(files=files)
-    return PlainRenderer()
-
-
 _NO_GUIDANCE = (Category.INVALID_INPUT, Category.CANCELLED)
 
 

@@ -25,7 +25,7 @@ from ..store.repo import hf_cache_root
 from .options import state_dir
 
 if TYPE_CHECKING:
-    from ..server.service import ServiceConfig
+    from ..server.config import ServiceConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
@@ -145,7 +145,7 @@ def _service_config(
     args: argparse.Namespace, state: Path, store_root: Path, download_dir: Path
 ) -> ServiceConfig:
     """What the service is told, from the options and the environment the CLI reads."""
-    from ..server.service import ServiceConfig
+    from ..server.config import ServiceConfig
 
     env = os.environ
     manager = (

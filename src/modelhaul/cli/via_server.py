@@ -19,8 +19,9 @@ from ..client.service import DEFAULT_SERVER, FINAL_STATES, RemoteError, ServiceC
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError
 from ..events import Progress
 from ..policy.paths import safe_relpath
+from .output import make_renderer
 from .remote import add_server_options, call, client_from_args, report_failure
-from .render import JsonRenderer, Renderer, make_renderer, print_error
+from .render import JsonRenderer, Renderer, print_error
 
 if TYPE_CHECKING:
     from ..sources.url import UrlEntry

@@ -31,8 +31,8 @@ from .security import resolve_folder, resolve_local_path, resolve_output
 
 if TYPE_CHECKING:
     from ..manager.downloads import DownloadManager
+    from .config import ServiceConfig
     from .persist import QueueDB
-    from .service import ServiceConfig
 
 log = logging.getLogger(__name__)
 

@@ -21,22 +21,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..config import DownloadConfig, ManagerConfig
 from ..errors import InvalidInput, ModelhaulError, PermissionDenied
 from ..events import State, TaskEvent
 from ..manager.downloads import DownloadManager
 from ..manager.tasks import TaskInfo
 from ..policy.paths import plan_paths
-from ..sources.hf import DEFAULT_ENDPOINT
 from ..store.inventory import Inventory
 from ..store.pull import ModelPuller
 from ..store.statedb import StateDB
+from .config import ServiceConfig
 from .fanout import EventFanout
 from .job_runner import JobRunner
 from .jobs import Conflict, Job, NoSuchDownload, cancelled_error, check_priority, job_view
@@ -48,35 +45,6 @@ _RATE_KEY = "rate_bytes_per_s"
 # How long a cancel waits for the transfer to stop and its partial data to go, so its answer
 # can say "cancelled"; after that it answers with the state of the moment.
 CANCEL_WAIT_S = 10.0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ServiceConfig:
-    """Where the service keeps things and how it downloads; read by the CLI at its edge.
-
-    ``download_dir`` is the only place URL downloads may land; ``store_root`` is the Hugging
-    Face cache the models go to.
-    """
-
-    download_dir: Path
-    store_root: Path
-    state_dir: Path
-    store_db: Path
-    queue_db: Path | None = None  # default: state_dir / "server-queue.sqlite"
-    hf_endpoint: str = DEFAULT_ENDPOINT
-    hf_token: str | None = None
-    symlinks: bool = True
-    manager: ManagerConfig = field(default_factory=ManagerConfig)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    max_finished: int = 200
-
-    def __post_init__(self) -> None:
-        if self.max_finished < 0:
-            raise ValueError(f"max_finished must be >= 0, got {self.max_finished!r}")
-
-    @property
-    def queue_path(self) -> Path:
-        return self.queue_db or self.state_dir / "server-queue.sqlite"
 
 
 class Service(JobRunner, EventFanout):
