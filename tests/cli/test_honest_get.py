@@ -23,7 +23,7 @@ from filelock import FileLock
 
 import modelhaul
 from conftest import cli_env, modelhaul_cmd
-from helpers import blob, sha
+from helpers import blob, mounted_tmpfs, sha
 from modelhaul.config import DownloadConfig, RetryPolicy, SegmentPolicy
 from modelhaul.disk import files
 from modelhaul.disk.partials import lock_file_for
@@ -363,19 +363,7 @@ async def test_the_library_calls_a_file_in_the_way_not_a_directory(
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs: tests run as root, where chmod does not stop writes."""
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from mounted_tmpfs(tmp_path / "ro", "ro,size=1m")
 
 
 @pytest.mark.parametrize("named_by", ["url", "-o"])
@@ -399,19 +387,7 @@ def test_permission_denied_names_the_target_not_the_partial_file(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, so every way of writing (pwritev, splice) meets a real full disk."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from mounted_tmpfs(tmp_path / "disk", "size=4m")
 
 
 async def test_a_full_disk_while_writing_names_the_target(

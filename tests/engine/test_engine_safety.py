@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from helpers import blob, sha
+from helpers import blob, mounted_tmpfs, sha
 from helpers import download_config as config
 from modelhaul.config import MiB
 from modelhaul.disk import files
@@ -168,19 +168,7 @@ async def test_a_symlink_planted_at_the_partial_path_is_not_followed(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from mounted_tmpfs(tmp_path / "disk", "size=4m")
 
 
 @pytest.mark.parametrize("connections", [1, 4])

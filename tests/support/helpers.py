@@ -6,8 +6,12 @@ import dataclasses
 import hashlib
 import json
 import random
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from modelhaul.config import DownloadConfig, RateLimit, RetryPolicy, SegmentPolicy, Timeouts
 
@@ -108,3 +112,21 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(type(value))
+
+
+def mounted_tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``path`` (made here) for a fixture to yield: a real full or
+    read-only disk, since tests run as root, where chmod stops nothing. Skips the test where
+    mounting is not allowed; unmounts afterwards."""
+    path.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
