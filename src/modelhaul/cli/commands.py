@@ -1,7 +1,9 @@
 """The command registry: each command module adds its own subparser.
 
 Only the module of the command being run is imported, so ``modelhaul get`` does not pay for
-huggingface_hub, the server or the demo origin at start-up; help and unknown commands load all.
+huggingface_hub, the server or the demo origin at start-up. Without a known command
+(``--version``, ``--help``, a typo) no command module is imported at all: the list help shows
+comes from ``SUMMARIES``, and a test keeps it equal to what the modules register.
 """
 
 from __future__ import annotations
@@ -30,12 +32,43 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
 }
 
+# command -> its line in ``modelhaul --help``, as its module registers it (a test compares them)
+SUMMARIES: dict[str, str] = {
+    "get": "download URLs (segmented, resumable, verified)",
+    "pull": "fetch a model (hf://ORG/NAME[@REV] or a manifest) into the Hugging Face cache",
+    "verify": "check every file of a stored model; --repair refetches only what is bad",
+    "ls": "list the models in the store",
+    "rm": "remove a model or one revision and its unreferenced blobs",
+    "pin": "pin a model (never evicted by gc)",
+    "unpin": "unpin a model (again evicted by gc)",
+    "gc": "evict least recently used unpinned models to fit a size",
+    "doctor": "check the endpoint, token, clock and cache (and that SOURCE resolves), with fixes",
+    "serve": "run the download service: REST API, live events and a web page",
+    "queue": "list the downloads of a running service",
+    "pause": "pause downloads of a running service (partial data kept)",
+    "resume": "resume paused (or retry failed) downloads of a running service",
+    "cancel": "cancel downloads of a running service (partial data deleted)",
+    "priority": "change a download's priority (higher runs first)",
+    "limit": "show or set a running service's global speed limit",
+    "demo": "offline demo: a verified download that survives drops, stalls and 503s",
+}
 
-def register(
-    sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str | None = None
-) -> None:
-    """Register ``command``'s module, or every module when it is None or unknown."""
-    wanted = COMMANDS.get(command or "")
-    modules = [wanted] if wanted else list(dict.fromkeys(COMMANDS.values()))
-    for name in modules:
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], command: str) -> None:
+    """Register ``command``'s module; for anything else, only the names and summaries.
+
+    The summaries are enough for what argparse does without a command: ``--version``, the
+    command list of ``--help``, and the choices an unknown command is told about.
+    """
+    wanted = COMMANDS.get(command)
+    if wanted is not None:
+        importlib.import_module(f"{__package__}.{wanted}").register(sub)
+        return
+    for name, summary in SUMMARIES.items():
+        sub.add_parser(name, help=summary)
+
+
+def register_all(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Every command with all its options (for tests and tools that inspect the whole CLI)."""
+    for name in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(f"{__package__}.{name}").register(sub)

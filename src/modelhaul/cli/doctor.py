@@ -15,13 +15,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-
 from ..doctor.checks import Check, DoctorConfig
-from ..doctor.hub import parse_source
-from ..doctor.run import run_doctor
 from ..errors import InvalidInput
 from ..sources.hf import DEFAULT_ENDPOINT, default_token
 from ..store.repo import hf_cache_root
@@ -74,6 +68,10 @@ def config_from_env(*, timeout_s: float) -> DoctorConfig:
 
 
 async def run_doctor_command(args: argparse.Namespace) -> int:
+    # The probes bring aiohttp: imported when the doctor runs, not when 'doctor --help' parses.
+    from ..doctor.hub import parse_source
+    from ..doctor.run import run_doctor
+
     if not (args.timeout > 0 and math.isfinite(args.timeout)):
         raise InvalidInput(f"--timeout must be a positive number of seconds, got {args.timeout}")
     source = parse_source(args.source) if args.source else None
@@ -105,6 +103,10 @@ def plain_lines(checks: list[Check]) -> list[str]:
 
 
 def _print_table(checks: list[Check]) -> None:
+    from rich.console import Console  # only for the table: rich is slow to import
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(box=None, show_header=True, header_style="bold", pad_edge=False)
     table.add_column("")
     table.add_column("CHECK", no_wrap=True)

@@ -7,13 +7,11 @@ import asyncio
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import ManagerConfig
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError, TargetConflict
 from ..events import EventKind, Progress, State, TaskEvent
-from ..manager.downloads import DownloadManager
-from ..manager.handle import DownloadHandle
 from ..policy.paths import plan_paths, safe_relpath
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
@@ -28,6 +26,10 @@ from .render import (
     interrupted_error,
     print_error,
 )
+
+if TYPE_CHECKING:
+    from ..manager.downloads import DownloadManager
+    from ..manager.handle import DownloadHandle
 
 # Connections one host may get when several files share it (each file still gets its -x).
 _SHARED_HOST_CONNECTIONS = 16
@@ -196,6 +198,10 @@ def manager_config(args: argparse.Namespace, connections: int, *, single: bool) 
 
 
 async def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: 'get --help' and a mistyped command line never load the
+    # engine and aiohttp.
+    from ..manager.downloads import DownloadManager
+
     if (code := await via_server.maybe_via_server(args)) is not None:
         return code
     try:

@@ -9,7 +9,6 @@ stops other Unix tools. Errors are one line plus a hint on stderr, never a trace
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import select
@@ -37,7 +36,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; given ``argv``, only the chosen command's module is loaded."""
+    """The parser; given ``argv``, only the chosen command's module is loaded (none without a
+    known command), so start-up stays light. Without ``argv``: every command, complete."""
     from . import commands
 
     parser = _Parser(
@@ -46,8 +46,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version="modelhaul 0.1.0")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    command = next((a for a in (argv or []) if not a.startswith("-")), None)
-    commands.register(sub, command)
+    if argv is None:
+        commands.register_all(sub)
+    else:
+        command = next((a for a in argv if not a.startswith("-")), "")
+        commands.register(sub, command)
     return parser
 
 
@@ -183,6 +186,7 @@ def _run(
     ``interrupted`` is asked only then: a command may have learnt what the interruption left
     behind (``get``: whether the server could resume at all).
     """
+    import asyncio  # here: --version and --help never start an event loop (20+ ms to import)
 
     async def runner() -> int:
         task = asyncio.ensure_future(coro)

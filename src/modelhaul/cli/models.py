@@ -9,7 +9,7 @@ import os
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import DownloadConfig, ManagerConfig
 from ..errors import (
@@ -22,7 +22,6 @@ from ..errors import (
     plural,
 )
 from ..events import EventKind, FileEvent, FilePhase, TaskEvent
-from ..manager.downloads import DownloadManager
 from ..policy.urls import same_host
 from ..sources.hf import (
     HubRef,
@@ -36,13 +35,18 @@ from ..sources.manifest import format_of, load_manifest_file
 from ..sources.model import ModelFile, ModelSpec
 from ..store.chunks import CHUNK_BYTES
 from ..store.listing import local_files
-from ..store.pull import ModelPuller, PullResult
 from ..store.repo import NotInStore, RepoStore, hf_cache_root
-from ..store.verify import VerifyReport
 from . import via_server
 from .options import add_transfer_options, download_config, state_dir
 from .output import make_renderer
 from .render import Renderer, error_dict, interrupted_error, print_error
+
+if TYPE_CHECKING:
+    # The manager and the puller bring the engine and aiohttp: imported where a command runs,
+    # so that 'pull --help' and 'verify --help' parse without them.
+    from ..manager.downloads import DownloadManager
+    from ..store.pull import ModelPuller, PullResult
+    from ..store.verify import VerifyReport
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,9 +99,14 @@ class Environment:
 
     cache_root: Path
     endpoint: str
-    token: str | None
     offline: bool
     symlinks: bool
+
+    @property
+    def token(self) -> str | None:
+        """Read when the Hub is asked, not before: the token file is huggingface_hub's, and a
+        manifest pull must not load huggingface_hub (0.2-0.3 s) for a token it never sends."""
+        return default_token()
 
     @classmethod
     def read(cls) -> Environment:
@@ -115,13 +124,14 @@ class Environment:
         return cls(
             cache_root=hf_cache_root(env),
             endpoint=(env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
-            token=default_token(),
             offline=offline,
             symlinks=not no_links,
         )
 
 
 def manager_for(args: argparse.Namespace, config: DownloadConfig) -> DownloadManager:
+    from ..manager.downloads import DownloadManager
+
     jobs = getattr(args, "jobs", None)
     if jobs is not None and not 1 <= jobs <= 256:
         raise InvalidInput(f"-j must be between 1 and 256, got {jobs}")
@@ -229,6 +239,8 @@ async def _pull(
     local_dir: Path | None,
     held: dict[str, bool],
 ) -> PullResult:
+    from ..store.pull import ModelPuller
+
     source = await resolve_source(args.source, env, config)
     async with manager_for(args, config) as mgr:
         puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks)
@@ -433,6 +445,8 @@ async def _verify(
     renderer: Renderer,
     held: dict[str, bool],
 ) -> VerifyReport:
+    from ..store.pull import ModelPuller
+
     hub = HubSource(endpoint=env.endpoint, token=env.token)
 
     def headers_for(url: str) -> tuple[tuple[str, str], ...]:

@@ -10,9 +10,6 @@ import sys
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.table import Table
-
 from ..errors import InvalidInput, ModelhaulError, human_bytes, plural
 from ..policy.units import parse_size
 from .options import state_dir
@@ -119,6 +116,11 @@ def _ago(ts: float | None) -> str:
 
 
 async def run_ls(args: argparse.Namespace) -> int:
+    # rich only for the table: pull records its use through open_inventory, and rich is slow to
+    # import (the same reason as in remote.py)
+    from rich.console import Console
+    from rich.table import Table
+
     inv = open_inventory()
     models = inv.scan()
     if args.json:

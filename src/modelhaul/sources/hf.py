@@ -14,10 +14,6 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-import huggingface_hub
-from huggingface_hub import HfApi
-from huggingface_hub import errors as hf_errors
-
 from ..config import RetryPolicy
 from ..errors import (
     Category,
@@ -87,6 +83,10 @@ class HubSource:
         self.token = token
         self._retry = retry or RetryPolicy(initial_delay_s=0.5, max_delay_s=10)
         self._network_retries = network_retries
+        # huggingface_hub (0.2-0.3 s to import) is loaded by the Hub's users only: a manifest
+        # pull, 'get' and every parse of the command line go without it.
+        from huggingface_hub import HfApi
+
         self._api = HfApi(endpoint=self.endpoint, token=token or False)
 
     @property
@@ -294,6 +294,8 @@ def hub_error(
 
 def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulError:
     """huggingface_hub's errors as modelhaul errors, with the hint a user needs."""
+    from huggingface_hub import errors as hf_errors
+
     page = repo_page(ref, endpoint)
     if isinstance(exc, ModelhaulError):
         return exc
@@ -397,6 +399,8 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 def default_token() -> str | None:
     """HF_TOKEN, else the token file huggingface_hub uses (HF_TOKEN_PATH or HF_HOME/token)."""
+    import huggingface_hub
+
     try:
         return huggingface_hub.get_token()
     except Exception:  # a broken token file is the same as none here

@@ -23,11 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import Timeouts
 from ..errors import InvalidInput
-from ..http.session import Transport
 from ..policy.paths import safe_relpath
 from ..policy.urls import check_url
 from ..policy.validate import check_repo_id, check_revision
@@ -49,6 +46,8 @@ def decode_manifest(text: str, *, fmt: str, source: str = "manifest") -> Any:
     Raises:
         InvalidInput: an unknown format, or text that is not valid in it.
     """
+    import yaml  # here: PyYAML costs 15-20 ms, which parsing the command line never pays
+
     try:
         if fmt == "toml":
             return tomllib.loads(text)
@@ -187,6 +186,9 @@ async def fetch_manifest(
     url: str, *, timeouts: Timeouts | None = None, headers: Mapping[str, str] | None = None
 ) -> ModelSpec:
     """A manifest from a URL (at most 16 MiB, UTF-8), parsed and validated."""
+    # The transport (aiohttp) only for a manifest at a URL: parsing 'pull' goes without it.
+    from ..http.session import Transport
+
     t = timeouts or Timeouts()
     async with Transport(connect_timeout_s=t.connect_s, stall_timeout_s=t.stall_s) as tr:
         resp = await tr.request("GET", url, headers=dict(headers or {}))

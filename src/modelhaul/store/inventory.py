@@ -14,9 +14,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from huggingface_hub import scan_cache_dir
-from huggingface_hub.errors import CacheNotFound
-
 from ..disk.partials import is_downloading
 from ..errors import Category, InvalidInput, ModelhaulError, human_bytes
 from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
@@ -130,6 +127,11 @@ class Inventory:
     # ------------------------------------------------------------------ listing
 
     def scan(self) -> list[StoredModel]:
+        # Here, not at the top: a pull records its use through this module and must not load
+        # huggingface_hub (0.2-0.3 s) for it.
+        from huggingface_hub import scan_cache_dir
+        from huggingface_hub.errors import CacheNotFound
+
         try:
             info = scan_cache_dir(self.root)
         except CacheNotFound:
@@ -255,6 +257,8 @@ class Inventory:
             self.db.forget(repo_type, repo_id)
             return freed
         commit = self._commit_of(model, revision)
+        from huggingface_hub import scan_cache_dir  # see scan()
+
         info = scan_cache_dir(self.root)
         strategy = info.delete_revisions(commit)
         freed = strategy.expected_freed_size
