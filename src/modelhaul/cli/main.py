@@ -15,10 +15,10 @@ import select
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ..errors import Cancelled, InvalidInput, ModelhaulError
-from .render import print_error
+if TYPE_CHECKING:
+    from ..errors import ModelhaulError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_PIPE = 128 + signal.SIGPIPE  # what a shell reports for a process SIGPIPE ended
@@ -69,6 +69,11 @@ def _main(argv: Sequence[str], stdout: _GuardedStdout) -> int:
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    # Only now: --version and --help exit inside parse_args, without paying for the error
+    # types (ssl, socket) and the renderer.
+    from ..errors import ModelhaulError
+    from .render import print_error
+
     try:
         return _run(args.run(args), lambda: getattr(args, "interrupted", INTERRUPTED), stdout)
     except ModelhaulError as exc:
@@ -168,6 +173,8 @@ def _guard_stdout() -> Iterator[_GuardedStdout]:
 
 
 def _exit_for(exc: ModelhaulError) -> int:
+    from ..errors import Cancelled, InvalidInput
+
     if isinstance(exc, InvalidInput):
         return EXIT_USAGE
     if isinstance(exc, Cancelled):
