@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,23 @@ def test_version_imports_no_command_and_nothing_heavy() -> None:
     assert "modelhaul.cli" in modules  # the report is read
     assert loaded(modules, HEAVY + ENGINE + ("asyncio",)) == []
     assert not {f"modelhaul.cli.{m}" for m in COMMANDS.values()} & modules
+
+
+def test_version_costs_a_fraction_of_what_it_did() -> None:
+    """CPU seconds of the child, not wall time: a busy machine stretches the one far less.
+    Loading every command cost 0.6-1.1 CPU-s; without them it is under 0.1."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "modelhaul.cli.main", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+
+    assert proc.returncode == 0, proc.stderr
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu_s < 0.5
 
 
 def test_help_and_a_mistyped_command_list_every_command_without_loading_one() -> None:
