@@ -41,9 +41,7 @@ from .options import add_transfer_options, download_config, state_dir
 from .output import make_renderer
 from .render import Renderer, error_dict, interrupted_error, print_error
 
-if TYPE_CHECKING:
-    # The manager and the puller bring the engine and aiohttp: imported where a command runs,
-    # so that 'pull --help' and 'verify --help' parse without them.
+if TYPE_CHECKING:  # the engine and aiohttp: imported where the commands run, not to parse
     from ..manager.downloads import DownloadManager
     from ..store.pull import ModelPuller, PullResult
     from ..store.verify import VerifyReport
@@ -104,8 +102,7 @@ class Environment:
 
     @property
     def token(self) -> str | None:
-        """Read when the Hub is asked, not before: the token file is huggingface_hub's, and a
-        manifest pull must not load huggingface_hub (0.2-0.3 s) for a token it never sends."""
+        """Read when the Hub is asked: a manifest pull never loads huggingface_hub for it."""
         return default_token()
 
     @classmethod
