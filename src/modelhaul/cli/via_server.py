@@ -22,6 +22,7 @@ from ..policy.paths import safe_relpath
 from .output import make_renderer
 from .remote import add_server_options, call, client_from_args, report_failure
 from .render import JsonRenderer, Renderer, print_error
+from .words import cli_error
 
 if TYPE_CHECKING:
     from ..sources.url import UrlEntry
@@ -65,7 +66,7 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
     except ModelhaulError as exc:
         if getattr(args, "json", False):  # --json promises a result line last, whatever failed
             JsonRenderer(sys.stdout).result(
-                {"event": "result", "status": "failed", "path": None, "error": exc.to_dict()}
+                {"event": "result", "status": "failed", "path": None, "error": cli_error(exc)}
             )
         if isinstance(exc, InvalidInput):
             raise

@@ -30,6 +30,7 @@ from ..events import State, TaskEvent
 from ..manager.downloads import DownloadManager
 from ..manager.tasks import TaskInfo
 from ..policy.paths import plan_paths
+from ..remedies import Remedy
 from ..store.inventory import Inventory
 from ..store.pull import ModelPuller
 from ..store.statedb import StateDB
@@ -93,7 +94,7 @@ class Service(JobRunner, EventFanout):
         except OSError as exc:
             raise PermissionDenied(
                 f"cannot use the download directory {cfg.download_dir}: {exc.strerror or exc}",
-                hint="Pass --download-dir (or MODELHAUL_DOWNLOAD_DIR) naming a writable folder.",
+                remedy=Remedy.DOWNLOAD_DIR,
             ) from exc
         self.download_dir = cfg.download_dir.resolve()
         self._claim_state_dir()
