@@ -285,6 +285,14 @@ def test_the_service_words_its_refusals_for_its_api_and_page() -> None:
     assert busy.hint == "Wait for the download to finish, or remove it with force=True."
 
 
+def test_the_netrc_path_is_read_from_the_environment_in_config_only() -> None:
+    from modelhaul.config import default_netrc_path
+
+    assert default_netrc_path({"NETRC": "/etc/n"}) == Path("/etc/n")
+    assert default_netrc_path({}, home=Path("/h")) == Path("/h/.netrc")
+    assert default_netrc_path({"NETRC": ""}, home=Path("/h")) == Path("/h/.netrc")
+
+
 def test_http_status_error_keeps_server_details() -> None:
     exc = HTTPStatusError(
         429, "u", retry_after_s=12.0, message="slow down", hint="wait", error_code="RateLimit"
