@@ -245,7 +245,52 @@ def test_status_hints_point_to_the_next_step() -> None:
     assert "HF_TOKEN" in status_info(401)[2]
     assert "licence" in status_info(403)[2]
     assert "URL" in status_info(404)[2]
-    assert "-x" in status_info(429)[2]
+    assert "fewer connections" in status_info(429)[2]
+
+
+def test_a_hint_that_names_a_setting_is_worded_by_each_face() -> None:
+    """The library's hint names its parameters; the CLI's words for the same remedy name its
+    flags; an explicit hint is the raiser's own and every face shows it as given."""
+    from modelhaul.cli.words import cli_error, cli_hint
+    from modelhaul.remedies import Remedy
+
+    rate = HTTPStatusError(429, "https://example.com/a.bin")
+    assert rate.remedy is Remedy.FEWER_CONNECTIONS
+    assert "SegmentPolicy.connections" in rate.hint and "-x" not in rate.hint
+    assert "(-x)" in cli_hint(rate) and "(-x)" in cli_error(rate)["hint"]
+    assert "-H 'Authorization" in cli_hint(HTTPStatusError(401, "u"))
+    assert "headers=" in HTTPStatusError(401, "u").hint
+    assert "--timeout" in cli_hint(RetriesExhausted(StallTimeout("x"), []))
+    assert "(-d DIR)" in cli_hint(errors.DiskFull("x"))
+    assert "--help" in cli_hint(InvalidInput("x"))
+    own = InvalidInput("x", hint="Write headers as -H 'Name: value'.")
+    assert own.remedy is None and cli_hint(own) == own.hint
+    assert cli_hint(errors.TargetConflict("x")) == "Give each download its own destination file."
+    assert cli_hint(HTTPStatusError(429, "u", hint="wait")) == "wait"
+
+
+def test_the_service_words_its_refusals_for_its_api_and_page() -> None:
+    """A model still downloading is refused removal: the CLI names --force, the web page (which
+    offers no force for it) and the library do not."""
+    from modelhaul.cli.words import cli_hint
+    from modelhaul.server.words import SERVICE_WORDS
+    from modelhaul.store.inventory import Busy
+
+    busy = Busy("org/model is being downloaded")
+    assert cli_hint(busy) == "Wait for the download to finish, or pass --force."
+    assert (
+        busy.to_dict(SERVICE_WORDS)["hint"]
+        == "Wait for the download to finish, then remove the model."
+    )
+    assert busy.hint == "Wait for the download to finish, or remove it with force=True."
+
+
+def test_the_netrc_path_is_read_from_the_environment_in_config_only() -> None:
+    from modelhaul.config import default_netrc_path
+
+    assert default_netrc_path({"NETRC": "/etc/n"}) == Path("/etc/n")
+    assert default_netrc_path({}, home=Path("/h")) == Path("/h/.netrc")
+    assert default_netrc_path({"NETRC": ""}, home=Path("/h")) == Path("/h/.netrc")
 
 
 def test_http_status_error_keeps_server_details() -> None:

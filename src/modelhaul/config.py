@@ -42,6 +42,22 @@ def default_state_dir(environ: Mapping[str, str] | None = None, home: Path | Non
     return base / "modelhaul"
 
 
+def default_netrc_path(environ: Mapping[str, str] | None = None, home: Path | None = None) -> Path:
+    """The netrc file whose logins requests without an Authorization header of their own
+    carry: ``$NETRC`` if set, else ``~/.netrc`` (as curl and requests read it).
+
+    The environment is read here, not in ``http/``, which is handed the path.
+
+    >>> default_netrc_path({"NETRC": "/etc/netrc"})
+    PosixPath('/etc/netrc')
+    """
+    env = os.environ if environ is None else environ
+    explicit = env.get("NETRC")
+    # expanduser, not Path.home(): with no home directory it answers "~", which holds no
+    # netrc, instead of raising (a netrc is optional).
+    return Path(explicit) if explicit else (home or Path(os.path.expanduser("~"))) / ".netrc"
+
+
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> None:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

@@ -1,17 +1,23 @@
 """The one exception tree of modelhaul.
 
 Every error carries a ``category`` (a :class:`Category`, a string that scripts match on in
-``--json`` output and the service's answers), a ``retryable`` flag, a ``message`` saying what
+JSON output and the service's answers), a ``retryable`` flag, a ``message`` saying what
 happened, and a ``hint`` with the user's next step. Errors carry the facts guidance needs as
 fields (``DiskFull.need_bytes``, ``HTTPStatusError.status``, ``NetworkError.kind``...), so
 advice is computed from them and never recovered from the message's wording.
 
+A next step that names a setting is a ``remedy`` (a :class:`~modelhaul.remedies.Remedy`):
+``hint`` words it for the library's callers (``SegmentPolicy.connections``), and each face
+words it in its own terms with ``hint_in`` (the CLI its flags, ``cli/words.py``), so no
+command-line flag is written here.
+
 Third-party errors are translated where the third party is called, chained with ``from exc``,
 and nowhere else: aiohttp's and the OS's network errors by ``map_error`` in ``http/`` (which
 ``doctor`` calls too), huggingface_hub's by ``map_hub_error`` in ``sources/hf.py``, urllib's
-by the service client in ``cli/remote.py``. OS errors on local files (ENOSPC, EACCES) are told
-as ``DiskFull``/``PermissionDenied`` by the module that writes the file (``engine``, ``store``,
-``manager``, ``server/security.py``), since only it can name the file the user asked for.
+by the service client in ``client/service.py``. OS errors on local files (ENOSPC, EACCES) are
+told as ``DiskFull``/``PermissionDenied`` by the module that writes the file (``engine``,
+``store``, ``manager``, ``server/security.py``), since only it can name the file the user asked
+for.
 
     ModelhaulError              category        fields
     ├── InvalidInput            invalid_input   bad URL, rate, hex, manifest, unsafe name
@@ -39,6 +45,8 @@ import socket
 import ssl
 from dataclasses import dataclass
 from typing import ClassVar, Self
+
+from .remedies import LIBRARY_WORDS, Remedy, Words, say
 
 
 class Category(enum.StrEnum):
@@ -133,20 +141,36 @@ class ModelhaulError(Exception):
     category: ClassVar[Category] = Category.CLIENT_ERROR
     retryable: ClassVar[bool] = False
     default_hint: ClassVar[str] = ""
+    # The next step of this kind of error when it names a setting; ``hint`` then words it. A
+    # subclass with a ``default_hint`` of its own sets it back to None.
+    default_remedy: ClassVar[Remedy | None] = None
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, hint: str | None = None, remedy: Remedy | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
-        self.hint = hint if hint is not None else self.default_hint
+        # An explicit hint replaces the default remedy: it is the raiser's own next step.
+        self.remedy = remedy if remedy is not None or hint is not None else self.default_remedy
+        if hint is not None:
+            self.hint = hint
+        else:
+            self.hint = say(LIBRARY_WORDS, self.remedy) if self.remedy else self.default_hint
 
-    def to_dict(self) -> dict[str, str]:
-        """The JSON shape used by ``--json`` result lines and the service."""
-        return {"category": str(self.category), "message": self.message, "hint": self.hint}
+    def hint_in(self, words: Words) -> str:
+        """The hint in a face's words: its sentence for the remedy, else the hint as given."""
+        return say(words, self.remedy) if self.remedy is not None else self.hint
+
+    def to_dict(self, words: Words | None = None) -> dict[str, str]:
+        """The JSON shape of result lines and the service's answers; the hint in ``words``
+        (default: the library's)."""
+        hint = self.hint if words is None else self.hint_in(words)
+        return {"category": str(self.category), "message": self.message, "hint": hint}
 
 
 class InvalidInput(ModelhaulError, ValueError):
     category = Category.INVALID_INPUT
-    default_hint = "Check the command line or the input file; run with --help for the syntax."
+    default_remedy = Remedy.CHECK_INPUT
 
 
 class TargetConflict(InvalidInput):
@@ -157,6 +181,7 @@ class TargetConflict(InvalidInput):
     """
 
     default_hint = "Give each download its own destination file."
+    default_remedy = None  # its own hint, not InvalidInput's
 
     def __init__(
         self, message: str, *, path: str = "", urls: tuple[str, ...] = (), hint: str | None = None
@@ -188,8 +213,15 @@ class TransferError(ModelhaulError):
         "Check the network connection, proxy (HTTPS_PROXY) and CA settings, then run again."
     )
 
-    def __init__(self, message: str, *, hint: str | None = None, url: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        url: str | None = None,
+        remedy: Remedy | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, remedy=remedy)
         self.url = url
 
 
@@ -216,9 +248,7 @@ class NetworkError(TransferError):
 
 class StallTimeout(TransferError):
     category = Category.TIMEOUT
-    default_hint = (
-        "The server stopped sending data; run again, or raise --timeout on a very slow link."
-    )
+    default_remedy = Remedy.RAISE_TIMEOUT
 
 
 class TruncatedBody(TransferError):
@@ -241,43 +271,34 @@ class RangeNotHonoured(TransferError):
 class _StatusInfo:
     category: Category
     retryable: bool
-    hint: str
+    hint: str | Remedy  # a Remedy: a next step that names a setting, worded by each face
 
 
 _STATUS: dict[int, _StatusInfo] = {
-    401: _StatusInfo(
-        Category.AUTH,
-        False,
-        "The server wants credentials: pass them with -H 'Authorization: Bearer TOKEN' "
-        "or set HF_TOKEN for the Hugging Face Hub.",
-    ),
-    403: _StatusInfo(
-        Category.AUTH,
-        False,
-        "Access denied: check the token or credentials passed with -H or HF_TOKEN, and that "
-        "your account may read this file (gated models need their licence accepted).",
-    ),
+    401: _StatusInfo(Category.AUTH, False, Remedy.SEND_CREDENTIALS),
+    403: _StatusInfo(Category.AUTH, False, Remedy.CHECK_CREDENTIALS),
     404: _StatusInfo(Category.NOT_FOUND, False, "Check the URL: the server has no such file."),
     410: _StatusInfo(
         Category.NOT_FOUND, False, "The file was removed from the server; check the URL."
     ),
     408: _StatusInfo(Category.SERVER_ERROR, True, "The server timed out; run again later."),
     425: _StatusInfo(Category.SERVER_ERROR, True, "The server asked to retry later; run again."),
-    429: _StatusInfo(
-        Category.RATE_LIMITED,
-        True,
-        "The server is rate limiting: wait a little, then run again with fewer connections (-x).",
-    ),
+    429: _StatusInfo(Category.RATE_LIMITED, True, Remedy.FEWER_CONNECTIONS),
 }
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
 def status_info(status: int) -> tuple[Category, bool, str]:
-    """Category, retryable flag and hint for an HTTP status."""
+    """Category, retryable flag and hint (in the library's words) for an HTTP status."""
     if status in _STATUS:
         info = _STATUS[status]
-        return info.category, info.retryable, info.hint
+        hint = info.hint
+        return (
+            info.category,
+            info.retryable,
+            say(LIBRARY_WORDS, hint) if isinstance(hint, Remedy) else hint,
+        )
     if status >= 500:
         return (
             Category.SERVER_ERROR,
@@ -314,7 +335,11 @@ class HTTPStatusError(TransferError):
         self.error_code = error_code
         self._category = category
         self._retryable = retryable
-        super().__init__(message or f"HTTP {status} from {url}", hint=hint or default, url=url)
+        known = _STATUS.get(status)
+        remedy = known.hint if known and not hint and isinstance(known.hint, Remedy) else None
+        super().__init__(
+            message or f"HTTP {status} from {url}", hint=hint or default, url=url, remedy=remedy
+        )
         self.url: str = url
 
     @property  # type: ignore[override]
@@ -342,8 +367,15 @@ class RedirectRefused(ModelhaulError):
     category = Category.CLIENT_ERROR
     default_hint = "The server redirects somewhere modelhaul will not go; check the URL."
 
-    def __init__(self, message: str, *, reason: str | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        hint: str | None = None,
+        remedy: Remedy | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, remedy=remedy)
         self.reason = None if reason is None else RedirectReason(reason)
 
 
@@ -358,6 +390,7 @@ class RetriesExhausted(TransferError):
             f"{last.message} (gave up after {n} attempt{'s' if n != 1 else ''})",
             hint=last.hint,
             url=getattr(last, "url", None),
+            remedy=last.remedy,
         )
         self.last = last
         self.attempts = attempts
@@ -399,7 +432,7 @@ class DiskFull(ModelhaulError, OSError):
     """
 
     category = Category.DISK_FULL
-    default_hint = "Free some disk space or download somewhere else (-d DIR)."
+    default_remedy = Remedy.FREE_SPACE
 
     def __init__(
         self,
@@ -425,7 +458,7 @@ class DiskFull(ModelhaulError, OSError):
 
 class PermissionDenied(ModelhaulError, OSError):
     category = Category.PERMISSION
-    default_hint = "Check that you may write to the target directory, or choose another with -d."
+    default_remedy = Remedy.WRITABLE_DIR
 
 
 class Cancelled(ModelhaulError):
@@ -436,6 +469,19 @@ class Cancelled(ModelhaulError):
 def plural(n: int, noun: str, nouns: str | None = None) -> str:
     """2, 'model' -> '2 models'; 1 -> '1 model'. ``nouns`` for an irregular plural."""
     return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
+def human_duration(seconds: float, *, least_s: float = 0) -> str:
+    """75 -> '75 s', 600 -> '10 min', 9000 -> '2.5 h', 259200 -> '3.0 days'; used in messages
+    and hints, never less than ``least_s`` (a wait of '0 s' says nothing)."""
+    s = max(abs(seconds), least_s)
+    if s < 120:
+        return f"{s:.0f} s"
+    if s < 7200:
+        return f"{s / 60:.0f} min"
+    if s < 2 * 86400:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 86400:.1f} days"
 
 
 def human_bytes(n: float) -> str:

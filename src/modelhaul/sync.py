@@ -157,6 +157,7 @@ def download(
         result = modelhaul.download(url, "model.safetensors", sha256=digest)
     """
 
+    # The parameters repeat Downloader.download's on purpose: this is its blocking face.
     async def go() -> Result:
         async with Downloader(config, state_dir=state_dir) as dl:
             if path is None and directory is None:
@@ -200,23 +201,25 @@ class OnLoop(Generic[T]):
 
 def steer(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
     """``method`` of the wrapped object, run on the loop thread; refused once it has stopped."""
+    return _through(method, OnLoop._call)
+
+
+def read(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
+    """``method`` of the wrapped object, run on the loop thread, or here once it has stopped."""
+    return _through(method, OnLoop._read)
+
+
+def _through(
+    method: Callable[Concatenate[Any, P], R], run: Callable[..., Any]
+) -> Callable[Concatenate[OnLoop[Any], P], R]:
+    """``method`` of the wrapped object, handed to ``run`` (``OnLoop._call`` or ``_read``)."""
     name = method.__name__
 
     @functools.wraps(method)
     def on_loop(self: OnLoop[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
         # Looked up by name, so a subclass's override is the one that runs.
-        return self._call(getattr(self._target, name), *args, **kwargs)
-
-    return on_loop
-
-
-def read(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
-    """``method`` of the wrapped object, run on the loop thread, or here once it has stopped."""
-    name = method.__name__
-
-    @functools.wraps(method)
-    def on_loop(self: OnLoop[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._read(getattr(self._target, name), *args, **kwargs)
+        result: R = run(self, getattr(self._target, name), *args, **kwargs)
+        return result
 
     return on_loop
 
@@ -317,6 +320,8 @@ class SyncDownloadManager(OnLoop[DownloadManager]):
         paused: bool = False,
     ) -> SyncHandle:
         """Queue a download and return its handle at once; see ``DownloadManager.add``."""
+        # Written out, not steer()ed: the signature repeats DownloadManager.add's on purpose
+        # (a typed, documented call for threaded code), and the handle is wrapped for this thread.
         handle = self._call(
             self.manager.add,
             url,
@@ -331,6 +336,7 @@ class SyncDownloadManager(OnLoop[DownloadManager]):
         )
         return SyncHandle(self._thread, handle)
 
+    # The same names as SyncHandle's on purpose: each facade names the calls of what it wraps.
     pause = steer(DownloadManager.pause)
     resume = steer(DownloadManager.resume)
     cancel = steer(DownloadManager.cancel)

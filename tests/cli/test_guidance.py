@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import ast
 import inspect
+import re
 import socket
 import ssl
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from modelhaul import guidance
+from modelhaul.cli.words import CLI_WORDS
 from modelhaul.errors import (
     CATEGORIES,
     Cancelled,
@@ -27,7 +30,8 @@ from modelhaul.errors import (
     TruncatedBody,
     network_kind,
 )
-from modelhaul.guidance import Guidance, explain, format_guidance
+from modelhaul.guidance import Guidance, format_guidance
+from modelhaul.remedies import LIBRARY_WORDS
 
 HUB = "https://huggingface.co"
 RESOLVE = f"{HUB}/org/model/resolve/main/model.safetensors"
@@ -48,6 +52,11 @@ ONE_PER_CATEGORY: dict[str, ModelhaulError] = {
     "invalid_input": InvalidInput("bad URL 'ftp://x'"),
     "cancelled": Cancelled("cancelled"),
 }
+
+
+def explain(err: ModelhaulError, **kw: Any) -> Guidance:
+    """Guidance as the CLI shows it: steps that name a setting in its words (its flags)."""
+    return guidance.explain(err, words=CLI_WORDS, **kw)
 
 
 def text_of(g: Guidance) -> str:
@@ -349,3 +358,32 @@ def test_an_unknown_network_kind_does_not_guess_from_words() -> None:
     err = NetworkError("Cannot connect: [Errno -2] Name or service not known, certificate")
     text = text_of(explain(err))
     assert "did not resolve" not in text and "SSL_CERT_FILE" not in text
+
+
+# A command-line flag as the CLI's words write it: -x, -H, --timeout, --max-size... (not the
+# shell's 'ls -ld', which every face may name).
+FLAG = re.compile(r"(?<![\w-])(?<!ls )--?[a-zA-Z][a-z-]*\b")
+
+
+@pytest.mark.parametrize(
+    ("err", "kw", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
+def test_the_library_words_the_same_steps_without_flags(
+    err: ModelhaulError, kw: dict[str, str], needles: list[str]
+) -> None:
+    """``explain`` without words is for an application calling the library: the same steps,
+    naming its parameters where the CLI names its flags."""
+    library, cli = guidance.explain(err, **kw), explain(err, **kw)
+    assert (library.what, library.why, len(library.steps)) == (cli.what, cli.why, len(cli.steps))
+    if not (isinstance(err, InvalidInput) and err.remedy is None):  # its own hint is a step
+        assert not FLAG.findall(text_of(library)), text_of(library)
+
+
+def test_every_remedy_has_words_for_the_cli_and_the_library() -> None:
+    from modelhaul.remedies import Remedy
+    from modelhaul.server.words import SERVICE_WORDS
+
+    assert set(CLI_WORDS) == set(LIBRARY_WORDS) == set(SERVICE_WORDS) == set(Remedy)
+    for words in (LIBRARY_WORDS, SERVICE_WORDS):
+        flagged = {r: w for r, w in words.items() if FLAG.findall(w)}
+        assert not flagged, flagged

@@ -20,6 +20,7 @@ import pytest
 
 from helpers import blob, sha
 from helpers import download_config as config
+from modelhaul.cli.words import CLI_WORDS
 from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
 from modelhaul.errors import HTTPStatusError, ModelhaulError, RetriesExhausted
@@ -187,7 +188,9 @@ async def test_auth_errors_say_how_to_pass_credentials(
         with pytest.raises(ModelhaulError) as info:
             await dl.download(origin.url("a.bin"), tmp_path / "a.bin")
     assert info.value.category == "auth"
-    assert "-H" in info.value.hint and "HF_TOKEN" in info.value.hint
+    # The library's words name its parameter; the CLI words the same remedy with its flag.
+    assert "headers" in info.value.hint and "HF_TOKEN" in info.value.hint
+    assert "-H" in info.value.hint_in(CLI_WORDS)
     assert info.value.to_dict()["category"] == "auth"
 
 

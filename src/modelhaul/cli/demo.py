@@ -30,6 +30,7 @@ from ..manager.downloads import DownloadManager
 from ..policy.units import parse_size
 from .output import make_renderer
 from .render import JsonRenderer, Renderer
+from .words import cli_error
 
 DEFAULT_SIZE = "256M"
 STALL_TIMEOUT_S = 2.0
@@ -75,7 +76,7 @@ async def run(args: argparse.Namespace) -> int:
         size = _size(args.size)
     except ModelhaulError as exc:
         if args.json:
-            JsonRenderer().result(_record("failed", size=None, error=exc.to_dict()))
+            JsonRenderer().result(_record("failed", size=None, error=cli_error(exc)))
         raise
     renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=1)
     content = DemoContent(size, seed=args.seed)
@@ -99,7 +100,7 @@ async def run(args: argparse.Namespace) -> int:
                 renderer.result(_record("cancelled", size=size, error=_cancelled()))
                 raise
             except ModelhaulError as exc:
-                renderer.result(_record("failed", size=size, error=exc.to_dict()))
+                renderer.result(_record("failed", size=size, error=cli_error(exc)))
                 raise
             elapsed = time.monotonic() - started
     summary = _summary(result, origin.stats, elapsed)

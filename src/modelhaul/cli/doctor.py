@@ -20,6 +20,7 @@ from ..errors import InvalidInput
 from ..sources.hf import DEFAULT_ENDPOINT, default_token
 from ..store.repo import hf_cache_root
 from .options import state_dir
+from .words import CLI_WORDS
 
 EXIT_OK, EXIT_FAILED = 0, 1
 _LABELS = {True: "ok", False: "FAIL", None: "skip"}
@@ -64,6 +65,7 @@ def config_from_env(*, timeout_s: float) -> DoctorConfig:
         cwd=Path.cwd(),
         lock_dir=state_dir() / "locks",
         timeout_s=timeout_s,
+        words=CLI_WORDS,
     )
 
 

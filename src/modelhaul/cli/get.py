@@ -12,11 +12,12 @@ from typing import TYPE_CHECKING, Any
 from ..config import ManagerConfig
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError, TargetConflict
 from ..events import EventKind, Progress, State, TaskEvent
-from ..policy.paths import plan_paths, safe_relpath
+from ..policy.paths import plan_paths
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
-from ..sources.url import UrlEntry, parse_input_list
+from ..sources.url import UrlEntry
 from . import via_server
+from .entries import read_input_file
 from .options import add_transfer_options, download_config, state_dir
 from .output import make_renderer
 from .render import (
@@ -73,14 +74,10 @@ class _Job:
 def collect_entries(args: argparse.Namespace) -> list[UrlEntry]:
     entries = [UrlEntry(url=check_url(u)) for u in args.urls]
     if args.input_file:
-        try:
-            text = Path(args.input_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"cannot read input file {args.input_file}: {exc}") from exc
-        listed = parse_input_list(text, source=args.input_file)
+        listed = read_input_file(args.input_file)
         if not listed:
             raise InvalidInput(f"input file {args.input_file} lists no URL")
-        entries.extend(_check_out(e, args.input_file) for e in listed)
+        entries.extend(listed)
     if not entries:
         raise InvalidInput("no URL given", hint="Usage: modelhaul get URL [URL ...] or -i FILE.")
     if args.output is not None and len(entries) > 1:
@@ -92,19 +89,6 @@ def collect_entries(args: argparse.Namespace) -> list[UrlEntry]:
     if args.jobs is not None and not 1 <= args.jobs <= 256:
         raise InvalidInput(f"-j must be between 1 and 256, got {args.jobs}")
     return entries
-
-
-def _check_out(entry: UrlEntry, source: str) -> UrlEntry:
-    """An ``out=`` name must stay inside the output directory, as aria2 means it."""
-    if entry.out is None:
-        return entry
-    try:
-        return replace(entry, out=safe_relpath(entry.out, where=f"{source}: out="))
-    except InvalidInput as exc:
-        raise InvalidInput(
-            f"{source}: out={entry.out!r} is not a relative path inside the output directory",
-            hint="Use a plain name or a relative path without '..' (the directory comes from -d).",
-        ) from exc
 
 
 def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:

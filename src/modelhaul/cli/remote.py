@@ -26,6 +26,7 @@ from ..errors import InvalidInput, ModelhaulError, human_bytes
 from ..policy.units import parse_rate
 from .options import state_dir
 from .render import print_error
+from .words import cli_hint
 
 _NO_LIMIT = frozenset({"none", "off", "unlimited", "0"})
 
@@ -139,8 +140,9 @@ def report_failure(exc: ModelhaulError) -> int:
     someone whose service is simply not running down the wrong path.
     """
     print(f"modelhaul: error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+    hint = cli_hint(exc)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
     return 1
 
 

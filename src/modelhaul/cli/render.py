@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 from ..errors import Cancelled, Category, ModelhaulError, human_bytes, plural
 from ..events import Progress as ProgressRecord
+from .words import CLI_WORDS, cli_error, cli_hint
 
 
 class Renderer:
@@ -148,8 +149,9 @@ def print_error(
     for a download that failed for good, then why it is likely and the steps to fix it."""
     subject = f"{what}: " if what else ""
     print(f"modelhaul: error: {subject}{err.message}", file=sys.stderr)
-    if err.hint:
-        print(f"  hint: {err.hint}", file=sys.stderr)
+    hint = cli_hint(err)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
     if err.category not in _NO_GUIDANCE:
         from ..guidance import explain, format_guidance
 
@@ -160,7 +162,7 @@ def print_error(
 def error_dict(err: ModelhaulError, context: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``error`` object of a JSON result: category, message, hint, and (for failures that
     are not usage errors) ``why`` and ``steps``."""
-    out: dict[str, Any] = err.to_dict()
+    out: dict[str, Any] = cli_error(err)
     if err.category not in _NO_GUIDANCE:
         from ..guidance import explain
 
@@ -173,5 +175,10 @@ def error_dict(err: ModelhaulError, context: dict[str, Any] | None = None) -> di
 
 def _guidance_context(context: dict[str, Any] | None) -> dict[str, Any]:
     """The caller's context, with the Hub endpoint in use (HF_ENDPOINT) unless it gave one:
-    advice then names the real endpoint and knows which host is the Hub's."""
-    return {"endpoint": os.environ.get("HF_ENDPOINT") or None, **(context or {})}
+    advice then names the real endpoint and knows which host is the Hub's; steps in the CLI's
+    words."""
+    return {
+        "endpoint": os.environ.get("HF_ENDPOINT") or None,
+        "words": CLI_WORDS,
+        **(context or {}),
+    }

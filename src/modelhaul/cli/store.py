@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..errors import InvalidInput, ModelhaulError, human_bytes, plural
 from ..policy.units import parse_size
 from .options import state_dir
+from .words import cli_error, cli_hint
 
 if TYPE_CHECKING:
     from ..store.inventory import Inventory, StoredModel
@@ -176,8 +177,9 @@ def _confirm(question: str) -> bool:
 def print_refusal(exc: ModelhaulError) -> None:
     """The error in the store's own words: no guidance, which is about web addresses."""
     print(f"modelhaul: error: {exc.message}", file=sys.stderr)
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+    hint = cli_hint(exc)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
 
 
 def _refuse(args: argparse.Namespace, exc: ModelhaulError) -> int:
@@ -185,7 +187,7 @@ def _refuse(args: argparse.Namespace, exc: ModelhaulError) -> int:
     --json, exit status 2."""
     print_refusal(exc)
     if getattr(args, "json", False):
-        print(json.dumps({"event": "result", "status": "failed", "error": exc.to_dict()}))
+        print(json.dumps({"event": "result", "status": "failed", "error": cli_error(exc)}))
     return 2
 
 

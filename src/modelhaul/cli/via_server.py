@@ -18,10 +18,10 @@ from ..client.events import EventFollower
 from ..client.service import DEFAULT_SERVER, FINAL_STATES, RemoteError, ServiceClient
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError
 from ..events import Progress
-from ..policy.paths import safe_relpath
 from .output import make_renderer
 from .remote import add_server_options, call, client_from_args, report_failure
 from .render import JsonRenderer, Renderer, print_error
+from .words import cli_error
 
 if TYPE_CHECKING:
     from ..sources.url import UrlEntry
@@ -65,7 +65,7 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
     except ModelhaulError as exc:
         if getattr(args, "json", False):  # --json promises a result line last, whatever failed
             JsonRenderer(sys.stdout).result(
-                {"event": "result", "status": "failed", "path": None, "error": exc.to_dict()}
+                {"event": "result", "status": "failed", "path": None, "error": cli_error(exc)}
             )
         if isinstance(exc, InvalidInput):
             raise
@@ -84,34 +84,17 @@ async def _local_paths(client: ServiceClient) -> bool:
 def _get_entries(args: argparse.Namespace) -> list[UrlEntry]:
     # Imported here: the steering commands should not pay for aiohttp at start-up.
     from ..policy.urls import check_url
-    from ..sources.url import UrlEntry, parse_input_list
+    from ..sources.url import UrlEntry
+    from .entries import read_input_file
 
     entries = [UrlEntry(url=check_url(u)) for u in args.urls]
     if args.input_file:
-        try:
-            text = Path(args.input_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"cannot read input file {args.input_file}: {exc}") from exc
-        for entry in parse_input_list(text, source=args.input_file):
-            if entry.out is not None:
-                _check_out(entry.out, args.input_file)
-            entries.append(entry)
+        entries.extend(read_input_file(args.input_file))
     if not entries:
         raise InvalidInput("no URL given", hint="Usage: modelhaul get --via-server URL [URL ...]")
     if args.output is not None and len(entries) > 1:
         raise InvalidInput("-o takes one URL; use out= lines in an input file for several")
     return entries
-
-
-def _check_out(out: str, source: str) -> None:
-    """An ``out=`` name stays inside -d, as for ``get`` without ``--via-server``."""
-    try:
-        safe_relpath(out, where=f"{source}: out=")
-    except InvalidInput:
-        raise InvalidInput(
-            f"{source}: out={out!r} is not a relative path inside the output directory",
-            hint="Use a plain name or a relative path without '..' (the directory comes from -d).",
-        ) from None
 
 
 def _get_requests(

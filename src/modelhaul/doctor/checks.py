@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..remedies import LIBRARY_WORDS, Words
 from ..sources.hf import DEFAULT_ENDPOINT
 
 GIB = 1024**3
@@ -67,6 +68,8 @@ class DoctorConfig:
     min_free_bytes: int = GIB
     stale_partial_s: float = 7 * 24 * 3600.0
     clock: Callable[[], float] = time.time
+    # How fixes that name a setting are worded: the CLI passes its flags (cli/words.py).
+    words: Words = field(default_factory=lambda: LIBRARY_WORDS)
 
     def __post_init__(self) -> None:
         if not self.timeout_s > 0:
@@ -83,15 +86,4 @@ def os_error_text(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
-def format_duration(seconds: float) -> str:
-    s = abs(seconds)
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    if s < 2 * 86400:
-        return f"{s / 3600:.1f} h"
-    return f"{s / 86400:.1f} days"
-
-
-__all__ = ["GIB", "Check", "DoctorConfig", "format_duration", "os_error_text"]
+__all__ = ["GIB", "Check", "DoctorConfig", "os_error_text"]

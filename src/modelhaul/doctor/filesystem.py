@@ -12,11 +12,11 @@ from pathlib import Path
 import filelock
 
 from ..disk.partials import is_downloading
-from ..errors import InvalidInput, human_bytes
-from ..guidance import GC_COMMAND
+from ..errors import InvalidInput, human_bytes, human_duration
 from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from ..policy.validate import check_repo_id, parse_repo_folder
-from .checks import GIB, Check, DoctorConfig, format_duration, os_error_text
+from ..remedies import Remedy, say
+from .checks import GIB, Check, DoctorConfig, os_error_text
 
 _TEMP_PREFIX = ".modelhaul-doctor-"
 
@@ -84,7 +84,7 @@ def _free_space(root: Path, need_bytes: int | None, min_free_bytes: int) -> Chec
         "free_space",
         False,
         f"{detail}; {what} {human_bytes(want)}",
-        f"Free at least {human_bytes(short)}: '{GC_COMMAND}' removes partial downloads and "
+        f"Free at least {human_bytes(short)}: 'modelhaul gc' removes partial downloads and "
         "unused revisions; or set HF_HUB_CACHE to a directory on a bigger disk.",
     )
 
@@ -198,16 +198,14 @@ def _partials(config: DoctorConfig, now: float) -> Check:
     shown = ", ".join(str(p) for p, _, _ in found[:5]) + (f" and {n - 5} more" if n > 5 else "")
     detail = (
         f"{n} partial download{'s' if n != 1 else ''}, {human_bytes(total)} on disk, oldest "
-        f"untouched for {format_duration(now - min(m for _, _, m in found))}: {shown}{running}"
+        f"untouched for {human_duration(now - min(m for _, _, m in found))}: {shown}{running}"
     )
     if stale:
-        detail += f"; {len(stale)} untouched for over {format_duration(config.stale_partial_s)}"
+        detail += f"; {len(stale)} untouched for over {human_duration(config.stale_partial_s)}"
     repos = sorted({r for p, _, _ in found if (r := _repo_of(root, p))})
     resume = "".join(f"; modelhaul pull hf://{r}" for r in repos[:3])
-    fix = (
-        f"Run the pull or get that started them again to resume{resume}. '{GC_COMMAND}' removes "
-        "partial downloads in the cache untouched for 7 days (--partial-age 1d for sooner); "
-        f"delete a *{PART_SUFFIX} file and its *{JOURNAL_SUFFIX} to abandon it."
+    fix = say(
+        config.words, Remedy.OLD_PARTIALS, resume=resume, part=PART_SUFFIX, journal=JOURNAL_SUFFIX
     )
     return Check("partials", not stale, detail, fix, items=tuple(str(p) for p, _, _ in found))
 

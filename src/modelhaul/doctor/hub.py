@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import RetryPolicy
-from ..errors import InvalidInput, ModelhaulError, human_bytes, plural, status_info
+from ..errors import HTTPStatusError, InvalidInput, ModelhaulError, human_bytes, plural
 from ..guidance import TOKENS_PAGE, explain
 from ..http.errors import map_error
 from ..http.probe import ProbeAnswer, ProbeFailure, ProbeSession
@@ -128,8 +128,8 @@ async def _check_url_source(config: DoctorConfig, url: str, probe: ProbeSession)
         return _source_fail(url, answer.error, config, None)
     status, headers = answer.status, answer.headers
     if status >= 400:
-        category, _, hint = status_info(status)
-        return Check("source", False, f"{url}: {category}: HTTP {status}", hint)
+        err = HTTPStatusError(status, url)
+        return Check("source", False, f"{url}: {err.category}: HTTP {status}", _fix(err, config))
     size = headers.get("Content-Range", "").rpartition("/")[2]
     size_text = f", {human_bytes(int(size))}" if size.isdigit() else ""
     ranges = "ranges supported" if status == 206 else "no ranges: a download cannot resume"
@@ -137,9 +137,17 @@ async def _check_url_source(config: DoctorConfig, url: str, probe: ProbeSession)
 
 
 def _source_fail(what: str, err: ModelhaulError, config: DoctorConfig, model: str | None) -> Check:
-    guidance = explain(err, endpoint=config.endpoint, model=model)
-    fix = err.hint or (guidance.steps[0] if guidance.steps else "")
-    return Check("source", False, f"{what}: {err.category}: {err.message}", fix)
+    return Check(
+        "source", False, f"{what}: {err.category}: {err.message}", _fix(err, config, model)
+    )
+
+
+def _fix(err: ModelhaulError, config: DoctorConfig, model: str | None = None) -> str:
+    """The error's hint in the words of the doctor's reader, else the first step of guidance."""
+    if err.hint:
+        return err.hint_in(config.words)
+    guidance = explain(err, endpoint=config.endpoint, model=model, words=config.words)
+    return guidance.steps[0] if guidance.steps else ""
 
 
 def _whoami_name(body: bytes) -> str | None:

@@ -18,10 +18,10 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import proxy_bypass_environment
 
-from ..errors import InvalidInput
+from ..errors import InvalidInput, human_duration
 from ..http.probe import ProbeFailure, ProbeSession
 from ..policy.urls import check_url
-from .checks import Check, DoctorConfig, format_duration, os_error_text
+from .checks import Check, DoctorConfig, os_error_text
 
 
 def proxy_for(url: str, proxies: Mapping[str, str]) -> str | None:
@@ -188,7 +188,7 @@ def check_clock(server_time: float | None, local_time: float | None, tolerance_s
     ahead = "ahead of" if skew > 0 else "behind"
     if abs(skew) <= 2:
         return Check("clock", True, "in step with the server (within 2 s)")
-    text = f"{format_duration(abs(skew))} {ahead} the server"
+    text = f"{human_duration(abs(skew))} {ahead} the server"
     if abs(skew) <= tolerance_s:
         return Check("clock", True, text)
     return Check(

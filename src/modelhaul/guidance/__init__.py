@@ -10,7 +10,8 @@ A ``RetriesExhausted`` is explained by the error that ended it.
 
 The package: this module dispatches by category; ``answers`` explains a server's answers,
 ``connection`` failed connections, ``local`` the disk, integrity and the user's input;
-``context`` holds what is known besides the error.
+``context`` holds what is known besides the error. A step that names a setting is a
+:class:`~modelhaul.remedies.Remedy`, worded by the face that shows it (``words``).
 
     >>> g = explain(HTTPStatusError(429, "https://huggingface.co/api/models/x", retry_after_s=30))
     >>> g.steps[0]
@@ -23,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Category, ModelhaulError, RedirectRefused, RetriesExhausted, TransferError
+from ..remedies import LIBRARY_WORDS, Words
 from . import answers, connection, local
 from .context import (
     DEFAULT_ENDPOINT,
     DOCTOR_COMMAND,
-    GC_COMMAND,
     TOKENS_PAGE,
     Context,
     Explainer,
@@ -37,7 +38,6 @@ from .context import (
 __all__ = [
     "DEFAULT_ENDPOINT",
     "DOCTOR_COMMAND",
-    "GC_COMMAND",
     "TOKENS_PAGE",
     "Guidance",
     "explain",
@@ -86,6 +86,7 @@ def explain(
     model: str | None = None,
     cache_root: str | None = None,
     store_bytes: int | None = None,
+    words: Words = LIBRARY_WORDS,
 ) -> Guidance:
     """Guidance for an error that ended a download.
 
@@ -95,8 +96,10 @@ def explain(
         model: ``ORG/NAME`` (``hf://`` and ``@REVISION`` are dropped) for model pages and
             ``modelhaul verify``.
         cache_root: the cache directory, for disk and permission advice.
-        store_bytes: the cache's current size, if known, to give the exact ``gc --max-size``
+        store_bytes: the cache's current size, if known, to give the exact size to ``gc``
             that frees enough when the disk is full.
+        words: how the face that shows the steps words each Remedy (default: the library's;
+            the CLI passes its flags, ``cli/words.py``).
     """
     cause = err
     while isinstance(cause, RetriesExhausted):
@@ -106,6 +109,7 @@ def explain(
         model=model_id(model),
         cache_root=cache_root,
         store_bytes=store_bytes,
+        words=words,
     )
     if cause.category in _WIRE_CATEGORIES and not isinstance(
         cause, TransferError | RedirectRefused

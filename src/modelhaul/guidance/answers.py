@@ -3,13 +3,13 @@ files, rate limits, server and client errors."""
 
 from __future__ import annotations
 
-from ..errors import ModelhaulError, RedirectReason, RedirectRefused
+from ..errors import ModelhaulError, RedirectReason, RedirectRefused, human_duration
+from ..remedies import Remedy
 from .context import (
     DEFAULT_ENDPOINT,
     DOCTOR_COMMAND,
     SET_TOKEN,
     Context,
-    duration_text,
     error_code,
     host_of,
     is_hub,
@@ -25,7 +25,7 @@ def auth(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     if code == "RepoNotFound":
         return _repo_not_found(err, ctx)
     if not is_hub(err, ctx):
-        return _auth_elsewhere(err, status)
+        return _auth_elsewhere(err, ctx, status)
     set_token = SET_TOKEN
     if status == 403:
         return (
@@ -89,7 +89,7 @@ def _repo_not_found(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     return why, steps
 
 
-def _auth_elsewhere(err: ModelhaulError, status: int | None) -> tuple[str, list[str]]:
+def _auth_elsewhere(err: ModelhaulError, ctx: Context, status: int | None) -> tuple[str, list[str]]:
     host = host_of(err)
     if status == 403:
         return (
@@ -98,15 +98,12 @@ def _auth_elsewhere(err: ModelhaulError, status: int | None) -> tuple[str, list[
             [
                 "If the URL came from another tool with a signature in it, get a fresh one: "
                 "such links expire.",
-                f"Check the credentials passed with -H 'Authorization: ...' are valid for {host}.",
+                ctx.say(Remedy.HEADER_RIGHTS, host=host),
             ],
         )
     return (
         f"{host} wants credentials that were not sent or were not accepted.",
-        [
-            "Pass them with -H 'Authorization: Bearer TOKEN' (headers go to that host only, "
-            "never to a redirect target).",
-        ],
+        [ctx.say(Remedy.HEADER_SEND)],
     )
 
 
@@ -128,8 +125,7 @@ def not_found(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
             "the repository and revision exist but hold no file at that path.",
             [
                 f"Check the file name and folder on {page}/tree/main (names are case-sensitive).",
-                "Check --include/--exclude patterns and the revision: files move between "
-                "revisions.",
+                ctx.say(Remedy.CHECK_PATTERNS),
             ],
         )
     if is_hub(err, ctx):
@@ -150,15 +146,12 @@ def rate_limited(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     wait_s = getattr(err, "retry_after_s", None)
     if wait_s is not None and wait_s > 0:
         wait = (
-            f"Wait {duration_text(wait_s)} (the server asked for that in Retry-After), then run "
-            "the same command again."
+            f"Wait {human_duration(wait_s, least_s=1)} (the server asked for that in "
+            "Retry-After), then run the same command again."
         )
     else:
         wait = "Wait a minute, then run the same command again: finished files are kept."
-    steps = [
-        wait,
-        "Use fewer connections: -x 4 (connections per file) and -j 2 (files at a time).",
-    ]
+    steps = [wait, ctx.say(Remedy.LOWER_RATE)]
     why = f"{host_of(err)} limits how many requests a client may send in a time window."
     if is_hub(err, ctx):
         why = (
@@ -179,7 +172,7 @@ def server_error(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
         steps.append("Check https://status.huggingface.co for an ongoing incident.")
     else:
         steps.append(f"Try a mirror, or check the status of {host_of(err)}.")
-    steps.append("If it persists, lower the load you put on it: -x 4 -j 2.")
+    steps.append(ctx.say(Remedy.LOWER_LOAD))
     return f"{host_of(err)} answered {what}: a problem on the server's side, usually brief.", steps
 
 
@@ -199,17 +192,14 @@ def client_error(err: ModelhaulError, ctx: Context) -> tuple[str | None, list[st
             "Check the URL: the server sends modelhaul somewhere it will not follow.",
         ]
         if err.reason is RedirectReason.DOWNGRADE:
-            steps.append(
-                "If you trust the server, allow the https -> http redirect with "
-                "--allow-insecure-redirects."
-            )
+            steps.append(ctx.say(Remedy.ALLOW_DOWNGRADE_STEP))
         return "the server redirected to a loop, a non-HTTP address or from https to http.", steps
     if status is not None:
         return (
             f"{host_of(err)} refused the request (HTTP {status}); the URL or a header is wrong "
             "for it.",
             [
-                "Check the URL and any -H headers.",
+                ctx.say(Remedy.CHECK_HEADERS),
                 "Check that an HTTPS_PROXY in use passes the request through unchanged.",
             ],
         )

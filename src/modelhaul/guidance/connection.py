@@ -10,6 +10,7 @@ from ..errors import (
     StallTimeout,
     TruncatedBody,
 )
+from ..remedies import Remedy
 from .context import DOCTOR_COMMAND, Context, host_of, is_hub, url_of
 
 
@@ -29,7 +30,7 @@ def network(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
             "the connection dropped in the middle of a file; modelhaul keeps what arrived.",
             [
                 "Run the same command again: it resumes from the partial file.",
-                "On an unstable link use fewer connections (-x 4).",
+                ctx.say(Remedy.UNSTABLE_LINK),
             ],
         )
     if kind is NetworkKind.DNS:
@@ -120,8 +121,7 @@ def timeout(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
         + (" for longer than the stall timeout." if stalled else "."),
         [
             "Run the same command again: it resumes from the partial file.",
-            "On a slow or congested link raise --timeout (seconds) and use fewer connections "
-            "(-x 4).",
+            ctx.say(Remedy.SLOW_LINK),
             "If a proxy is in use (HTTPS_PROXY), check that it does not hold back large responses.",
         ],
     )

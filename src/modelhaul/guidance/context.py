@@ -9,10 +9,9 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from ..errors import HTTPStatusError, ModelhaulError, TransferError
+from ..remedies import Remedy, Words, say
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-# The command that frees space in the cache; one place to change if its flags change.
-GC_COMMAND = "modelhaul gc"
 DOCTOR_COMMAND = "modelhaul doctor"
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 SET_TOKEN = (
@@ -23,15 +22,21 @@ SET_TOKEN = (
 
 @dataclass(frozen=True, slots=True)
 class Context:
-    """What the caller of ``explain`` knows: the endpoint, the model, the cache."""
+    """What the caller of ``explain`` knows: the endpoint, the model, the cache, and the words
+    of the face that shows the steps (a step that names a setting is a Remedy it words)."""
 
     endpoint: str
     model: str | None
     cache_root: str | None
     store_bytes: int | None
+    words: Words
 
     # Tokens come from huggingface.co even when HF_ENDPOINT names a mirror, which forwards them.
     tokens_page: str = TOKENS_PAGE
+
+    def say(self, remedy: Remedy, /, **fields: object) -> str:
+        """The step ``remedy`` in the face's words."""
+        return say(self.words, remedy, **fields)
 
 
 # (why, steps) for one category; why None: nothing to add to the error's own hint.
@@ -96,12 +101,3 @@ def page_of(err: ModelhaulError, ctx: Context) -> str:
         if path.strip("/"):
             return base + path.rstrip("/")
     return f"{ctx.endpoint}/ORG/NAME"
-
-
-def duration_text(seconds: float) -> str:
-    s = round(seconds)
-    if s < 120:
-        return f"{max(s, 1)} s"
-    if s < 7200:
-        return f"{round(s / 60)} min"
-    return f"{s / 3600:.1f} h"

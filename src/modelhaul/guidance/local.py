@@ -4,20 +4,15 @@ permissions, invalid input, a cancel."""
 from __future__ import annotations
 
 from ..errors import DiskFull, IntegrityError, ModelhaulError, human_bytes
-from .context import DOCTOR_COMMAND, GC_COMMAND, Context
+from ..remedies import Remedy
+from .context import DOCTOR_COMMAND, Context
 
 
 def integrity(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     if ctx.model:
-        repair = (
-            f"Run 'modelhaul verify {ctx.model} --repair': it refetches only the chunks that "
-            "are bad."
-        )
+        repair = ctx.say(Remedy.REPAIR_MODEL, model=ctx.model)
     else:
-        repair = (
-            "Run the same command again: the bad data was discarded and is fetched anew "
-            "('modelhaul verify ORG/NAME --repair' for a model in the cache)."
-        )
+        repair = ctx.say(Remedy.REPAIR_AGAIN)
     why = (
         "the bytes on disk do not match the published checksum or size: corrupted in transit, "
         "changed on the server, or damaged on disk."
@@ -47,31 +42,30 @@ def disk_full(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     else:
         why = f"the disk filled up while writing{place}; the partial data was kept."
     steps = [
-        _gc_step(short, ctx.store_bytes),
-        "Or put the cache on a bigger disk: set HF_HUB_CACHE=/path/on/bigger/disk (for "
-        "'get', -d DIR).",
+        _gc_step(short, ctx),
+        ctx.say(Remedy.BIGGER_DISK),
         "Then run the same command again: finished files are kept.",
     ]
     if ctx.model:
-        steps.insert(1, "Fetch only what you need: --include '*.safetensors' --include '*.json'.")
+        steps.insert(1, ctx.say(Remedy.FETCH_LESS))
     return why, steps
 
 
-def _gc_step(short: int | None, store_bytes: int | None) -> str:
-    """The gc command that frees ``short`` bytes, as exact as what is known allows."""
+def _gc_step(short: int | None, ctx: Context) -> str:
+    """The gc that frees ``short`` bytes, as exact as what is known allows."""
     amount = f"at least {human_bytes(short)}" if short else "space"
     partials = "and removes partial downloads untouched for 7 days"
+    store_bytes = ctx.store_bytes
     if short and store_bytes is not None and store_bytes > short:
-        cap = _size_arg(store_bytes - short)
-        return (
-            f"Free {amount}: '{GC_COMMAND} --max-size {cap}' evicts least recently used unpinned "
-            f"models until the cache fits {cap} {partials} (add --dry-run to see what first)."
+        cap_bytes = _size_floor(store_bytes - short)
+        return ctx.say(
+            Remedy.GC_TO,
+            amount=amount,
+            cap=_size_text(cap_bytes),
+            cap_bytes=cap_bytes,
+            partials=partials,
         )
-    return (
-        f"Free {amount}: 'modelhaul ls' shows the cache's size; '{GC_COMMAND} --max-size SIZE' "
-        f"with SIZE that much smaller evicts least recently used unpinned models {partials} "
-        "(add --dry-run to see what first)."
-    )
+    return ctx.say(Remedy.GC_ANY, amount=amount, partials=partials)
 
 
 def permission(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
@@ -81,15 +75,16 @@ def permission(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
         "filesystem, or a path through a file or symbolic link.",
         [
             f"Check the owner and mode of {root} (ls -ld); fix them with chown/chmod.",
-            "Or point HF_HUB_CACHE (or HF_HOME) at a writable directory; for 'get', use -d DIR.",
+            ctx.say(Remedy.WRITABLE_CACHE),
             f"'{DOCTOR_COMMAND}' checks that the cache directory is writable.",
         ],
     )
 
 
 def invalid_input(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
-    steps = [err.hint] if err.hint else []
-    steps.append("Run the command with --help for its syntax.")
+    hint = err.hint_in(ctx.words)
+    steps = [hint] if hint else []
+    steps.append(ctx.say(Remedy.SYNTAX))
     return "the command line or an input file is not in the expected form.", steps
 
 
@@ -100,8 +95,16 @@ def cancelled(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
     )
 
 
-def _size_arg(n: int) -> str:
-    """Bytes as a --max-size argument, rounded down so that it frees at least enough."""
+def _size_floor(n: int) -> int:
+    """``n`` bytes rounded down to a tenth of a GiB (from 1 GiB up) or a whole MiB, so that a
+    cache cut to it frees at least enough and the size reads short."""
     if n >= 1024**3:
-        return f"{int(n / 1024**3 * 10) / 10:g}G"
-    return f"{max(n // 1024**2, 0)}M"
+        return int(n / 1024**3 * 10) * 1024**3 // 10
+    return max(n // 1024**2, 0) * 1024**2
+
+
+def _size_text(n: int) -> str:
+    """A size from ``_size_floor`` as a size argument: '8G', '1.5G', '300M'."""
+    if n >= 1024**3:
+        return f"{n / 1024**3:g}G"
+    return f"{n // 1024**2}M"

@@ -17,7 +17,7 @@ from typing import Self
 
 import aiohttp
 
-from ..config import DownloadConfig
+from ..config import DownloadConfig, default_netrc_path
 from . import aiohttp_internals as internals
 from .redirects import follow_redirects
 from .response import Response
@@ -39,6 +39,7 @@ class Transport:
         max_redirects: int = 10,
         allow_https_downgrade: bool = False,
         user_agent: str = "modelhaul",
+        netrc_path: str | os.PathLike[str] | None = None,  # None: config.default_netrc_path()
     ) -> None:
         self._connect_timeout_s = connect_timeout_s
         self._stall_timeout_s = stall_timeout_s
@@ -53,6 +54,7 @@ class Transport:
         self._session: aiohttp.ClientSession | None = None
         self._netrc_on = False
         self._netrc: netrc.netrc | bool | None = None  # None: not read yet; False: none
+        self._netrc_path = default_netrc_path() if netrc_path is None else netrc_path
 
     @classmethod
     def for_config(cls, cfg: DownloadConfig, *, limit: int = 0, limit_per_host: int = 0) -> Self:
@@ -145,7 +147,7 @@ class Transport:
     async def _netrc_login(self, host: str) -> str | None:
         """The Basic Authorization value ~/.netrc (or $NETRC) gives ``host``, if any."""
         if self._netrc is None:
-            self._netrc = await asyncio.to_thread(_load_netrc)
+            self._netrc = await asyncio.to_thread(_load_netrc, self._netrc_path)
         if self._netrc is False:
             return None
         entry = self._netrc.authenticators(host)
@@ -155,10 +157,9 @@ class Transport:
         return aiohttp.BasicAuth(login or account or "", password or "").encode()
 
 
-def _load_netrc() -> netrc.netrc | bool:
-    """The user's netrc file, or False when there is none (or it does not parse), as curl
+def _load_netrc(path: str | os.PathLike[str]) -> netrc.netrc | bool:
+    """The netrc file at ``path``, or False when there is none (or it does not parse), as curl
     --netrc-optional and requests treat it."""
-    path = os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
     try:
         return netrc.netrc(path)
     except (OSError, netrc.NetrcParseError):

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
 from ..errors import InvalidInput, RedirectRefused
+from ..remedies import Remedy
 
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -133,7 +134,7 @@ def next_hop(
         raise RedirectRefused(
             f"refusing an https -> http downgrade redirect to {host_of(target)}",
             reason="downgrade",
-            hint="Pass --allow-insecure-redirects if you trust this server.",
+            remedy=Remedy.ALLOW_DOWNGRADE,
         )
     if target in seen:
         raise RedirectRefused(f"redirect loop at {target[:200]}", reason="loop")

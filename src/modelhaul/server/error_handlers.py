@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import Category, ModelhaulError
+from .words import SERVICE_WORDS
 
 _HTTP_HINT = "The API's routes are listed in /openapi.json."
 _STATUS_BY_CATEGORY = {
@@ -32,7 +33,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ModelhaulError)
     async def modelhaul_error(request: Request, exc: ModelhaulError) -> Response:
         status = _STATUS_BY_CATEGORY.get(exc.category, 500)
-        return json_response({"error": exc.to_dict()}, status)
+        return json_response({"error": exc.to_dict(SERVICE_WORDS)}, status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

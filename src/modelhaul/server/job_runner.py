@@ -28,6 +28,7 @@ from .jobs import Job, cancelled_error, check_priority, same_target
 from .persist import JobRow
 from .resolve import check_manifest_path, is_manifest_path, parse_inline_manifest, resolve_spec
 from .security import resolve_folder, resolve_local_path, resolve_output
+from .words import SERVICE_WORDS
 
 if TYPE_CHECKING:
     from ..manager.downloads import DownloadManager
@@ -210,7 +211,7 @@ class JobRunner:
             elif not job.paused:
                 self._start_model(job)
         except ModelhaulError as exc:
-            self._finish(job, "failed", error=exc.to_dict())
+            self._finish(job, "failed", error=exc.to_dict(SERVICE_WORDS))
 
     # ------------------------------------------------------------------ running
 
@@ -273,7 +274,7 @@ class JobRunner:
                 self._finish(job, "cancelled", error=cancelled_error(job))
             else:
                 outcome = "cancelled" if exc.category is Category.CANCELLED else "failed"
-                self._finish(job, outcome, error=exc.to_dict())
+                self._finish(job, outcome, error=exc.to_dict(SERVICE_WORDS))
         except asyncio.CancelledError:
             if job.cancel_requested:
                 self._finish(job, "cancelled", error=cancelled_error(job))
@@ -281,7 +282,7 @@ class JobRunner:
         except Exception as exc:  # a bug must not leave the download "running" forever
             log.exception("model pull %s failed", job.id)
             error = ModelhaulError(f"internal error: {type(exc).__name__}: {exc}")
-            self._finish(job, "failed", error=error.to_dict())
+            self._finish(job, "failed", error=error.to_dict(SERVICE_WORDS))
         else:
             self._finish(job, "completed", result=result.to_dict())
         finally:

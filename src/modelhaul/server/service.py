@@ -30,6 +30,7 @@ from ..events import State, TaskEvent
 from ..manager.downloads import DownloadManager
 from ..manager.tasks import TaskInfo
 from ..policy.paths import plan_paths
+from ..remedies import Remedy
 from ..store.inventory import Inventory
 from ..store.pull import ModelPuller
 from ..store.statedb import StateDB
@@ -93,7 +94,7 @@ class Service(JobRunner, EventFanout):
         except OSError as exc:
             raise PermissionDenied(
                 f"cannot use the download directory {cfg.download_dir}: {exc.strerror or exc}",
-                hint="Pass --download-dir (or MODELHAUL_DOWNLOAD_DIR) naming a writable folder.",
+                remedy=Remedy.DOWNLOAD_DIR,
             ) from exc
         self.download_dir = cfg.download_dir.resolve()
         self._claim_state_dir()
@@ -331,20 +332,11 @@ class Service(JobRunner, EventFanout):
         """Scan the store; tell subscribers if anything changed."""
         return await self._store.refresh()
 
-    async def set_pinned(self, name: str, pinned: bool, repo_type: str = "model") -> dict[str, Any]:
-        return await self._store.set_pinned(name, pinned, repo_type)
-
-    async def remove_model(
-        self,
-        name: str,
-        *,
-        revision: str | None = None,
-        repo_type: str = "model",
-        force: bool = False,
-    ) -> dict[str, Any]:
-        return await self._store.remove_model(
-            name, revision=revision, repo_type=repo_type, force=force
-        )
+    @property
+    def store(self) -> StoreOperations:
+        """The store's operations (pin, unpin, remove), for the store routes; ``gc`` stays
+        here, since it must keep what the queue is pulling."""
+        return self._store
 
     async def gc(
         self, max_size: int | None, *, dry_run: bool = False, partial_age_s: float = 7 * 86400

@@ -68,7 +68,9 @@ def manifest_from_data(data: Any, *, source: str = "manifest") -> ModelSpec:
     try:
         check_repo_id(name)
     except InvalidInput as exc:
-        raise InvalidInput(f"{source}: name: {exc.message}", hint=exc.hint) from None
+        raise InvalidInput(
+            f"{source}: name: {exc.message}", hint=exc.hint, remedy=exc.remedy
+        ) from None
     revision = data.get("revision")
     if revision is not None:
         if not isinstance(revision, str):

@@ -60,7 +60,9 @@ def parse_input_list(text: str, *, source: str = "input file") -> list[UrlEntry]
             try:
                 check_url(u.strip())
             except InvalidInput as exc:
-                raise InvalidInput(f"{where}: {exc.message}", hint=exc.hint) from None
+                raise InvalidInput(
+                    f"{where}: {exc.message}", hint=exc.hint, remedy=exc.remedy
+                ) from None
         current = {"url": urls[0].strip(), "mirrors": tuple(u.strip() for u in urls[1:])}
     flush()
     return entries
@@ -70,6 +72,6 @@ def _sha(value: str, where: str) -> str:
     try:
         digest = check_sha256(value)
     except InvalidInput as exc:
-        raise InvalidInput(f"{where}: {exc.message}", hint=exc.hint) from None
+        raise InvalidInput(f"{where}: {exc.message}", hint=exc.hint, remedy=exc.remedy) from None
     assert digest is not None
     return digest

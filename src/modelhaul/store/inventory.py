@@ -18,6 +18,7 @@ from ..disk.partials import is_downloading
 from ..errors import Category, InvalidInput, ModelhaulError, human_bytes
 from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from ..policy.validate import check_repo_id, parse_repo_folder, split_model_ref
+from ..remedies import Remedy
 from .health import judge_by_partials, judge_model, partial_files
 from .repo import NotInStore, RepoStore
 from .statedb import StateDB
@@ -25,7 +26,7 @@ from .statedb import StateDB
 
 class Busy(ModelhaulError):
     category = Category.CLIENT_ERROR
-    default_hint = "Wait for the download to finish, or pass --force."
+    default_remedy = Remedy.FORCE
 
 
 class Pinned(ModelhaulError):

@@ -10,13 +10,17 @@ from fastapi import APIRouter, Response
 from fastapi.types import DecoratedCallable
 
 from ..schemas import ERROR_RESPONSES, AddDownload, Download, DownloadId, DownloadList, SetPriority
-from .deps import ServiceDep, TrustedDep
+from .deps import ServiceDep, TrustedDep, queue_route, queued
 
 router = APIRouter()
 
 
 def _steer(action: str) -> Callable[[DecoratedCallable], DecoratedCallable]:
-    """The route of one steering action on a download, answered with the download's view."""
+    """The route of one steering action on a download, answered with the download's view.
+
+    The actions below repeat one shape on purpose: each is its own route function, whose name
+    and docstring are its operation and description in /openapi.json.
+    """
     return router.post(
         f"/api/downloads/{{download_id}}/{action}",
         response_model=Download,
@@ -30,18 +34,12 @@ async def list_downloads(service: ServiceDep) -> dict[str, Any]:
     return {"downloads": service.downloads()}
 
 
-@router.post(
-    "/api/downloads",
-    response_model=Download,
-    status_code=201,
-    responses=ERROR_RESPONSES,
-    tags=["downloads"],
-)
+@queue_route(router, "/api/downloads")
 async def add_download(
     body: AddDownload, response: Response, service: ServiceDep, local: TrustedDep
 ) -> dict[str, Any]:
     """Queue a URL; the same URL and place still queued returns that download (200)."""
-    view, created = service.add_url(
+    added = service.add_url(
         body.url,
         out=body.out,
         folder=body.dir,
@@ -50,8 +48,7 @@ async def add_download(
         paused=body.paused,
         local=local,
     )
-    response.status_code = 201 if created else 200
-    return view
+    return queued(response, added)
 
 
 @router.get(

@@ -6,24 +6,18 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from ..schemas import ERROR_RESPONSES, Download, PullModel
-from .deps import ServiceDep, TrustedDep
+from ..schemas import PullModel
+from .deps import ServiceDep, TrustedDep, queue_route, queued
 
 router = APIRouter()
 
 
-@router.post(
-    "/api/pulls",
-    response_model=Download,
-    status_code=201,
-    responses=ERROR_RESPONSES,
-    tags=["downloads"],
-)
+@queue_route(router, "/api/pulls")
 async def pull_model(
     body: PullModel, response: Response, service: ServiceDep, local: TrustedDep
 ) -> dict[str, Any]:
     """Queue a model pull into the store (only missing or bad files are fetched)."""
-    view, created = service.add_model(
+    added = service.add_model(
         source=body.source,
         manifest=body.manifest,
         include=body.include,
@@ -32,5 +26,4 @@ async def pull_model(
         paused=body.paused,
         local=local,
     )
-    response.status_code = 201 if created else 200
-    return view
+    return queued(response, added)

@@ -22,18 +22,18 @@ async def list_models(service: ServiceDep) -> dict[str, Any]:
 @router.post("/api/models/pin", responses=ERROR_RESPONSES, tags=["store"])
 async def pin(body: ModelRef, service: ServiceDep) -> dict[str, Any]:
     """Never evict this model in gc."""
-    return await service.set_pinned(body.name, True, body.repo_type)
+    return await service.store.set_pinned(body.name, True, body.repo_type)
 
 
 @router.post("/api/models/unpin", responses=ERROR_RESPONSES, tags=["store"])
 async def unpin(body: ModelRef, service: ServiceDep) -> dict[str, Any]:
-    return await service.set_pinned(body.name, False, body.repo_type)
+    return await service.store.set_pinned(body.name, False, body.repo_type)
 
 
 @router.post("/api/models/remove", responses=ERROR_RESPONSES, tags=["store"])
 async def remove_model(body: RemoveModel, service: ServiceDep) -> dict[str, Any]:
     """Remove a model, or one revision, with the blobs nothing else uses."""
-    return await service.remove_model(
+    return await service.store.remove_model(
         body.name, revision=body.revision, repo_type=body.repo_type, force=body.force
     )
 
