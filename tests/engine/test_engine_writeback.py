@@ -31,6 +31,7 @@ async def test_a_large_file_is_mostly_written_back_before_its_last_byte(
 
     def on_phase(phase: Phase, _size: int | None) -> None:
         if phase is Phase.VERIFYING:  # every byte is in; hashing and the fsync follow
+            assert not dest.exists()  # said before the tail, not after it
             part = next(tmp_path.glob("big.bin*part"))
             fd = os.open(part, os.O_RDONLY)
             try:

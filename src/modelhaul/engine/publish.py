@@ -1,8 +1,10 @@
 """The end of an attempt: verify the bytes, publish the file, or leave a resumable partial.
 
 Write into a partial file beside the destination, verify, fsync, then ``os.replace`` into
-place; only then remove the journal. An attempt that ends otherwise keeps its partial file and
-journal when a resume can use them, and removes them when not.
+place; only then remove the journal. A large file's ranges are handed to the disk as they
+become final (disk.writeback, started here, advanced at each journal save), so the fsync after
+the last byte waits for the last few MiB only. An attempt that ends otherwise keeps its partial
+file and journal when a resume can use them, and removes them when not.
 """
 
 from __future__ import annotations
