@@ -1,13 +1,16 @@
-"""File operations of a download: positional writes, preallocation, the durable commit, and
-the translation of OS errors into the library's errors (the one place that maps errno)."""
+"""File operations of a download: positional writes, preallocation, early writeback, the durable
+commit, and the translation of OS errors into the library's errors (the one place that maps
+errno)."""
 
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import DiskFull, InvalidInput, ModelhaulError, PermissionDenied
@@ -64,6 +67,41 @@ def preallocate(fd: int, size: int) -> None:
     os.posix_fallocate(fd, 0, first)
     if size > first and time.perf_counter() - started < _PREALLOC_CHEAP_S:
         os.posix_fallocate(fd, first, size - first)
+
+
+# <linux/fs.h>: start writing the range's dirty pages, without waiting for any of it.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range(2), resolved on first use (ctypes is not imported until then);
+    None where the system has none (not Linux, or a libc without it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+def start_writeback(fd: int, offset: int, nbytes: int) -> bool:
+    """Ask the kernel to start writing ``[offset, offset + nbytes)`` of ``fd`` to its disk, and
+    return without waiting for it (it may block briefly while the device's queue is full).
+
+    Pages stay cached, so a reader of the range (the hasher) still finds them in memory; only
+    the final fsync is spared the work. A no-op returning False where the system cannot do
+    it (no sync_file_range, or a filesystem that refuses it): the fsync then does it all.
+    """
+    fn = _sync_file_range()
+    if fn is None:
+        return False
+    return nbytes <= 0 or fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0
 
 
 def commit_file(fd: int, part: Path, dest: Path) -> None:
@@ -130,4 +168,5 @@ __all__ = [
     "preallocate",
     "pwritev_all",
     "pwritev_locked",
+    "start_writeback",
 ]

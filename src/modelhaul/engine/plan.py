@@ -120,6 +120,8 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
 
 def save_journal(t: Transfer) -> None:
     """Record what the partial file holds (small files are not journaled: they restart)."""
+    if t.writeback is not None:  # the ranges recorded final: start writing them to disk
+        t.writeback.advance(t.state.done)
     if t.size is not None and t.size < _JOURNAL_MIN_BYTES:
         # Refetching a small file costs less than journaling it; it restarts instead.
         t.journal_dirty = False

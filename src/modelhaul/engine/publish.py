@@ -1,8 +1,10 @@
 """The end of an attempt: verify the bytes, publish the file, or leave a resumable partial.
 
 Write into a partial file beside the destination, verify, fsync, then ``os.replace`` into
-place; only then remove the journal. An attempt that ends otherwise keeps its partial file and
-journal when a resume can use them, and removes them when not.
+place; only then remove the journal. A large file's ranges are handed to the disk as they
+become final (disk.writeback, started here, advanced at each journal save), so the fsync after
+the last byte waits for the last few MiB only. An attempt that ends otherwise keeps its partial
+file and journal when a resume can use them, and removes them when not.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from concurrent.futures import wait as wait_futures
 
 from ..disk.files import commit_file, os_error
 from ..disk.hashing import PrefixHasher
+from ..disk.writeback import EVERY_BYTES, Writeback
 from ..errors import IntegrityError, ModelhaulError
 from ..events import Phase, Result
 from .plan import drop_journal, prepare_file, save_journal
@@ -43,6 +46,10 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
         # or the server goes on sending into it for as long as the error lives.
         close_probe(first)
         raise
+    if t.size is not None and t.size > EVERY_BYTES:
+        # Large files are written back as their ranges become final: the fsync before the
+        # rename then waits for little more than the last few MiB.
+        t.writeback = Writeback(t.fd, t.size)
     if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
         t.inline_hash = hashlib.sha256()
 
@@ -78,6 +85,7 @@ async def verify(t: Transfer) -> tuple[int, str]:
 
 async def publish(t: Transfer) -> None:
     """fsync the verified partial file, rename it into place, then drop its journal."""
+    await _stop_writeback(t)  # what it had not started yet, the fsync writes
     # fsync, rename and the directory fsync block for milliseconds: off the loop, so many
     # small files publish in parallel and no other transfer stalls meanwhile.
     job = WRITE_POOL.submit(commit_file, t.fd, t.facts.part, t.dest)
@@ -112,6 +120,7 @@ async def end_attempt(t: Transfer) -> None:
     if t.hasher is not None:
         await t.hasher.aclose()
         t.hasher = None
+    await _stop_writeback(t)
     if t.fd < 0:
         return
     if t.facts.part.exists() and t.size is not None and t.state.done:
@@ -132,6 +141,13 @@ async def end_attempt(t: Transfer) -> None:
         # The last word on what this attempt received and whether it can resume,
         # for those who account across attempts (the manager, a pause, Ctrl-C).
         emit_progress(t, force=True)
+
+
+async def _stop_writeback(t: Transfer) -> None:
+    """Stop writing back early; its thread is done with the descriptor when this returns."""
+    if t.writeback is not None:
+        await t.writeback.aclose()
+        t.writeback = None
 
 
 __all__ = ["end_attempt", "publish", "result_of", "start_writing", "verify"]

@@ -21,6 +21,7 @@ from typing import Any
 from ..config import RetryPolicy
 from ..disk.hashing import PrefixHasher
 from ..disk.journal import Journal, JournalState
+from ..disk.writeback import Writeback
 from ..errors import ModelhaulError
 from ..events import PhaseCallback, Progress
 from ..policy.ratelimit import TokenBucket
@@ -70,6 +71,7 @@ class Transfer:
     single: bool = False  # one connection, no ranges (origin ignores Range or size unknown)
     sched: SegmentScheduler | None = None
     hasher: PrefixHasher | None = None
+    writeback: Writeback | None = None  # large files: final ranges written back early
     received: int = 0  # bytes received in this process (for speed and the result)
     attempts: int = 0
     resumed_from: int = 0
