@@ -59,6 +59,8 @@ def test_the_refused_token_gets_no_file_the_good_one_cached(
     carried = [r.authorization for r in resolves]
     assert f"Bearer {GOOD}" in carried and "Bearer hf_someone_else" in carried
     assert None in carried, "the anonymous caller was sent anonymously"
+    cdn = [r for r in hub.requests if r.site == "cdn"]
+    assert cdn and all(r.authorization is None for r in cdn), "no token to another host"
 
 
 def test_with_the_upstream_down_only_a_recently_accepted_caller_is_served(
