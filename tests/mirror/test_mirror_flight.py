@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -41,10 +42,18 @@ MODEL = {
 
 
 @pytest.fixture
-def mirror(hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerThread]:
+def mirror(
+    hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Iterator[ServerThread]:
+    """The service in front of the fake Hub; ``request.param``, if any: min_steal_bytes."""
     registry = tmp_path / "agent_harnesses.json"
     registry.write_text(json.dumps({"standardEnvVars": [], "harnesses": {}}))
-    with ServerThread(service_config(tmp_path, hf_endpoint=hub.endpoint)) as server:
+    config = service_config(tmp_path, hf_endpoint=hub.endpoint)
+    steal = getattr(request, "param", None)
+    if steal is not None:
+        segments = replace(config.download.segments, min_steal_bytes=steal)
+        config = replace(config, download=replace(config.download, segments=segments))
+    with ServerThread(config) as server:
         endpoint = server.url + "/hf"
         for name, value in {
             "ENDPOINT": endpoint,
@@ -96,6 +105,14 @@ def test_eight_cold_clients_cost_the_upstream_one_copy(
         ]
 
 
+@pytest.mark.parametrize(
+    "mirror",
+    # The bound is the mirror's single flight. The engine's work stealing is a separate trade
+    # (a lagging connection's tail fetched again, up to half a segment): with sixteen clients
+    # hashing in this process, connections lag and it fetched up to 9% twice. Off here.
+    [2**40],
+    indirect=True,
+)
 def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
     hub: FakeHub, mirror: ServerThread, tmp_path: Path
 ) -> None:
@@ -127,7 +144,8 @@ def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
             job.result(timeout=120)
     model_bytes = sum(len(d) for d in model.values())
     sent = upstream_bytes(hub, model)
-    assert model_bytes <= sent <= 1.05 * model_bytes, f"upstream sent {sent} for {model_bytes}"
+    per_file = {p: hub.bytes_sent(sha256(d)) / len(d) for p, d in model.items()}
+    assert model_bytes <= sent <= 1.05 * model_bytes, f"upstream sent {sent}: {per_file}"
 
 
 def test_a_reader_gets_bytes_before_the_upstream_is_done(
