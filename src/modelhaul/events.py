@@ -88,6 +88,9 @@ class Progress:
     elapsed_s: float
     bytes_received: int = 0
     resumable: bool = True
+    # Every byte before this offset is in the partial file and final for this attempt (the
+    # journal's complete prefix): what a reader may serve before the download ends.
+    bytes_final: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

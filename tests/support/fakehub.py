@@ -61,6 +61,8 @@ Faults, keyed by blob, for file bodies on either site (CDN for LFS files, Hub fo
 - ``stall_after(key, n)``: the next response(s) send n body bytes, then wait for
   ``release_stalls()`` (or ``stop()``, which cuts them).
 - ``set_speed_limit(bytes_per_s)``: a cap per response, so per connection.
+- ``lie_about(key, content)``: from now on this blob's bodies carry ``content`` (same length)
+  instead of its bytes, while every header still advertises the real ones: a lying upstream.
 
 Observing: ``requests`` holds a ``RequestRecord`` per request, logged on arrival, before any byte
 of the answer leaves, so a client that saw a response can assert on it at once. ``bytes_sent``
@@ -192,6 +194,7 @@ class FakeHub:
         self._retry_after_s = 1
         self._faults: dict[str, list[_Fault]] = {}
         self._speed_bytes_per_s: int | None = None
+        self._lies: dict[str, bytes] = {}
         self._log: list[RequestRecord] = []
         self._sent: dict[tuple[Site, str], int] = {}
         self._secret = secrets.token_bytes(16)
@@ -385,6 +388,14 @@ class FakeHub:
             raise ValueError(f"bytes_per_s must be >= 1, got {bytes_per_s}")
         with self._lock:
             self._speed_bytes_per_s = bytes_per_s
+
+    def lie_about(self, key: str, content: bytes) -> None:
+        """Serve ``content`` as this blob's body from now on; headers stay the real blob's."""
+        blob = self._blob_for(key)
+        if len(content) != len(blob.content):
+            raise ValueError("a lie must have the length of the blob it replaces")
+        with self._lock:
+            self._lies[blob.sha256] = bytes(content)
 
     # -- observing ---------------------------------------------------------------------------------
 
@@ -819,8 +830,9 @@ class FakeHub:
         fault = self._take_fault(blob.sha256)
         with self._lock:
             speed = self._speed_bytes_per_s
+            content = self._lies.get(blob.sha256, blob.content)
         chunk_bytes = _CHUNK_BYTES if speed is None else max(1, min(_CHUNK_BYTES, speed // 20))
-        body = memoryview(blob.content)[start:stop]
+        body = memoryview(content)[start:stop]
         pause_at = len(body) if fault is None else min(len(body), fault.after_bytes)
         loop = asyncio.get_running_loop()
         started = loop.time()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from ..config import ManagerConfig
 from ..errors import InvalidInput, ModelhaulError
 from ..policy.units import parse_rate
+from ..policy.urls import check_url
 from ..sources.hf import DEFAULT_ENDPOINT, default_token
 from ..store.inventory import default_db_path
 from ..store.repo import hf_cache_root
@@ -74,6 +75,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--limit-rate",
         metavar="RATE",
         help="set the global speed limit at start (otherwise the last one set is kept)",
+    )
+    p.add_argument(
+        "--upstream",
+        metavar="URL",
+        help="the Hub the mirror under /hf fetches from (default: HF_ENDPOINT, else "
+        f"{DEFAULT_ENDPOINT})",
     )
     p.add_argument("--json", action="store_true", help="say where it listens as one JSON line")
     p.set_defaults(run=run)
@@ -160,6 +167,7 @@ def _service_config(
         store_db=default_db_path(store_root, env.get("MODELHAUL_DB")),
         hf_endpoint=(env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/"),
         hf_token=default_token(),
+        mirror_upstream=check_url(args.upstream).rstrip("/") if args.upstream else None,
         symlinks=env.get("HF_HUB_DISABLE_SYMLINKS", "").strip().lower()
         not in ("1", "true", "yes", "on"),
         manager=manager,

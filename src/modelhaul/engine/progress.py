@@ -47,6 +47,7 @@ def progress_of(t: Transfer, now: float) -> Progress:
         elapsed_s=now - t.facts.started,
         bytes_received=t.received,
         resumable=not t.single,
+        bytes_final=t.state.done.prefix_end(),
     )
 
 

@@ -18,14 +18,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from ..mirror.core import HubMirror
 from .error_handlers import install_error_handlers
 from .guard import Guard
-from .routes import downloads, events, health, page, pulls, store
+from .routes import downloads, events, health, hf, page, pulls, store
 from .security import AccessPolicy
 from .service import Service
 
 # The order of the routes in /openapi.json.
-ROUTERS = (health.router, downloads.router, pulls.router, store.router, events.router, page.router)
+ROUTERS = (
+    health.router,
+    downloads.router,
+    pulls.router,
+    store.router,
+    events.router,
+    page.router,
+    hf.router,
+)
 
 
 def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0") -> FastAPI:
@@ -37,6 +46,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         try:
             yield
         finally:
+            await mirror.close()  # its fetches first: they run in the service's manager
             await service.close()
 
     app = FastAPI(
@@ -50,6 +60,13 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
     # What the routes take (routes/deps.py): the routers are shared, the service is this app's.
     app.state.service = service
     app.state.policy = policy
+    mirror = HubMirror(
+        upstream=service.config.upstream,
+        store_root=service.config.store_root,
+        manager_of=lambda: service.manager,
+        symlinks=service.config.symlinks,
+    )
+    app.state.mirror = mirror  # the Hugging Face mirror under /hf (routes/hf.py)
     app.add_middleware(Guard, policy=policy)
     install_error_handlers(app)
     for router in ROUTERS:

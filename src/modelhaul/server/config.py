@@ -25,6 +25,9 @@ class ServiceConfig:
     queue_db: Path | None = None  # default: state_dir / "server-queue.sqlite"
     hf_endpoint: str = DEFAULT_ENDPOINT
     hf_token: str | None = None
+    # The Hub the mirror under /hf relays and fetches from (None: hf_endpoint). The mirror never
+    # sends hf_token: each caller's own Authorization goes upstream.
+    mirror_upstream: str | None = None
     symlinks: bool = True
     manager: ManagerConfig = field(default_factory=ManagerConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
@@ -33,6 +36,11 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.max_finished < 0:
             raise ValueError(f"max_finished must be >= 0, got {self.max_finished!r}")
+
+    @property
+    def upstream(self) -> str:
+        """The mirror's upstream Hub: ``mirror_upstream``, else ``hf_endpoint``."""
+        return (self.mirror_upstream or self.hf_endpoint).rstrip("/")
 
     @property
     def queue_path(self) -> Path:

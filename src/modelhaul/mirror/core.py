@@ -1,0 +1,320 @@
+"""``HubMirror``: the Hugging Face mirror's answers, for the server's ``/hf`` routes.
+
+Metadata (repo info, tree pages) is relayed from the upstream Hub with the caller's own token,
+pagination links rewritten to point at the mirror. A resolve asks the Hub about the file with
+the caller's token (so access stays the Hub's decision), then serves the bytes from the store:
+a blob the store lacks is fetched once (``flights``) and streamed to every reader as it arrives
+(``bodies``). With the upstream unreachable, files the store holds are served to callers the Hub
+accepted within the last minute, or to anyone for a repository it served without a token;
+anything else answers 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from ..errors import ModelhaulError
+from ..http.upstream import UpstreamSession
+from ..manager.downloads import DownloadManager
+from ..policy.hubpaths import HubPath, is_lfs_etag
+from ..policy.validate import is_blob_id, is_commit_hash
+from ..store.repo import RepoStore, writing
+from .access import AccessCache, mark_public
+from .answers import FileFacts, Relay, hub_error, json_answer, relay, unreachable
+from .bodies import PrefixWatch, file_chunks, flight_chunks
+from .flights import Flight, Flights
+from .hub import HubUpstream, UpstreamFile
+from .offline import info_of, stored_commit, tree_cache_files, tree_of, whole_tree
+
+log = logging.getLogger("modelhaul.mirror")
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REVISIONS = 10_000
+
+
+def _sha_of(body: bytes) -> str | None:
+    """The commit in a repo info answer."""
+    try:
+        sha = json.loads(body).get("sha")
+    except (ValueError, AttributeError):
+        return None
+    return sha if isinstance(sha, str) else None
+
+
+@dataclass(frozen=True, slots=True)
+class ServedFile:
+    """A file to serve: its facts, and its bytes ``[start, end)`` on demand."""
+
+    facts: FileFacts
+    chunks: Callable[[int, int], AsyncIterator[bytes]]
+    in_flight: bool = False
+
+
+class HubMirror:
+    """The mirror of one upstream Hub into one store, fetching through one manager.
+
+    Example::
+
+        mirror = HubMirror(upstream="https://huggingface.co", store_root=root,
+                           manager_of=lambda: service.manager)
+        answer = await mirror.resolve(hub_path, auth, fetch=True)
+        ...
+        await mirror.close()
+    """
+
+    def __init__(
+        self,
+        *,
+        upstream: str,
+        store_root: Path,
+        manager_of: Callable[[], DownloadManager],
+        symlinks: bool = True,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.store_root = store_root
+        self.symlinks = symlinks
+        self._session = UpstreamSession(timeout_s=timeout_s)
+        self.hub = HubUpstream(upstream, self._session)
+        self._manager_of = manager_of
+        self.flights = Flights(manager_of)
+        self.access = AccessCache()
+        self.watch = PrefixWatch()
+        self._unsubscribe: Callable[[], None] | None = None
+        self._settling: set[asyncio.Task[None]] = set()
+        self._listed: set[tuple[str, str]] = set()  # (repo folder, commit) listed or under way
+        self._revisions: dict[tuple[str, str], str] = {}  # (repo folder, branch or tag) -> commit
+
+    @property
+    def upstream(self) -> str:
+        return self.hub.endpoint
+
+    def _follow_manager(self) -> None:
+        if self._unsubscribe is None:
+            self._unsubscribe = self._manager_of().subscribe(self.watch.on_event)
+
+    async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        await self.flights.close()
+        for task in self._settling:
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
+        await self._session.close()
+
+    def repo(self, hp: HubPath) -> RepoStore:
+        return RepoStore(self.store_root, hp.repo_id, hp.repo_type)
+
+    # ------------------------------------------------------------------ metadata
+
+    async def api(self, hp: HubPath, query: str, auth: str | None, mirror_base: str) -> Relay:
+        """A repo's info or a page of its tree, as the Hub answers this caller."""
+        try:
+            answer = await self.hub.api(hp, query, auth)
+        except ModelhaulError as exc:
+            return await asyncio.to_thread(self._offline_api, hp, query, auth, exc)
+        if answer.status < 300:
+            rs = self.repo(hp)
+            self.access.accept(auth, rs)
+            if hp.kind == "info":
+                self._remember(rs, hp.revision or "main", _sha_of(answer.body))
+        return relay(answer, link=self.hub.rewrite_link(answer.headers.get("Link"), mirror_base))
+
+    def _remember(self, rs: RepoStore, revision: str | None, commit: str | None) -> None:
+        """A branch or tag the Hub just resolved: its ref is written once a file of that commit
+        is in the store (clients ask for files by commit after resolving the name once)."""
+        if not revision or not commit or revision == commit or not is_commit_hash(commit):
+            return
+        if len(self._revisions) >= _MAX_REVISIONS:
+            self._revisions.clear()  # only saves refs of models being fetched right now
+        self._revisions[(rs.folder.name, revision)] = commit
+
+    def _refs_of(self, rs: RepoStore, commit: str) -> list[str]:
+        return [r for (f, r), c in self._revisions.items() if f == rs.folder.name and c == commit]
+
+    # ------------------------------------------------------------------ files
+
+    async def resolve(self, hp: HubPath, auth: str | None, *, fetch: bool) -> Relay | ServedFile:
+        """What a HEAD (``fetch`` False) or GET of a resolve URL answers: the Hub's error or
+        redirect as it is, or the file (fetched upstream on a GET if the store lacks it)."""
+        try:
+            answer = await self.hub.head(hp, auth)
+        except ModelhaulError as exc:
+            return await self._offline(hp, auth, exc)
+        location = answer.headers.get("Location", "")
+        if answer.status >= 400:
+            return relay(answer)
+        if answer.status in _REDIRECTS and location.startswith("/"):
+            moved = relay(answer)  # a rename the Hub would not follow any further: pass it on
+            moved.headers["Location"] = "/hf" + location
+            return moved
+        file = self.hub.file_of(hp, answer, auth)
+        if file is None:
+            return hub_error(502, f"the upstream {self.upstream} gave no commit, ETag or size")
+        rs = self.repo(hp)
+        self.access.accept(auth, rs)
+        self._remember(rs, hp.revision, file.facts.commit)
+        return await self._serve(hp, rs, file, auth, fetch=fetch)
+
+    async def _serve(
+        self, hp: HubPath, rs: RepoStore, file: UpstreamFile, auth: str | None, *, fetch: bool
+    ) -> ServedFile:
+        facts = file.facts
+        blob = rs.blob_path(facts.etag)
+        if await asyncio.to_thread(_vouched, rs, facts.etag, facts.size):
+            self._settle(hp, rs, facts, None, auth)
+            return ServedFile(facts, lambda a, b: file_chunks(blob, a, b))
+        if not fetch:
+            return ServedFile(facts, _no_body)
+        self._follow_manager()
+        flight = self.flights.join(rs, file)
+        settled = self._settle(hp, rs, facts, flight, auth)
+        return ServedFile(
+            facts, lambda a, b: flight_chunks(flight, self.watch, a, b, settled), in_flight=True
+        )
+
+    def _settle(
+        self, hp: HubPath, rs: RepoStore, facts: FileFacts, flight: Flight | None, auth: str | None
+    ) -> asyncio.Task[None] | None:
+        """Once the blob is in the store: link the snapshot entry, write the ref, so 'ls' and
+        offline clients of this store see the file; the task doing it (None: nothing to do)."""
+        link = rs.snapshot_file(facts.commit, hp.path)
+        ref = hp.revision if hp.revision and hp.revision != facts.commit else None
+        if flight is None and link.exists() and (ref is None or rs.read_ref(ref) == facts.commit):
+            return None
+
+        async def settle() -> None:
+            if flight is not None:
+                await flight.wait()
+            refs = sorted({*self._refs_of(rs, facts.commit), *([ref] if ref else [])})
+            with writing(link):
+                await asyncio.to_thread(
+                    _record, rs, hp.path, facts, refs, self.symlinks, auth is None
+                )
+
+        task = self._spawn(settle())
+        key = (str(rs.folder), facts.commit)
+        if key not in self._listed and not rs.tree_path(facts.commit).exists():
+            self._listed.add(key)
+            self._spawn(self._save_listing(hp, rs, facts.commit, auth))
+        return task
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro)
+        self._settling.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    async def _save_listing(
+        self, hp: HubPath, rs: RepoStore, commit: str, auth: str | None
+    ) -> None:
+        """The Hub's listing of a commit, kept as huggingface_hub keeps it: what lets the store
+        answer for the commit when the upstream is down, and 'ls' judge it whole."""
+        try:
+            entries = await self.hub.listing(hp, commit, auth)
+        except (ModelhaulError, ValueError):
+            self._listed.discard((str(rs.folder), commit))  # the next file tries again
+            raise
+        files = tree_cache_files(entries)
+        with writing(rs.tree_path(commit)):
+            await asyncio.to_thread(rs.save_tree, commit, files)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._settling.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("mirror: could not record a file in the store: %s", exc)
+
+    def _offline_api(self, hp: HubPath, query: str, auth: str | None, exc: ModelhaulError) -> Relay:
+        """The upstream is unreachable: info and tree of a revision the store holds whole."""
+        rs = self.repo(hp)
+        commit = stored_commit(rs, hp.revision)
+        files = whole_tree(rs, commit) if commit else None
+        if commit is None or files is None:
+            return unreachable(self.upstream, exc.message)
+        if not self.access.accepted(auth, rs):
+            return _not_accepted(self.upstream, commit)
+        if hp.kind == "info":
+            return json_answer(info_of(hp, commit, files))
+        recursive = parse_qs(query).get("recursive", [""])[0].lower() == "true"
+        entries = tree_of(files, hp.path, recursive)
+        if entries is None:
+            return hub_error(404, f"{hp.path} does not exist", code="EntryNotFound", commit=commit)
+        return json_answer(entries)
+
+    async def _offline(
+        self, hp: HubPath, auth: str | None, exc: ModelhaulError
+    ) -> Relay | ServedFile:
+        """The upstream is unreachable: the stored file, for a caller allowed to have it."""
+        rs = self.repo(hp)
+        facts = await asyncio.to_thread(stored_file, rs, hp)
+        if facts is None:
+            return unreachable(self.upstream, exc.message)
+        if not self.access.accepted(auth, rs):
+            return _not_accepted(self.upstream, facts.commit)
+        blob = rs.blob_path(facts.etag)
+        return ServedFile(facts, lambda a, b: file_chunks(blob, a, b))
+
+
+def _not_accepted(upstream: str, commit: str) -> Relay:
+    return hub_error(
+        401,
+        f"the upstream {upstream} is unreachable, and it has not accepted this caller for "
+        "this repository lately",
+        code="GatedRepo",
+        commit=commit,
+    )
+
+
+async def _no_body(start: int, end: int) -> AsyncIterator[bytes]:
+    return
+    yield b""  # an async generator that yields nothing (HEAD)
+
+
+def _vouched(rs: RepoStore, etag: str, size: int) -> bool:
+    """The store holds this blob whole and checked (the record of its verification, or a
+    size match for one another tool wrote and nobody has hashed yet: huggingface_hub's own
+    cache is trusted as huggingface_hub trusts it)."""
+    blob = rs.blob_path(etag)
+    try:
+        st = blob.stat()
+    except OSError:
+        return False
+    return st.st_size == size and not rs.is_discredited(etag)
+
+
+def _record(
+    rs: RepoStore, path: str, facts: FileFacts, refs: list[str], symlinks: bool, public: bool
+) -> None:
+    rs.prepare()
+    rs.link(facts.commit, path, facts.etag, symlinks=symlinks)
+    for ref in refs:
+        if rs.read_ref(ref) != facts.commit:
+            rs.write_ref(ref, facts.commit)
+    if public:
+        mark_public(rs)
+
+
+def stored_file(rs: RepoStore, hp: HubPath) -> FileFacts | None:
+    """The file a resolve names, from the store alone (revision by ref or commit)."""
+    rev = hp.revision or "main"
+    commit = rev if is_commit_hash(rev) else rs.read_ref(rev)
+    if commit is None:
+        return None
+    with contextlib.suppress(OSError, ModelhaulError):
+        entry = rs.snapshot_file(commit, hp.path)
+        target = entry.resolve(strict=True)
+        etag = target.name
+        if is_blob_id(etag) and target.parent == rs.blobs.resolve():
+            return FileFacts(
+                commit=commit, etag=etag, size=target.stat().st_size, lfs=is_lfs_etag(etag)
+            )
+    return None
+
+
+__all__ = ["HubMirror", "ServedFile", "stored_file"]
