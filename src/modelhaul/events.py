@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -116,6 +116,9 @@ class Result:
 
     ``size`` is the file's size; ``bytes_transferred`` is what was received over the network
     for it in this run (0 for a file already complete, the missing part after a resume).
+    ``chunk_xxh3`` is the xxh3-128 of each ``chunk_bytes`` piece, from the same pass that
+    computed ``sha256`` (empty when this run did not hash the file, e.g. already complete);
+    the store records them for repair without reading the file again.
     """
 
     url: str
@@ -128,6 +131,8 @@ class Result:
     bytes_transferred: int
     etag: str | None = None
     already_complete: bool = False
+    chunk_bytes: int = 0
+    chunk_xxh3: tuple[str, ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -672,7 +672,7 @@ def test_offline_with_a_partial_model_fails(hub: FakeHub, cache: Path) -> None:
 # ---------------------------------------------------------------------------------- verify
 
 
-BIG = random.Random(3).randbytes(40_000_000)  # three chunks of 16 MiB (the last one short)
+BIG = random.Random(3).randbytes(40_000_000)  # 20 repair chunks of 2 MiB (the last one short)
 
 
 def _flip(path: Path, offset: int) -> None:

@@ -14,12 +14,15 @@ import threading
 from pathlib import Path
 
 import pytest
+import xxhash
 
 from modelhaul.errors import InvalidInput, ModelhaulError, PermissionDenied
 from modelhaul.sources.model import ModelFile
 from modelhaul.store.chunks import (
     CHUNK_BYTES,
+    LEGACY_CHUNK_ALGO,
     bad_chunks,
+    chunk_digests,
     chunk_sha256s,
     git_blob_sha1,
     sha256_with_chunks,
@@ -220,9 +223,15 @@ def test_chunk_hashes_in_one_pass_equal_separate_passes(tmp_path: Path, size: in
 
     whole, chunks = sha256_with_chunks(path, chunk)
 
-    expected = tuple(sha256(data[i : i + chunk]) for i in range(0, size, chunk))
+    expected = tuple(xxh3(data[i : i + chunk]) for i in range(0, size, chunk))
     assert whole == sha256(data)
-    assert chunks == expected == chunk_sha256s(path, chunk)
+    assert chunks == expected == chunk_digests(path, chunk)
+    legacy = tuple(sha256(data[i : i + chunk]) for i in range(0, size, chunk))
+    assert chunk_sha256s(path, chunk) == legacy == chunk_digests(path, chunk, LEGACY_CHUNK_ALGO)
+
+
+def xxh3(data: bytes) -> str:
+    return xxhash.xxh3_128(data).hexdigest()
 
 
 def _record_for(rs: RepoStore, data: bytes) -> str:
@@ -252,6 +261,34 @@ def test_bad_chunks_merges_neighbours_and_counts_a_short_tail(rs: RepoStore) -> 
     blob.write_bytes(data[: 2 * CHUNK_BYTES + 10])  # lost the tail
 
     assert bad_chunks(blob, rec) == [(2 * CHUNK_BYTES, 3 * CHUNK_BYTES + 100)]
+
+
+def test_a_record_of_an_earlier_version_reads_as_sha256_chunks(rs: RepoStore) -> None:
+    """Records written before the chunk digests came from the download name no algorithm:
+    SHA-256 of 16 MiB pieces (here smaller, to keep the test small)."""
+    chunk = 1000
+    data = os.urandom(3 * chunk + 7)
+    etag = put_blob(rs, data)
+    blob = rs.blob_path(etag)
+    st = blob.stat()
+    old = {
+        "size": len(data),
+        "mtime_ns": st.st_mtime_ns,
+        "digest": etag,
+        "chunk_bytes": chunk,
+        "chunks": [sha256(data[i : i + chunk]) for i in range(0, len(data), chunk)],
+    }
+    (rs.meta / "blobs" / f"{etag}.json").write_text(json.dumps(old))
+    rec = rs.record(etag)
+    assert rec is not None and rec.chunk_algo == LEGACY_CHUNK_ALGO
+    with open(blob, "r+b") as f:
+        f.seek(2 * chunk + 1)
+        f.write(b"\xff" if data[2 * chunk + 1] != 0xFF else b"\x00")
+
+    assert not rs.verify_blob(etag, rehash=True)
+    rec = rs.chunk_hashes(etag)
+    assert rec is not None and rec.chunk_algo == LEGACY_CHUNK_ALGO, "a bad blob keeps its record"
+    assert bad_chunks(blob, rec) == [(2 * chunk, 3 * chunk)]
 
 
 # ---------------------------------------------------------------------------------- records

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import wait as wait_futures
 
 from ..disk.files import commit_file, os_error
-from ..disk.hashing import PrefixHasher
+from ..disk.hashing import CHUNK_BYTES, FileDigest, PrefixHasher
 from ..disk.writeback import EVERY_BYTES, Writeback
 from ..errors import IntegrityError, ModelhaulError
 from ..events import Phase, Result
@@ -51,7 +51,9 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
         # rename then waits for little more than the last few MiB.
         t.writeback = Writeback(t.fd, t.size)
     if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
-        t.inline_hash = hashlib.sha256()
+        # A file of one chunk needs no chunk digests (a repair refetches it whole); a larger
+        # one gets them from the same inline pass as its SHA-256.
+        t.inline_hash = FileDigest() if t.size > CHUNK_BYTES else hashlib.sha256()
 
 
 async def verify(t: Transfer) -> tuple[int, str]:
@@ -67,12 +69,17 @@ async def verify(t: Transfer) -> tuple[int, str]:
     if t.facts.on_phase:
         t.facts.on_phase(Phase.VERIFYING, size)
     stage("hashing")
+    t.chunk_bytes, t.chunk_xxh3 = 0, ()
     if t.inline_hash is not None and t.inline_pos == size:
         digest = t.inline_hash.hexdigest()
+        if isinstance(t.inline_hash, FileDigest):
+            t.chunk_bytes, t.chunk_xxh3 = t.inline_hash.chunk_bytes, t.inline_hash.chunks()
     else:
         assert t.hasher is not None
         t.hasher.advance(t.state.done.prefix_end())
         digest = await t.hasher.digest(size)
+        if size > CHUNK_BYTES:
+            t.chunk_bytes, t.chunk_xxh3 = t.hasher.chunks()
     expected = t.facts.expected_sha256
     if expected and digest != expected:
         drop_journal(t)
@@ -112,6 +119,8 @@ def result_of(t: Transfer, size: int, digest: str) -> Result:
         resumed_from=t.resumed_from,
         bytes_transferred=t.received,
         etag=t.state.etag,
+        chunk_bytes=t.chunk_bytes,
+        chunk_xxh3=t.chunk_xxh3,
     )
 
 

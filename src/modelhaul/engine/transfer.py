@@ -84,6 +84,9 @@ class Transfer:
     # Small files arriving in order are written and hashed on the loop: no thread hand-offs.
     inline_hash: Any = None
     inline_pos: int = 0
+    # What verify() found besides the SHA-256: the xxh3-128 of each chunk, for the Result.
+    chunk_bytes: int = 0
+    chunk_xxh3: tuple[str, ...] = ()
     journal_saved_at: float = 0.0
     all_exited: asyncio.Event = field(default_factory=asyncio.Event)
     sched_changed: asyncio.Event = field(default_factory=asyncio.Event)  # a segment released

@@ -24,7 +24,7 @@ from ..errors import (
     RetriesExhausted,
     human_bytes,
 )
-from ..events import FileCallback, FileEvent, FilePhase
+from ..events import FileCallback, FileEvent, FilePhase, Result
 from ..manager.downloads import DownloadManager
 from ..manager.handle import DownloadHandle
 from ..policy.paths import part_paths
@@ -253,6 +253,7 @@ class ModelPuller:
         blob = rs.blob_path(f.blob_id)
         errors: list[ModelhaulError] = []
         received = 0
+        result: Result | None = None
         for i, url in enumerate(f.urls):
             # Credentials belong to the primary URL's host; mirrors get none.
             headers = dict(f.headers) if i == 0 else {}
@@ -268,7 +269,8 @@ class ModelPuller:
                 )
                 if on_file:
                     on_file(FileEvent(path=f.path, phase=FilePhase.QUEUED, download_id=handle.id))
-                received += (await handle.wait()).bytes_transferred
+                result = await handle.wait()
+                received += result.bytes_transferred
                 break
             except ModelhaulError as exc:
                 if exc.category in _FINAL_CATEGORIES:
@@ -288,7 +290,15 @@ class ModelPuller:
                 blob.unlink(missing_ok=True)
                 raise IntegrityError(f"{f.path}: the downloaded file does not match its git hash")
         else:
-            await asyncio.to_thread(rs.record_download, f.blob_id)
+            # The chunk digests come from the engine's hashing pass, so the blob is not read
+            # again; a result that hashed nothing now (already complete) has them computed.
+            hashed = result if result is not None and not result.already_complete else None
+            await asyncio.to_thread(
+                rs.record_download,
+                f.blob_id,
+                chunk_bytes=hashed.chunk_bytes if hashed else 0,
+                chunk_xxh3=hashed.chunk_xxh3 if hashed else (),
+            )
         return received
 
     # ------------------------------------------------------------------ offline

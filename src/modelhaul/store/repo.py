@@ -8,7 +8,7 @@
         trees/<commit>.json                 the revision's Hub listing, huggingface_hub's format
         .modelhaul/files-<commit>.json      the files pulls asked for: sizes, hashes, URLs; and
                                             the refs a pull still owes (written before fetching)
-        .modelhaul/blobs/<etag>.json        verification record and per-chunk SHA-256
+        .modelhaul/blobs/<etag>.json        verification record and per-chunk digests
     <root>/.locks/models--ORG--NAME/<etag>.lock   the per-blob lock huggingface_hub also takes
 
 huggingface_hub ignores ``.modelhaul/`` (it reads refs, snapshots, blobs and trees), so stock
@@ -42,7 +42,15 @@ from ..policy.validate import (
     is_commit_hash,
     repo_folder_name,
 )
-from .chunks import CHUNK_BYTES, BlobRecord, chunk_sha256s, git_blob_sha1, sha256_with_chunks
+from .chunks import (
+    CHUNK_ALGO,
+    CHUNK_BYTES,
+    LEGACY_CHUNK_ALGO,
+    BlobRecord,
+    chunk_digests,
+    git_blob_sha1,
+    sha256_with_chunks,
+)
 
 CACHEDIR_TAG = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -252,6 +260,8 @@ class RepoStore:
                 digest=str(data["digest"]),
                 chunk_bytes=int(data["chunk_bytes"]),
                 chunks=tuple(str(c) for c in data["chunks"]),
+                # Records of earlier versions name no digest: theirs is SHA-256.
+                chunk_algo=str(data.get("chunk_algo", LEGACY_CHUNK_ALGO)),
             )
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -282,22 +292,40 @@ class RepoStore:
             self.discredit_record(etag, st)
         return ok
 
-    def record_download(self, etag: str) -> None:
-        """Record a blob the engine just verified by its whole hash: only the chunk hashes are
-        computed here (and only for blobs larger than one chunk, where a repair can save)."""
+    def record_download(
+        self, etag: str, *, chunk_bytes: int = 0, chunk_xxh3: tuple[str, ...] = ()
+    ) -> None:
+        """Record a blob the engine just verified by its whole hash.
+
+        The engine's hashing pass also gave the xxh3-128 of each chunk (``chunk_xxh3``, see
+        events.Result): recorded as they are, without reading the blob again. Only a download
+        that hashed nothing (the file was already complete) leaves them to be computed here,
+        and only for blobs larger than one chunk, where a repair can save.
+        """
         path = self.blob_path(etag)
         st = path.stat()
-        chunks = (
-            chunk_sha256s(path, CHUNK_BYTES) if len(etag) == 64 and st.st_size > CHUNK_BYTES else ()
-        )
-        self.save_record(etag, st, chunks)
+        if len(etag) != 64 or st.st_size <= CHUNK_BYTES:
+            self.save_record(etag, st, ())
+        elif chunk_bytes > 0 and len(chunk_xxh3) == -(-st.st_size // chunk_bytes):
+            self.save_record(etag, st, chunk_xxh3, chunk_bytes=chunk_bytes)
+        else:
+            self.save_record(etag, st, chunk_digests(path, CHUNK_BYTES))
 
-    def save_record(self, etag: str, st: os.stat_result, chunks: tuple[str, ...]) -> None:
+    def save_record(
+        self,
+        etag: str,
+        st: os.stat_result,
+        chunks: tuple[str, ...],
+        *,
+        chunk_bytes: int = CHUNK_BYTES,
+    ) -> None:
+        """Write a blob's record; ``chunks`` are xxh3-128 digests of ``chunk_bytes`` pieces."""
         data = {
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
             "digest": etag,
-            "chunk_bytes": CHUNK_BYTES,
+            "chunk_bytes": chunk_bytes,
+            "chunk_algo": CHUNK_ALGO,
             "chunks": list(chunks),
         }
         # A record only saves work later; failing to write one must not fail a pull.

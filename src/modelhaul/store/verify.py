@@ -2,8 +2,9 @@
 
 ``check_file`` hashes again whatever a record says (that is what 'verify' means); ``blob_good``
 lets a valid record stand in for hashing (what a pull needs to skip a blob). A corrupt blob whose
-chunk hashes were recorded becomes a partial file whose journal holds every good chunk, so the
-engine refetches only the bad ones.
+chunk digests were recorded (xxh3-128 of 2 MiB pieces, or SHA-256 of 16 MiB pieces in records of
+earlier versions) becomes a partial file whose journal holds every good chunk, so the engine
+refetches only the bad ones, and verifies the whole file's SHA-256 again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ..disk.journal import Journal, JournalState
 from ..policy.paths import part_paths
 from ..policy.ranges import RangeSet
 from ..sources.model import ModelFile
-from .chunks import bad_chunks
+from .chunks import CHUNK_ALGOS, bad_chunks
 from .repo import RepoStore
 
 
@@ -90,7 +91,14 @@ def prepare_chunk_repair(rs: RepoStore, f: ModelFile) -> int | None:
         size = blob.stat().st_size
     except OSError:
         return None
-    if rec is None or not rec.chunks or rec.size != f.size or size != f.size or f.sha256 is None:
+    if (
+        rec is None
+        or not rec.chunks
+        or rec.chunk_algo not in CHUNK_ALGOS  # written by a later version: trust nothing
+        or rec.size != f.size
+        or size != f.size
+        or f.sha256 is None
+    ):
         blob.unlink(missing_ok=True)
         rs.forget_record(f.blob_id)
         return None

@@ -1,0 +1,65 @@
+"""disk.hashing: the SHA-256 and the per-chunk xxh3-128 digests come from one pass over the bytes,
+whatever pieces the bytes arrive in (received buffers, memory-mapped windows, a growing file)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from modelhaul.disk.hashing import CHUNK_BYTES, FileDigest, PrefixHasher
+
+
+def xxh3_chunks(data: bytes, chunk: int) -> tuple[str, ...]:
+    return tuple(
+        xxhash.xxh3_128(data[i : i + chunk]).hexdigest() for i in range(0, len(data), chunk)
+    )
+
+
+def test_chunks_are_a_few_mib() -> None:
+    assert 1 << 20 <= CHUNK_BYTES <= 4 << 20
+
+
+@pytest.mark.parametrize("size", [0, 1, 999, 1000, 1001, 5432])
+def test_file_digest_in_any_pieces_equals_one_shot_hashes(size: int) -> None:
+    chunk = 1000
+    data = random.Random(size).randbytes(size)
+    digest = FileDigest(chunk)
+    pos = 0
+    rng = random.Random(7)
+    while pos < size:  # pieces that straddle chunk boundaries, and ones that end on them
+        n = rng.choice([1, 7, 250, 999, 1000, 2500])
+        digest.update(memoryview(data)[pos : pos + n])
+        pos += n
+
+    assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert digest.chunks() == xxh3_chunks(data, chunk)
+    assert digest.chunk_bytes == chunk
+
+
+def test_file_digest_refuses_a_chunk_size_of_zero() -> None:
+    with pytest.raises(ValueError, match="chunk_bytes"):
+        FileDigest(0)
+
+
+async def test_prefix_hasher_gives_the_chunk_digests_of_the_file(tmp_path: Path) -> None:
+    data = os.urandom(2 * CHUNK_BYTES + 12345)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    hasher = PrefixHasher(fd)
+    try:
+        hasher.advance(CHUNK_BYTES + 5)  # the prefix grows in steps, as a download's does
+        digest = await hasher.digest(len(data))
+        chunk_bytes, chunks = hasher.chunks()
+    finally:
+        await hasher.aclose()
+        os.close(fd)
+
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert chunk_bytes == CHUNK_BYTES
+    assert chunks == xxh3_chunks(data, CHUNK_BYTES)
