@@ -14,6 +14,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -21,6 +22,27 @@ from ..errors import ModelhaulError
 from . import aiohttp_internals as internals
 from . import bodies
 from .errors import map_error
+from .receive import POLL_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkReceive:
+    """How the rest of a large body may be received past aiohttp (Response.take_over).
+
+    Attributes:
+        thread_block_bytes: The block of blocking receives in worker threads (a SocketBody,
+            plain HTTP only); None where the bytes must pass through the event loop (say, an
+            in-order hash reads them there).
+        use_pipe: Splice through a pipe where the system allows (False once the file's
+            filesystem refused a splice).
+        pump_block_bytes: The size of a BodyPump's reusable buffers.
+        pump_blocks: How many of them.
+    """
+
+    thread_block_bytes: int | None
+    use_pipe: bool
+    pump_block_bytes: int
+    pump_blocks: int
 
 
 class Response:
@@ -101,6 +123,25 @@ class Response:
             return internals.drain_buffered(self._resp.content)
         except (aiohttp.ClientError, OSError) as exc:
             raise map_error(exc, self.url) from exc
+
+    def take_over(
+        self, how: BulkReceive
+    ) -> tuple[bytes, bodies.SocketBody | bodies.BodyPump] | None:
+        """Hand the rest of the body past aiohttp by the cheapest path this connection allows:
+        (bytes aiohttp already buffered, body). Blocking receives in worker threads (spliced
+        into the file on Linux) over plain TCP where ``how`` allows threads, else a BodyPump's
+        reusable buffers on the event loop (TLS). None: read with read_chunk as usual.
+
+        Either way ``release`` gives the connection back to the pool when the body was received
+        exactly to its end, and ``close`` drops it.
+        """
+        if how.thread_block_bytes is not None:
+            by_thread = self.take_socket(
+                block_bytes=how.thread_block_bytes, poll_s=POLL_S, use_pipe=how.use_pipe
+            )
+            if by_thread is not None:
+                return by_thread
+        return self.take_body(block_bytes=how.pump_block_bytes, blocks=how.pump_blocks)
 
     def take_socket(
         self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
