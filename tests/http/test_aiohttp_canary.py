@@ -162,6 +162,47 @@ async def read_nowait_drain(origin: Origin) -> None:
         check(name, resp.content.read_nowait(-1) == b"", "bytes were left in the buffer")
 
 
+async def hand_back(origin: Origin) -> None:
+    name = "ResponseHandler hand back after a takeover"
+    check(
+        name,
+        "self._parser is None" in inspect.getsource(ResponseHandler.data_received),
+        "a protocol without a parser no longer holds bytes back in _tail",
+    )
+    data, other = blob(6 * MiB, seed=11), blob(MiB, seed=12)
+    origin.add_file("canary.bin", data)
+    origin.add_file("other.bin", other)
+    async with Transport(limit_per_host=1, stall_timeout_s=5.0) as tr:
+        resp = await tr.request("GET", origin.url("canary.bin"))
+        found = internals.connection_of(resp._resp)
+        assert found is not None
+        transport, proto = found
+        taken = resp.take_body(block_bytes=MiB, blocks=2)
+        check(name, taken is not None, "the body was not taken over")
+        assert taken is not None
+        head, pump = taken
+        got = len(head)
+        while (block := await pump.next_block(0.05, resp.url)) is not None:
+            got += block[1]
+            pump.recycle(block[0])
+        check(name, got == len(data), f"the pump received {got} of {len(data)} bytes")
+        resp.release()
+        check(name, proto.transport is transport, "aiohttp's protocol lost its transport")
+        check(name, transport.get_protocol() is proto, "the transport lost aiohttp's protocol")
+        check(name, not proto.should_close, "the connection is marked to close")
+        check(name, proto._read_timeout_handle is None, "a sock_read timer is left running")
+        check(name, transport.is_reading(), "the connection does not read again")
+        nxt = await tr.request("GET", origin.url("other.bin"))
+        check(name, nxt._resp.connection is not None, "the next response has no connection")
+        assert nxt._resp.connection is not None
+        check(name, nxt._resp.connection.protocol is proto, "the connection was not reused")
+        parts = []
+        while chunk := await nxt.read_chunk():
+            parts.append(chunk)
+        nxt.release()
+        check(name, b"".join(parts) == other, "the next response on it came out wrong")
+
+
 CANARIES: dict[str, Callable[[Origin], Awaitable[None]]] = {
     "ClientSession._retry_connection": retry_connection,
     "ClientSession._get_netrc_auth": netrc_auth,
@@ -171,6 +212,7 @@ CANARIES: dict[str, Callable[[Origin], Awaitable[None]]] = {
     "ResponseHandler.pause_reading": pause_reading,
     "ResponseHandler.transport (protocol swap)": protocol_swap,
     "StreamReader.read_nowait drain": read_nowait_drain,
+    "ResponseHandler hand back after a takeover": hand_back,
 }
 
 
@@ -207,7 +249,7 @@ async def test_a_large_body_is_taken_over(origin: Origin, use_socket: bool) -> N
 # The private names (and asyncio attributes) the internals module wraps.
 _PRIVATE = re.compile(
     r"\._retry_connection|\._get_netrc_auth|\._tail\b|\.max_size\b|\.set_protocol\(|"
-    r"\.read_nowait\(|\.protocol\b|aiohttp\.client_proto"
+    r"\.read_nowait\(|\.protocol\b|aiohttp\.client_proto|\._parser\b|\.feed_eof\("
 )
 
 

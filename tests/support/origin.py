@@ -34,6 +34,11 @@ counters show at least n; `wait_idle()` tells when every handler has finished.
 
 In async tests use the `*_async` waits: the blocking ones would stall the test's own event loop
 and with it the client under test.
+
+`Origin(tls=True)` serves HTTPS with a certificate for 127.0.0.1, 127.0.0.2 and localhost from a
+throwaway CA made with `trustme` (`origin.tls`: the client's SSL context, or the CA as a PEM file
+for SSL_CERT_FILE). `connections_accepted` counts TCP accepts and `tls_handshakes` TLS
+handshakes, so a test can tell a reused connection from a new one.
 """
 
 from __future__ import annotations
@@ -56,12 +61,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
 from types import MappingProxyType
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-__all__ = ["Fault", "Origin", "RequestRecord", "origin_fixture"]
+__all__ = ["Fault", "Origin", "RequestRecord", "TestTls", "origin_fixture"]
 
 CHUNK_BYTES = 128 * 1024
 """Largest single write. Faults still land on their exact byte offsets: pieces are cut there."""
@@ -195,6 +201,35 @@ class _Record:
             served=self.served,
             done=self.done,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class TestTls:
+    """A throwaway CA and a server certificate for 127.0.0.1, 127.0.0.2 and localhost."""
+
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    server_context: ssl.SSLContext
+    ca_pem: bytes
+
+    @classmethod
+    def make(cls) -> TestTls:
+        import trustme  # only the HTTPS tests need it
+
+        ca = trustme.CA()
+        cert = ca.issue_cert("127.0.0.1", "127.0.0.2", "localhost")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        cert.configure_cert(ctx)
+        return cls(ctx, ca.cert_pem.bytes())
+
+    def client_context(self) -> ssl.SSLContext:
+        """An SSL context for a client that trusts this CA (and verifies as usual)."""
+        return ssl.create_default_context(cadata=self.ca_pem.decode())
+
+    def write_ca(self, path: Path) -> Path:
+        """The CA certificate as a PEM file at ``path`` (for SSL_CERT_FILE); returns ``path``."""
+        path.write_bytes(self.ca_pem)
+        return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,8 +474,14 @@ class Origin:
             urllib.request.urlopen(origin.url("a.bin"))  # HTTPError 503, the next GET works
     """
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, tls: bool = False) -> None:
+        self.tls = TestTls.make() if tls and ssl_context is None else None
+        if self.tls is not None:
+            ssl_context = self.tls.server_context
         self._ssl_context = ssl_context  # serve HTTPS with it
+        self._accepts = 0
+        self._handshakes_before = 0  # the context's count of handshakes at the last reset
+        self._servers: list[asyncio.AbstractServer] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._files: dict[str, _File] = {}
@@ -650,9 +691,25 @@ class Origin:
         with self._lock:
             return [r.served for r in self._records if r.name == name and r.served is not None]
 
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted (on both addresses) since start or the last reset_stats."""
+        with self._lock:
+            return self._accepts
+
+    @property
+    def tls_handshakes(self) -> int:
+        """TLS handshakes begun since start or the last reset_stats (0 over plain HTTP)."""
+        if self._ssl_context is None:
+            return 0
+        return self._ssl_context.session_stats()["accept"] - self._handshakes_before
+
     def reset_stats(self) -> None:
         """Forget all records and counters; responses still in flight stop counting."""
         with self._lock:
+            self._accepts = 0
+            if self._ssl_context is not None:
+                self._handshakes_before = self._ssl_context.session_stats()["accept"]
             self._epoch += 1
             self._records.clear()
             self._served.clear()
@@ -755,12 +812,24 @@ class Origin:
         )
         await runner.setup()
         self._runner = runner
+        handler = runner.server
+        assert handler is not None
+
+        def accept() -> asyncio.BaseProtocol:
+            with self._lock:
+                self._accepts += 1
+            return handler()
+
+        loop = asyncio.get_running_loop()
         urls = []
         for host in ("127.0.0.1", "127.0.0.2"):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, 0))
-            await web.SockSite(runner, sock, ssl_context=self._ssl_context).start()
+            # A server of our own rather than aiohttp's site, to count the accepts.
+            self._servers.append(
+                await loop.create_server(accept, sock=sock, ssl=self._ssl_context, backlog=128)
+            )
             scheme = "https" if self._ssl_context is not None else "http"
             urls.append(f"{scheme}://{host}:{sock.getsockname()[1]}")
         self._base_url, self._alt_base_url = urls
@@ -769,8 +838,9 @@ class Origin:
         runner = self._runner
         if runner is None:
             return
-        for site in list(runner.sites):
-            await site.stop()
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         # Abort rather than close: a graceful close waits to flush what an unread client
         # (an endless response, say) will never take, and would leave the socket open.
         for transport in list(self._transports):

@@ -581,3 +581,38 @@ def test_http_error_statuses_reach_urllib(origin: Origin) -> None:
         urllib.request.urlopen(origin.url("a.bin"), timeout=5)
 
     assert info.value.code == 404
+
+
+def test_tls_origin_counts_accepts_and_handshakes() -> None:
+    """Two requests on one kept-alive HTTPS connection are one accept and one handshake; a
+    second connection is one more of each. The client verifies against the origin's CA."""
+    import http.client
+
+    with Origin(tls=True) as served:
+        assert served.tls is not None
+        served.add_file("a.bin", DATA)
+        host, port = urlsplit(served.base_url).hostname, urlsplit(served.base_url).port
+        assert served.base_url.startswith("https://")
+        ctx = served.tls.client_context()
+        for expected in (1, 2):
+            conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+            try:
+                for _ in range(2):
+                    conn.request("GET", "/a.bin")
+                    assert conn.getresponse().read() == DATA
+            finally:
+                conn.close()
+            assert served.connections_accepted == expected
+            assert served.tls_handshakes == expected
+        served.reset_stats()
+        assert (served.connections_accepted, served.tls_handshakes) == (0, 0)
+
+
+def test_plain_origin_counts_accepts(origin: Origin) -> None:
+    for expected in (1, 2):
+        with socket.create_connection(("127.0.0.1", urlsplit(origin.base_url).port)) as sock:
+            sock.sendall(b"GET /a.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            while sock.recv(65536):
+                pass
+        assert origin.connections_accepted == expected
+    assert origin.tls_handshakes == 0

@@ -1,9 +1,10 @@
 """The receive paths of one segment: from a response into the partial file, at its offset.
 
 Three paths, chosen per segment: aiohttp chunks batched into pwritev (small or rate-capped
-bodies), a BodyPump's reusable buffers (large bodies over TLS), and blocking receives in a
-worker thread (large plain-HTTP bodies, http.receive: spliced on Linux). This is the hot path:
-per chunk only a length check, the limiter and a list append.
+bodies), and for a large body whatever ``Response.take_over`` picks (http/ owns the choice and
+the connection): a BodyPump's reusable buffers (TLS, or an in-order hash) or blocking receives in
+a worker thread (plain HTTP, http.receive: spliced on Linux). This is the hot path: per chunk
+only a length check, the limiter and a list append.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from ..disk.files import Buffer, WriteFailed, os_error, pwritev_all, pwritev_loc
 from ..disk.journal import JournalState
 from ..errors import IntegrityError, TruncatedBody, human_bytes
 from ..http.bodies import BodyPump, SocketBody
-from ..http.receive import POLL_S, FileSink, most_per_receive, receive_into
-from ..http.response import Response
+from ..http.receive import FileSink, most_per_receive, receive_into
+from ..http.response import BulkReceive, Response
 from ..policy.segments import Segment
 from .plan import save_journal
 from .pools import RECV_POOL, WRITE_POOL
@@ -53,26 +54,12 @@ class Streams:
         # Decided per segment, so a cap set while running applies from the next segment on.
         capped = any(lim.rate_bytes_per_s is not None for lim in limiters)
         batch = self.config.segments.write_batch_bytes
-        if not capped and min(seg.end, stop) - seg.pos >= _BULK_MIN_BYTES:
-            if t.inline_hash is None:
-                block = self.config.segments.recv_block_for(
-                    max(t.target, t.alive), t.recv_bytes, t.recv_bodies
-                )
-                by_thread = resp.take_socket(block_bytes=block, poll_s=POLL_S, use_pipe=t.splice_ok)
-                if by_thread is not None:
-                    held = by_thread[1].buffer_bytes  # none when spliced through a pipe
-                    t.recv_bytes += held
-                    t.recv_bodies += bool(held)
-                    try:
-                        await self._stream_socket(t, seg, resp, *by_thread)
-                    finally:
-                        t.recv_bytes -= held
-                        t.recv_bodies -= bool(held)
-                    return
-            taken = resp.take_body(block_bytes=batch, blocks=_BULK_BLOCKS)
-            if taken is not None:
-                await self._stream_bulk(t, seg, resp, *taken)
-                return
+        if (
+            not capped
+            and min(seg.end, stop) - seg.pos >= _BULK_MIN_BYTES
+            and await self._stream_taken_over(t, seg, resp)
+        ):
+            return
         resp.set_read_size(_READ_CAPPED_BYTES if capped else _READ_FAST_BYTES)
         bufs: list[bytes] = []
         pending = 0
@@ -116,6 +103,37 @@ class Streams:
             if bufs:
                 # Keep what arrived even when failing or cancelled: a resume needs less.
                 await asyncio.shield(self._write(t, bufs, write_at))
+
+    async def _stream_taken_over(self, t: Transfer, seg: Segment, resp: Response) -> bool:
+        """Receive into ``seg`` past aiohttp, by the path ``Response.take_over`` picks; False
+        when the response cannot be taken over (then stream reads it in chunks)."""
+        how = BulkReceive(
+            # Blocking receives in threads, unless an in-order hash must see the bytes here.
+            thread_block_bytes=self.config.segments.recv_block_for(
+                max(t.target, t.alive), t.recv_bytes, t.recv_bodies
+            )
+            if t.inline_hash is None
+            else None,
+            use_pipe=t.splice_ok,
+            pump_block_bytes=self.config.segments.write_batch_bytes,
+            pump_blocks=_BULK_BLOCKS,
+        )
+        taken = resp.take_over(how)
+        if taken is None:
+            return False
+        head, body = taken
+        if isinstance(body, BodyPump):
+            await self._stream_bulk(t, seg, resp, head, body)
+            return True
+        held = body.buffer_bytes  # none when spliced through a pipe
+        t.recv_bytes += held
+        t.recv_bodies += bool(held)
+        try:
+            await self._stream_socket(t, seg, resp, head, body)
+        finally:
+            t.recv_bytes -= held
+            t.recv_bodies -= bool(held)
+        return True
 
     async def _stream_bulk(
         self, t: Transfer, seg: Segment, resp: Response, head: bytes, pump: BodyPump

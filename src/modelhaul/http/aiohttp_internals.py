@@ -1,8 +1,9 @@
 """Every use of aiohttp's (and asyncio's transport's) private internals, each behind one function.
 
 modelhaul leans on a few things aiohttp does not promise: switching off its silent resend and its
-per-request netrc lookup, widening the socket reads, and taking a connection's socket or
-transport over once a response's headers are parsed (the zero-copy receive in ``bodies.py``).
+per-request netrc lookup, widening the socket reads, taking a connection's socket or transport
+over once a response's headers are parsed (the zero-copy receive in ``bodies.py``), and giving
+such a connection back to aiohttp's pool once the body was received to its end.
 Each is touched here and nowhere else, so a new aiohttp release is checked in one place:
 ``tests/http/test_aiohttp_canary.py`` probes every name in INTERNALS against the installed
 aiohttp and fails naming the one that changed. Where one is missing at run time the callers take
@@ -30,6 +31,7 @@ INTERNALS: tuple[str, ...] = (
     "ResponseHandler.pause_reading",
     "ResponseHandler.transport (protocol swap)",
     "StreamReader.read_nowait drain",
+    "ResponseHandler hand back after a takeover",
 )
 
 
@@ -130,3 +132,21 @@ def restore_protocol(transport: asyncio.Transport, proto: ResponseHandler) -> No
     pool waits for it forever."""
     proto.transport = transport
     transport.set_protocol(proto)
+
+
+def hand_back(
+    transport: asyncio.Transport, proto: ResponseHandler, content: aiohttp.StreamReader
+) -> None:
+    """Give a connection whose taken-over body was received exactly to its end back to aiohttp,
+    which pools it for the next request.
+
+    aiohttp's parser saw only the headers: it is paused mid-body and would take the next
+    response for body bytes. A new connection has no parser until its first request sets one
+    (set_response_params); dropping the stale one leaves the protocol in that state. Ending the
+    response's stream then does what aiohttp does at the end of a body it parsed itself: resume
+    reading, drop the sock_read timer, and release the connection to the pool, which keeps it
+    unless it is marked to close (``Connection: close``, an error).
+    """
+    restore_protocol(transport, proto)
+    proto._parser = None
+    content.feed_eof()

@@ -1,8 +1,10 @@
 """An open response: its body read in pieces through aiohttp, or taken over past it.
 
 ``take_socket`` and ``take_body`` hand the rest of a plain length-delimited body to a SocketBody
-or a BodyPump (``bodies.py``) once aiohttp has parsed the headers; the connection is closed
-afterwards, since aiohttp's parser never saw the body. The takeover's touches of aiohttp's
+or a BodyPump (``bodies.py``) once aiohttp has parsed the headers. Neither reads past the body,
+so one received exactly to its end leaves the connection at a message boundary: ``release`` then
+gives it back to aiohttp's pool for the next request (no new TCP and TLS handshake per segment).
+A body cut short, an error, a stall or a cancel closes it. The takeover's touches of aiohttp's
 internals are the named functions of ``aiohttp_internals.py``.
 """
 
@@ -12,6 +14,7 @@ import asyncio
 import os
 import socket
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -19,6 +22,27 @@ from ..errors import ModelhaulError
 from . import aiohttp_internals as internals
 from . import bodies
 from .errors import map_error
+from .receive import POLL_S
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BulkReceive:
+    """How the rest of a large body may be received past aiohttp (Response.take_over).
+
+    Attributes:
+        thread_block_bytes: The block of blocking receives in worker threads (a SocketBody,
+            plain HTTP only); None where the bytes must pass through the event loop (say, an
+            in-order hash reads them there).
+        use_pipe: Splice through a pipe where the system allows (False once the file's
+            filesystem refused a splice).
+        pump_block_bytes: The size of a BodyPump's reusable buffers.
+        pump_blocks: How many of them.
+    """
+
+    thread_block_bytes: int | None
+    use_pipe: bool
+    pump_block_bytes: int
+    pump_blocks: int
 
 
 class Response:
@@ -27,9 +51,8 @@ class Response:
     __slots__ = (
         "_read",
         "_resp",
-        "_restore",
-        "_sock_body",
         "_stall_s",
+        "_taken",
         "end",
         "headers",
         "status",
@@ -38,8 +61,8 @@ class Response:
 
     def __init__(self, resp: aiohttp.ClientResponse, url: str, stall_s: float = 30.0) -> None:
         self._resp = resp
-        self._restore: tuple[asyncio.Transport, internals.ResponseProtocol] | None = None
-        self._sock_body: bodies.SocketBody | None = None
+        # (transport, aiohttp's protocol, body) while the body is taken over past aiohttp.
+        self._taken: _Taken | None = None
         self._stall_s = stall_s
         # readchunk hands over one buffered piece as it came off the socket; readany would
         # join everything buffered (a copy, and lumps of many MiB under a rate limit).
@@ -101,6 +124,25 @@ class Response:
         except (aiohttp.ClientError, OSError) as exc:
             raise map_error(exc, self.url) from exc
 
+    def take_over(
+        self, how: BulkReceive
+    ) -> tuple[bytes, bodies.SocketBody | bodies.BodyPump] | None:
+        """Hand the rest of the body past aiohttp by the cheapest path this connection allows:
+        (bytes aiohttp already buffered, body). Blocking receives in worker threads (spliced
+        into the file on Linux) over plain TCP where ``how`` allows threads, else a BodyPump's
+        reusable buffers on the event loop (TLS). None: read with read_chunk as usual.
+
+        Either way ``release`` gives the connection back to the pool when the body was received
+        exactly to its end, and ``close`` drops it.
+        """
+        if how.thread_block_bytes is not None:
+            by_thread = self.take_socket(
+                block_bytes=how.thread_block_bytes, poll_s=POLL_S, use_pipe=how.use_pipe
+            )
+            if by_thread is not None:
+                return by_thread
+        return self.take_body(block_bytes=how.pump_block_bytes, blocks=how.pump_blocks)
+
     def take_socket(
         self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
     ) -> tuple[bytes, bodies.SocketBody] | None:
@@ -130,9 +172,9 @@ class Response:
         remaining = length - self._resp.content.total_bytes
         # The socket is the body's alone from here. aiohttp's protocol outlives a response on
         # a pooled connection: an earlier response still draining its buffer resumes reading
-        # through it, and the event loop would then take bytes from under the body. A closed
-        # transport cannot be resumed; the duplicate keeps the connection open.
-        transport.close()
+        # through it, and the event loop would then take bytes from under the body. Parked on a
+        # protocol of its own, the transport stays paused and open for the hand back.
+        internals.swap_protocol(transport, proto, asyncio.Protocol())
         body = bodies.SocketBody(
             sock,
             remaining,
@@ -142,7 +184,7 @@ class Response:
             url=self.url,
             use_pipe=use_pipe,
         )
-        self._sock_body = body
+        self._taken = (transport, proto, body)
         return head, body
 
     def take_body(self, *, block_bytes: int, blocks: int) -> tuple[bytes, bodies.BodyPump] | None:
@@ -163,10 +205,10 @@ class Response:
         pump = bodies.BodyPump(
             remaining, block_bytes=block_bytes, blocks=blocks, stall_s=self._stall_s
         )
-        self._restore = (transport, proto)
+        self._taken = (transport, proto, pump)
         # As in take_socket: an earlier response on this connection may still pause or resume
-        # reading through aiohttp's protocol; the swap takes the transport from it, close()
-        # gives it back.
+        # reading through aiohttp's protocol; the swap takes the transport from it, release()
+        # and close() give it back.
         internals.swap_protocol(transport, proto, pump)
         pump.attach(transport)
         transport.resume_reading()
@@ -174,18 +216,45 @@ class Response:
 
     def close(self) -> None:
         """Drop the connection (the body was not read to the end)."""
-        if self._sock_body is not None:
-            self._sock_body.close()
-            self._sock_body = None
-        if self._restore is not None:
-            transport, proto = self._restore
-            self._restore = None
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            transport, proto, body = taken
+            body.close()
             internals.restore_protocol(transport, proto)
         self._resp.close()
 
     def release(self) -> None:
-        """Return the connection to the pool (the body was read to the end)."""
-        if self._restore is not None or self._sock_body is not None:
-            self.close()  # a taken-over connection is mid-message for aiohttp's parser
+        """Return the connection to the pool: the body was read to the end.
+
+        A taken-over connection goes back only when its body was received exactly to its end
+        and nothing follows it (no byte, no end of stream, nothing decrypted or waiting in the
+        TLS layer); otherwise it is closed.
+        """
+        taken, self._taken = self._taken, None
+        if taken is None:
+            self._resp.release()
             return
-        self._resp.release()
+        transport, proto, body = taken
+        if body.finish() and _nothing_unread(transport):
+            internals.hand_back(transport, proto, self._resp.content)
+            self._resp.release()
+            return
+        internals.restore_protocol(transport, proto)
+        self._resp.close()
+
+
+_Taken = tuple[asyncio.Transport, internals.ResponseProtocol, "bodies.BodyPump | bodies.SocketBody"]
+
+
+def _nothing_unread(transport: asyncio.Transport) -> bool:
+    """Whether the connection holds no byte past the body: in the TLS layer (decrypted, or
+    received and not yet decrypted) or in the kernel."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is not None:
+        if ssl_object.pending():
+            return False
+        read_buffer = getattr(transport, "get_read_buffer_size", None)
+        if read_buffer is None or read_buffer():
+            return False
+    raw = transport.get_extra_info("socket")
+    return raw is not None and bodies.socket_is_quiet(raw.fileno())
