@@ -5,6 +5,10 @@ The life of a download:
 1. Lock the target (a second process waits, then finds the work done).
 2. Load the journal beside the partial file, if any, and probe the origin with a ranged GET
    (``If-Range`` carries the validator when resuming), which also delivers the first bytes.
+   A target with nothing on disk (no partial file, journal or lock file) is probed before
+   locking: a small file whose whole body is in that response then takes no lock and no
+   journal, and goes to a partial file of this process alone (many small files cost one
+   request each and no lock); any other file takes the lock and goes on with the response.
 3. Preallocate where that is cheap, after a free-space check; then let connections take
    chunks in file order; idle ones steal half of the largest range in flight that has run a
    while and would still take that long (see policy.segments). Large bodies
@@ -248,17 +252,20 @@ class Downloader:
         process alone; that file never outlives the attempt."""
         shared = t.facts.part
         t.facts = replace(t.facts, part=private_part(shared))
+        result = None
         try:
             try:
                 open_fresh_part(t, exclusive=True)
             except ModelhaulError:
                 close_probe(first)
                 raise
-            return await self._finish(t, first, shared)
+            result = await self._finish(t, first, shared)
+            return result
         finally:
             await end_attempt(t)
-            t.facts.part.unlink(missing_ok=True)
-            t.facts = replace(t.facts, part=shared)
+            if result is None:  # a published file was renamed away; this one goes
+                t.facts.part.unlink(missing_ok=True)
+                t.facts = replace(t.facts, part=shared)  # for the ordinary path's restart
 
     # ------------------------------------------------------------------ the whole download
 

@@ -128,7 +128,9 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
     try:
         if os.fstat(t.fd).st_size > t.size:
             os.ftruncate(t.fd, t.size)
-        if t.size:
+        if journaled(t.size):
+            # A small file is written in a few writes at once: reserving its blocks first
+            # would only add a metadata update (and the conversion of unwritten extents).
             preallocate(t.fd, t.size)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
