@@ -472,7 +472,7 @@ def test_memory_stays_flat_for_a_big_file(origin: Origin, tmp_path: Path) -> Non
 async def test_cancel_while_waiting_for_the_lock_leaves_the_lock_free(
     origin: Origin, tmp_path: Path, state_dir: Path
 ) -> None:
-    data = blob(MiB, seed=16)
+    data = blob(3 * MiB, seed=16)  # journaled, so locked (a smaller file takes no lock)
     origin.add_file("lk.bin", data)
     # The holder pauses briefly, then finishes while the cancelled waiter's lock attempt
     # (a thread polling for up to half a second) is still running.

@@ -148,6 +148,7 @@ class RequestRecord:
     Attributes:
         name: The file name the path maps to (path without the leading slash).
         host: The Host header; local_addr: the address that accepted the connection.
+        peer: The client's "address:port" (one per TCP connection: count connections by it).
         status: The status sent, or None while the handler has not answered yet.
         bytes_sent: Body bytes written, garbage included.
         served: The [start, end) interval of the file written, or None if the response
@@ -167,6 +168,7 @@ class RequestRecord:
     fault: Fault | None
     served: tuple[int, int] | None
     done: bool
+    peer: str = ""
 
 
 @dataclass(slots=True)
@@ -185,6 +187,7 @@ class _Record:
     bytes_sent: int = 0
     served: tuple[int, int] | None = None
     done: bool = False
+    peer: str = ""
 
     def freeze(self) -> RequestRecord:
         return RequestRecord(
@@ -200,6 +203,7 @@ class _Record:
             fault=self.fault,
             served=self.served,
             done=self.done,
+            peer=self.peer,
         )
 
 
@@ -681,6 +685,12 @@ class Origin:
         with self._lock:
             return [record.freeze() for record in self._records if record.name == name]
 
+    def connections(self) -> int:
+        """How many TCP connections carried the requests recorded since start or the last
+        reset_stats (told apart by the client's address and port)."""
+        with self._lock:
+            return len({r.peer for r in self._records})
+
     def bytes_served(self, name: str) -> int:
         """Bytes of `name`'s content handed to the transport so far, over all requests."""
         with self._lock:
@@ -863,6 +873,7 @@ class Origin:
         method = request.method
         transport = request.transport
         sockname = transport.get_extra_info("sockname") if transport is not None else None
+        peername = transport.get_extra_info("peername") if transport is not None else None
         with self._lock:
             queue = self._plans.get((name, method))
             fault = queue.popleft() if queue else self._defaults.get(name)
@@ -882,6 +893,7 @@ class Origin:
                 headers=request.headers,
                 fault=fault,
                 epoch=self._epoch,
+                peer=f"{peername[0]}:{peername[1]}" if peername else "",
             )
             self._records.append(record)
             self._in_flight += 1

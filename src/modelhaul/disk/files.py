@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..errors import DiskFull, InvalidInput, ModelhaulError, PermissionDenied
+from .dirsync import FolderSyncs
 
 _PREALLOC_STEP = 64 * 1024 * 1024
 _PREALLOC_CHEAP_S = 0.004  # ext4 reserves 64 MiB in well under a millisecond; tmpfs takes ~15
@@ -108,7 +109,7 @@ def commit_file(fd: int, part: Path, dest: Path) -> None:
     """Make the verified partial file durable, then atomically the target."""
     os.fsync(fd)
     os.replace(part, dest)
-    fsync_dir(dest.parent)
+    _FOLDER_SYNCS.sync_after_rename(dest.parent)  # shared by files finishing together
 
 
 def fsync_dir(path: Path) -> None:
@@ -123,6 +124,9 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_FOLDER_SYNCS = FolderSyncs(fsync_dir)
 
 
 def os_error(exc: OSError, path: Path, target: Path) -> ModelhaulError:

@@ -46,6 +46,10 @@ class AsyncFileLock:
             return False
         return True
 
+    def acquire_nowait(self) -> bool:
+        """Take the lock if it is free now; whether it was. Never waits."""
+        return self._acquire_within(0)
+
     async def acquire(self) -> None:
         """Wait until the lock is ours; cancelling the wait leaves it free."""
         if self._acquire_within(0):

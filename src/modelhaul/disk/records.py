@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
-import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,22 +57,21 @@ class CompletionRecords:
                 "etag": etag,
             }
             path = self._path(url, part)
-            # A name no one can guess, created afresh: a symlink planted at a fixed temporary
-            # name would have carried this write to whatever file it points at.
-            tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            # Written in place, in one write: a record torn by a crash, or by two writers at
+            # once, does not parse and only costs a fetch (lookup answers None), so no
+            # temporary file and rename per finished file. A symlink (O_NOFOLLOW) or a hard
+            # link planted at the record's name must not carry this write to another file.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
             try:
-                fd = os.open(tmp, flags, 0o664)
+                fd = os.open(path, flags, 0o664)
             except FileNotFoundError:
                 # The folder is made on first use only: with many small files, one mkdir.
                 self._folder.mkdir(parents=True, exist_ok=True)
-                fd = os.open(tmp, flags, 0o664)
+                fd = os.open(path, flags, 0o664)
             try:
-                try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                    os.ftruncate(fd, 0)
                     os.write(fd, json.dumps(data).encode())
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            except OSError:
-                tmp.unlink(missing_ok=True)
-                raise
+            finally:
+                os.close(fd)

@@ -5,6 +5,10 @@ The life of a download:
 1. Lock the target (a second process waits, then finds the work done).
 2. Load the journal beside the partial file, if any, and probe the origin with a ranged GET
    (``If-Range`` carries the validator when resuming), which also delivers the first bytes.
+   A target with nothing on disk (no partial file, journal or lock file) is probed before
+   locking: a small file whose whole body is in that response then takes no lock and no
+   journal, and goes to a partial file of this process alone (many small files cost one
+   request each and no lock); any other file takes the lock and goes on with the response.
 3. Preallocate where that is cheap, after a free-space check; then let connections take
    chunks in file order; idle ones steal half of the largest range in flight that has run a
    while and would still take that long (see policy.segments). Large bodies
@@ -27,8 +31,10 @@ workers and streams (3-4), progress, publish (5); transfer holds the state they 
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -43,12 +49,13 @@ from ..disk.records import CompletionRecords
 from ..errors import Cancelled, ModelhaulError, RangeNotHonoured, RemoteChanged, RetriesExhausted
 from ..events import Result
 from ..http.session import Transport, sleep_s
-from ..policy.paths import plan_paths
+from ..policy.paths import PART_SUFFIX, plan_paths
 from ..policy.ratelimit import TokenBucket
+from ..policy.retry import Retry
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
-from .plan import open_part
-from .probe import probe
+from .plan import open_fresh_part, open_part
+from .probe import Probe, arrives_whole, close_probe, probe
 from .publish import end_attempt, publish, result_of, start_writing, verify
 from .stages import stage
 from .transfer import (
@@ -153,7 +160,8 @@ class Downloader:
             on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
-        make_folder(dest.parent)
+        if not os.path.isdir(dest.parent):  # one stat per file of a list, not a mkdir
+            make_folder(dest.parent)
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
         facts = TransferFacts(
@@ -177,6 +185,8 @@ class Downloader:
         )
         if not lock:
             return await self._download_locked(t)
+        if self._may_go_unlocked(t):
+            return await self._download_unlocked(t, on_notice)
         async with self._target_lock(part, on_notice, dest):
             return await self._download_locked(t)
 
@@ -195,37 +205,117 @@ class Downloader:
 
         return AsyncFileLock(self._lock_path(part), on_wait=on_wait)
 
-    # ------------------------------------------------------------------ the whole download
+    def _may_go_unlocked(self, t: Transfer) -> bool:
+        """Whether nothing of this target is on disk: no partial file or journal to resume,
+        and no lock file, so no other process ever locked it (filelock keeps the file)."""
+        facts = t.facts
+        lock_path = self._lock_path(facts.part)
+        return not any(map(os.path.lexists, (facts.part, facts.journal.path, lock_path)))
 
-    async def _download_locked(self, t: Transfer) -> Result:
+    async def _download_unlocked(self, t: Transfer, on_notice: NoticeCallback | None) -> Result:
+        """Probe before locking. A small file whose whole body is in that response needs no
+        lock, journal or shared partial file: it goes to a partial file of this process alone,
+        and is published by rename as always (two processes at once both publish a verified
+        file). Any other file takes the lock and goes on with the probe's response."""
         done = await self._already_complete(t)
         if done is not None:
             return done
+        restarts = self._restart_budget()
+        first: Probe = None
+        try:
+            first = await probe(t, self.config, self.transport)
+            if arrives_whole(t, first):
+                return await self._fetch_private(t, first)
+        except (RemoteChanged, RangeNotHonoured) as exc:
+            # The ordinary path restarts cleanly (on one connection if ranges failed).
+            restarts = self._count_restart(t, restarts, exc)
+            first = None
+            await sleep_s(restarts.wait_s())
+        lock = self._target_lock(t.facts.part, on_notice, t.dest)
+        if first is not None and lock.acquire_nowait():
+            try:
+                if t.facts.journal.path.exists():  # another process began it meanwhile
+                    close_probe(first)
+                    first = None
+                    _forget_probe(t)
+                return await self._download_locked(t, first, restarts)
+            finally:
+                lock.release()
+        if first is not None:
+            close_probe(first)  # another process holds the file: its work may be done meanwhile
+            _forget_probe(t)
+        async with lock:
+            return await self._download_locked(t, None, restarts)
+
+    async def _fetch_private(self, t: Transfer, first: Probe) -> Result:
+        """The rest of a small file whose probe brought all of it, into a partial file of this
+        process alone; that file never outlives the attempt."""
+        shared = t.facts.part
+        t.facts = replace(t.facts, part=private_part(shared))
+        result = None
+        try:
+            try:
+                open_fresh_part(t, exclusive=True)
+            except ModelhaulError:
+                close_probe(first)
+                raise
+            result = await self._finish(t, first, shared)
+            return result
+        finally:
+            await end_attempt(t)
+            if result is None:  # a published file was renamed away; this one goes
+                t.facts.part.unlink(missing_ok=True)
+                t.facts = replace(t.facts, part=shared)  # for the ordinary path's restart
+
+    # ------------------------------------------------------------------ the whole download
+
+    async def _download_locked(
+        self, t: Transfer, first: Probe | None = None, restarts: Retry | None = None
+    ) -> Result:
+        """The download under its lock; ``first``: a probe already made (the partial file is
+        then opened afresh for it); ``restarts``: the clean restarts left."""
+        if first is None:
+            done = await self._already_complete(t)
+            if done is not None:
+                return done
         facts = t.facts
-        # The first clean restart is at once: nothing was wrong with the link.
-        restarts = retry_of(self.config.retry, total=self.config.retry.max_restarts, free=1)
+        restarts = restarts or self._restart_budget()
         while True:
             try:
-                return await self._transfer_once(t)
+                return await self._transfer_once(t, first)
             except (RemoteChanged, RangeNotHonoured) as exc:
-                # Both mean the partial data is useless: the file changed, or the origin does
-                # not do ranges, so a retry starts over (for the latter, on one connection).
-                restarts = restarts.increment(exc)
-                t.history.append(exc)
-                if restarts.is_exhausted():
-                    if isinstance(exc, RangeNotHonoured):
-                        cause = exc.__cause__
-                        last = cause if isinstance(cause, ModelhaulError) else exc
-                        raise RetriesExhausted(last, list(t.history)) from exc
-                    raise RemoteChanged(
-                        f"{exc.message}; gave up after {restarts.fails} clean restarts",
-                        hint="The file keeps changing on the server; try again later.",
-                    ) from exc
+                first = None
+                restarts = self._count_restart(t, restarts, exc)
                 discard_partial(t.dest, part=facts.part, journal=facts.journal.path)
-                t.state = JournalState(url=facts.url, size=None, sha256=facts.expected_sha256)
-                t.resolved_url = None
-                t.single = t.single or isinstance(exc, RangeNotHonoured)
             await sleep_s(restarts.wait_s())
+
+    def _restart_budget(self) -> Retry:
+        # The first clean restart is at once: nothing was wrong with the link.
+        return retry_of(self.config.retry, total=self.config.retry.max_restarts, free=1)
+
+    @staticmethod
+    def _count_restart(
+        t: Transfer, restarts: Retry, exc: RemoteChanged | RangeNotHonoured
+    ) -> Retry:
+        """Spend a clean restart and reset the transfer for it; raise once none is left.
+
+        Both errors mean the partial data is useless: the file changed, or the origin does not
+        do ranges, so a retry starts over (for the latter, on one connection)."""
+        restarts = restarts.increment(exc)
+        t.history.append(exc)
+        if restarts.is_exhausted():
+            if isinstance(exc, RangeNotHonoured):
+                cause = exc.__cause__
+                last = cause if isinstance(cause, ModelhaulError) else exc
+                raise RetriesExhausted(last, list(t.history)) from exc
+            raise RemoteChanged(
+                f"{exc.message}; gave up after {restarts.fails} clean restarts",
+                hint="The file keeps changing on the server; try again later.",
+            ) from exc
+        _forget_probe(t)
+        t.single = t.single or isinstance(exc, RangeNotHonoured)
+        t.inline_hash, t.inline_pos = None, 0
+        return restarts
 
     async def _already_complete(self, t: Transfer) -> Result | None:
         """The Result without a request when the target is known done, else None."""
@@ -266,23 +356,49 @@ class Downloader:
                 )
         return None
 
-    async def _transfer_once(self, t: Transfer) -> Result:
-        """One attempt: probe, fetch what is missing, verify, publish."""
-        open_part(t)
+    async def _transfer_once(self, t: Transfer, first: Probe | None) -> Result:
+        """One attempt: probe (unless ``first`` is its answer), fetch what is missing, verify,
+        publish."""
         try:
-            first = await probe(t, self.config, self.transport)
-            stage("probed")
-            start_writing(t, first, check_disk_space=self.config.check_disk_space)
-            await self._workers.run(t, first)
-            size, digest = await verify(t)
-            t.claim(t.dest)
-            await publish(t)
-            self.records.store(
-                t.facts.url, t.facts.part, t.dest, size=size, sha256=digest, etag=t.state.etag
-            )
-            return result_of(t, size, digest)
+            if first is None:
+                open_part(t)
+                first = await probe(t, self.config, self.transport)
+            else:
+                try:
+                    open_fresh_part(t)
+                except ModelhaulError:
+                    close_probe(first)
+                    raise
+            return await self._finish(t, first, t.facts.part)
         finally:
             await end_attempt(t)
+
+    async def _finish(self, t: Transfer, first: Probe, record_part: Path) -> Result:
+        """After the probe: fetch what is missing, verify, publish, record as done for the
+        partial file a re-run would look for (``record_part``)."""
+        stage("probed")
+        start_writing(t, first, check_disk_space=self.config.check_disk_space)
+        await self._workers.run(t, first)
+        size, digest = await verify(t)
+        t.claim(t.dest)
+        await publish(t)
+        self.records.store(
+            t.facts.url, record_part, t.dest, size=size, sha256=digest, etag=t.state.etag
+        )
+        return result_of(t, size, digest)
+
+
+def _forget_probe(t: Transfer) -> None:
+    """Back to before the probe: nothing known of the remote file."""
+    t.state = JournalState(url=t.facts.url, size=None, sha256=t.facts.expected_sha256)
+    t.resolved_url = None
+
+
+def private_part(part: Path) -> Path:
+    """A partial file beside ``part`` for this process alone (same suffix, so ``doctor`` and
+    ``gc`` see one left by a crash)."""
+    stem = part.name.removesuffix(PART_SUFFIX)
+    return part.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(3)}{PART_SUFFIX}")
 
 
 __all__ = ["Cancelled", "Downloader"]

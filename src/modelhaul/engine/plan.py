@@ -47,14 +47,33 @@ def open_part(t: Transfer) -> None:
         if loaded is not None or exists:
             t.facts.journal.remove()
         t.state = JournalState(url=t.facts.url, size=None, sha256=t.facts.expected_sha256)
+    _open_fd(t, exclusive=False)
+    if not t.state.done:
+        os.ftruncate(t.fd, 0)
+
+
+def open_fresh_part(t: Transfer, *, exclusive: bool = False) -> None:
+    """Open the partial file empty, keeping the state the probe found (it ran before the file
+    was opened: nothing is resumed). ``exclusive``: the file must be new (a name of this
+    process alone)."""
+    _open_fd(t, exclusive=exclusive)
+    if not exclusive:
+        os.ftruncate(t.fd, 0)
+
+
+def _open_fd(t: Transfer, *, exclusive: bool) -> None:
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
     try:
         # O_NOFOLLOW: a symlink planted at the partial path must not redirect our writes.
         # 0o664 with the user's umask: never world-writable.
-        t.fd = os.open(t.facts.part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o664)
+        t.fd = os.open(t.facts.part, flags, 0o664)
     except OSError as exc:
         raise os_error(exc, t.facts.part, t.dest) from exc
-    if not t.state.done:
-        os.ftruncate(t.fd, 0)
+
+
+def journaled(size: int | None) -> bool:
+    """Whether a file of ``size`` bytes keeps a journal (a smaller one restarts instead)."""
+    return size is None or size >= _JOURNAL_MIN_BYTES
 
 
 def may_split(segments: SegmentPolicy) -> bool:
@@ -109,7 +128,9 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
     try:
         if os.fstat(t.fd).st_size > t.size:
             os.ftruncate(t.fd, t.size)
-        if t.size:
+        if journaled(t.size):
+            # A small file is written in a few writes at once: reserving its blocks first
+            # would only add a metadata update (and the conversion of unwritten extents).
             preallocate(t.fd, t.size)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -122,7 +143,7 @@ def save_journal(t: Transfer) -> None:
     """Record what the partial file holds (small files are not journaled: they restart)."""
     if t.writeback is not None:  # the ranges recorded final: start writing them to disk
         t.writeback.advance(t.state.done)
-    if t.size is not None and t.size < _JOURNAL_MIN_BYTES:
+    if not journaled(t.size):
         # Refetching a small file costs less than journaling it; it restarts instead.
         t.journal_dirty = False
         return
@@ -143,7 +164,9 @@ def drop_journal(t: Transfer) -> None:
 
 __all__ = [
     "drop_journal",
+    "journaled",
     "may_split",
+    "open_fresh_part",
     "open_part",
     "plan_segments",
     "prepare_file",

@@ -30,7 +30,7 @@ from ..policy.headers import (
 )
 from ..policy.ranges import RangeSet
 from ..policy.segments import Segment
-from .plan import may_split, plan_segments
+from .plan import journaled, may_split, plan_segments
 from .transfer import Transfer, retry_of
 
 _PROBE_BYTES = 8 * 1024 * 1024
@@ -126,7 +126,8 @@ async def _probe_once(t: Transfer, config: DownloadConfig, transport: Transport)
     t.size = size
     st.size, st.etag, st.last_modified = size, etag, last_modified
     st.done = RangeSet()
-    os.ftruncate(t.fd, 0)
+    if t.fd >= 0:  # a probe sent before the partial file was opened has nothing to drop
+        os.ftruncate(t.fd, 0)
     _check_expected_size(t, resp)
     return resp
 
@@ -173,6 +174,17 @@ def _check_expected_size(t: Transfer, resp: Response) -> None:
         )
 
 
+def arrives_whole(t: Transfer, probe: Probe) -> bool:
+    """Whether the probe's response carries the whole file, and the file is too small to
+    keep a journal (it would restart, not resume, after a failure anyway)."""
+    if t.size is None or journaled(t.size) or probe is None:
+        return False
+    if isinstance(probe, Response):
+        return True  # a 200 of known length
+    seg, _ = probe
+    return seg.pos == 0 and seg.end == t.size
+
+
 def close_probe(probe: Probe) -> None:
     resp = probe[1] if isinstance(probe, tuple) else probe
     if resp is not None:
@@ -183,4 +195,4 @@ def etag_changed(known: str | None, seen: str | None) -> bool:
     return bool(known and seen and known != seen)
 
 
-__all__ = ["Probe", "close_probe", "etag_changed", "probe"]
+__all__ = ["Probe", "arrives_whole", "close_probe", "etag_changed", "probe"]

@@ -19,6 +19,8 @@ from .errors import map_error, status_error
 
 # The Authorization value a host's netrc entry gives it, if any.
 LoginLookup = Callable[[str], Awaitable[str | None]]
+# The proxy (and its credentials) a request to a URL goes through; (None, None): direct.
+ProxyLookup = Callable[[str], Awaitable[tuple[str | None, aiohttp.BasicAuth | None]]]
 
 
 async def follow_redirects(
@@ -31,12 +33,13 @@ async def follow_redirects(
     max_redirects: int,
     allow_downgrade: bool,
     login_for: LoginLookup | None,
+    proxy_for: ProxyLookup | None = None,
 ) -> tuple[aiohttp.ClientResponse, str]:
     """Send a request, following redirects: (the final response, its URL).
 
     ``credential_url`` is the URL whose host may see sensitive headers (default: ``url``);
     ``login_for`` gives a hop that carries no Authorization of its own the netrc login of its
-    host.
+    host; ``proxy_for`` gives each hop its proxy.
 
     Raises:
         HTTPStatusError: the final response's status is 400 or more.
@@ -52,8 +55,16 @@ async def follow_redirects(
             login = await login_for(urlsplit(current).hostname or "")
             if login is not None:
                 send["Authorization"] = login
+        proxy, proxy_auth = await proxy_for(current) if proxy_for is not None else (None, None)
         try:
-            resp = await session.request(method, current, headers=send, allow_redirects=False)
+            resp = await session.request(
+                method,
+                current,
+                headers=send,
+                allow_redirects=False,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+            )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise map_error(exc, current) from exc
         if resp.status in REDIRECT_STATUSES and "Location" in resp.headers:

@@ -1,5 +1,5 @@
 """The client session: Transport owns aiohttp's pooled session, sets up each request, and reads
-netrc once.
+netrc and the proxy settings once.
 
 ``Transport.request`` is the one way the library sends an HTTP request: redirects are followed
 by ``redirects.py``, errors translated by ``errors.py``, and the answer is a ``Response``.
@@ -11,9 +11,11 @@ import asyncio
 import netrc
 import os
 import ssl
+import urllib.request
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Self
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
@@ -21,6 +23,9 @@ from ..config import DownloadConfig, default_netrc_path
 from . import aiohttp_internals as internals
 from .redirects import follow_redirects
 from .response import Response
+
+# A request's proxy and its credentials; (None, None) for a direct connection.
+Proxy = tuple[str | None, aiohttp.BasicAuth | None]
 
 
 class Transport:
@@ -55,6 +60,7 @@ class Transport:
         self._netrc_on = False
         self._netrc: netrc.netrc | bool | None = None  # None: not read yet; False: none
         self._netrc_path = default_netrc_path() if netrc_path is None else netrc_path
+        self._proxies: dict[tuple[str, str], asyncio.Future[Proxy]] = {}  # by (scheme, host)
 
     @classmethod
     def for_config(cls, cfg: DownloadConfig, *, limit: int = 0, limit_per_host: int = 0) -> Self:
@@ -95,7 +101,9 @@ class Transport:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            trust_env=self._trust_env,
+            # The environment is read here, once per host (proxy_for): with trust_env aiohttp
+            # reads it, and stats ~/.netrc, in a worker thread for every request.
+            trust_env=False,
             timeout=aiohttp.ClientTimeout(
                 total=None,
                 sock_connect=self._connect_timeout_s,
@@ -107,10 +115,9 @@ class Transport:
         )
         # The engine owns retries: aiohttp's silent resend of a request would bypass them.
         internals.disable_connection_retry(self._session)
-        # Read once here, and an entry added only to a hop that has no Authorization of its own
-        # (aiohttp would refuse a token alongside a netrc entry).
-        if self._trust_env:
-            self._netrc_on = internals.disable_netrc_lookup(self._session)
+        # netrc is read once here, and an entry added only to a hop that has no Authorization of
+        # its own (aiohttp would refuse a token alongside a netrc entry).
+        self._netrc_on = self._trust_env
 
     async def close(self) -> None:
         if self._session is not None:
@@ -141,8 +148,27 @@ class Transport:
             max_redirects=self._max_redirects,
             allow_downgrade=self._allow_downgrade,
             login_for=self._netrc_login if self._netrc_on else None,
+            proxy_for=self._proxy_for if self._trust_env else None,
         )
         return Response(resp, final_url, self._stall_timeout_s)
+
+    async def _proxy_for(self, url: str) -> Proxy:
+        """The proxy the environment names for ``url`` (HTTP(S)_PROXY, NO_PROXY), as aiohttp's
+        trust_env picks it; worked out once per scheme and host."""
+        parts = urlsplit(url)
+        key = (parts.scheme.lower(), (parts.hostname or "").lower())
+        found = self._proxies.get(key)
+        if found is None:
+            # One lookup per host, shared by the requests that wait for it.
+            found = self._proxies[key] = asyncio.ensure_future(self._look_up_proxy(*key))
+        return await asyncio.shield(found)
+
+    async def _look_up_proxy(self, scheme: str, host: str) -> Proxy:
+        if self._netrc is None:
+            self._netrc = await asyncio.to_thread(_load_netrc, self._netrc_path)
+        rc = self._netrc if isinstance(self._netrc, netrc.netrc) else None
+        # Off the loop: on macOS and Windows the bypass list is read from the system.
+        return await asyncio.to_thread(_env_proxy, scheme, host, rc)
 
     async def _netrc_login(self, host: str) -> str | None:
         """The Basic Authorization value ~/.netrc (or $NETRC) gives ``host``, if any."""
@@ -155,6 +181,28 @@ class Transport:
             return None
         login, account, password = entry
         return aiohttp.BasicAuth(login or account or "", password or "").encode()
+
+
+def _env_proxy(scheme: str, host: str, rc: netrc.netrc | None) -> Proxy:
+    """The proxy for ``scheme``://``host`` from the environment, as aiohttp's trust_env reads
+    it: none when NO_PROXY names the host, HTTPS proxies ignored (aiohttp cannot use them),
+    credentials from the proxy URL, else from netrc for the proxy's host."""
+    if host and urllib.request.proxy_bypass(host):
+        return None, None
+    proxy = urllib.request.getproxies().get(scheme)
+    if not proxy:
+        return None, None
+    parts = urlsplit(proxy)
+    if parts.scheme.lower() in ("https", "wss") or not parts.hostname:
+        return None, None
+    auth = None
+    if parts.username is not None:
+        auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+        proxy = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+    elif rc is not None and (entry := rc.authenticators(parts.hostname)) is not None:
+        login, account, password = entry
+        auth = aiohttp.BasicAuth(login or account or "", password or "")
+    return proxy, auth
 
 
 def _load_netrc(path: str | os.PathLike[str]) -> netrc.netrc | bool:

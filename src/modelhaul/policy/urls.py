@@ -9,6 +9,7 @@ https->http downgrades are refused.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
 
@@ -29,7 +30,7 @@ def check_url(url: str) -> str:
         InvalidInput: the URL has a control character, another scheme, no host, a host with
             characters no host name has, or a port that is not one.
     """
-    if any(ord(ch) < 32 or ch == "\x7f" for ch in url):
+    if _CONTROL.search(url):
         # urlsplit silently drops tabs and newlines, so it cannot be left to see them.
         raise InvalidInput(f"bad URL {url!r}: it contains a control character", hint=_URL_HINT)
     try:
@@ -64,6 +65,7 @@ _URL_HINT = (
     "Check the URL for a typo: the host is a name or address without spaces, and a port is a "
     "number from 1 to 65535."
 )
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # one search per URL: lists check thousands
 # RFC 3986 reg-name once decoded: unreserved and sub-delims; no other ASCII belongs there.
 _HOST_ASCII = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~!$&'()*+,;="
