@@ -122,6 +122,27 @@ def test_bars_show_sizes_and_speeds_in_one_unit_family_and_label_the_eta() -> No
     assert "MB/s" not in text and "MB" not in text.replace("MiB", "")
 
 
+def test_a_file_whose_bytes_all_arrived_says_verifying_not_a_speed() -> None:
+    # Between the last byte and the rename (hash tail, fsync) the bar must not look finished.
+    renderer, out = terminal_renderer(files=1)
+    renderer.start()
+    renderer.progress("a.bin", progress("a.bin", 10 * MiB, 10 * MiB, 3.5 * MiB))
+    renderer.verifying("a.bin")
+    renderer.stop()
+
+    last_frame = shown(out).rsplit("\r", 1)[-1]
+    assert "verifying" in last_frame
+    assert "MiB/s" not in last_frame
+
+    renderer, out = terminal_renderer(files=1)
+    renderer.start()
+    renderer.progress("a.bin", progress("a.bin", 10 * MiB, 10 * MiB, 3.5 * MiB))
+    renderer.verifying("a.bin")
+    renderer.file_done("a.bin", completed("a.bin", 10 * MiB))
+    renderer.stop()
+    assert "verifying" not in shown(out).rsplit("\r", 1)[-1]  # done: no longer verifying
+
+
 def run_on_a_terminal(*args: str, timeout_s: float = 60) -> tuple[int, str]:
     """Run the CLI with a pseudo-terminal for stdin, stdout and stderr; all it wrote, decoded."""
     master, slave = pty.openpty()

@@ -61,9 +61,12 @@ class _Speed(ProgressColumn):
 
 class _Eta(ProgressColumn):
     """The row's ``eta`` field (seconds), labelled; nothing once the row is finished or
-    ``ended`` (a total whose failed files never fill it)."""
+    ``ended`` (a total whose failed files never fill it); "verifying" while a file's last
+    bytes are hashed and written out."""
 
     def render(self, task: Task) -> Text:
+        if task.fields.get("verifying"):
+            return Text("verifying", style="progress.remaining")
         if task.finished or task.total is None or task.fields.get("ended"):
             return Text("")
         eta = task.fields.get("eta")
@@ -164,6 +167,15 @@ class RichRenderer(Renderer):
             self._sizes[key] = p.total
         self._update_total()
 
+    def verifying(self, key: str) -> None:
+        # A full bar with a speed would claim the file is done while its tail (hash, fsync,
+        # rename) can still take seconds on a busy disk: say what it is doing instead.
+        if key in self._finished or key not in self._tasks:
+            return
+        self._bars.update(self._tasks[key], speed=None, verifying=True)
+        self._speeds.pop(key, None)
+        self._update_total()
+
     def file_done(self, key: str, record: dict[str, Any]) -> None:
         if key in self._finished:
             return
@@ -187,7 +199,11 @@ class RichRenderer(Renderer):
         elif completed:
             size = record.get("size") or 0
             self._bars.update(
-                self._task(key, size), completed=size, total=size, speed=_average_speed(record)
+                self._task(key, size),
+                completed=size,
+                total=size,
+                speed=_average_speed(record),
+                verifying=False,
             )
         self._update_total()
 

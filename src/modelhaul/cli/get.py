@@ -207,6 +207,8 @@ async def run(args: argparse.Namespace) -> int:
             if ev.kind is EventKind.PROGRESS and ev.progress is not None:
                 last[ev.task_id] = ev.progress
                 renderer.progress(job.label, ev.progress)
+            elif ev.kind is EventKind.STATE and ev.state is State.VERIFYING:
+                renderer.verifying(job.label)
             elif ev.kind is EventKind.STATE and ev.state in (State.COMPLETED, State.FAILED):
                 # Reported as each file ends, not in list order.
                 record = ev.result or _failed_dict(job.entry.url, ev.error or {})

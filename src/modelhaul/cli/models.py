@@ -21,7 +21,7 @@ from ..errors import (
     human_bytes,
     plural,
 )
-from ..events import EventKind, FileEvent, FilePhase, TaskEvent
+from ..events import EventKind, FileEvent, FilePhase, State, TaskEvent
 from ..policy.urls import same_host
 from ..sources.hf import (
     HubRef,
@@ -167,6 +167,8 @@ def _renderer_hook(renderer: Renderer, labels: dict[str, str], held: dict[str, b
         if ev.kind is EventKind.PROGRESS and ev.progress is not None:
             renderer.progress(label, ev.progress)
             held[label] = ev.progress.resumable
+        elif ev.kind is EventKind.STATE and ev.state is State.VERIFYING:
+            renderer.verifying(label)
         elif ev.kind is EventKind.STATE and ev.state.final:
             held.pop(label, None)
 

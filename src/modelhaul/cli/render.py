@@ -27,6 +27,9 @@ class Renderer:
 
     def progress(self, key: str, p: ProgressRecord) -> None: ...
 
+    def verifying(self, key: str) -> None:
+        """Every byte of ``key`` arrived; its hash, fsync and rename are still to come."""
+
     def file_done(self, key: str, record: dict[str, Any]) -> None: ...
 
     def notice(self, message: str) -> None:
