@@ -234,7 +234,7 @@ def run_all(args: argparse.Namespace, data: Data, mh: list[str] | None) -> Resul
             )
             res.cases = build_cases(ctx, data, args.cases, res)
             if "C" in args.cases:
-                res.pcheck = proxy_check(ctx, data.files, data.capped, reps=4)
+                res.pcheck = proxy_check(ctx, data.files, data.capped, reps=2 if args.quick else 4)
             if data.tls is not None:
                 url = srv.url("/plain/1g.bin.sha256", via="tls", scheme="https")
                 res.tls_timings = tls_timings(url, data.tls.ca)

@@ -24,7 +24,7 @@ def hf_transfer_trusts(ctx: Ctx, srv: Servers, tls: TlsFiles) -> str:
     """Empty if hf_transfer can fetch from the test server given SSL_CERT_FILE, else why not."""
     url = srv.url("/plain/1g.bin.sha256", scheme="https")
     out = ctx.lists / "hf_transfer-tls-probe"
-    argv = [ctx.peer_python, "-c", HF_CODE, url, str(out), "1", str(HF_CHUNK)]
+    argv = [ctx.peer_python, "-c", HF_CODE, url, str(out), "16", str(HF_CHUNK)]
     env = {**clean_env(), "SSL_CERT_FILE": str(tls.ca)}
     try:
         cp = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
