@@ -11,11 +11,10 @@ each with its SHA-256) is in the same table: pull's CPU per GiB is judged agains
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 from .checks import verify_files
-from .common import RTT_MS, GiB, MiB
+from .common import RTT_MS, MiB
 from .hubrepo import HubModel
 from .runner import Case, Ctx, Tool
 
@@ -119,15 +118,3 @@ def pull_case(ctx: Ctx, model: HubModel) -> Case:
         warm=[f.source for f in model.files],
         env=_hub_env(ctx),
     )
-
-
-def describe(ctx: Ctx, model: HubModel) -> list[str]:
-    """Command lines of case F for the README and the report."""
-    return [
-        f"`HF_ENDPOINT={ctx.srv.url('', via='hub')}` (static Hub), `HF_HOME`/`HF_HUB_CACHE` "
-        f"empty per run, {' '.join(f'{k}={v}' for k, v in HF_ENV.items())}",
-        f"`{shlex.join([*(ctx.mh or ['modelhaul']), 'pull', f'hf://{model.repo_id}', '-q'])}`",
-        f"`python -c {shlex.quote(SNAPSHOT_CODE)} {model.repo_id}`",
-        f"`hf download {model.repo_id} -q`",
-        f"payload {model.payload / GiB:.3f} GiB",
-    ]
