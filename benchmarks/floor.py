@@ -1,6 +1,6 @@
 """A lower bound on what any downloader can spend on case A, for comparison in the same run.
 
-    floor.py URL OUT CONNECTIONS [--sha256]
+    floor.py URL OUT CONNECTIONS [--sha256] [--fsync]
 
 Fetches URL into OUT with CONNECTIONS threads and nothing else a real tool needs: no retries,
 no journal, no progress. The threads take 32 MiB chunks in file order, one Range request each.
@@ -12,6 +12,10 @@ lock (page-cache writes to one file queue on its inode lock anyway).
 With ``--sha256`` a thread hashes the completed prefix as it grows, through 64 MiB memory maps
 (the cheapest way to read it back), overlapping the transfer, and prints the digest.
 
+With ``--fsync`` the file is also made durable, as modelhaul makes it: each completed chunk's
+writeback is started at once (``sync_file_range(SYNC_FILE_RANGE_WRITE)``, Linux), so the final
+``fsync`` has little left to wait for.
+
 Its wall time and CPU seconds per GiB are the floor of receive + page-cache write (+ an
 overlapped verification) on this machine; modelhaul's numbers in the same table are measured
 against it.
@@ -19,6 +23,8 @@ against it.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import mmap
@@ -33,6 +39,18 @@ CHUNK = 32 * 1024 * 1024
 PIPE = 1024 * 1024
 WINDOW = 64 * 1024 * 1024  # one map per window: a whole-file map would count as RSS
 SPLICE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> object | None:
+    """libc's sync_file_range where there is one (Linux), else None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return fn
 
 
 def _request(host: str, port: int, path: str, extra: str = "") -> tuple[socket.socket, bytes]:
@@ -67,8 +85,11 @@ class Fetcher:
     """The chunks of one file, handed out in order; ``prefix`` is where the completed prefix
     ends, announced through ``cond``."""
 
-    def __init__(self, host: str, port: int, path: str, fd: int, size: int) -> None:
+    def __init__(
+        self, host: str, port: int, path: str, fd: int, size: int, writeback: object | None
+    ) -> None:
         self.host, self.port, self.path, self.fd, self.size = host, port, path, fd, size
+        self.writeback = writeback
         self.write_lock = threading.Lock()
         self.cond = threading.Condition()
         self.next = 0
@@ -89,6 +110,8 @@ class Fetcher:
                         return
                     b = self.next = min(self.size, a + CHUNK)
                 self._fetch(a, b, pipe, view)
+                if self.writeback is not None:
+                    self.writeback(self.fd, a, b - a, SYNC_FILE_RANGE_WRITE)  # type: ignore[operator]
                 with self.cond:
                     self.done[a] = b
                     while self.prefix in self.done:
@@ -151,11 +174,12 @@ class Fetcher:
 def main() -> int:
     url, out, conns = sys.argv[1], sys.argv[2], int(sys.argv[3])
     verify = "--sha256" in sys.argv[4:]
+    durable = "--fsync" in sys.argv[4:]
     parts = urlsplit(url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path
     size = _size(host, port, path)
     fd = os.open(out, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    fetcher = Fetcher(host, port, path, fd, size)
+    fetcher = Fetcher(host, port, path, fd, size, _writeback_starter() if durable else None)
     errors: list[BaseException] = []
     digest: list[str] = []
 
@@ -177,6 +201,8 @@ def main() -> int:
         t.start()
     for t in threads:
         t.join()
+    if durable and not errors:
+        os.fsync(fd)
     os.close(fd)
     if errors:
         print(f"floor: {errors[0]}", file=sys.stderr)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # modelhaul benchmarks: one command, modelhaul vs. peers, ratios from the same run.
-#   benchmarks/run.sh [--quick] [--reps N] [--only A,B,C,D] [--tools REGEX] [--tool-cmd CMD] ...
-# Installs what is missing (nginx + aria2 via apt, hf_transfer + requests into a separate venv
-# under benchmarks/_work/), then runs benchmarks/bench.py with that venv's python.
+#   benchmarks/run.sh [--quick] [--reps N] [--only A,B,C,D,E,F] [--tools REGEX] [--tool-cmd CMD] ...
+# Installs what is missing (nginx, aria2, curl, openssl via apt; hf_transfer, requests and
+# huggingface_hub into a separate venv under benchmarks/_work/), then runs benchmarks/bench.py
+# with that venv's python.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -15,6 +16,7 @@ missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v aria2c >/dev/null 2>&1 || missing+=(aria2)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]})); then
     if [ "$(id -u)" -ne 0 ]; then
         echo "run.sh: missing ${missing[*]}; install them (apt-get install -y ${missing[*]}) or run as root" >&2
@@ -25,13 +27,13 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-if ! "$VENV/bin/python" -c 'import hf_transfer, requests' >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c 'import hf_transfer, requests, huggingface_hub' >/dev/null 2>&1; then
     # Build the bench venv from the project's interpreter (Python 3.11), never touching .venv.
     base_py="python3"
     [ -x "$REPO/.venv/bin/python" ] && base_py="$REPO/.venv/bin/python"
-    echo "run.sh: creating $VENV with hf_transfer + requests"
-    "$base_py" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check hf_transfer requests
+    echo "run.sh: creating $VENV with hf_transfer, requests, huggingface_hub"
+    [ -x "$VENV/bin/python" ] || "$base_py" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check hf_transfer requests huggingface_hub
 fi
 
 exec "$VENV/bin/python" "$HERE/bench.py" "$@"
