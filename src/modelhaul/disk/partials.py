@@ -6,13 +6,19 @@ these questions through the manager (``DownloadManager.is_downloading`` / ``disc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import os
+import re
+import secrets
+import time
 from pathlib import Path
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
-from ..policy.paths import part_paths
+from ..policy.paths import PART_SUFFIX, part_paths
 from .journal import Journal
 
 
@@ -46,3 +52,62 @@ def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | Non
 
 
 __all__ = ["discard_partial", "is_downloading", "lock_file_for"]
+
+
+# A partial file of one process alone: "<name>.<pid>-<6 hex>.modelhaul.part".
+_PRIVATE = re.compile(r"\.\d+-[0-9a-f]{6}" + re.escape(PART_SUFFIX) + "$")
+# A private file this young and still empty may be one whose owner has not locked it yet.
+_GRACE_S = 5.0
+
+
+def private_part(part: Path) -> Path:
+    """A partial file beside ``part`` for this process alone (same suffix, so ``doctor`` and
+    ``gc`` see one left by a crash). Its owner holds it with ``hold_private``."""
+    stem = part.name.removesuffix(PART_SUFFIX)
+    return part.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(3)}{PART_SUFFIX}")
+
+
+def hold_private(fd: int) -> None:
+    """Lock an open private partial file for as long as the descriptor lives, so
+    ``sweep_orphans`` knows its owner is alive (whatever pid namespace it runs in). Where
+    the filesystem has no locks the sweeper cannot lock either, and leaves every file be."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def sweep_orphans(directory: Path) -> int:
+    """Remove the private partial files in ``directory`` that no live process holds (one
+    killed mid-download left them; nobody would resume them); how many went.
+
+    A file is taken only once its lock could be had: its owner holds the lock from creation
+    to after the rename that publishes it, so a file in use, or just published, is never
+    touched. Errors skip the file: this is housekeeping, never a reason to fail a download.
+    """
+    removed = 0
+    try:
+        entries = os.scandir(directory)
+    except OSError:
+        return 0
+    with entries:
+        for entry in entries:
+            if entry.name.endswith(PART_SUFFIX) and _PRIVATE.search(entry.name):
+                removed += _remove_if_orphan(entry.path)
+    return removed
+
+
+def _remove_if_orphan(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if st.st_size == 0 and time.time() - st.st_mtime < _GRACE_S:
+            return 0
+        os.unlink(path)
+        return 1
+    except OSError:  # held by a live process (EWOULDBLOCK), gone already, or not ours
+        return 0
+    finally:
+        os.close(fd)

@@ -31,7 +31,6 @@ workers and streams (3-4), progress, publish (5); transfer holds the state they 
 from __future__ import annotations
 
 import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
@@ -44,12 +43,18 @@ from ..disk.files import make_folder
 from ..disk.hashing import sha256_file_async
 from ..disk.journal import Journal, JournalState
 from ..disk.lock import AsyncFileLock
-from ..disk.partials import discard_partial, lock_file_for
+from ..disk.partials import (
+    discard_partial,
+    hold_private,
+    lock_file_for,
+    private_part,
+    sweep_orphans,
+)
 from ..disk.records import CompletionRecords
 from ..errors import Cancelled, ModelhaulError, RangeNotHonoured, RemoteChanged, RetriesExhausted
 from ..events import Result
 from ..http.session import Transport, sleep_s
-from ..policy.paths import PART_SUFFIX, plan_paths
+from ..policy.paths import plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
 from ..policy.urls import check_url
@@ -95,6 +100,7 @@ class Downloader:
         state = state_dir or default_state_dir()
         self.lock_dir = state / "locks"
         self.records = CompletionRecords(state / "done")
+        self._swept: set[Path] = set()  # folders cleared of dead processes' private files
         self._own_transport = transport is None
         self.transport = transport or Transport.for_config(cfg)
         self._workers = Workers(cfg, self.transport)
@@ -162,6 +168,9 @@ class Downloader:
         journal = Journal(journal_path or paths.journal)
         if not os.path.isdir(dest.parent):  # one stat per file of a list, not a mkdir
             make_folder(dest.parent)
+        if part.parent not in self._swept:  # once a folder: what killed processes left
+            self._swept.add(part.parent)
+            sweep_orphans(part.parent)
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
         facts = TransferFacts(
@@ -252,20 +261,28 @@ class Downloader:
         process alone; that file never outlives the attempt."""
         shared = t.facts.part
         t.facts = replace(t.facts, part=private_part(shared))
+        try:
+            open_fresh_part(t, exclusive=True)
+            hold_private(t.fd)  # until the descriptor closes, after the rename
+        except ModelhaulError:
+            # Nothing was created; unlinking on a read-only filesystem would raise EROFS and
+            # hide this error.
+            close_probe(first)
+            t.facts = replace(t.facts, part=shared)
+            raise
         result = None
         try:
-            try:
-                open_fresh_part(t, exclusive=True)
-            except ModelhaulError:
-                close_probe(first)
-                raise
             result = await self._finish(t, first, shared)
             return result
         finally:
-            await end_attempt(t)
-            if result is None:  # a published file was renamed away; this one goes
-                t.facts.part.unlink(missing_ok=True)
-                t.facts = replace(t.facts, part=shared)  # for the ordinary path's restart
+            try:
+                await end_attempt(t)
+            finally:
+                # Even when cancelled while ending: a name of this process alone is never
+                # resumed, so nobody else would ever remove it.
+                if result is None:  # a published file was renamed away; this one goes
+                    t.facts.part.unlink(missing_ok=True)
+                    t.facts = replace(t.facts, part=shared)  # for the ordinary path's restart
 
     # ------------------------------------------------------------------ the whole download
 
@@ -392,13 +409,6 @@ def _forget_probe(t: Transfer) -> None:
     """Back to before the probe: nothing known of the remote file."""
     t.state = JournalState(url=t.facts.url, size=None, sha256=t.facts.expected_sha256)
     t.resolved_url = None
-
-
-def private_part(part: Path) -> Path:
-    """A partial file beside ``part`` for this process alone (same suffix, so ``doctor`` and
-    ``gc`` see one left by a crash)."""
-    stem = part.name.removesuffix(PART_SUFFIX)
-    return part.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(3)}{PART_SUFFIX}")
 
 
 __all__ = ["Cancelled", "Downloader"]
