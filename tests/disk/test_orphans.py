@@ -57,14 +57,17 @@ def test_a_file_its_owner_holds_is_left_and_a_dead_owners_file_goes(tmp_path: Pa
     os.close(fd)
 
 
-def test_a_fresh_empty_file_may_be_one_not_yet_locked(tmp_path: Path) -> None:
-    young = private_part(tmp_path / "a.bin.modelhaul.part")
-    young.touch()
-    assert sweep_orphans(tmp_path) == 0
-    old = 1_000_000_000
-    os.utime(young, (old, old))
-    assert sweep_orphans(tmp_path) == 1
-    assert not young.exists()
+def test_an_owner_whose_new_file_was_swept_before_its_lock_knows(tmp_path: Path) -> None:
+    # A process killed at once leaves an empty file: a sweep takes it. The same sweep may
+    # meet a live owner's new file before its lock; that owner must see the loss.
+    empty = private_part(tmp_path / "a.bin.modelhaul.part")
+    fd = os.open(empty, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        assert sweep_orphans(tmp_path) == 1
+        assert not empty.exists()
+        assert hold_private(fd) is False
+    finally:
+        os.close(fd)
 
 
 def test_a_download_clears_what_a_killed_download_left_in_its_folder(

@@ -6,13 +6,11 @@ these questions through the manager (``DownloadManager.is_downloading`` / ``disc
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import secrets
-import time
 from pathlib import Path
 
 from filelock import FileLock
@@ -56,8 +54,6 @@ __all__ = ["discard_partial", "is_downloading", "lock_file_for"]
 
 # A partial file of one process alone: "<name>.<pid>-<6 hex>.modelhaul.part".
 _PRIVATE = re.compile(r"\.\d+-[0-9a-f]{6}" + re.escape(PART_SUFFIX) + "$")
-# A private file this young and still empty may be one whose owner has not locked it yet.
-_GRACE_S = 5.0
 
 
 def private_part(part: Path) -> Path:
@@ -67,21 +63,30 @@ def private_part(part: Path) -> Path:
     return part.with_name(f"{stem}.{os.getpid()}-{secrets.token_hex(3)}{PART_SUFFIX}")
 
 
-def hold_private(fd: int) -> None:
+def hold_private(fd: int) -> bool:
     """Lock an open private partial file for as long as the descriptor lives, so
-    ``sweep_orphans`` knows its owner is alive (whatever pid namespace it runs in). Where
-    the filesystem has no locks the sweeper cannot lock either, and leaves every file be."""
-    with contextlib.suppress(OSError):
+    ``sweep_orphans`` knows its owner is alive (whatever pid namespace it runs in); whether
+    the file is still ours. False when a sweep took it between its creation and this lock
+    (the caller makes another). Where the filesystem has no locks the sweeper cannot lock
+    either, and leaves every file be."""
+    try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False  # a sweep holds it: it is about to go
+    except OSError:
+        return True  # no locks here: no sweep either
+    return os.fstat(fd).st_nlink > 0
 
 
 def sweep_orphans(directory: Path) -> int:
     """Remove the private partial files in ``directory`` that no live process holds (one
     killed mid-download left them; nobody would resume them); how many went.
 
-    A file is taken only once its lock could be had: its owner holds the lock from creation
-    to after the rename that publishes it, so a file in use, or just published, is never
-    touched. Errors skip the file: this is housekeeping, never a reason to fail a download.
+    A file is taken only once its lock could be had: its owner holds the lock from just after
+    creating it to after the rename that publishes it, so a file in use, or just published,
+    is never touched; an owner that lost its new file in between sees so (``hold_private``)
+    and makes another. Errors skip the file: this is housekeeping, never a reason to fail a
+    download.
     """
     removed = 0
     try:
@@ -102,9 +107,6 @@ def _remove_if_orphan(path: str) -> int:
         return 0
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        st = os.fstat(fd)
-        if st.st_size == 0 and time.time() - st.st_mtime < _GRACE_S:
-            return 0
         os.unlink(path)
         return 1
     except OSError:  # held by a live process (EWOULDBLOCK), gone already, or not ours

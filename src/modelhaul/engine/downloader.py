@@ -260,10 +260,17 @@ class Downloader:
         """The rest of a small file whose probe brought all of it, into a partial file of this
         process alone; that file never outlives the attempt."""
         shared = t.facts.part
-        t.facts = replace(t.facts, part=private_part(shared))
         try:
-            open_fresh_part(t, exclusive=True)
-            hold_private(t.fd)  # until the descriptor closes, after the rename
+            for attempt in range(3):
+                t.facts = replace(t.facts, part=private_part(shared))
+                open_fresh_part(t, exclusive=True)
+                # Held until the descriptor closes, after the rename. Lost only when a sweep
+                # took the new file before the lock: take another name (a third loss would
+                # fail at the rename, with the error of a file gone from under us).
+                if hold_private(t.fd) or attempt == 2:
+                    break
+                os.close(t.fd)
+                t.fd = -1
         except ModelhaulError:
             # Nothing was created; unlinking on a read-only filesystem would raise EROFS and
             # hide this error.
