@@ -640,6 +640,9 @@ def test_two_processes_on_one_output_never_corrupt_it(origin: Origin, work: Path
     out = str(work / "shared.bin")
     first = start_cli("get", origin.url("shared.bin"), "-o", out, "-q", "--limit-rate", "4M")
     origin.wait_bytes("shared.bin", MiB)
+    # A download probes before it takes the target (bytes flow before the lock): wait until
+    # its partial file, made under the lock, is there.
+    wait_until(lambda: Path(out + ".modelhaul.part").exists(), 30, "the first to hold the target")
     # Frozen mid-download, the first process holds the target for as long as the test needs.
     first.send_signal(signal.SIGSTOP)
     try:
