@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import random
 import time
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from huggingface_hub import constants, hf_hub_download, snapshot_download
+from huggingface_hub import hf_hub_download, snapshot_download
 
 from fakehub import FakeHub
-from server_harness import ServerThread, service_config
+from server_harness import ServerThread, point_hub_at_mirror, service_config
 
 MiB = 1024 * 1024
 
@@ -46,23 +45,13 @@ def mirror(
     hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[ServerThread]:
     """The service in front of the fake Hub; ``request.param``, if any: min_steal_bytes."""
-    registry = tmp_path / "agent_harnesses.json"
-    registry.write_text(json.dumps({"standardEnvVars": [], "harnesses": {}}))
     config = service_config(tmp_path, hf_endpoint=hub.endpoint)
     steal = getattr(request, "param", None)
     if steal is not None:
         segments = replace(config.download.segments, min_steal_bytes=steal)
         config = replace(config, download=replace(config.download, segments=segments))
     with ServerThread(config) as server:
-        endpoint = server.url + "/hf"
-        for name, value in {
-            "ENDPOINT": endpoint,
-            "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-            "HF_HUB_OFFLINE": False,
-            "HF_HUB_DISABLE_XET": True,
-            "AGENT_HARNESSES_PATH": str(registry),
-        }.items():
-            monkeypatch.setattr(constants, name, value)
+        point_hub_at_mirror(server, tmp_path, monkeypatch)
         yield server
 
 

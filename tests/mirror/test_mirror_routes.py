@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
 from fakehub import FakeHub
-from server_harness import ServerThread, service_config, wait_until
+from server_harness import ServerThread, point_hub_at_mirror, service_config, wait_until
 
 CONFIG = b'{"model_type": "fake"}'
 WEIGHTS = bytes(range(256)) * 1024 * 3  # 768 KiB, LFS
@@ -41,18 +41,8 @@ def mirror(
 ) -> Iterator[ServerThread]:
     """The service with its mirror's upstream at the fake Hub; huggingface_hub in this process
     pointed at the mirror (its import-time constants), its agent registry pre-cached."""
-    registry = tmp_path / "agent_harnesses.json"
-    registry.write_text(json.dumps({"standardEnvVars": [], "harnesses": {}}))
     with ServerThread(service_config(tmp_path, hf_endpoint=paged_hub.endpoint)) as server:
-        endpoint = server.url + "/hf"
-        for name, value in {
-            "ENDPOINT": endpoint,
-            "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
-            "HF_HUB_OFFLINE": False,
-            "HF_HUB_DISABLE_XET": True,
-            "AGENT_HARNESSES_PATH": str(registry),
-        }.items():
-            monkeypatch.setattr(constants, name, value)
+        point_hub_at_mirror(server, tmp_path, monkeypatch)
         yield server
 
 

@@ -254,3 +254,21 @@ def wait_state(
         return view if view.get("state") in states else None
 
     return wait_until(check, timeout_s, f"download {download_id} in {states}")
+
+
+def point_hub_at_mirror(server: ServerThread, tmp_path: Path, monkeypatch: Any) -> None:
+    """Point huggingface_hub in this process at ``server``'s mirror: its import-time constants,
+    Xet off, and its agent registry pre-cached (so nothing reaches for the network)."""
+    from huggingface_hub import constants
+
+    registry = tmp_path / "agent_harnesses.json"
+    registry.write_text(json.dumps({"standardEnvVars": [], "harnesses": {}}))
+    endpoint = server.url + "/hf"
+    for name, value in {
+        "ENDPOINT": endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_HUB_OFFLINE": False,
+        "HF_HUB_DISABLE_XET": True,
+        "AGENT_HARNESSES_PATH": str(registry),
+    }.items():
+        monkeypatch.setattr(constants, name, value)
