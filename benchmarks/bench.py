@@ -13,6 +13,10 @@ Cases
   D  limiter accuracy: ``--limit-rate 20M`` over 4 downloads (and over one ``-x 4`` download)
   E  1 GiB over HTTPS, 20 MiB/s per connection, 30 ms RTT at the TCP level (+ E0: plain HTTP)
   F  ``pull`` of a model (4 x 256 MiB + 20 small files) from a static Hub, 20 MiB/s, 30 ms RTT
+  G  8 stock ``snapshot_download`` clients of F's model at once: direct, via olah, via
+     ``modelhaul serve`` (issue 16's mirror); slowest client and upstream bytes
+  H  8 nodes (127.0.0.2-9) pull F's model: each alone vs ``--peers`` (issue 17); slowest node
+     and upstream bytes
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from pathlib import Path
 from harness.cases import blob_case, many_case
 from harness.common import REPO, WORK, GiB, MiB, clean_env, log
 from harness.data import ensure_blob, ensure_many, warm_cache
+from harness.fleet import FleetRun
+from harness.herd import herd_case
 from harness.https import https_cases
 from harness.hubrepo import HubModel, ensure_hub_model, log_model
 from harness.limiter import LimiterRun, limiter_table, run_limiter_case
+from harness.nodes import nodes_case
 from harness.proxycheck import ProxyCheck, proxy_check, proxy_table, tls_line, tls_timings
 from harness.pull import pull_case
 from harness.report import HEADER, case_table, environment, tls_cpu
@@ -60,8 +67,15 @@ CASE_ALIASES = {
     "f": "F",
     "pull": "F",
     "hub": "F",
+    "g": "G",
+    "mirror": "G",
+    "herd": "G",
+    "h": "H",
+    "peers": "H",
+    "nodes": "H",
 }
-ALL_CASES = {"A", "B", "C", "D", "E", "F"}
+ALL_CASES = {"A", "B", "C", "D", "E", "F", "G", "H"}
+HUB_CASES = {"F", "G", "H"}  # the cases that use the static Hub and its model
 
 
 def find_modelhaul(cmd: str | None) -> list[str] | None:
@@ -109,8 +123,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME",
-        help="cases to run: A|plain, B|capped, C|many, D|limiter, E|https, F|pull "
-        "(comma list, repeatable)",
+        help="cases to run: A|plain, B|capped, C|many, D|limiter, E|https, F|pull, "
+        "G|mirror|herd (8 snapshot_download clients: direct, olah, modelhaul serve), "
+        "H|peers|nodes (8 nodes: each alone vs --peers) (comma list, repeatable)",
     )
     ap.add_argument("--tools", metavar="REGEX", help="only tools whose name matches")
     ap.add_argument(
@@ -162,12 +177,12 @@ class Data:
             self.plain = ensure_blob("4g.bin", 4 * GiB) if "A" in want else big
             self.capped = big
         # distinct content per download: modelhaul fetches identical SHA-256s only once
-        need_lim = "D" in want or ("F" in want and not args.quick)
+        need_lim = "D" in want or (bool(HUB_CASES & want) and not args.quick)
         self.links = [ensure_blob(f"lim{i}.bin", 256 * MiB) for i in range(4)] if need_lim else []
         self.files = ensure_many() if "C" in want else []
         self.tls: TlsFiles | None = ensure_tls() if "E" in want else None
         self.hub: HubModel | None = None
-        if "F" in want:
+        if HUB_CASES & want:
             if args.quick:
                 shards = [ensure_blob(f"hubq{i}.bin", 64 * MiB) for i in range(4)]
                 self.hub = ensure_hub_model("bench-model-quick", shards)
@@ -185,6 +200,8 @@ class Results:
         self.tls_timings: list[tuple[float, float]] = []
         self.hf_note = ""
         self.env_lines: list[str] = []
+        self.fleet: dict[str, list[FleetRun]] = {}  # cases G and H
+        self.fleet_md: dict[str, str] = {}
 
 
 def build_cases(ctx: Ctx, data: Data, want: set[str], res: Results) -> dict[str, Case]:
@@ -246,6 +263,12 @@ def run_all(args: argparse.Namespace, data: Data, mh: list[str] | None) -> Resul
             if "D" in args.cases:
                 warm_cache([data.big.path, *(b.path for b in data.links)])
                 res.limiter = run_limiter_case(ctx, data.links, data.big, args.reps, tool_re)
+            for key, fleet_case in (("G", herd_case), ("H", nodes_case)):
+                if key in args.cases and data.hub is not None:
+                    warm_cache([f.source for f in data.hub.files])
+                    res.fleet_md[key], res.fleet[key] = fleet_case(
+                        ctx, data.hub, args.reps, tool_re
+                    )
             res.env_lines = environment(ctx)
     finally:
         shutil.rmtree(args.out_dir, ignore_errors=True)
@@ -279,6 +302,7 @@ def render(args: argparse.Namespace, argv: list[str] | None, res: Results, elaps
         md.append(proxy_table(res.pcheck, res.sums.get("C")))
     if res.limiter is not None:
         md.append(limiter_table(res.limiter))
+    md += [res.fleet_md[k] for k in sorted(res.fleet_md)]
     tt = targets_table(res.sums, res.limiter, args.quick)
     if tt:
         md.append(tt)
@@ -301,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: str(v) for k, v in vars(args).items()},
         "cases": {k: [asdict(s) for s in v] for k, v in res.sums.items()},
         "limiter": [asdict(r) for r in res.limiter or []],
+        "fleet": {k: [asdict(r) for r in v] for k, v in res.fleet.items()},
         "proxy_check": asdict(res.pcheck) if res.pcheck else None,
         "tls_timings": res.tls_timings,
     }
@@ -309,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = any(not s.ok for v in res.sums.values() for s in v) or any(
         not r.ok for r in res.limiter or []
     )
+    failed = failed or any(not r.ok for v in res.fleet.values() for r in v)
     return 1 if failed else 0
 
 

@@ -220,6 +220,10 @@ def hub_locations(model: HubModel, cdn_base: str) -> str:
         (f"{api}/tree/{model.commit}", tree),
     ):
         out.append(f"location = {uri} {{ default_type application/json; alias {path}; }}")
+    for rev in ("main", model.commit):
+        # The Hub answers the root listing with a trailing slash too (olah asks for it); nginx
+        # would take that URI for a directory, so it is rewritten to the listing.
+        out.append(f"location = {api}/tree/{rev}/ {{ rewrite ^ {api}/tree/{rev} last; }}")
     for f in model.files:
         common = f"add_header X-Repo-Commit {model.commit} always; "
         for rev in ("main", model.commit):

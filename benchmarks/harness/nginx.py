@@ -57,20 +57,33 @@ _HTTPS = """\
     }}
 """
 
+# Every response of the Hub and the CDN is logged with the bytes it sent: the upstream bytes
+# of cases G and H (a line is written when its response ends, aborted or not).
 _HUB = """\
+    log_format upstream '$server_name $status $body_bytes_sent $bytes_sent $request_method $uri "$http_range"';
     server {{
         listen 127.0.0.1:{hub_port} backlog=4096;
         server_name hub;
+        access_log {log} upstream;
         limit_rate {cap}m;
         {locations}
+        location ~ ^/api/models/[^/]+/[^/]+/paths-info/ {{
+            proxy_pass http://127.0.0.1:{paths_info_port};
+        }}
         location / {{ add_header X-Error-Code EntryNotFound always; return 404; }}
     }}
     server {{
         listen 127.0.0.1:{cdn_port} backlog=4096;
         server_name cdn;
+        access_log {log} upstream;
         location /repos/ {{ alias {cdn}/; limit_rate {cap}m; }}
     }}
 """
+
+
+def upstream_log(prefix: Path) -> Path:
+    """The Hub's and the CDN's access log: one line per response with the bytes it sent."""
+    return prefix / "upstream.log"
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class NginxPorts:
     https: int | None = None
     hub: int | None = None
     cdn: int | None = None
+    paths_info: int | None = None  # the harness's paths-info answerer (see pathsinfo.py)
 
 
 def render(
@@ -100,6 +114,8 @@ def render(
             cap=cap,
             locations=hub_locations(hub, cdn_base),
             cdn=cdn_root(hub),
+            log=upstream_log(prefix),
+            paths_info_port=ports.paths_info,
         )
     return _CONF.format(
         user="user root;\n" if os.geteuid() == 0 else "",

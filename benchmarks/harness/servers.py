@@ -16,7 +16,8 @@ from pathlib import Path
 
 from .common import HERE, RTT_MS, WORK, free_port, log, process_cpu, stop_child, wait_port
 from .hubrepo import HubModel
-from .nginx import NginxPorts, render
+from .nginx import NginxPorts, render, upstream_log
+from .pathsinfo import PathsInfoServer
 from .tls import TlsFiles
 
 # Proxy listeners by name: (mode, RTT ms, which nginx server).
@@ -41,6 +42,7 @@ class Servers:
         self.proxy: subprocess.Popen[bytes] | None = None
         self.ports = NginxPorts(free_port())
         self.proxy_ports: dict[str, int] = {}
+        self.paths_info: PathsInfoServer | None = None
 
     @property
     def port(self) -> int:
@@ -55,17 +57,21 @@ class Servers:
         return self
 
     def _start(self) -> None:
+        if self.hub:
+            self.paths_info = PathsInfoServer(self.hub.root / "tree.json")
         self.ports = NginxPorts(
             http=self.ports.http,
             https=free_port() if self.tls else None,
             hub=free_port() if self.hub else None,
             cdn=free_port() if self.hub else None,
+            paths_info=self.paths_info.port if self.paths_info else None,
         )
         self._start_proxy()
         prefix = WORK / "nginx"
         for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             (prefix / sub).mkdir(parents=True, exist_ok=True)
         conf = prefix / "nginx.conf"
+        upstream_log(prefix).unlink(missing_ok=True)  # counts start at 0 for this harness run
         cdn_base = f"http://127.0.0.1:{self.proxy_ports['cdn']}" if self.hub else ""
         conf.write_text(render(prefix, self.ports, self.tls, self.hub, cdn_base))
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -104,6 +110,14 @@ class Servers:
                 pids += [int(x) for x in kids.split()]
         return sum(process_cpu(pid) for pid in pids)
 
+    def upstream_bytes(self) -> int:
+        """Body bytes the Hub and the CDN have sent so far (responses that have ended)."""
+        try:
+            lines = upstream_log(WORK / "nginx").read_text().splitlines()
+        except FileNotFoundError:
+            return 0
+        return sum(int(line.split()[2]) for line in lines if len(line.split()) >= 3)
+
     def url(self, path: str, via: str | None = None, scheme: str = "http") -> str:
         """A URL on nginx (``via=None``) or through one of the proxy's listeners."""
         if via is None:
@@ -117,3 +131,5 @@ class Servers:
             stop_child(self.proxy)
         if self.nginx:
             stop_child(self.nginx, signal.SIGQUIT)  # graceful nginx shutdown
+        if self.paths_info:
+            self.paths_info.close()
