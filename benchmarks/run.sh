@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # modelhaul benchmarks: one command, modelhaul vs. peers, ratios from the same run.
-#   benchmarks/run.sh [--quick] [--reps N] [--only A,B,C,D,E,F] [--tools REGEX] [--tool-cmd CMD] ...
+#   benchmarks/run.sh [--quick] [--reps N] [--only A,B,C,D,E,F,G,H] [--tools REGEX] [--tool-cmd CMD] ...
 # Installs what is missing (nginx, aria2, curl, openssl via apt; hf_transfer, requests and
 # huggingface_hub into a separate venv under benchmarks/_work/), then runs benchmarks/bench.py
 # with that venv's python.
