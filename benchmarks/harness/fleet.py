@@ -92,11 +92,15 @@ def wait_listening(host: str, port: int, timeout_s: float, proc: subprocess.Pope
             time.sleep(0.1)
 
 
-def start_servers(ctx: Ctx, servers: list[Server], key: str, rep: int) -> list[subprocess.Popen]:
+def start_servers(
+    ctx: Ctx, servers: list[Server], key: str, variant: str, rep: int
+) -> list[subprocess.Popen]:
+    """Start every server (logs: ``<key>-<variant>-server-<name>-rep<N>.log``), wait until
+    each listens; on failure stop those started and raise RuntimeError with the log's end."""
     started: list[subprocess.Popen[bytes]] = []
     try:
         for s in servers:
-            lp = ctx.log_path(key, f"server-{s.name}", rep)
+            lp = ctx.log_path(key, f"{variant}-server-{s.name}", rep)
             with open(lp, "wb") as lf:
                 lf.write((" ".join(s.argv) + "\n").encode())
                 lf.flush()
@@ -115,7 +119,7 @@ def start_servers(ctx: Ctx, servers: list[Server], key: str, rep: int) -> list[s
             try:
                 wait_listening(s.host, s.port, 120, p)
             except RuntimeError as exc:
-                tail = log_tail(ctx.log_path(key, f"server-{s.name}", rep))
+                tail = log_tail(ctx.log_path(key, f"{variant}-server-{s.name}", rep))
                 raise RuntimeError(f"{s.name}: {exc}: {tail}") from None
     except BaseException:
         for p in started:
@@ -166,7 +170,7 @@ def run_variant(
     servers = v.servers(run_dir)
     error = ""
     try:
-        started = start_servers(ctx, servers, key, rep)
+        started = start_servers(ctx, servers, key, v.name, rep)
     except RuntimeError as exc:
         ctx.clear_out()
         return FleetRun(v.name, rep, False, str(exc), [], 0, 0.0, 0.0, 0.0)
