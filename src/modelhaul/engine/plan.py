@@ -5,6 +5,7 @@ Journal policy lives here: when a journal is loaded, saved (small files are not)
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -101,7 +102,16 @@ def plan_segments(t: Transfer, seg_cfg: SegmentPolicy) -> None:
         min_steal_bytes=seg_cfg.min_steal_bytes,
         align=64 * 1024,
         steal_after_s=_STEAL_AFTER_S,
+        demand=t.facts.demand,
     )
+    if t.facts.demand is not None:
+        t.facts.demand.attach(t.state.done, lambda: _wake_idle(t))
+
+
+def _wake_idle(t: Transfer) -> None:
+    """Connections waiting for a steal look again (a reader wants bytes)."""
+    changed, t.sched_changed = t.sched_changed, asyncio.Event()
+    changed.set()
 
 
 def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
