@@ -239,3 +239,28 @@ def test_upstream_down_a_whole_model_is_still_served_in_full(
     with mirror.client() as c:
         sub = c.get(f"/hf/api/models/org/model/tree/{commit}/sub")
     assert [e["path"] for e in sub.json()] == ["sub/shard.bin"]
+
+
+def test_upstream_down_the_tree_is_paged_as_the_hub_pages_it(
+    paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path
+) -> None:
+    commit = paged_hub.add_repo("org/model", FILES)
+    snapshot_download("org/model", cache_dir=tmp_path / "a")
+    listing = store_root() / "models--org--model" / "trees" / f"{commit}.json"
+    wait_until(listing.exists, 20, "the mirror keeps the Hub's listing of the commit")
+    paged_hub.stop()
+    mirror._server.config.app.state.mirror.tree_page_size = 2  # the Hub's is 1000
+    api = HfApi(endpoint=f"{mirror.url}/hf")
+
+    everything = list(api.list_repo_tree("org/model", recursive=True))
+    top = list(api.list_repo_tree("org/model", revision=commit))
+
+    top_paths = ["config.json", "model.safetensors", "sub"]
+    assert sorted(e.path for e in everything) == [*top_paths, "sub/shard.bin"]
+    assert sorted(e.path for e in top) == top_paths
+    with mirror.client() as c:
+        first = c.get("/hf/api/models/org/model/tree/main", params={"recursive": "True"})
+        bad = c.get("/hf/api/models/org/model/tree/main", params={"cursor": "!!"})
+    assert len(first.json()) == 2
+    assert first.links["next"]["url"].startswith(f"{mirror.url}/hf/api/models/org/model/tree/")
+    assert bad.status_code == 400

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from ..errors import ModelhaulError
 from ..http.upstream import UpstreamSession
@@ -32,7 +32,15 @@ from .answers import FileFacts, Relay, hub_error, json_answer, relay, unreachabl
 from .bodies import PrefixWatch, file_chunks, flight_chunks
 from .flights import Flight, Flights
 from .hub import HubUpstream, UpstreamFile
-from .offline import info_of, stored_commit, tree_cache_files, tree_of, whole_tree
+from .offline import (
+    TREE_PAGE_SIZE,
+    info_of,
+    page_of,
+    stored_commit,
+    tree_cache_files,
+    tree_of,
+    whole_tree,
+)
 
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -90,6 +98,7 @@ class HubMirror:
         self._settling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str]] = set()  # (repo folder, commit) listed or under way
         self._revisions: dict[tuple[str, str], str] = {}  # (repo folder, branch or tag) -> commit
+        self.tree_page_size = TREE_PAGE_SIZE  # offline tree listings, per page
 
     @property
     def upstream(self) -> str:
@@ -118,7 +127,7 @@ class HubMirror:
         try:
             answer = await self.hub.api(hp, query, auth)
         except ModelhaulError as exc:
-            return await asyncio.to_thread(self._offline_api, hp, query, auth, exc)
+            return await asyncio.to_thread(self._offline_api, hp, query, auth, exc, mirror_base)
         if answer.status < 300:
             rs = self.repo(hp)
             self.access.accept(auth, rs)
@@ -230,8 +239,11 @@ class HubMirror:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("mirror: could not record a file in the store: %s", exc)
 
-    def _offline_api(self, hp: HubPath, query: str, auth: str | None, exc: ModelhaulError) -> Relay:
-        """The upstream is unreachable: info and tree of a revision the store holds whole."""
+    def _offline_api(
+        self, hp: HubPath, query: str, auth: str | None, exc: ModelhaulError, mirror_base: str
+    ) -> Relay:
+        """The upstream is unreachable: info and tree of a revision the store holds whole, the
+        tree paged as the Hub pages it (``Link: <next page>; rel="next"``, with a cursor)."""
         rs = self.repo(hp)
         commit = stored_commit(rs, hp.revision)
         files = whole_tree(rs, commit) if commit else None
@@ -241,11 +253,20 @@ class HubMirror:
             return _not_accepted(self.upstream, commit)
         if hp.kind == "info":
             return json_answer(info_of(hp, commit, files))
-        recursive = parse_qs(query).get("recursive", [""])[0].lower() == "true"
+        params = parse_qs(query)
+        recursive = params.get("recursive", [""])[0].lower() == "true"
         entries = tree_of(files, hp.path, recursive)
         if entries is None:
             return hub_error(404, f"{hp.path} does not exist", code="EntryNotFound", commit=commit)
-        return json_answer(entries)
+        paged = page_of(entries, params.get("cursor", [None])[0], self.tree_page_size)
+        if paged is None:
+            return hub_error(400, "Invalid cursor")
+        page, cursor = paged
+        if cursor is None:
+            return json_answer(page)
+        params["cursor"] = [cursor]
+        next_url = f"{mirror_base}{hp.upstream_path()}?{urlencode(params, doseq=True)}"
+        return json_answer(page, {"Link": f'<{next_url}>; rel="next"'})
 
     async def _offline(
         self, hp: HubPath, auth: str | None, exc: ModelhaulError
