@@ -41,6 +41,7 @@ from .offline import (
     tree_of,
     whole_tree,
 )
+from .resume import drop_flight, record_flight, recorded_flights
 
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -200,7 +201,7 @@ class HubMirror:
 
         async def settle() -> None:
             if flight is not None:
-                await flight.wait()
+                await self._wait_recorded(hp, rs, flight, record=auth is None)
             refs = sorted({*self._refs_of(rs, facts.commit), *([ref] if ref else [])})
             with writing(link):
                 await asyncio.to_thread(
@@ -213,6 +214,43 @@ class HubMirror:
             self._listed.add(key)
             self._spawn(self._save_listing(hp, rs, facts.commit, auth))
         return task
+
+    @staticmethod
+    async def _wait_recorded(hp: HubPath, rs: RepoStore, flight: Flight, *, record: bool) -> None:
+        """Until the flight ends, recorded meanwhile (``record``) so that a mirror killed
+        before it ends resumes it (``resume``); a cancelled flight (the mirror closing) stays
+        recorded."""
+        facts = flight.file.facts
+        if record:
+            await asyncio.to_thread(record_flight, rs, hp, facts.commit, facts.etag)
+        try:
+            await flight.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await asyncio.to_thread(drop_flight, rs, facts.etag)
+            raise
+        await asyncio.to_thread(drop_flight, rs, facts.etag)
+
+    def start_nowait(self) -> None:
+        """Go on with the fetches a mirror of this store left under way (killed mid-fetch)."""
+        self._spawn(self._resume())
+
+    async def _resume(self) -> None:
+        for rec in await asyncio.to_thread(recorded_flights, self.store_root):
+            try:
+                answer = await self.hub.head(rec.path, None)
+            except ModelhaulError as exc:
+                log.warning("mirror: the upstream is unreachable, not resuming yet: %s", exc)
+                return  # the records stay for the next start, the journals for a client
+            file = self.hub.file_of(rec.path, answer, None) if answer.status < 400 else None
+            if file is None or file.facts.etag != rec.etag:
+                await asyncio.to_thread(drop_flight, rec.repo, rec.etag)
+                continue
+            log.info("mirror: resuming the fetch of %s", rec.etag)
+            served = await self._serve(rec.path, rec.repo, file, None, fetch=True)
+            if not served.in_flight:  # the blob made it into the store after all
+                await asyncio.to_thread(drop_flight, rec.repo, rec.etag)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)

@@ -43,6 +43,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        mirror.start_nowait()  # fetches a killed mirror left under way go on
         try:
             yield
         finally:
