@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode
 
 from ..errors import ModelhaulError
+from ..events import EventKind, TaskEvent
 from ..http.upstream import UpstreamSession
 from ..manager.downloads import DownloadManager
 from ..policy.hubpaths import HubPath, is_lfs_etag
@@ -42,6 +43,7 @@ from .offline import (
     whole_tree,
 )
 from .resume import drop_flight, record_flight, recorded_flights
+from .traffic import MirrorTraffic, TrafficListener
 
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -86,6 +88,7 @@ class HubMirror:
         manager_of: Callable[[], DownloadManager],
         symlinks: bool = True,
         timeout_s: float = 30.0,
+        on_traffic: TrafficListener | None = None,
     ) -> None:
         self.store_root = store_root
         self.symlinks = symlinks
@@ -95,6 +98,7 @@ class HubMirror:
         self.flights = Flights(manager_of)
         self.access = AccessCache()
         self.watch = PrefixWatch()
+        self.traffic = MirrorTraffic(on_traffic)  # bytes served and fetched, per model
         self._unsubscribe: Callable[[], None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str]] = set()  # (repo folder, commit) listed or under way
@@ -107,11 +111,22 @@ class HubMirror:
 
     def _follow_manager(self) -> None:
         if self._unsubscribe is None:
-            self._unsubscribe = self._manager_of().subscribe(self.watch.on_event)
+            self._unsubscribe = self._manager_of().subscribe(self._on_event)
+
+    def _on_event(self, event: TaskEvent) -> None:
+        self.watch.on_event(event)
+        if event.kind is EventKind.PROGRESS and event.progress is not None:
+            flight = self.flights.of_task(event.task_id)
+            if flight is not None:
+                key = MirrorTraffic.key(flight.repo)
+                self.traffic.fetched(key, event.task_id, event.progress.bytes_received)
+        elif event.kind is EventKind.STATE and event.state.final:
+            self.traffic.forget_task(event.task_id)
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.traffic.close()
         await self.flights.close()
         for task in self._settling:
             task.cancel()
@@ -177,16 +192,20 @@ class HubMirror:
     ) -> ServedFile:
         facts = file.facts
         blob = rs.blob_path(facts.etag)
+        count = self.traffic.counted
+        key = MirrorTraffic.key(rs)
         if await asyncio.to_thread(_vouched, rs, facts.etag, facts.size):
             self._settle(hp, rs, facts, None, auth)
-            return ServedFile(facts, lambda a, b: file_chunks(blob, a, b))
+            return ServedFile(facts, lambda a, b: count(key, file_chunks(blob, a, b)))
         if not fetch:
             return ServedFile(facts, _no_body)
         self._follow_manager()
         flight = self.flights.join(rs, file)
         settled = self._settle(hp, rs, facts, flight, auth)
         return ServedFile(
-            facts, lambda a, b: flight_chunks(flight, self.watch, a, b, settled), in_flight=True
+            facts,
+            lambda a, b: count(key, flight_chunks(flight, self.watch, a, b, settled)),
+            in_flight=True,
         )
 
     def _settle(
@@ -317,7 +336,8 @@ class HubMirror:
         if not self.access.accepted(auth, rs):
             return _not_accepted(self.upstream, facts.commit)
         blob = rs.blob_path(facts.etag)
-        return ServedFile(facts, lambda a, b: file_chunks(blob, a, b))
+        key = MirrorTraffic.key(rs)
+        return ServedFile(facts, lambda a, b: self.traffic.counted(key, file_chunks(blob, a, b)))
 
 
 def _not_accepted(upstream: str, commit: str) -> Relay:

@@ -110,6 +110,10 @@ class Flights:
                     f"{flight.blob.name}: the upstream bytes do not match its git hash"
                 )
 
+    def of_task(self, task_id: str) -> Flight | None:
+        """The flight whose download the manager knows as ``task_id`` (a few are under way)."""
+        return next((f for f in self._flights.values() if f.task_id == task_id), None)
+
     async def close(self) -> None:
         for runner in self._runners:
             runner.cancel()
