@@ -24,6 +24,9 @@ from .flights import Flight
 
 CHUNK_BYTES = 1024 * 1024
 HOLD_BACK_BYTES = 64 * 1024
+# A waiting reader asks the engine for this much from where it is, not for all it will read:
+# a reader of the whole file must not make its far end urgent and starve a Range further on.
+WANT_BYTES = 8 * 1024 * 1024
 # A wait for the prefix to grow looks again this often, events or not (the partial file may
 # appear before the first progress event, and a paused download sends none).
 RECHECK_S = 0.5
@@ -119,7 +122,7 @@ async def flight_chunks(
                 continue
             if wanted != pos:
                 wanted = pos
-                flight.demand.want(pos, end)
+                flight.demand.want(pos, min(end, pos + WANT_BYTES))
             await watch.wait_change(flight.task_id, flight.done)
         await flight.wait()  # raises what the download failed with: the response is cut
         if settled is not None:
