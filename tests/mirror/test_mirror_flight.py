@@ -105,7 +105,8 @@ def test_eight_cold_clients_cost_the_upstream_one_copy(
 def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
     hub: FakeHub, mirror: ServerThread, tmp_path: Path
 ) -> None:
-    """Stock clients and random Range readers at once, the upstream capped at 20 MiB/s."""
+    """Stock clients, whole-file GETs and random Range readers at once, the upstream capped
+    at 20 MiB/s per connection."""
     model = {**MODEL, "model-00003.safetensors": payload(4, 24 * MiB)}
     hub.add_repo("org/herd16", model)
     hub.set_speed_limit(20 * MiB)
@@ -116,6 +117,11 @@ def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
         folder = Path(snapshot_download("org/herd16", cache_dir=tmp_path / f"stock-{i}"))
         for path, data in model.items():
             assert (folder / path).read_bytes() == data, path
+
+    def whole(i: int) -> None:
+        with httpx.Client(base_url=mirror.url, timeout=60) as c:
+            r = c.get("/hf/org/herd16/resolve/main/model-00003.safetensors")
+        assert r.status_code == 200 and r.content == big
 
     def ranged(i: int) -> None:
         start = rng.randrange(len(big))
@@ -128,7 +134,8 @@ def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
         assert r.status_code == 206 and r.content == big[start:end]
 
     with ThreadPoolExecutor(16) as pool:
-        jobs = [pool.submit(stock if i % 2 else ranged, i) for i in range(16)]
+        kinds = (stock, whole, ranged)
+        jobs = [pool.submit(kinds[i % 3], i) for i in range(16)]
         for job in jobs:
             job.result(timeout=120)
     model_bytes = sum(len(d) for d in model.values())
