@@ -86,6 +86,75 @@ def test_a_range_near_the_end_of_a_cold_file_comes_first(
         upstream_then = hub.cdn_bytes(sha)
         body = first + b"".join(chunks)
     assert body == big[start:end]
+
     # Plan order would have fetched the 56 MiB before the range first.
     assert upstream_then < 32 * MiB, f"{upstream_then} bytes fetched before the range's first"
     assert first_at < 20, f"first byte after {first_at:.1f} s"
+
+
+def test_with_every_connection_busy_a_want_shortens_the_longest_segment() -> None:
+    demand = Demand()
+    now = [0.0]
+    sched = SegmentScheduler(
+        300,
+        RangeSet(),
+        chunk_bytes=100,
+        min_steal_bytes=10,
+        steal_after_s=1.0,
+        clock=lambda: now[0],
+        demand=demand,
+    )
+    busy = sched.next_nowait()
+    assert busy is not None and (busy.start, busy.end) == (0, 100)
+    demand.want(250, 260)
+    assert not sched.make_room_nowait(), "too young to judge"
+    now[0] = 5.0
+    busy.pos = 20
+    assert sched.make_room_nowait()
+    assert busy.end == 30, "it stops min_steal past what it has"
+    seg = sched.next_nowait()
+    assert seg is not None and (seg.start, seg.end) == (250, 300)
+    assert not sched.make_room_nowait(), "nothing wanted is free any more"
+    nxt = sched.next_nowait()
+    assert nxt is not None and (nxt.start, nxt.end) == (30, 130), "the cut rest comes next"
+
+
+@pytest.fixture
+def busy_mirror(hub: FakeHub, tmp_path: Path) -> Iterator[ServerThread]:
+    """Two connections of 32 MiB chunks: each busy for 16 s at 2 MiB/s."""
+    config = service_config(tmp_path, hf_endpoint=hub.endpoint)
+    segments = replace(config.download.segments, connections=2, chunk_bytes=32 * MiB)
+    config = replace(config, download=replace(config.download, segments=segments))
+    with ServerThread(config) as server:
+        yield server
+
+
+def test_a_range_asked_mid_flight_does_not_wait_for_a_whole_chunk(
+    hub: FakeHub, busy_mirror: ServerThread
+) -> None:
+    big = b"".join(random.Random(40 + i).randbytes(16 * MiB) for i in range(6))
+    sha = hashlib.sha256(big).hexdigest()
+    hub.add_repo("org/busy", {"model.safetensors": big})
+    hub.set_speed_limit(2 * MiB)
+    url = "/hf/org/busy/resolve/main/model.safetensors"
+    start, end = len(big) - 6 * MiB, len(big) - 5 * MiB
+    with (
+        httpx.Client(base_url=busy_mirror.url, timeout=60) as c,
+        c.stream("GET", url) as whole,  # the flight, both connections busy
+    ):
+        next(whole.iter_raw())
+        # The first request (8 MiB) done, both connections are on 32 MiB chunks.
+        hub.wait_bytes(sha, 20 * MiB, timeout_s=30, site="cdn")
+        began = time.monotonic()
+        with c.stream("GET", url, headers={"Range": f"bytes={start}-{end - 1}"}) as resp:
+            assert resp.status_code == 206
+            chunks = resp.iter_raw()
+            first = next(chunks)
+            first_at = time.monotonic() - began
+            upstream_then = hub.cdn_bytes(sha)
+            body = first + b"".join(chunks)
+    assert body == big[start:end]
+
+    # Without room made, both 32 MiB chunks (64 MiB, 16 s) come before the range.
+    assert upstream_then < 40 * MiB, f"{upstream_then} bytes fetched before the range's first"
+    assert first_at < 12, f"first byte after {first_at:.1f} s"

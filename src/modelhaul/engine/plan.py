@@ -105,11 +105,14 @@ def plan_segments(t: Transfer, seg_cfg: SegmentPolicy) -> None:
         demand=t.facts.demand,
     )
     if t.facts.demand is not None:
-        t.facts.demand.attach(t.state.done, lambda: _wake_idle(t))
+        t.facts.demand.attach(t.state.done, lambda: _on_want(t))
 
 
-def _wake_idle(t: Transfer) -> None:
-    """Connections waiting for a steal look again (a reader wants bytes)."""
+def _on_want(t: Transfer) -> None:
+    """A reader wants bytes: idle connections look again; with none idle, the segment in
+    flight with the most left ends early, so its connection comes for them soon."""
+    if t.sched is not None and t.alive <= len(t.sched.active):
+        t.sched.make_room_nowait()
     changed, t.sched_changed = t.sched_changed, asyncio.Event()
     changed.set()
 

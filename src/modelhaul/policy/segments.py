@@ -12,7 +12,10 @@ the speed it has shown, it still needs that long again.
 
 A ``Demand`` (readers of the growing file, such as the Hub mirror's clients) names ranges to
 fetch before plan order: the next free segment starts at the first missing byte a reader waits
-for, and a segment in flight that would reach those bytes only late is split there.
+for, and a segment in flight that would reach those bytes only late is split there. When every
+connection is busy, ``make_room_nowait`` ends the segment in flight with the most left
+``min_steal`` bytes ahead (its rest goes back to the free list), so a connection comes for the
+wanted bytes within seconds, not after a whole chunk.
 """
 
 from __future__ import annotations
@@ -164,6 +167,29 @@ class SegmentScheduler:
                     return self._activate(cut, upper_end)
         return None
 
+    def make_room_nowait(self) -> bool:
+        """Every connection is busy and a reader waits for free bytes: end the segment in
+        flight that has the most left (and has run long enough to judge) ``min_steal`` bytes
+        ahead of what it has asked for. Whether one was shortened."""
+        if self._demand is None:
+            return False
+        wanted = self._demand.pending()
+        if not any(s < we and e > ws for ws, we in wanted for s, e in self._free):
+            return False
+        now = self._clock()
+        victims = [s for s in self.active if self._worth_stealing(s, now)]
+        if not victims:
+            return False
+        victim = max(victims, key=lambda s: s.stealable)
+        cut = max(victim.pos, victim.claimed) + self._min_steal
+        cut += -cut % self._align
+        if cut + self._min_steal > victim.end:
+            return False
+        self._free.append((cut, victim.end))
+        victim.end = cut
+        self._merge_free()
+        return True
+
     def claim_nowait(self, start: int, end: int) -> Segment:
         """Take exactly ``[start, end)`` (the range a probe response already covers)."""
         for i, (s, e) in enumerate(self._free):
@@ -225,14 +251,17 @@ class SegmentScheduler:
         self.active.discard(seg)
         if seg.pos < seg.end:
             self._free.append((seg.pos, seg.end))
-            self._free.sort()
-            merged: list[Range] = []
-            for s, e in self._free:
-                if merged and merged[-1][1] == s:
-                    merged[-1] = (merged[-1][0], e)
-                else:
-                    merged.append((s, e))
-            self._free = merged
+            self._merge_free()
+
+    def _merge_free(self) -> None:
+        self._free.sort()
+        merged: list[Range] = []
+        for s, e in self._free:
+            if merged and merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], e)
+            else:
+                merged.append((s, e))
+        self._free = merged
 
 
 # A doubling must raise the aggregate speed by this much to be followed by another one; one
