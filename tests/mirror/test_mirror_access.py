@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from fakehub import FakeHub
+from modelhaul.mirror.access import ACCEPT_TTL_S, AccessCache
 from modelhaul.server.security import AccessPolicy
+from modelhaul.store.repo import RepoStore
 from server_harness import ServerThread, service_config
 
 GOOD = "hf_good_token"
@@ -91,3 +93,19 @@ def test_off_loopback_the_mirror_needs_no_service_token_and_never_forwards_it(
     assert file.status_code == 200 and file.content == b"{}"
     assert queue.status_code == 401, "the queue API keeps its rule"
     assert all(SERVICE_TOKEN not in (r.authorization or "") for r in hub.requests)
+
+
+def test_an_acceptance_is_remembered_sixty_seconds_by_a_hash_of_the_token(tmp_path: Path) -> None:
+    now = [1000.0]
+    cache = AccessCache(clock=lambda: now[0])  # the mirror's own TTL
+    rs = RepoStore(tmp_path, "org/gated")
+    cache.accept(f"Bearer {GOOD}", rs)
+    assert cache.accepted(f"Bearer {GOOD}", rs)
+    assert not cache.accepted("Bearer hf_someone_else", rs)
+    assert not cache.accepted(None, rs), "a token's yes is not an anonymous caller's"
+    now[0] += 59.9
+    assert cache.accepted(f"Bearer {GOOD}", rs)
+    now[0] += 0.2
+    assert not cache.accepted(f"Bearer {GOOD}", rs), "remembered at most 60 s"
+    assert GOOD not in repr(vars(cache)), "the token itself is never kept"
+    assert ACCEPT_TTL_S == 60

@@ -105,7 +105,8 @@ def test_eight_cold_clients_cost_the_upstream_one_copy(
 def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
     hub: FakeHub, mirror: ServerThread, tmp_path: Path
 ) -> None:
-    """Stock clients and random Range readers at once, the upstream capped at 20 MiB/s."""
+    """Stock clients, whole-file GETs and random Range readers at once, the upstream capped
+    at 20 MiB/s per connection."""
     model = {**MODEL, "model-00003.safetensors": payload(4, 24 * MiB)}
     hub.add_repo("org/herd16", model)
     hub.set_speed_limit(20 * MiB)
@@ -116,6 +117,11 @@ def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
         folder = Path(snapshot_download("org/herd16", cache_dir=tmp_path / f"stock-{i}"))
         for path, data in model.items():
             assert (folder / path).read_bytes() == data, path
+
+    def whole(i: int) -> None:
+        with httpx.Client(base_url=mirror.url, timeout=60) as c:
+            r = c.get("/hf/org/herd16/resolve/main/model-00003.safetensors")
+        assert r.status_code == 200 and r.content == big
 
     def ranged(i: int) -> None:
         start = rng.randrange(len(big))
@@ -128,7 +134,8 @@ def test_a_herd_of_sixteen_mixed_clients_costs_one_copy(
         assert r.status_code == 206 and r.content == big[start:end]
 
     with ThreadPoolExecutor(16) as pool:
-        jobs = [pool.submit(stock if i % 2 else ranged, i) for i in range(16)]
+        kinds = (stock, whole, ranged)
+        jobs = [pool.submit(kinds[i % 3], i) for i in range(16)]
         for job in jobs:
             job.result(timeout=120)
     model_bytes = sum(len(d) for d in model.values())
@@ -204,3 +211,64 @@ def test_a_lying_upstream_never_completes_a_response(hub: FakeHub, mirror: Serve
     assert len(got) < len(real), "a response with wrong bytes must never complete"
     blob = Path(os.environ["HF_HUB_CACHE"]) / "models--org--liar" / "blobs" / sha256(real)
     assert not blob.exists()
+
+
+def test_a_lying_upstream_never_gives_a_stock_client_wrong_bytes(
+    hub: FakeHub, mirror: ServerThread, tmp_path: Path
+) -> None:
+    real = payload(10, 6 * MiB)
+    hub.add_repo("org/liar", {"model.safetensors": real, "config.json": b"{}"})
+    lie = bytearray(real)
+    lie[4 * MiB] ^= 0xFF
+    hub.lie_about(sha256(real), bytes(lie))
+    cache = tmp_path / "client"
+    with pytest.raises(Exception):  # noqa: B017 - whichever error the client's retries end in
+        hf_hub_download("org/liar", "model.safetensors", cache_dir=cache)
+    folder = cache / "models--org--liar"
+    blobs = list((folder / "blobs").glob("*")) if folder.exists() else []
+    assert all(b.read_bytes() == real for b in blobs if not b.name.endswith(".incomplete"))
+    assert not any((folder / "snapshots").rglob("model.safetensors")), "no file was completed"
+    assert hf_hub_download("org/liar", "config.json", cache_dir=cache), "the rest is served"
+
+
+@pytest.fixture
+def capped_mirror(hub: FakeHub, tmp_path: Path) -> Iterator[ServerThread]:
+    """Four connections of 5 MiB/s each (the fake Hub caps each one): 20 MiB/s in all."""
+    config = service_config(tmp_path, hf_endpoint=hub.endpoint)
+    segments = replace(config.download.segments, connections=4)
+    with ServerThread(replace(config, download=replace(config.download, segments=segments))) as s:
+        yield s
+
+
+def test_the_first_byte_of_a_cold_256_mib_file_within_3_s(
+    hub: FakeHub, capped_mirror: ServerThread
+) -> None:
+    """Whatever the file's size: the whole file, its middle and its end, at once, with the
+    upstream at 20 MiB/s (13 s for the file). The readers stop after their first bytes; the
+    teardown ends the fetch."""
+    mirror = capped_mirror
+    big = b"".join(payload(100 + i, 16 * MiB) for i in range(16))  # randbytes stops at 2 Gbit
+    hub.add_repo("org/huge", {"model.safetensors": big})
+    hub.set_speed_limit(5 * MiB)
+    size = len(big)
+    url = "/hf/org/huge/resolve/main/model.safetensors"
+    spans = [(0, size), (size // 2, size // 2 + MiB), (size - 4 * MiB, size - 3 * MiB)]
+
+    def first_byte(span: tuple[int, int]) -> tuple[float, bytes]:
+        start, end = span
+        headers = {} if span == (0, size) else {"Range": f"bytes={start}-{end - 1}"}
+        began = time.monotonic()
+        with (
+            httpx.Client(base_url=mirror.url, timeout=30) as c,
+            c.stream("GET", url, headers=headers) as resp,
+        ):
+            assert resp.status_code == (200 if not headers else 206)
+            first = next(resp.iter_raw())
+            return time.monotonic() - began, first
+
+    with ThreadPoolExecutor(len(spans)) as pool:
+        got = list(pool.map(first_byte, spans, timeout=60))
+    for (start, _end), (after_s, first) in zip(spans, got, strict=True):
+        assert first == big[start : start + len(first)]
+        assert after_s < 3, f"the first byte from {start} came after {after_s:.1f} s"
+    assert hub.cdn_bytes(sha256(big)) < size // 2, "bytes were streamed, not stored first"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import random
 from pathlib import Path
 
 import httpx
 
 from fakehub import FakeHub
-from server_harness import ServerProcess
+from server_harness import ServerProcess, wait_until
 
 MiB = 1024 * 1024
 URL = "/hf/org/big/resolve/main/model.safetensors"
@@ -46,3 +47,43 @@ def test_a_mirror_killed_mid_fetch_resumes_from_the_journal(hub: FakeHub, tmp_pa
     assert again.status_code == 200 and again.content == big
     refetched = hub.cdn_bytes(sha) - len(big)
     assert refetched <= connections * 8 * MiB, f"{refetched} bytes fetched twice"
+
+
+def test_a_restarted_mirror_resumes_its_fetches_before_any_client_asks(
+    hub: FakeHub, tmp_path: Path
+) -> None:
+    big = random.Random(12).randbytes(40 * MiB)
+    sha = hashlib.sha256(big).hexdigest()
+    commit = hub.add_repo("org/big", {"model.safetensors": big})
+    hub.set_speed_limit(2 * MiB)
+    first = ServerProcess(tmp_path, "--upstream", hub.endpoint)
+    try:
+        with (
+            httpx.Client(base_url=first.url, timeout=30) as c,
+            contextlib.suppress(httpx.HTTPError),
+            c.stream("GET", URL) as resp,
+        ):
+            assert resp.status_code == 200
+            hub.wait_bytes(sha, 12 * MiB, timeout_s=60, site="cdn")
+            connections = sum(1 for r in hub.requests if r.site == "cdn" and r.method == "GET")
+            first.kill()
+    finally:
+        first.kill()
+    assert hub.cdn_bytes(sha) < len(big), "killed before the upstream was done"
+    hub.set_speed_limit(None)
+
+    store = Path(os.environ["HF_HUB_CACHE"]) / "models--org--big"
+    second = ServerProcess(tmp_path, "--upstream", hub.endpoint)
+    try:
+        # No client: the mirror goes on by itself, and the file lands in the store.
+        linked = store / "snapshots" / commit / "model.safetensors"
+        wait_until(linked.exists, 60, "the resumed fetch completes without a client")
+        with httpx.Client(base_url=second.url, timeout=60) as c:
+            again = c.get(URL)
+    finally:
+        assert second.stop() == 0, second.output()
+    assert (store / "blobs" / sha).read_bytes() == big
+    assert again.status_code == 200 and again.content == big
+    refetched = hub.cdn_bytes(sha) - len(big)
+    assert refetched <= connections * 8 * MiB, f"{refetched} bytes fetched twice"
+    assert not list(store.glob(".modelhaul/mirror-flights/*")), "the record is gone"

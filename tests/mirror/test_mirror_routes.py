@@ -121,6 +121,29 @@ def test_head_follows_the_header_contract(paged_hub: FakeHub, mirror: ServerThre
     assert paged_hub.cdn_bytes(sha256(WEIGHTS)) == 0, "a HEAD fetches nothing"
 
 
+CONTRACT = ("X-Repo-Commit", "ETag", "X-Linked-Etag", "X-Linked-Size", "Accept-Ranges")
+
+
+def test_get_carries_the_same_contract_as_head_cold_and_stored(
+    paged_hub: FakeHub, mirror: ServerThread
+) -> None:
+    paged_hub.add_repo("org/model", FILES)
+    url = "/hf/org/model/resolve/main/model.safetensors"
+    with mirror.client() as c:
+        head = c.head(url)
+        cold = c.get(url)  # streamed from the flight
+        stored = c.get(url)  # from the store
+        ranged = c.get(url, headers={"Range": "bytes=10-19"})
+    contract = {h: head.headers[h] for h in CONTRACT}
+    for answer in (cold, stored, ranged):
+        assert {h: answer.headers[h] for h in CONTRACT} == contract
+        assert not any(h.lower().startswith("x-xet") for h in answer.headers)
+        assert "Link" not in answer.headers
+    assert cold.headers["Content-Length"] == head.headers["Content-Length"] == str(len(WEIGHTS))
+    assert cold.content == stored.content == WEIGHTS
+    assert ranged.headers["Content-Length"] == "10" and ranged.content == WEIGHTS[10:20]
+
+
 def test_ranges_give_206_and_unsatisfiable_ones_416(
     paged_hub: FakeHub, mirror: ServerThread
 ) -> None:
@@ -173,19 +196,32 @@ def test_stock_clients_download_a_model_by_branch_tag_and_commit(
     assert "org/model" in json.dumps(listed)
 
 
+@pytest.mark.parametrize("revision", ["main", "v1", "commit"])
 def test_datasets_are_mirrored_under_their_prefix(
-    paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path
+    paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path, revision: str
 ) -> None:
-    data = {"train.csv": b"a,b\n1,2\n", "data/part-0.parquet": bytes(range(256)) * 40}
+    data = {"train.csv": b"a,b\n1,2\n", "data/part-0.parquet": bytes(range(256)) * 40 * 1024}
     commit = paged_hub.add_repo("org/data", data, repo_type="dataset")
+    paged_hub.add_revision("org/data", "v1", data, commit=commit, repo_type="dataset")
+    rev = commit if revision == "commit" else revision
+    cache = tmp_path / "c"
 
-    folder = Path(snapshot_download("org/data", repo_type="dataset", cache_dir=tmp_path / "c"))
+    folder = Path(snapshot_download("org/data", repo_type="dataset", revision=rev, cache_dir=cache))
+    single = hf_hub_download(
+        "org/data", "train.csv", repo_type="dataset", revision=rev, cache_dir=cache
+    )
 
     assert folder.name == commit
     for path, content in data.items():
         assert (folder / path).read_bytes() == content
+    assert Path(single).read_bytes() == data["train.csv"]
+    offline = snapshot_download(
+        "org/data", repo_type="dataset", revision=rev, cache_dir=cache, local_files_only=True
+    )
+    assert Path(offline) == folder
     stored = store_root() / "datasets--org--data" / "snapshots" / commit
     assert (stored / "train.csv").read_bytes() == data["train.csv"]
+    assert (stored / "data/part-0.parquet").read_bytes() == data["data/part-0.parquet"]
 
 
 def test_a_file_in_the_store_is_not_fetched_again(
@@ -239,3 +275,28 @@ def test_upstream_down_a_whole_model_is_still_served_in_full(
     with mirror.client() as c:
         sub = c.get(f"/hf/api/models/org/model/tree/{commit}/sub")
     assert [e["path"] for e in sub.json()] == ["sub/shard.bin"]
+
+
+def test_upstream_down_the_tree_is_paged_as_the_hub_pages_it(
+    paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path
+) -> None:
+    commit = paged_hub.add_repo("org/model", FILES)
+    snapshot_download("org/model", cache_dir=tmp_path / "a")
+    listing = store_root() / "models--org--model" / "trees" / f"{commit}.json"
+    wait_until(listing.exists, 20, "the mirror keeps the Hub's listing of the commit")
+    paged_hub.stop()
+    mirror._server.config.app.state.mirror.tree_page_size = 2  # the Hub's is 1000
+    api = HfApi(endpoint=f"{mirror.url}/hf")
+
+    everything = list(api.list_repo_tree("org/model", recursive=True))
+    top = list(api.list_repo_tree("org/model", revision=commit))
+
+    top_paths = ["config.json", "model.safetensors", "sub"]
+    assert sorted(e.path for e in everything) == [*top_paths, "sub/shard.bin"]
+    assert sorted(e.path for e in top) == top_paths
+    with mirror.client() as c:
+        first = c.get("/hf/api/models/org/model/tree/main", params={"recursive": "True"})
+        bad = c.get("/hf/api/models/org/model/tree/main", params={"cursor": "!!"})
+    assert len(first.json()) == 2
+    assert first.links["next"]["url"].startswith(f"{mirror.url}/hf/api/models/org/model/tree/")
+    assert bad.status_code == 400

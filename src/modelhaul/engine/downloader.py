@@ -57,6 +57,7 @@ from ..http.session import Transport, sleep_s
 from ..policy.paths import plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
+from ..policy.segments import Demand
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .plan import open_fresh_part, open_part
@@ -142,6 +143,7 @@ class Downloader:
         part_path: Path | None = None,
         journal_path: Path | None = None,
         lock: bool = True,
+        demand: Demand | None = None,
     ) -> Result:
         """Download ``url`` to ``dest``, resuming and verifying; returns a Result.
 
@@ -150,7 +152,8 @@ class Downloader:
         A target this Downloader already completed (same URL, file untouched since) is not
         fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying";
         ``on_target`` hears the final path before anything is published there, and may refuse
-        it by raising.
+        it by raising. ``demand``: ranges readers of the partial file wait for, fetched
+        before plan order.
 
         Raises:
             InvalidInput: bad URL or checksum.
@@ -185,6 +188,7 @@ class Downloader:
             on_phase=on_phase,
             on_target=on_target,
             force=force,
+            demand=demand,
         )
         t = Transfer(
             facts=facts,

@@ -5,6 +5,7 @@ Journal policy lives here: when a journal is loaded, saved (small files are not)
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import shutil
@@ -101,7 +102,19 @@ def plan_segments(t: Transfer, seg_cfg: SegmentPolicy) -> None:
         min_steal_bytes=seg_cfg.min_steal_bytes,
         align=64 * 1024,
         steal_after_s=_STEAL_AFTER_S,
+        demand=t.facts.demand,
     )
+    if t.facts.demand is not None:
+        t.facts.demand.attach(t.state.done, lambda: _on_want(t))
+
+
+def _on_want(t: Transfer) -> None:
+    """A reader wants bytes: idle connections look again; with none idle, the segment in
+    flight with the most left ends early, so its connection comes for them soon."""
+    if t.sched is not None and t.alive <= len(t.sched.active):
+        t.sched.make_room_nowait()
+    changed, t.sched_changed = t.sched_changed, asyncio.Event()
+    changed.set()
 
 
 def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:

@@ -26,7 +26,7 @@ from ..errors import ModelhaulError
 from ..events import PhaseCallback, Progress
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
-from ..policy.segments import SegmentScheduler
+from ..policy.segments import Demand, SegmentScheduler
 
 ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
@@ -54,6 +54,7 @@ class TransferFacts:
     # keeps two of its downloads from writing one file).
     on_target: Callable[[Path], None] | None = None
     force: bool = False
+    demand: Demand | None = None  # ranges readers of the partial file wait for
     started: float = field(default_factory=time.monotonic)
 
 

@@ -3,7 +3,8 @@ engine still fetches it.
 
 A reader of a blob in flight is served from the partial file as its bytes become final: the
 engine's progress events carry the complete prefix (``Progress.bytes_final``), which
-``PrefixWatch`` follows. The last ``HOLD_BACK_BYTES`` wait until the download is verified
+``PrefixWatch`` follows; a reader further on tells the flight's ``Demand`` which bytes it waits
+for (the engine fetches them next) and reads them as soon as they are written. The last ``HOLD_BACK_BYTES`` wait until the download is verified
 (SHA-256) and published; a failed download cuts the response short, so the client's size check
 fails and it asks again. Bytes read from a partial file count only if that very file (the same
 inode) became the blob: a download that restarted wrote a new file, and a reader that had already
@@ -23,6 +24,9 @@ from .flights import Flight
 
 CHUNK_BYTES = 1024 * 1024
 HOLD_BACK_BYTES = 64 * 1024
+# A waiting reader asks the engine for this much from where it is, not for all it will read:
+# a reader of the whole file must not make its far end urgent and starve a Range further on.
+WANT_BYTES = 8 * 1024 * 1024
 # A wait for the prefix to grow looks again this often, events or not (the partial file may
 # appear before the first progress event, and a paused download sends none).
 RECHECK_S = 0.5
@@ -102,11 +106,13 @@ async def flight_chunks(
     size = flight.file.facts.size
     fd: int | None = None
     pos = start
+    wanted = -1  # where this reader last asked the engine to fetch from
     try:
         while pos < end and not flight.done.done():
             if fd is None:
                 fd = _open_if_there(flight.part)
-            limit = min(watch.final(flight.task_id), size - HOLD_BACK_BYTES, end)
+            final = max(watch.final(flight.task_id), flight.demand.final_end(pos))
+            limit = min(final, size - HOLD_BACK_BYTES, end)
             if fd is not None and limit > pos:
                 data = await asyncio.to_thread(os.pread, fd, min(CHUNK_BYTES, limit - pos), pos)
                 if not data:
@@ -114,6 +120,9 @@ async def flight_chunks(
                 pos += len(data)
                 yield data
                 continue
+            if wanted != pos:
+                wanted = pos
+                flight.demand.want(pos, min(end, pos + WANT_BYTES))
             await watch.wait_change(flight.task_id, flight.done)
         await flight.wait()  # raises what the download failed with: the response is cut
         if settled is not None:

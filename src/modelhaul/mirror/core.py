@@ -19,9 +19,10 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from ..errors import ModelhaulError
+from ..events import EventKind, TaskEvent
 from ..http.upstream import UpstreamSession
 from ..manager.downloads import DownloadManager
 from ..policy.hubpaths import HubPath, is_lfs_etag
@@ -32,7 +33,17 @@ from .answers import FileFacts, Relay, hub_error, json_answer, relay, unreachabl
 from .bodies import PrefixWatch, file_chunks, flight_chunks
 from .flights import Flight, Flights
 from .hub import HubUpstream, UpstreamFile
-from .offline import info_of, stored_commit, tree_cache_files, tree_of, whole_tree
+from .offline import (
+    TREE_PAGE_SIZE,
+    info_of,
+    page_of,
+    stored_commit,
+    tree_cache_files,
+    tree_of,
+    whole_tree,
+)
+from .resume import drop_flight, record_flight, recorded_flights
+from .traffic import MirrorTraffic, TrafficListener
 
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -77,6 +88,7 @@ class HubMirror:
         manager_of: Callable[[], DownloadManager],
         symlinks: bool = True,
         timeout_s: float = 30.0,
+        on_traffic: TrafficListener | None = None,
     ) -> None:
         self.store_root = store_root
         self.symlinks = symlinks
@@ -86,10 +98,12 @@ class HubMirror:
         self.flights = Flights(manager_of)
         self.access = AccessCache()
         self.watch = PrefixWatch()
+        self.traffic = MirrorTraffic(on_traffic)  # bytes served and fetched, per model
         self._unsubscribe: Callable[[], None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str]] = set()  # (repo folder, commit) listed or under way
         self._revisions: dict[tuple[str, str], str] = {}  # (repo folder, branch or tag) -> commit
+        self.tree_page_size = TREE_PAGE_SIZE  # offline tree listings, per page
 
     @property
     def upstream(self) -> str:
@@ -97,11 +111,22 @@ class HubMirror:
 
     def _follow_manager(self) -> None:
         if self._unsubscribe is None:
-            self._unsubscribe = self._manager_of().subscribe(self.watch.on_event)
+            self._unsubscribe = self._manager_of().subscribe(self._on_event)
+
+    def _on_event(self, event: TaskEvent) -> None:
+        self.watch.on_event(event)
+        if event.kind is EventKind.PROGRESS and event.progress is not None:
+            flight = self.flights.of_task(event.task_id)
+            if flight is not None:
+                key = MirrorTraffic.key(flight.repo)
+                self.traffic.fetched(key, event.task_id, event.progress.bytes_received)
+        elif event.kind is EventKind.STATE and event.state.final:
+            self.traffic.forget_task(event.task_id)
 
     async def close(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
+        self.traffic.close()
         await self.flights.close()
         for task in self._settling:
             task.cancel()
@@ -118,7 +143,7 @@ class HubMirror:
         try:
             answer = await self.hub.api(hp, query, auth)
         except ModelhaulError as exc:
-            return await asyncio.to_thread(self._offline_api, hp, query, auth, exc)
+            return await asyncio.to_thread(self._offline_api, hp, query, auth, exc, mirror_base)
         if answer.status < 300:
             rs = self.repo(hp)
             self.access.accept(auth, rs)
@@ -167,16 +192,20 @@ class HubMirror:
     ) -> ServedFile:
         facts = file.facts
         blob = rs.blob_path(facts.etag)
+        count = self.traffic.counted
+        key = MirrorTraffic.key(rs)
         if await asyncio.to_thread(_vouched, rs, facts.etag, facts.size):
             self._settle(hp, rs, facts, None, auth)
-            return ServedFile(facts, lambda a, b: file_chunks(blob, a, b))
+            return ServedFile(facts, lambda a, b: count(key, file_chunks(blob, a, b)))
         if not fetch:
             return ServedFile(facts, _no_body)
         self._follow_manager()
         flight = self.flights.join(rs, file)
         settled = self._settle(hp, rs, facts, flight, auth)
         return ServedFile(
-            facts, lambda a, b: flight_chunks(flight, self.watch, a, b, settled), in_flight=True
+            facts,
+            lambda a, b: count(key, flight_chunks(flight, self.watch, a, b, settled)),
+            in_flight=True,
         )
 
     def _settle(
@@ -191,7 +220,7 @@ class HubMirror:
 
         async def settle() -> None:
             if flight is not None:
-                await flight.wait()
+                await self._wait_recorded(hp, rs, flight, record=auth is None)
             refs = sorted({*self._refs_of(rs, facts.commit), *([ref] if ref else [])})
             with writing(link):
                 await asyncio.to_thread(
@@ -204,6 +233,43 @@ class HubMirror:
             self._listed.add(key)
             self._spawn(self._save_listing(hp, rs, facts.commit, auth))
         return task
+
+    @staticmethod
+    async def _wait_recorded(hp: HubPath, rs: RepoStore, flight: Flight, *, record: bool) -> None:
+        """Until the flight ends, recorded meanwhile (``record``) so that a mirror killed
+        before it ends resumes it (``resume``); a cancelled flight (the mirror closing) stays
+        recorded."""
+        facts = flight.file.facts
+        if record:
+            await asyncio.to_thread(record_flight, rs, hp, facts.commit, facts.etag)
+        try:
+            await flight.wait()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await asyncio.to_thread(drop_flight, rs, facts.etag)
+            raise
+        await asyncio.to_thread(drop_flight, rs, facts.etag)
+
+    def start_nowait(self) -> None:
+        """Go on with the fetches a mirror of this store left under way (killed mid-fetch)."""
+        self._spawn(self._resume())
+
+    async def _resume(self) -> None:
+        for rec in await asyncio.to_thread(recorded_flights, self.store_root):
+            try:
+                answer = await self.hub.head(rec.path, None)
+            except ModelhaulError as exc:
+                log.warning("mirror: the upstream is unreachable, not resuming yet: %s", exc)
+                return  # the records stay for the next start, the journals for a client
+            file = self.hub.file_of(rec.path, answer, None) if answer.status < 400 else None
+            if file is None or file.facts.etag != rec.etag:
+                await asyncio.to_thread(drop_flight, rec.repo, rec.etag)
+                continue
+            log.info("mirror: resuming the fetch of %s", rec.etag)
+            served = await self._serve(rec.path, rec.repo, file, None, fetch=True)
+            if not served.in_flight:  # the blob made it into the store after all
+                await asyncio.to_thread(drop_flight, rec.repo, rec.etag)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -230,8 +296,11 @@ class HubMirror:
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.warning("mirror: could not record a file in the store: %s", exc)
 
-    def _offline_api(self, hp: HubPath, query: str, auth: str | None, exc: ModelhaulError) -> Relay:
-        """The upstream is unreachable: info and tree of a revision the store holds whole."""
+    def _offline_api(
+        self, hp: HubPath, query: str, auth: str | None, exc: ModelhaulError, mirror_base: str
+    ) -> Relay:
+        """The upstream is unreachable: info and tree of a revision the store holds whole, the
+        tree paged as the Hub pages it (``Link: <next page>; rel="next"``, with a cursor)."""
         rs = self.repo(hp)
         commit = stored_commit(rs, hp.revision)
         files = whole_tree(rs, commit) if commit else None
@@ -241,11 +310,20 @@ class HubMirror:
             return _not_accepted(self.upstream, commit)
         if hp.kind == "info":
             return json_answer(info_of(hp, commit, files))
-        recursive = parse_qs(query).get("recursive", [""])[0].lower() == "true"
+        params = parse_qs(query)
+        recursive = params.get("recursive", [""])[0].lower() == "true"
         entries = tree_of(files, hp.path, recursive)
         if entries is None:
             return hub_error(404, f"{hp.path} does not exist", code="EntryNotFound", commit=commit)
-        return json_answer(entries)
+        paged = page_of(entries, params.get("cursor", [None])[0], self.tree_page_size)
+        if paged is None:
+            return hub_error(400, "Invalid cursor")
+        page, cursor = paged
+        if cursor is None:
+            return json_answer(page)
+        params["cursor"] = [cursor]
+        next_url = f"{mirror_base}{hp.upstream_path()}?{urlencode(params, doseq=True)}"
+        return json_answer(page, {"Link": f'<{next_url}>; rel="next"'})
 
     async def _offline(
         self, hp: HubPath, auth: str | None, exc: ModelhaulError
@@ -258,7 +336,8 @@ class HubMirror:
         if not self.access.accepted(auth, rs):
             return _not_accepted(self.upstream, facts.commit)
         blob = rs.blob_path(facts.etag)
-        return ServedFile(facts, lambda a, b: file_chunks(blob, a, b))
+        key = MirrorTraffic.key(rs)
+        return ServedFile(facts, lambda a, b: self.traffic.counted(key, file_chunks(blob, a, b)))
 
 
 def _not_accepted(upstream: str, commit: str) -> Relay:

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IntegrityError
 from ..manager.downloads import DownloadManager
 from ..policy.paths import part_paths
+from ..policy.segments import Demand
 from ..store.repo import BlobLock, RepoStore
 from .hub import UpstreamFile
 
@@ -31,6 +32,8 @@ class Flight:
     file: UpstreamFile
     done: asyncio.Future[None]
     task_id: str | None = None  # the manager's download, once added
+    # The ranges readers wait for (fetched first), and which bytes are written so far.
+    demand: Demand = field(default_factory=Demand)
 
     @property
     def blob(self) -> Path:
@@ -95,6 +98,7 @@ class Flights:
                 sha256=facts.etag if facts.lfs else None,
                 expected_size=facts.size,
                 headers=dict(flight.file.headers),
+                demand=flight.demand,
             )
             flight.task_id = handle.id
             await handle.wait()
@@ -105,6 +109,10 @@ class Flights:
                 raise IntegrityError(
                     f"{flight.blob.name}: the upstream bytes do not match its git hash"
                 )
+
+    def of_task(self, task_id: str) -> Flight | None:
+        """The flight whose download the manager knows as ``task_id`` (a few are under way)."""
+        return next((f for f in self._flights.values() if f.task_id == task_id), None)
 
     async def close(self) -> None:
         for runner in self._runners:

@@ -8,12 +8,17 @@ less is not answered from here (the caller gets the 504 that says the upstream i
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
 from typing import Any
 
 from ..policy.hubpaths import HubPath, lfs_pointer_size
 from ..policy.validate import is_commit_hash
 from ..store.repo import RepoStore
+
+# Entries per page of a tree listing, as the Hub pages ``expand=False`` listings.
+TREE_PAGE_SIZE = 1000
 
 
 def stored_commit(rs: RepoStore, revision: str | None) -> str | None:
@@ -86,6 +91,27 @@ def tree_of(files: list[dict[str, Any]], path: str, recursive: bool) -> list[dic
     return sorted(out, key=lambda e: e["path"])
 
 
+def page_of(
+    entries: list[dict[str, Any]], cursor: str | None, size: int
+) -> tuple[list[dict[str, Any]], str | None] | None:
+    """One page of a listing sorted by path, and the cursor of the next (None: the last page);
+    None for a cursor that is not one. The cursor is the last path of the page before, so a
+    page stays right whatever the page size of the one before it."""
+    after = ""
+    if cursor:
+        try:
+            padded = cursor + "=" * (-len(cursor) % 4)
+            after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    rest = [e for e in entries if e["path"] > after]
+    page = rest[:size]
+    if len(rest) <= size:
+        return page, None
+    last = page[-1]["path"].encode()
+    return page, base64.urlsafe_b64encode(last).decode().rstrip("=")
+
+
 def tree_cache_files(entries: list[Mapping[str, Any]]) -> dict[str, dict[str, object]]:
     """The Hub's file entries in huggingface_hub's ``trees/<commit>.json`` form."""
     files: dict[str, dict[str, object]] = {}
@@ -103,7 +129,9 @@ def tree_cache_files(entries: list[Mapping[str, Any]]) -> dict[str, dict[str, ob
 
 
 __all__ = [
+    "TREE_PAGE_SIZE",
     "info_of",
+    "page_of",
     "stored_commit",
     "tree_cache_files",
     "tree_of",

@@ -9,6 +9,13 @@ A steal costs a request, and whatever the victim's server already sent past the 
 twice: on a fast link a whole small segment sits in socket buffers before the first read. So
 a segment is judged only once it has run ``steal_after_s``, and then stolen from only if, at
 the speed it has shown, it still needs that long again.
+
+A ``Demand`` (readers of the growing file, such as the Hub mirror's clients) names ranges to
+fetch before plan order: the next free segment starts at the first missing byte a reader waits
+for, and a segment in flight that would reach those bytes only late is split there. When every
+connection is busy, ``make_room_nowait`` ends the segment in flight with the most left
+``min_steal`` bytes ahead (its rest goes back to the free list), so a connection comes for the
+wanted bytes within seconds, not after a whole chunk.
 """
 
 from __future__ import annotations
@@ -18,6 +25,53 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .ranges import Range, RangeSet, steal_point
+
+_MAX_WANTED = 32  # ranges remembered per download; the oldest wait is dropped first
+
+
+class Demand:
+    """Ranges readers wait for, newest first, and what of the file is final so far.
+
+    The reader side calls ``want``; the engine ``attach``es each attempt's set of written
+    ranges and a ``wake`` for its idle connections. Everything runs on the event loop.
+    """
+
+    def __init__(self) -> None:
+        self._wanted: list[Range] = []
+        self._done: RangeSet | None = None
+        self._wake: Callable[[], None] | None = None
+
+    def attach(self, done: RangeSet, wake: Callable[[], None]) -> None:
+        """An attempt starts: ``done`` grows as its bytes are written; ``wake`` stirs idle
+        connections so they look at new wants."""
+        self._done, self._wake = done, wake
+
+    def want(self, start: int, end: int) -> None:
+        """A reader waits for ``[start, end)``: fetch its missing bytes next."""
+        if end <= start:
+            return
+        self._wanted = [(start, end), *[w for w in self._wanted if w != (start, end)]]
+        del self._wanted[_MAX_WANTED:]
+        if self._wake is not None:
+            self._wake()
+
+    def final_end(self, pos: int) -> int:
+        """The end of the run of written bytes from ``pos`` (``pos`` itself if none)."""
+        if self._done is None:
+            return pos
+        for s, e in self._done:
+            if s <= pos < e:
+                return e
+            if s > pos:
+                break
+        return pos
+
+    def pending(self) -> list[Range]:
+        """The wanted ranges not yet wholly written, newest first (the rest are forgotten)."""
+        done = self._done
+        if done is not None:
+            self._wanted = [w for w in self._wanted if not done.covers(*w)]
+        return list(self._wanted)
 
 
 @dataclass(slots=True, eq=False)
@@ -55,6 +109,7 @@ class SegmentScheduler:
         align: int = 1,
         steal_after_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        demand: Demand | None = None,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError("chunk_bytes must be > 0")
@@ -66,6 +121,7 @@ class SegmentScheduler:
         self._clock = clock
         self._free: list[Range] = held.missing(size)
         self.active: set[Segment] = set()
+        self._demand = demand
 
     @property
     def unassigned_bytes(self) -> int:
@@ -80,6 +136,8 @@ class SegmentScheduler:
 
     def next_nowait(self) -> Segment | None:
         """The next segment to fetch, or None when nothing is left worth a connection."""
+        if self._demand is not None and (seg := self._wanted_nowait()) is not None:
+            return seg
         if self._free:
             start, end = self._free[0]
             cut = min(end, start + self._chunk)
@@ -89,6 +147,48 @@ class SegmentScheduler:
                 self._free[0] = (cut, end)
             return self._activate(start, cut)
         return self._steal()
+
+    def _wanted_nowait(self) -> Segment | None:
+        """A segment for the newest wanted bytes: free ones from their first missing byte, or
+        the far part of a segment in flight that would reach them only after ``min_steal``."""
+        assert self._demand is not None
+        for want_start, want_end in self._demand.pending():
+            for i, (s, e) in enumerate(self._free):
+                if s < want_end and e > want_start:
+                    start = max(s, want_start)
+                    cut = min(e, start + self._chunk)
+                    pieces = [(s, start), (cut, e)]
+                    self._free[i : i + 1] = [(a, b) for a, b in pieces if b > a]
+                    return self._activate(start, cut)
+            for seg in self.active:
+                cut = want_start - want_start % self._align
+                if max(seg.pos, seg.claimed) + self._min_steal <= cut < seg.end:
+                    upper_end, seg.end = seg.end, cut
+                    return self._activate(cut, upper_end)
+        return None
+
+    def make_room_nowait(self) -> bool:
+        """Every connection is busy and a reader waits for free bytes: end the segment in
+        flight that has the most left (and has run long enough to judge) ``min_steal`` bytes
+        ahead of what it has asked for. Whether one was shortened."""
+        if self._demand is None:
+            return False
+        wanted = self._demand.pending()
+        if not any(s < we and e > ws for ws, we in wanted for s, e in self._free):
+            return False
+        now = self._clock()
+        victims = [s for s in self.active if self._worth_stealing(s, now)]
+        if not victims:
+            return False
+        victim = max(victims, key=lambda s: s.stealable)
+        cut = max(victim.pos, victim.claimed) + self._min_steal
+        cut += -cut % self._align
+        if cut + self._min_steal > victim.end:
+            return False
+        self._free.append((cut, victim.end))
+        victim.end = cut
+        self._merge_free()
+        return True
 
     def claim_nowait(self, start: int, end: int) -> Segment:
         """Take exactly ``[start, end)`` (the range a probe response already covers)."""
@@ -151,14 +251,17 @@ class SegmentScheduler:
         self.active.discard(seg)
         if seg.pos < seg.end:
             self._free.append((seg.pos, seg.end))
-            self._free.sort()
-            merged: list[Range] = []
-            for s, e in self._free:
-                if merged and merged[-1][1] == s:
-                    merged[-1] = (merged[-1][0], e)
-                else:
-                    merged.append((s, e))
-            self._free = merged
+            self._merge_free()
+
+    def _merge_free(self) -> None:
+        self._free.sort()
+        merged: list[Range] = []
+        for s, e in self._free:
+            if merged and merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], e)
+            else:
+                merged.append((s, e))
+        self._free = merged
 
 
 # A doubling must raise the aggregate speed by this much to be followed by another one; one

@@ -43,6 +43,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await service.start()
+        mirror.start_nowait()  # fetches a killed mirror left under way go on
         try:
             yield
         finally:
@@ -65,6 +66,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         store_root=service.config.store_root,
         manager_of=lambda: service.manager,
         symlinks=service.config.symlinks,
+        on_traffic=service.publish_mirror_traffic,  # the page's mirror table, live
     )
     app.state.mirror = mirror  # the Hugging Face mirror under /hf (routes/hf.py)
     app.add_middleware(Guard, policy=policy)

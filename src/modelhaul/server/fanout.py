@@ -12,6 +12,7 @@ so nothing falls between the snapshot and the first event), then:
     removed    a finished download was forgotten
     limit      the global speed limit changed
     store      the store's models, sizes and free space changed
+    mirror     the Hub mirror's traffic per model: bytes served, bytes fetched upstream
 
 ``EventFanout`` is a part of ``Service`` (service.py), which composes it with the job runner; it
 uses their state, as the one object they make.
@@ -51,6 +52,8 @@ class EventFanout:
     _closing: bool
     _store: StoreOperations
     download_dir: Path
+    # The Hub mirror's traffic, as it last told it (replaced whole, never changed in place).
+    _mirror_traffic: tuple[dict[str, Any], ...] = ()
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -60,7 +63,15 @@ class EventFanout:
             "limit": self.limit_view(),
             "store": self._store.view,
             "download_dir": str(self.download_dir),
+            "mirror": list(self._mirror_traffic),
         }
+
+    def publish_mirror_traffic(self, models: list[dict[str, Any]]) -> None:
+        """The mirror's bytes served and fetched per model changed (at most a few times a
+        second: the mirror coalesces)."""
+        self._mirror_traffic = tuple(models)
+        if not self._closing:
+            self._publish({"event": "mirror", "models": models})
 
     def subscribe(self) -> Subscription:
         """A snapshot and then every later event; call ``close()`` when done."""

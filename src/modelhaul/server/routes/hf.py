@@ -59,6 +59,13 @@ def _relayed(answer: Relay) -> Response:
     return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
+@router.get("/api/mirror", summary="The Hub mirror's traffic per model")
+async def mirror_traffic(mirror: MirrorDep) -> dict[str, list[dict[str, object]]]:
+    """Bytes served to clients and fetched upstream, per model, since the service started (the
+    event stream's ``mirror`` events carry the same, live)."""
+    return {"models": mirror.traffic.view()}
+
+
 @router.get("/hf/api/{rest:path}", include_in_schema=False)
 async def hub_api(rest: str, request: Request, mirror: MirrorDep) -> Response:
     """Repo info and tree pages, relayed from the upstream Hub with the caller's token."""

@@ -7,7 +7,7 @@
   const $ = (id) => document.getElementById(id);
   const FINAL = new Set(["completed", "failed", "cancelled"]);
   const ACTIVE = new Set(["queued", "running", "verifying"]);
-  const state = { downloads: new Map(), store: null, limit: null };
+  const state = { downloads: new Map(), store: null, limit: null, mirror: [] };
 
   // ------------------------------------------------------------------ formatting
 
@@ -126,10 +126,12 @@
         state.downloads = new Map(ev.downloads.map((d) => [d.id, d]));
         state.limit = ev.limit;
         state.store = ev.store;
+        state.mirror = ev.mirror || [];
         $("queue-body").replaceChildren();
         renderQueue();
         renderLimit();
         renderStore();
+        renderMirror();
         break;
       case "download":
         upsert(ev.download);
@@ -148,6 +150,10 @@
       case "store":
         state.store = ev.store;
         renderStore();
+        break;
+      case "mirror":
+        state.mirror = ev.models;
+        renderMirror();
         break;
     }
   }
@@ -430,6 +436,38 @@
     $("store").hidden = s.models.length === 0;
     $("store-empty").hidden = s.models.length !== 0;
   }
+
+  // ------------------------------------------------------------------ the Hub mirror
+
+  // Bytes served to clients against bytes fetched upstream, per model: the mirror's worth.
+  function renderMirror() {
+    const body = $("mirror-body");
+    body.replaceChildren();
+    let served = 0;
+    let fetched = 0;
+    for (const m of state.mirror) {
+      const name = m.repo_type === "model" ? m.name : m.repo_type + "s/" + m.name;
+      served += m.served_bytes;
+      fetched += m.upstream_bytes;
+      const ratio = m.upstream_bytes > 0 ? (m.served_bytes / m.upstream_bytes).toFixed(1) + "×" : "";
+      const tr = el("tr", { id: "mirror-" + m.repo_type + "-" + m.name.replace("/", "--") });
+      tr.dataset.served = String(m.served_bytes);
+      tr.dataset.upstream = String(m.upstream_bytes);
+      tr.append(
+        el("td", { className: "name", textContent: name }),
+        el("td", { className: "served", textContent: bytes(m.served_bytes) }),
+        el("td", { className: "upstream", textContent: bytes(m.upstream_bytes) }),
+        el("td", { className: "ratio", textContent: ratio }),
+      );
+      body.append(tr);
+    }
+    $("mirror").hidden = state.mirror.length === 0;
+    $("mirror-empty").hidden = state.mirror.length !== 0;
+    $("mirror-total").textContent = state.mirror.length
+      ? "· " + bytes(served) + " served · " + bytes(fetched) + " from upstream" : "";
+  }
+
+  $("mirror-endpoint").textContent = location.origin + "/hf";
 
   // ------------------------------------------------------------------ access
 
