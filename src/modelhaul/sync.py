@@ -216,6 +216,8 @@ class SyncHandle(Generic[T]):
     """
 
     READS = frozenset({"info", "tasks", "rate_limit"})
+    # What only the loop's owner may call: the object's lifecycle, and async iteration.
+    LOOP_ONLY = frozenset({"open", "aclose", "close", "events"})
 
     def __init__(self, thread: LoopThread, target: T) -> None:
         self._thread = thread
@@ -231,7 +233,7 @@ class SyncHandle(Generic[T]):
     def __getattr__(self, name: str) -> Any:
         # Only reached for names this class lacks. Private names stay private, and looking
         # them up while the object is half made (copy, pickle) must not recurse.
-        if name.startswith("_"):
+        if name.startswith("_") or name in self.LOOP_ONLY:
             raise AttributeError(name)
         target = self._target
         if isinstance(inspect.getattr_static(target, name), property):
