@@ -308,6 +308,7 @@ class SyncDownloadManager(SyncHandle[DownloadManager]):
         download_config: DownloadConfig | None = None,
         state_dir: Path | None = None,
     ) -> None:
+        # The arguments repeat DownloadManager's, so that this face is typed and documented.
         thread = LoopThread("modelhaul-manager")
         self._close_lock = threading.Lock()
 

@@ -138,6 +138,7 @@ class DownloadManager(AsyncResource):
         Adding the same URL and target again (or the same expected SHA-256 for another path)
         returns the existing download: the bytes are fetched once.
         """
+        # The target arguments repeat Downloader.download's: this is the manager's own call.
         if self._closed:
             raise RuntimeError("the manager is closed")
         check_url(url)
