@@ -15,9 +15,8 @@ Third-party errors are translated where the third party is called, chained with 
 and nowhere else: aiohttp's and the OS's network errors by ``map_error`` in ``http/`` (which
 ``doctor`` calls too), huggingface_hub's by ``map_hub_error`` in ``sources/hf.py``, urllib's
 by the service client in ``client/service.py``. OS errors on local files (ENOSPC, EACCES) are
-told as ``DiskFull``/``PermissionDenied`` by the module that writes the file (``engine``,
-``store``, ``manager``, ``server/security.py``), since only it can name the file the user asked
-for.
+told as ``DiskFull``/``PermissionDenied`` by the module that writes the file, which only it
+can name (``engine``, ``store``, ``manager``, ``server/security.py``).
 
     ModelhaulError              category        fields
     ├── InvalidInput            invalid_input   bad URL, rate, hex, manifest, unsafe name
@@ -104,10 +103,9 @@ _KIND_OF_ERRNO = {
 
 def network_kind(exc: BaseException | None) -> NetworkKind | None:
     """How a connection failed, read from the types of the standard-library errors in the
-    chain of ``exc`` (``__cause__``, ``__context__``, and urllib3's ``reason``).
-
-    For translators of libraries that wrap socket and TLS errors in their own (httpx under
-    huggingface_hub): the socket's error is a fact, its wording is not.
+    chain of ``exc`` (``__cause__``, ``__context__``, and urllib3's ``reason``): for
+    translators of libraries that wrap socket and TLS errors in their own (httpx under
+    huggingface_hub). The socket's error is a fact, its wording is not.
 
     >>> network_kind(ConnectionRefusedError(111, "Connection refused"))
     <NetworkKind.REFUSED: 'refused'>
@@ -155,11 +153,15 @@ class ModelhaulError(Exception):
         if hint is not None:
             self.hint = hint
         else:
-            self.hint = say(LIBRARY_WORDS, self.remedy) if self.remedy else self.default_hint
+            self.hint = self.hint_in(LIBRARY_WORDS) if self.remedy else self.default_hint
 
     def hint_in(self, words: Words) -> str:
         """The hint in a face's words: its sentence for the remedy, else the hint as given."""
-        return say(words, self.remedy) if self.remedy is not None else self.hint
+        return self.hint if self.remedy is None else say(words, self.remedy, **self.remedy_fields())
+
+    def remedy_fields(self) -> dict[str, object]:
+        """What the remedy's words name (``{amount}``...), from fields set before __init__."""
+        return {}
 
     def to_dict(self, words: Words | None = None) -> dict[str, str]:
         """The JSON shape of result lines and the service's answers; the hint in ``words``
@@ -442,11 +444,16 @@ class DiskFull(ModelhaulError, OSError):
         free_bytes: int | None = None,
         path: str | None = None,
         hint: str | None = None,
+        remedy: Remedy | None = None,
     ) -> None:
-        super().__init__(message, hint=hint)
         self.need_bytes = need_bytes
         self.free_bytes = free_bytes
         self.path = path
+        super().__init__(message, hint=hint, remedy=remedy)
+
+    def remedy_fields(self) -> dict[str, object]:
+        """For ``Remedy.FREE_SHORTFALL``: how much to free (``amount``) and where (``path``)."""
+        return {"amount": human_bytes(self.short_bytes or 0), "path": self.path}
 
     @property
     def short_bytes(self) -> int | None:

@@ -12,6 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import ModelhaulError
+from .remedies import Words
+
 
 class State(enum.StrEnum):
     QUEUED = "queued"
@@ -174,8 +177,10 @@ class TaskEvent:
     total: int | None = None
     speed_bytes_per_s: float = 0.0
     eta_s: float | None = None
+    failure: ModelhaulError | None = None  # the error itself, for a face to word (to_dict)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, words: Words | None = None) -> dict[str, Any]:
+        """The JSON shape; an error in ``words`` (a face's), else in the library's."""
         out: dict[str, Any] = {
             "event": self.kind.value,
             "id": self.task_id,
@@ -186,7 +191,9 @@ class TaskEvent:
             "speed": round(self.speed_bytes_per_s, 1),
             "eta": None if self.eta_s is None else round(self.eta_s, 1),
         }
-        if self.error is not None:
+        if self.failure is not None and words is not None:
+            out["error"] = self.failure.to_dict(words)
+        elif self.error is not None:
             out["error"] = self.error
         if self.result is not None:
             out["result"] = self.result

@@ -36,6 +36,10 @@ class Remedy(enum.StrEnum):
     ALLOW_DOWNGRADE = "allow_downgrade"  # an https -> http redirect refused
     FORCE = "force"  # a model still downloading is removed only with force
     DOWNLOAD_DIR = "download_dir"  # the service's download directory is not writable
+    FREE_SHORTFALL = "free_shortfall"  # a full disk, sizes known: {amount} {path}
+    START_SERVICE = "start_service"  # nothing answers at the service's address
+    CHECK_SERVICE = "check_service"  # what answers there is no modelhaul service
+    SERVICE_TOKEN = "service_token"  # the service wants its access token
     # The steps of guidance (guidance/*) and the doctor's fixes.
     UNSTABLE_LINK = "unstable_link"
     SLOW_LINK = "slow_link"
@@ -55,6 +59,10 @@ class Remedy(enum.StrEnum):
     WRITABLE_CACHE = "writable_cache"
     SYNTAX = "syntax"
     OLD_PARTIALS = "old_partials"  # {resume} {part} {journal}
+    # What evicting least recently used models would free (Inventory.suggest_lru).
+    EVICT_ENOUGH = "evict_enough"  # {names} {cap_bytes}
+    EVICT_SOME = "evict_some"  # {names} {cap_bytes}: it would help but not free enough
+    NOTHING_TO_EVICT = "nothing_to_evict"
 
 
 Words = Mapping[Remedy, str]
@@ -85,6 +93,13 @@ LIBRARY_WORDS: Words = MappingProxyType(
         "server.",
         Remedy.FORCE: "Wait for the download to finish, or remove it with force=True.",
         Remedy.DOWNLOAD_DIR: "Give ServiceConfig.download_dir a writable folder.",
+        Remedy.FREE_SHORTFALL: "Free at least {amount} in {path}, or download somewhere else "
+        "(another directory).",
+        Remedy.START_SERVICE: "Start one with 'modelhaul serve', or give ServiceClient the "
+        "address of a running one.",
+        Remedy.CHECK_SERVICE: "Check the address given to ServiceClient.",
+        Remedy.SERVICE_TOKEN: "Give ServiceClient the service's token; it is in the "
+        "server-token file of the service's state directory.",
         Remedy.UNSTABLE_LINK: "On an unstable link use fewer connections "
         "(SegmentPolicy.connections=4).",
         Remedy.SLOW_LINK: "On a slow or congested link raise Timeouts.stall_s and use fewer "
@@ -122,5 +137,10 @@ LIBRARY_WORDS: Words = MappingProxyType(
         "'modelhaul gc' removes partial downloads in the cache untouched for 7 days "
         "(Inventory.gc's partial_age_s for sooner); delete a *{part} file and its *{journal} to "
         "abandon it.",
+        Remedy.EVICT_ENOUGH: "Removing the least recently used models would free enough: "
+        "{names}; Inventory.gc(max_size={cap_bytes}) removes them.",
+        Remedy.EVICT_SOME: "Removing the least recently used models would help but not free "
+        "enough: {names}; Inventory.gc(max_size={cap_bytes}) removes them.",
+        Remedy.NOTHING_TO_EVICT: "No unpinned model in the store could free that much.",
     }
 )

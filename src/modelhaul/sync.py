@@ -4,10 +4,11 @@ Every method may be called from any thread (a GUI, a web handler, a plain script
 marshalled onto the loop thread, so the async core keeps a single-threaded view of its state.
 Event callbacks run on the loop thread: keep them short, or hand work to your own thread.
 
-Nothing is written twice: ``OnLoop`` wraps an object of the async core, and ``steer`` and
-``read`` turn its methods into methods that run on the loop thread, so ``SyncHandle`` and
-``SyncDownloadManager`` only name what they expose and write out what differs (blocking waits
-with a timeout, handles wrapped for this thread).
+Nothing is written twice: ``SyncHandle`` is one generic wrapper that runs the public calls of
+any object of the async core on the loop thread (coroutines become blocking calls with a
+timeout), so the manager's and the download handle's calls are each written once, in the async
+core. ``SyncDownloadManager`` adds only what the async manager cannot know: starting and
+stopping its loop thread.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import asyncio
 import concurrent.futures
 import contextlib
 import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar
+from typing import Any, Generic, ParamSpec, Self, TypeVar
 
 from .config import DownloadConfig, ManagerConfig
 from .engine.downloader import Downloader
 from .engine.transfer import ProgressCallback
-from .events import Result, TaskEvent
+from .events import Result
 from .manager.downloads import DownloadManager
 from .manager.handle import DownloadHandle
 
@@ -52,7 +54,21 @@ class LoopThread:
 
     def _main(self) -> None:
         asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
+        try:
+            self.loop.run_forever()
+        finally:
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        """What ``asyncio.run`` does on its way out: cancel the tasks still pending and let
+        them finish (a task left pending is destroyed with the loop, and says so), then close."""
+        left = asyncio.all_tasks(self.loop)
+        for task in left:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        self.loop.close()
 
     @property
     def stopped(self) -> bool:
@@ -83,10 +99,14 @@ class LoopThread:
             self._pending.add(future)
         try:
             return future.result(timeout)
-        except TimeoutError:
-            future.cancel()
+        except concurrent.futures.CancelledError:
+            if self._stopped:  # cancelled by stop(), not by the coroutine itself
+                raise RuntimeError("the loop thread stopped before answering") from None
             raise
         finally:
+            # Given up (a timeout, or Ctrl-C while this thread waits): the coroutine is
+            # cancelled, not left pending on the loop.
+            future.cancel()
             with self._lock:
                 self._pending.discard(future)
 
@@ -129,9 +149,7 @@ class LoopThread:
                 return
             self._stopped = True
         self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        if not self.loop.is_running():
-            self.loop.close()
+        self._thread.join(timeout=10)  # the thread cancels what is left and closes the loop
         with self._lock:
             stranded = list(self._pending)
         for future in stranded:
@@ -180,75 +198,100 @@ def download(
         runner.stop()
 
 
-class OnLoop(Generic[T]):
-    """An object of the async core, used from other threads through its loop thread."""
+class SyncHandle(Generic[T]):
+    """An object of the async core (a manager, a download handle) usable from any thread.
+
+    The one generic handle: every public call of the wrapped object runs on the loop thread.
+    A coroutine method becomes a blocking call that takes one more argument, ``timeout``
+    (seconds; ``TimeoutError`` then, and the coroutine is cancelled; the download goes on). A
+    download handle it returns comes back wrapped the same way, and so does a function (an
+    unsubscriber). Once the loop thread has stopped, calls that change something raise
+    ``RuntimeError``; reads (``READS``) answer directly, as nothing changes any more.
+
+    Example::
+
+        h = mgr.add(url, "model.bin")    # a SyncHandle of the download's DownloadHandle
+        h.pause(); h.resume()
+        result = h.wait(timeout=60)
+    """
+
+    READS = frozenset({"info", "tasks", "rate_limit"})
+    # What only the loop's owner may call: the object's lifecycle, and async iteration.
+    LOOP_ONLY = frozenset({"open", "aclose", "close", "events"})
 
     def __init__(self, thread: LoopThread, target: T) -> None:
         self._thread = thread
         self._target = target
 
-    def _call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        if self._thread.stopped:
-            raise RuntimeError("the manager is closed")
-        return self._thread.call(fn, *args, **kwargs)
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._target!r})"
 
-    def _read(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        # Once the loop thread is gone nothing changes any more: answer directly.
-        if self._thread.loop.is_closed():
-            return fn(*args, **kwargs)
-        return self._call(fn, *args, **kwargs)
+    def __dir__(self) -> list[str]:
+        public = (n for n in dir(self._target) if not n.startswith("_"))
+        return sorted({*super().__dir__(), *public})
 
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class lacks. Private names stay private, and looking
+        # them up while the object is half made (copy, pickle) must not recurse.
+        if name.startswith("_") or name in self.LOOP_ONLY:
+            raise AttributeError(name)
+        target = self._target
+        if isinstance(inspect.getattr_static(target, name), property):
+            return self._on_loop(name, lambda: getattr(target, name))()
+        attr = getattr(target, name)
+        if not callable(attr):
+            return attr  # a plain value fixed at creation (a download's id)
+        if inspect.iscoroutinefunction(attr):
+            return self._blocking(attr)
+        return self._on_loop(name, attr)
 
-def steer(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
-    """``method`` of the wrapped object, run on the loop thread; refused once it has stopped."""
-    return _through(method, OnLoop._call)
+    def _on_loop(self, name: str, method: Callable[P, R]) -> Callable[P, Any]:
+        @functools.wraps(method)
+        def call(*args: P.args, **kwargs: P.kwargs) -> Any:
+            if name in self.READS and self._thread.loop.is_closed():
+                return method(*args, **kwargs)
+            if self._thread.stopped:
+                raise RuntimeError("the manager is closed")
+            return self._wrap(self._thread.call(method, *args, **kwargs))
 
+        return call
 
-def read(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[OnLoop[Any], P], R]:
-    """``method`` of the wrapped object, run on the loop thread, or here once it has stopped."""
-    return _through(method, OnLoop._read)
+    def _blocking(self, method: Callable[..., Coroutine[Any, Any, R]]) -> Callable[..., Any]:
+        signature = _with_timeout(inspect.signature(method))
 
+        @functools.wraps(method)
+        def wait(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            timeout = bound.arguments.pop("timeout", None)
+            return self._wrap(self._thread.run(method(*bound.args, **bound.kwargs), timeout))
 
-def _through(
-    method: Callable[Concatenate[Any, P], R], run: Callable[..., Any]
-) -> Callable[Concatenate[OnLoop[Any], P], R]:
-    """``method`` of the wrapped object, handed to ``run`` (``OnLoop._call`` or ``_read``)."""
-    name = method.__name__
+        wait.__signature__ = signature  # type: ignore[attr-defined]
+        return wait
 
-    @functools.wraps(method)
-    def on_loop(self: OnLoop[Any], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        # Looked up by name, so a subclass's override is the one that runs.
-        result: R = run(self, getattr(self._target, name), *args, **kwargs)
+    def _wrap(self, result: R) -> R | SyncHandle[Any] | Callable[[], Any]:
+        if isinstance(result, DownloadHandle):
+            return SyncHandle(self._thread, result)
+        if inspect.isfunction(result) or inspect.ismethod(result):
+            return functools.partial(self._thread.call, result)
         return result
 
-    return on_loop
+
+def _with_timeout(signature: inspect.Signature) -> inspect.Signature:
+    """``signature`` with ``timeout: float | None = None`` after its positional parameters."""
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind >= p.VAR_POSITIONAL), len(params))
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if at == len(params) else params[at].kind
+    if kind is inspect.Parameter.VAR_POSITIONAL:
+        kind = inspect.Parameter.KEYWORD_ONLY
+    timeout = inspect.Parameter("timeout", kind, default=None, annotation="float | None")
+    return signature.replace(parameters=[*params[:at], timeout, *params[at:]])
 
 
-class SyncHandle(OnLoop[DownloadHandle]):
-    """A download handle usable from any thread: ``DownloadHandle`` run on the loop thread."""
+class SyncDownloadManager(SyncHandle[DownloadManager]):
+    """``DownloadManager`` for threaded code: its calls, run on its own loop thread.
 
-    def __init__(self, thread: LoopThread, handle: DownloadHandle) -> None:
-        super().__init__(thread, handle)
-        self.id = handle.id
-
-    def __repr__(self) -> str:
-        return f"SyncHandle({self.id!r})"
-
-    pause = steer(DownloadHandle.pause)
-    resume = steer(DownloadHandle.resume)
-    cancel = steer(DownloadHandle.cancel)
-    set_priority = steer(DownloadHandle.set_priority)
-    set_limit = steer(DownloadHandle.set_limit)
-    info = read(DownloadHandle.info)
-
-    def wait(self, timeout: float | None = None) -> Result:
-        """The result once completed; raises the categorised error, or Cancelled, or
-        ``TimeoutError`` after ``timeout`` seconds."""
-        return self._thread.run(self._target.wait(), timeout)
-
-
-class SyncDownloadManager(OnLoop[DownloadManager]):
-    """``DownloadManager`` for threaded code.
+    ``add`` returns a ``SyncHandle`` of the download; ``wait`` and ``join`` block, with an
+    optional ``timeout``; event callbacks (``subscribe``) run on the loop thread.
 
     Example::
 
@@ -265,6 +308,7 @@ class SyncDownloadManager(OnLoop[DownloadManager]):
         download_config: DownloadConfig | None = None,
         state_dir: Path | None = None,
     ) -> None:
+        # The arguments repeat DownloadManager's, so that this face is typed and documented.
         thread = LoopThread("modelhaul-manager")
         self._close_lock = threading.Lock()
 
@@ -305,59 +349,3 @@ class SyncDownloadManager(OnLoop[DownloadManager]):
                 self._thread.run(self.manager.close())
             finally:
                 self._thread.stop()
-
-    def add(
-        self,
-        url: str,
-        dest: str | os.PathLike[str] | None = None,
-        *,
-        directory: str | os.PathLike[str] | None = None,
-        sha256: str | None = None,
-        expected_size: int | None = None,
-        priority: int = 0,
-        rate_limit: float | None = None,
-        headers: Mapping[str, str] | None = None,
-        paused: bool = False,
-    ) -> SyncHandle:
-        """Queue a download and return its handle at once; see ``DownloadManager.add``."""
-        # Written out, not steer()ed: the signature repeats DownloadManager.add's on purpose
-        # (a typed, documented call for threaded code), and the handle is wrapped for this thread.
-        handle = self._call(
-            self.manager.add,
-            url,
-            dest,
-            directory=directory,
-            sha256=sha256,
-            expected_size=expected_size,
-            priority=priority,
-            rate_limit=rate_limit,
-            headers=headers,
-            paused=paused,
-        )
-        return SyncHandle(self._thread, handle)
-
-    # The same names as SyncHandle's on purpose: each facade names the calls of what it wraps.
-    pause = steer(DownloadManager.pause)
-    resume = steer(DownloadManager.resume)
-    cancel = steer(DownloadManager.cancel)
-    set_priority = steer(DownloadManager.set_priority)
-    set_task_limit = steer(DownloadManager.set_task_limit)
-    set_limit = steer(DownloadManager.set_limit)
-    info = read(DownloadManager.info)
-    tasks = read(DownloadManager.tasks)
-
-    @property
-    def rate_limit(self) -> float | None:
-        """The global bandwidth cap in bytes per second (None: unlimited)."""
-        return self._read(lambda: self.manager.rate_limit)
-
-    def wait(self, task_id: str, timeout: float | None = None) -> Result:
-        return self._thread.run(self.manager.wait(task_id), timeout)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.run(self.manager.join(), timeout)
-
-    def subscribe(self, callback: Callable[[TaskEvent], None]) -> Callable[[], None]:
-        """``callback`` runs on the manager's loop thread."""
-        unsubscribe = self._call(self.manager.subscribe, callback)
-        return lambda: self._call(unsubscribe)

@@ -7,6 +7,7 @@ blocking waits are the right ones here.
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
 import time
@@ -317,3 +318,28 @@ def test_ctrl_c_while_the_manager_starts_propagates_and_stops_its_loop_thread(
         presser.join()
         signal.signal(signal.SIGINT, previous)
     assert new_loop_threads(before) == []
+
+
+def test_stopping_a_loop_thread_cancels_what_still_runs_on_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A coroutine still pending when the loop stops is cancelled and finished there, not left
+    for the garbage collector ("Task was destroyed but it is pending!")."""
+    runner = LoopThread("test-loop")
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    asyncio.run_coroutine_threadsafe(forever(), runner.loop)
+    assert started.wait(10)
+    runner.stop()
+    gc.collect()
+    assert cancelled.is_set()
+    assert runner.loop.is_closed()
+    assert "destroyed but it is pending" not in caplog.text

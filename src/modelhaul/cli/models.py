@@ -338,8 +338,9 @@ def _free_hint(env: Environment) -> Any:
     def hint(short: int) -> str:
         try:
             from ..store.inventory import lru_suggestion
+            from .words import CLI_WORDS
 
-            return lru_suggestion(env.cache_root, short)
+            return lru_suggestion(env.cache_root, short, words=CLI_WORDS)
         except Exception:  # a hint that cannot be computed must not hide the disk_full error
             return ""
 

@@ -80,57 +80,75 @@ def _is_loopback_url(url: str) -> bool:
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
+    command(
+        sub,
         "queue",
-        help="list the downloads of a running service",
-        description="List the downloads of a running service (modelhaul serve): state, "
-        "progress, speed, time left, priority.",
+        "list the downloads of a running service",
+        "List the downloads of a running service (modelhaul serve): state, progress, speed, "
+        "time left, priority.",
+        json_help="one JSON array",
+        run=run_queue,
     )
-    p.add_argument("--json", action="store_true", help="one JSON array")
-    add_server_options(p)
-    p.set_defaults(run=run_queue)
-
     for name, verb in (
         ("pause", "pause downloads of a running service (partial data kept)"),
         ("resume", "resume paused (or retry failed) downloads of a running service"),
         ("cancel", "cancel downloads of a running service (partial data deleted)"),
     ):
-        p = sub.add_parser(name, help=verb, description=verb[0].upper() + verb[1:] + ".")
+        p = command(
+            sub,
+            name,
+            verb,
+            verb[0].upper() + verb[1:] + ".",
+            json_help="JSON lines, one per download",
+            run=run_action,
+            action=name,
+        )
         p.add_argument(
             "ids", nargs="+", metavar="ID", help="download IDs, as 'modelhaul queue' shows"
         )
-        p.add_argument("--json", action="store_true", help="JSON lines, one per download")
-        add_server_options(p)
-        p.set_defaults(run=run_action, action=name)
-
-    p = sub.add_parser(
+    p = command(
+        sub,
         "priority",
-        help="change a download's priority (higher runs first)",
-        description="Change the priority of a download of a running service; higher "
-        "priorities run first.",
+        "change a download's priority (higher runs first)",
+        "Change the priority of a download of a running service; higher priorities run first.",
+        json_help="the download as one JSON object",
+        run=run_priority,
     )
     p.add_argument("id", metavar="ID", help="the download's ID, as 'modelhaul queue' shows")
     p.add_argument(
         "priority", type=int, metavar="N", help="the new priority, -1000 to 1000 (new downloads: 0)"
     )
-    p.add_argument("--json", action="store_true", help="the download as one JSON object")
-    add_server_options(p)
-    p.set_defaults(run=run_priority)
-
-    p = sub.add_parser(
+    p = command(
+        sub,
         "limit",
-        help="show or set a running service's global speed limit",
-        description="Show the speed limit of a running service, shared by all its downloads, "
-        "or set it with RATE.",
+        "show or set a running service's global speed limit",
+        "Show the speed limit of a running service, shared by all its downloads, or set it "
+        "with RATE.",
+        json_help='one JSON object, {"rate_bytes_per_s": N or null}',
+        run=run_limit,
     )
     p.add_argument(
         "rate", nargs="?", metavar="RATE", help="e.g. 20M (bytes/s, 1024-based); 0 or none: off"
     )
-    p.add_argument(
-        "--json", action="store_true", help='one JSON object, {"rate_bytes_per_s": N or null}'
-    )
+
+
+def command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+    *,
+    json_help: str,
+    run: Callable[[argparse.Namespace], Awaitable[int]],
+    **defaults: Any,
+) -> argparse.ArgumentParser:
+    """A command that talks to a running service: ``--json`` and the server options come with
+    it; the caller adds its own arguments (the help lists positionals apart, so order is free)."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument("--json", action="store_true", help=json_help)
     add_server_options(p)
-    p.set_defaults(run=run_limit)
+    p.set_defaults(run=run, **defaults)
+    return p
 
 
 def report_failure(exc: ModelhaulError) -> int:

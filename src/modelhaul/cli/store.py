@@ -191,6 +191,11 @@ def _refuse(args: argparse.Namespace, exc: ModelhaulError) -> int:
     return 2
 
 
+def _print_completed(**fields: object) -> None:
+    """The --json result line of a store command that did what it was asked."""
+    print(json.dumps({"event": "result", "status": "completed", **fields, "error": None}))
+
+
 def _not_in_store(exc: ModelhaulError) -> ModelhaulError:
     """The model is not in the store: say where to look, not how to pull it."""
     return type(exc)(exc.message, hint="`modelhaul ls` lists what is.")
@@ -232,18 +237,7 @@ async def run_rm(args: argparse.Namespace) -> int:
     except NotInStore as exc:  # a revision the model does not have
         return _refuse(args, exc)
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "event": "result",
-                    "status": "completed",
-                    "name": repo_id,
-                    "revision": revision,
-                    "freed": freed,
-                    "error": None,
-                }
-            )
-        )
+        _print_completed(name=repo_id, revision=revision, freed=freed)
     else:
         print(f"removed {what}, freed {human_bytes(freed)}")
     return 0
@@ -260,17 +254,7 @@ async def run_pin(args: argparse.Namespace) -> int:
     except NotInStore as exc:
         return _refuse(args, _not_in_store(exc))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "event": "result",
-                    "status": "completed",
-                    "name": repo_id,
-                    "pinned": args.pinned,
-                    "error": None,
-                }
-            )
-        )
+        _print_completed(name=repo_id, pinned=args.pinned)
     else:
         print(f"{'pinned' if args.pinned else 'unpinned'} {repo_id}")
     return 0

@@ -33,6 +33,13 @@ CLI_WORDS: Words = MappingProxyType(
         Remedy.FORCE: "Wait for the download to finish, or pass --force.",
         Remedy.DOWNLOAD_DIR: "Pass --download-dir (or MODELHAUL_DOWNLOAD_DIR) naming a writable "
         "folder.",
+        Remedy.FREE_SHORTFALL: "Free at least {amount} in {path}, or download elsewhere with "
+        "-d DIR.",
+        Remedy.START_SERVICE: "Start one with 'modelhaul serve', or point --server (or "
+        "MODELHAUL_SERVER) at a running one.",
+        Remedy.CHECK_SERVICE: "Check --server / MODELHAUL_SERVER.",
+        Remedy.SERVICE_TOKEN: "Pass --token or set MODELHAUL_TOKEN; the token is in the "
+        "server-token file of the service's state directory.",
         Remedy.UNSTABLE_LINK: "On an unstable link use fewer connections (-x 4).",
         Remedy.SLOW_LINK: "On a slow or congested link raise --timeout (seconds) and use fewer "
         "connections (-x 4).",
@@ -68,6 +75,11 @@ CLI_WORDS: Words = MappingProxyType(
         Remedy.OLD_PARTIALS: "Run the pull or get that started them again to resume{resume}. "
         "'modelhaul gc' removes partial downloads in the cache untouched for 7 days "
         "(--partial-age 1d for sooner); delete a *{part} file and its *{journal} to abandon it.",
+        Remedy.EVICT_ENOUGH: "Removing the least recently used models would free enough: "
+        "{names}; run: modelhaul gc --max-size {cap_bytes}",
+        Remedy.EVICT_SOME: "Removing the least recently used models would help but not free "
+        "enough: {names}; run: modelhaul gc --max-size {cap_bytes}",
+        Remedy.NOTHING_TO_EVICT: "No unpinned model in the store could free that much.",
     }
 )
 

@@ -13,6 +13,7 @@ import urllib.request
 from typing import Any
 
 from ..errors import Category, InvalidInput, ModelhaulError
+from ..remedies import Remedy
 
 DEFAULT_SERVER = "http://127.0.0.1:8765"
 REQUEST_TIMEOUT_S = 30.0
@@ -38,6 +39,14 @@ class ServiceUnreachable(ModelhaulError):
     """Nothing answers at the service's address, or the event stream dropped."""
 
     category = Category.NETWORK
+    default_remedy = Remedy.START_SERVICE
+
+
+class TokenRefused(ModelhaulError):
+    """The service wants its access token (HTTP 401): none was sent, or the wrong one."""
+
+    category = Category.AUTH
+    default_remedy = Remedy.SERVICE_TOKEN
 
 
 class ServiceClient:
@@ -96,17 +105,13 @@ class ServiceClient:
         """The error for ``exc`` raised while connecting or reading: nothing answers here."""
         reason = getattr(exc, "reason", exc)
         detail = getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
-        return ServiceUnreachable(
-            f"no modelhaul service is running at {self.base_url} ({detail})",
-            hint="Start one with 'modelhaul serve', or point --server (or MODELHAUL_SERVER) "
-            "at a running one.",
-        )
+        return ServiceUnreachable(f"no modelhaul service is running at {self.base_url} ({detail})")
 
     def not_ours(self) -> ModelhaulError:
         """The error for an answer no modelhaul service would give."""
         return ModelhaulError(
             f"the server at {self.base_url} is not a modelhaul service",
-            hint="Check --server / MODELHAUL_SERVER.",
+            remedy=Remedy.CHECK_SERVICE,
         )
 
     def _refusal(self, exc: urllib.error.HTTPError) -> ModelhaulError:
@@ -115,12 +120,7 @@ class ServiceClient:
         except (ValueError, OSError):
             data = None
         if exc.code == 401:
-            return RemoteError(
-                f"the service at {self.base_url} needs its access token",
-                category=Category.AUTH,
-                hint="Pass --token or set MODELHAUL_TOKEN; the token is in the server-token "
-                "file of the service's state directory.",
-            )
+            return TokenRefused(f"the service at {self.base_url} needs its access token")
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             err = data["error"]
             category = str(err.get("category") or Category.CLIENT_ERROR)

@@ -35,8 +35,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from ..config import DownloadConfig, default_state_dir
 from ..disk.files import make_folder
@@ -54,6 +52,7 @@ from ..disk.records import CompletionRecords
 from ..errors import Cancelled, ModelhaulError, RangeNotHonoured, RemoteChanged, RetriesExhausted
 from ..events import Result
 from ..http.session import Transport, sleep_s
+from ..policy.lifecycle import AsyncResource
 from ..policy.paths import plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
@@ -75,7 +74,7 @@ from .transfer import (
 from .workers import Workers
 
 
-class Downloader:
+class Downloader(AsyncResource):
     """Downloads files; one instance shares connections and one bandwidth bucket.
 
     Example::
@@ -106,14 +105,8 @@ class Downloader:
         self.transport = transport or Transport.for_config(cfg)
         self._workers = Workers(cfg, self.transport)
 
-    async def __aenter__(self) -> Self:
+    async def open(self) -> None:
         await self.transport.open()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._own_transport:

@@ -16,6 +16,7 @@ from ..disk.files import os_error, preallocate
 from ..disk.journal import JournalState
 from ..errors import DiskFull, human_bytes
 from ..policy.segments import SegmentScheduler
+from ..remedies import Remedy
 from .transfer import Transfer
 
 _JOURNAL_MIN_BYTES = 2 * 1024 * 1024
@@ -135,8 +136,7 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
                 need_bytes=needed,
                 free_bytes=free,
                 path=str(t.facts.part.parent),
-                hint=f"Free at least {human_bytes(needed - free)} in {t.facts.part.parent}, or "
-                "download elsewhere with -d DIR.",
+                remedy=Remedy.FREE_SHORTFALL,
             )
     try:
         if os.fstat(t.fd).st_size > t.size:

@@ -13,13 +13,13 @@ import os
 import ssl
 import urllib.request
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Self
 from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from ..config import DownloadConfig, default_netrc_path
+from ..policy.lifecycle import AsyncResource
 from . import aiohttp_internals as internals
 from .redirects import follow_redirects
 from .response import Response
@@ -28,7 +28,7 @@ from .response import Response
 Proxy = tuple[str | None, aiohttp.BasicAuth | None]
 
 
-class Transport:
+class Transport(AsyncResource):
     """A pooled aiohttp session plus the redirect and error policy."""
 
     def __init__(
@@ -78,15 +78,6 @@ class Transport:
             user_agent=cfg.user_agent,
         )
 
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     async def open(self) -> None:
         if self._session is not None:
             return
@@ -123,6 +114,8 @@ class Transport:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    aclose = close  # the name async with (AsyncResource) calls
 
     async def request(
         self,

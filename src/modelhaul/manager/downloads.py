@@ -17,8 +17,6 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from ..config import DownloadConfig, ManagerConfig
 from ..disk.partials import discard_partial, is_downloading
@@ -26,6 +24,7 @@ from ..engine.downloader import Downloader
 from ..errors import Cancelled, ModelhaulError
 from ..events import Phase, Progress, Result, State, TaskEvent
 from ..http.session import Transport
+from ..policy.lifecycle import AsyncResource
 from ..policy.paths import TargetPaths, plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.segments import Demand
@@ -39,7 +38,7 @@ from .queue import TaskQueue
 from .tasks import ACTIVE, Task, TaskInfo, completed_again, new_future
 
 
-class DownloadManager:
+class DownloadManager(AsyncResource):
     """Run many downloads under limits, with live control and events.
 
     Example::
@@ -87,16 +86,10 @@ class DownloadManager:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def __aenter__(self) -> Self:
+    async def open(self) -> None:
         await self._transport.open()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Pause everything still running (partial data kept) and release connections.
 
         Whoever still waits for an unfinished download gets ``Cancelled``; event streams end.
@@ -124,6 +117,8 @@ class DownloadManager:
         self._fanout.end_streams()
         await self._transport.close()
 
+    close = aclose  # the name the manager's callers have always used
+
     # ------------------------------------------------------------------ adding
 
     def add(
@@ -146,6 +141,7 @@ class DownloadManager:
         returns the existing download: the bytes are fetched once. ``demand``: ranges readers
         of the partial file wait for (a new download only), fetched before plan order.
         """
+        # The target arguments repeat Downloader.download's: this is the manager's own call.
         if self._closed:
             raise RuntimeError("the manager is closed")
         check_url(url)

@@ -113,6 +113,7 @@ def state_event(task: Task) -> TaskEvent:
         task.state,
         time.time(),
         error=info.error,
+        failure=info.failure,
         result=info.result,
         bytes_done=info.bytes_done,
         total=info.total,

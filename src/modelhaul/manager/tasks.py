@@ -33,6 +33,9 @@ class TaskInfo:
     result: dict[str, object] | None
     connections: int = 0  # open right now; known from the last progress tick
     bytes_received: int = 0  # over the network for this download, in this manager
+    # The error itself: ``error`` is its JSON shape in the library's words; a face words it in
+    # its own (``failure.to_dict(SERVICE_WORDS)``) from the structured fields.
+    failure: ModelhaulError | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -101,6 +104,7 @@ class Task:
                 if self.result
                 else self.received_before + self.received
             ),
+            failure=self.error,
         )
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..events import EventKind, TaskEvent
 from .jobs import Job
 from .stream import EventStream, Subscription
+from .words import SERVICE_WORDS
 
 if TYPE_CHECKING:
     from ..manager.downloads import DownloadManager
@@ -111,7 +112,7 @@ class EventFanout:
             if job is None:
                 continue
             if ev.kind is EventKind.STATE:
-                self._publish({**ev.to_dict(), "id": job.id, "task": ev.task_id})
+                self._publish({**ev.to_dict(SERVICE_WORDS), "id": job.id, "task": ev.task_id})
                 if job.kind == "url" and ev.state.final and job.outcome is None:
                     self._finish_url(job, self.manager.info(ev.task_id))
                 else:

@@ -7,8 +7,10 @@ from __future__ import annotations
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..remedies import Remedy, say
 from .error_handlers import category_of, json_response
 from .security import AccessPolicy
+from .words import SERVICE_WORDS
 
 MAX_BODY_BYTES = 1024 * 1024
 _PUBLIC_PATHS = frozenset({"/", "/api/health", "/openapi.json", "/favicon.ico"})
@@ -81,9 +83,7 @@ class Guard:
             return (
                 401,
                 "this service needs its access token",
-                "Send 'Authorization: Bearer TOKEN' (modelhaul reads it from --token or "
-                "MODELHAUL_TOKEN); the token is in the server-token file of the service's "
-                "state directory.",
+                say(SERVICE_WORDS, Remedy.SERVICE_TOKEN),
             )
         if scope["type"] == "http" and method not in _SAFE_METHODS:
             length = headers.get("content-length")

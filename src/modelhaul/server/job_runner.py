@@ -294,6 +294,7 @@ class JobRunner:
         return lru_suggestion(
             self.config.store_root,
             short,
+            words=SERVICE_WORDS,
             db_path=self.config.store_db,
             lock_dir=self.config.state_dir / "locks",
         )
@@ -321,7 +322,8 @@ class JobRunner:
         elif info.state is State.CANCELLED:
             self._finish(job, "cancelled", error=cancelled_error(job))
         else:
-            self._finish(job, "failed", error=info.error)
+            failure = info.failure
+            self._finish(job, "failed", error=failure.to_dict(SERVICE_WORDS) if failure else None)
 
     def _finish(
         self,

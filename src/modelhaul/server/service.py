@@ -185,9 +185,8 @@ class Service(JobRunner, EventFanout):
             raise Conflict(f"download {job_id} is {job.outcome}; there is nothing to pause")
         job.paused = True
         self.db.update(int(job.id), paused=True)
-        for info in self._infos(job):
-            if not info.state.final:
-                self.manager.pause(info.id)
+        for task_id in self._unfinished(job):
+            self.manager.pause(task_id)
         self._publish_download(job)
         return self.view(job)
 
@@ -215,9 +214,8 @@ class Service(JobRunner, EventFanout):
         elif job.runner is None:
             self._start_model(job)  # a failed pull starts over; finished files are kept
         else:
-            for info in self._infos(job):
-                if not info.state.final:
-                    self.manager.resume(info.id)
+            for task_id in self._unfinished(job):
+                self.manager.resume(task_id)
         self._publish_download(job)
         return self.view(job)
 
@@ -242,9 +240,9 @@ class Service(JobRunner, EventFanout):
         if job.outcome in ("completed", "cancelled"):
             raise Conflict(f"download {job_id} is already {job.outcome}")
         job.cancel_requested = True
-        live = [i for i in self._infos(job) if not i.state.final]
-        for info in live:
-            self.manager.cancel(info.id)
+        live = self._unfinished(job)
+        for task_id in live:
+            self.manager.cancel(task_id)
         if job.kind == "model":
             if job.runner is not None:
                 job.runner.cancel()  # it records the outcome as it ends
@@ -264,9 +262,8 @@ class Service(JobRunner, EventFanout):
         job = self._job(job_id)
         job.priority = priority
         self.db.update(int(job.id), priority=priority)
-        for info in self._infos(job):
-            if not info.state.final:
-                self.manager.set_priority(info.id, priority)
+        for task_id in self._unfinished(job):
+            self.manager.set_priority(task_id, priority)
         self._publish_download(job)
         return self.view(job)
 
@@ -306,6 +303,10 @@ class Service(JobRunner, EventFanout):
 
     def download(self, job_id: str) -> dict[str, Any]:
         return self.view(self._job(job_id))
+
+    def _unfinished(self, job: Job) -> list[str]:
+        """The ids of the job's downloads still to steer (not completed, failed, cancelled)."""
+        return [info.id for info in self._infos(job) if not info.state.final]
 
     def _infos(self, job: Job) -> list[TaskInfo]:
         if self._manager is None:

@@ -29,5 +29,14 @@ SERVICE_WORDS: Words = MappingProxyType(
         "the URL.",
         Remedy.FORCE: "Wait for the download to finish, then remove the model.",
         Remedy.DOWNLOAD_DIR: "Start the service with a writable download directory.",
+        Remedy.FREE_SHORTFALL: "Free at least {amount} in {path} on the service's machine, then "
+        "resume the download.",
+        Remedy.SERVICE_TOKEN: "Send 'Authorization: Bearer TOKEN' (the modelhaul command reads "
+        "it from MODELHAUL_TOKEN); the token is in the server-token file of the service's "
+        "state directory.",
+        Remedy.EVICT_ENOUGH: "Removing the least recently used models would free enough: "
+        "{names}; POST /api/models/gc with max_size {cap_bytes} removes them.",
+        Remedy.EVICT_SOME: "Removing the least recently used models would help but not free "
+        "enough: {names}; POST /api/models/gc with max_size {cap_bytes} removes them.",
     }
 )

@@ -18,7 +18,7 @@ from ..disk.partials import is_downloading
 from ..errors import Category, InvalidInput, ModelhaulError, human_bytes
 from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX
 from ..policy.validate import check_repo_id, parse_repo_folder, split_model_ref
-from ..remedies import Remedy
+from ..remedies import LIBRARY_WORDS, Remedy, Words, say
 from .health import judge_by_partials, judge_model, partial_files
 from .repo import NotInStore, RepoStore
 from .statedb import StateDB
@@ -357,8 +357,11 @@ class Inventory:
         result.size_after = size
         return result
 
-    def suggest_lru(self, short: int, *, keep: Iterable[str] = ()) -> str:
-        """A hint naming least recently used models that would free ``short`` bytes."""
+    def suggest_lru(
+        self, short: int, *, keep: Iterable[str] = (), words: Words = LIBRARY_WORDS
+    ) -> str:
+        """A hint naming least recently used models that would free ``short`` bytes, in
+        ``words`` (a face's: the CLI's name its gc command)."""
         picked, freed = [], 0
         models = self.scan()
         for m in self.lru(models, keep=keep):
@@ -367,14 +370,14 @@ class Inventory:
             picked.append(m)
             freed += m.size
         if not picked:
-            return "No unpinned model in the store could free that much."
+            return say(words, Remedy.NOTHING_TO_EVICT)
         names = ", ".join(
             f"{m.name} ({human_bytes(m.size)}, last used {_iso(m.last_used) or 'never'})"
             for m in picked
         )
         target = max(0, self.total_size(models) - freed)
-        enough = "would free enough" if freed >= short else "would help but not free enough"
-        return f"Removing the least recently used models {enough}: {names}; run: modelhaul gc --max-size {target}"
+        remedy = Remedy.EVICT_ENOUGH if freed >= short else Remedy.EVICT_SOME
+        return say(words, remedy, names=names, cap_bytes=target)
 
 
 def _blobs_size(repo_path: Path) -> int:
@@ -388,12 +391,17 @@ def _blobs_size(repo_path: Path) -> int:
 
 
 def lru_suggestion(
-    root: Path, short: int, *, db_path: Path | None = None, lock_dir: Path | None = None
+    root: Path,
+    short: int,
+    *,
+    words: Words = LIBRARY_WORDS,
+    db_path: Path | None = None,
+    lock_dir: Path | None = None,
 ) -> str:
-    """Used by 'pull' when the disk is short: which models to evict."""
+    """Used by 'pull' when the disk is short: which models to evict, in ``words``."""
     db = StateDB(db_path or default_db_path(root))
     try:
-        return Inventory(root, db, lock_dir=lock_dir).suggest_lru(short)
+        return Inventory(root, db, lock_dir=lock_dir).suggest_lru(short, words=words)
     finally:
         db.close()
 
