@@ -160,7 +160,7 @@ def test_pull_of_a_manifest_never_imports_huggingface_hub(origin: Origin, tmp_pa
     for name, data in files.items():
         assert (snapshot / name).read_bytes() == data
     assert "modelhaul.store.pull" in modules
-    assert loaded(modules, ("huggingface_hub", "rich", "fastapi", "uvicorn")) == []
+    assert loaded(modules, ("huggingface_hub", "rich", "fastapi", "uvicorn", "yaml")) == []
 
 
 def _listed(parser: argparse.ArgumentParser) -> list[tuple[str, str | None]]:

@@ -140,7 +140,8 @@ class Transport(AsyncResource):
             credential_url=credential_url,
             max_redirects=self._max_redirects,
             allow_downgrade=self._allow_downgrade,
-            login_for=self._netrc_login if self._netrc_on else None,
+            # Once netrc is known to be absent, no lookup per request.
+            login_for=self._netrc_login if self._netrc_on and self._netrc is not False else None,
             proxy_for=self._proxy_for if self._trust_env else None,
         )
         return Response(resp, final_url, self._stall_timeout_s)
@@ -154,6 +155,8 @@ class Transport(AsyncResource):
         if found is None:
             # One lookup per host, shared by the requests that wait for it.
             found = self._proxies[key] = asyncio.ensure_future(self._look_up_proxy(*key))
+        if found.done():  # every request but the first few: no shield and its callbacks
+            return found.result()
         return await asyncio.shield(found)
 
     async def _look_up_proxy(self, scheme: str, host: str) -> Proxy:

@@ -38,7 +38,9 @@ def plan_paths(
     Relative paths are made absolute against the current directory (the one thing read).
     """
     if dest is not None:
-        target = Path(dest).absolute()
+        # An absolute Path (what the list reader, the manager and the engine pass on to each
+        # other) is kept as it is: building it again costs more than the rest of this.
+        target = dest if isinstance(dest, Path) and dest.is_absolute() else Path(dest).absolute()
         part, journal = part_paths(target)
         return TargetPaths(target, part, journal, False)
     if directory is None:

@@ -9,6 +9,7 @@ https->http downgrades are refused.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Collection, Mapping
 from urllib.parse import unquote, urljoin, urlsplit
@@ -23,6 +24,9 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 def check_url(url: str) -> str:
     """Return ``url`` if it is an absolute http(s) URL with a usable host and port.
 
+    The list reader, the manager and the engine each check a URL; a good URL's answer is
+    remembered (for the last few thousand), so a list of small files pays for one check each.
+
     Checked before any request: a malformed host would otherwise go to DNS and be retried as a
     network failure, for seconds, although no attempt can ever succeed.
 
@@ -30,6 +34,12 @@ def check_url(url: str) -> str:
         InvalidInput: the URL has a control character, another scheme, no host, a host with
             characters no host name has, or a port that is not one.
     """
+    return _check_url_once(url)
+
+
+# Pure, so a good URL's answer can be kept (a refused one raises and is not).
+@functools.lru_cache(maxsize=4096)
+def _check_url_once(url: str) -> str:
     if _CONTROL.search(url):
         # urlsplit silently drops tabs and newlines, so it cannot be left to see them.
         raise InvalidInput(f"bad URL {url!r}: it contains a control character", hint=_URL_HINT)
@@ -108,7 +118,8 @@ def headers_for_hop(headers: Mapping[str, str], url: str, *, trusted: str) -> di
     """The headers a request to ``url`` carries: all of them on ``trusted``'s scheme, host and
     port, and none of the credentials anywhere else."""
     send = dict(headers)
-    return send if same_host(trusted, url) else strip_sensitive(send)
+    # The first hop is the trusted URL itself: no parsing for the request of every file.
+    return send if url == trusted or same_host(trusted, url) else strip_sensitive(send)
 
 
 def next_hop(

@@ -83,11 +83,13 @@ class HubSource:
         self.token = token
         self._retry = retry or RetryPolicy(initial_delay_s=0.5, max_delay_s=10)
         self._network_retries = network_retries
-        # huggingface_hub (0.2-0.3 s to import) is loaded by the Hub's users only: a manifest
-        # pull, 'get' and every parse of the command line go without it.
-        from huggingface_hub import HfApi
+        # huggingface_hub is loaded by the Hub's users only (a manifest pull, 'get' and every
+        # parse of the command line go without it), and then only its HTTP helpers: HfApi's
+        # module (jobs, spaces, inference, YAML cards) costs 0.09 CPU-s more per pull.
+        from huggingface_hub import utils as hf_utils
 
-        self._api = HfApi(endpoint=self.endpoint, token=token or False)
+        self._hf = hf_utils
+        self._headers = hf_utils.build_hf_headers(token=token or False)
 
     @property
     def host(self) -> str:
@@ -98,13 +100,8 @@ class HubSource:
 
     async def resolve(self, ref: HubRef) -> ModelSpec:
         """The commit and file list of ``ref`` (sizes, blob ids, SHA-256 of LFS files)."""
-        info = await self._call(
-            ref,
-            lambda: self._api.repo_info(
-                ref.repo_id, revision=ref.revision, repo_type=ref.repo_type
-            ),
-        )
-        commit = getattr(info, "sha", None)
+        info = await self._call(ref, lambda: self._repo_info(ref))
+        commit = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(commit, str) or not _HEX40.match(commit):
             raise InvalidInput(
                 f"the Hub gave no commit for {ref}", hint="Check HF_ENDPOINT points at a Hub."
@@ -129,51 +126,73 @@ class HubSource:
             tree=tree,
         )
 
-    def _list_tree(self, ref: HubRef, commit: str) -> list[Any]:
-        """Every entry of the recursive listing, refusing one that never ends.
+    def _api_url(self, ref: HubRef) -> str:
+        return f"{self.endpoint}/api/{ref.repo_type}s/{ref.repo_id}"
 
-        huggingface_hub follows the ``Link: rel="next"`` of each page for as long as there is
-        one; a server whose next page is a page it already sent (or that keeps inventing new
-        names) would keep this thread and its memory busy forever.
+    def _repo_info(self, ref: HubRef) -> Any:
+        """The Hub's JSON about ``ref`` (the request ``HfApi.repo_info`` makes)."""
+        url = self._api_url(ref)
+        if ref.revision is not None:
+            url = f"{url}/revision/{quote(ref.revision, safe='')}"
+        r = self._hf.get_session().get(url, headers=self._headers, timeout=None)
+        self._hf.hf_raise_for_status(r)
+        return r.json()
+
+    def _list_tree(self, ref: HubRef, commit: str) -> list[dict[str, Any]]:
+        """Every entry of the recursive listing (as ``HfApi.list_repo_tree`` pages it),
+        refusing one that never ends.
+
+        The Hub pages with ``Link: rel="next"``; a server whose next page is a page it already
+        sent (or that keeps inventing new names) would keep this thread and its memory busy
+        forever.
         """
-        entries: list[Any] = []
+        entries: list[dict[str, Any]] = []
         seen: set[object] = set()
-        tree = self._api.list_repo_tree(
-            ref.repo_id, recursive=True, revision=commit, repo_type=ref.repo_type
-        )
-        for entry in tree:
-            path = getattr(entry, "path", None)
-            if path in seen:
-                raise InvalidInput(
-                    f"{ref}: the Hub listed {path!r} twice; the listing may not end",
-                    hint="Check that HF_ENDPOINT points at a Hugging Face Hub, then try again.",
-                )
-            seen.add(path)
-            entries.append(entry)
-            if len(entries) > MAX_TREE_ENTRIES:
-                raise InvalidInput(
-                    f"{ref}: the Hub listed more than {MAX_TREE_ENTRIES} files and folders",
-                    hint="Check that HF_ENDPOINT points at a Hugging Face Hub, then try again.",
-                )
+        url: str | None = f"{self._api_url(ref)}/tree/{quote(commit, safe='')}"
+        params: dict[str, Any] | None = {"recursive": True, "expand": False}
+        while url is not None:
+            r = self._hf.http_backoff("GET", url, params=params, headers=self._headers)
+            self._hf.hf_raise_for_status(r)
+            page = r.json()
+            if not isinstance(page, list) or not all(isinstance(e, dict) for e in page):
+                raise ValueError("a tree page is not a list of entries")
+            for entry in page:
+                path = entry.get("path")
+                if path in seen:
+                    raise InvalidInput(
+                        f"{ref}: the Hub listed {path!r} twice; the listing may not end",
+                        hint="Check that HF_ENDPOINT points at a Hugging Face Hub, then try again.",
+                    )
+                seen.add(path)
+                entries.append(entry)
+                if len(entries) > MAX_TREE_ENTRIES:
+                    raise InvalidInput(
+                        f"{ref}: the Hub listed more than {MAX_TREE_ENTRIES} files and folders",
+                        hint="Check that HF_ENDPOINT points at a Hugging Face Hub, then try again.",
+                    )
+            url, params = r.links.get("next", {}).get("url"), None  # the link has the query
         return entries
 
-    def _file(self, ref: HubRef, commit: str, entry: Any) -> ModelFile:
+    def _file(self, ref: HubRef, commit: str, entry: dict[str, Any]) -> ModelFile:
         where = f"{ref}: file entry"
-        path = safe_relpath(getattr(entry, "path", None), where=where)
-        size = getattr(entry, "size", None)
+        path = safe_relpath(entry.get("path"), where=where)
+        size = entry.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"{where} {path!r} has a bad size {size!r}")
-        lfs = getattr(entry, "lfs", None)
-        sha256 = getattr(lfs, "sha256", None) if lfs is not None else None
-        if sha256 is not None:
+        lfs = entry.get("lfs")
+        if lfs is not None:
+            if not isinstance(lfs, dict):
+                raise InvalidInput(f"{where} {path!r} has a bad LFS entry")
+            sha256 = lfs.get("oid")
             if not isinstance(sha256, str) or not _HEX64.match(sha256):
                 raise InvalidInput(f"{where} {path!r} has a bad LFS sha256")
             blob_id = sha256
-            lfs_size = getattr(lfs, "size", size)
+            lfs_size = lfs.get("size", size)
             if lfs_size != size:
                 raise InvalidInput(f"{where} {path!r}: LFS size {lfs_size} differs from {size}")
         else:
-            blob_id = getattr(entry, "blob_id", None)
+            sha256 = None
+            blob_id = entry.get("oid")
             if not isinstance(blob_id, str) or not _HEX40.match(blob_id):
                 raise InvalidInput(f"{where} {path!r} has a bad blob id {blob_id!r}")
         url = resolve_url(self.endpoint, ref.repo_id, path, commit, ref.repo_type)
@@ -213,10 +232,10 @@ class HubSource:
                 await asyncio.sleep(retry.wait_s(getattr(err, "retry_after_s", None)))
 
 
-def _tree_entry(f: ModelFile, entry: Any) -> dict[str, object]:
+def _tree_entry(f: ModelFile, entry: dict[str, Any]) -> dict[str, object]:
     """One file of huggingface_hub's ``trees/<commit>.json``: the git blob id (of the pointer,
     for LFS files), the LFS SHA-256 and size, the Xet hash when the Hub gave a valid one."""
-    blob_id = getattr(entry, "blob_id", None)
+    blob_id = entry.get("oid")
     out: dict[str, object] = {
         "size": f.size,
         "blob_id": blob_id if isinstance(blob_id, str) else f.blob_id,
@@ -224,14 +243,14 @@ def _tree_entry(f: ModelFile, entry: Any) -> dict[str, object]:
     if f.sha256 is not None:
         out["lfs_sha256"] = f.sha256
         out["lfs_size"] = f.size
-    xet_hash = getattr(entry, "xet_hash", None)
+    xet_hash = entry.get("xetHash")
     if isinstance(xet_hash, str) and _HEX64.match(xet_hash):
         out["xet_hash"] = xet_hash
     return out
 
 
-def _is_file(entry: Any) -> bool:
-    return type(entry).__name__ == "RepoFile" or getattr(entry, "type", None) == "file"
+def _is_file(entry: dict[str, Any]) -> bool:
+    return entry.get("type") == "file"
 
 
 def resolve_url(
