@@ -45,7 +45,7 @@ _SOCKET_MIN_ASK = 64 * 1024
 # about half a core against the receive threads and the server: it then finished 1-3 s after
 # the last byte of 4 GiB (one core idle meanwhile). Held within this, the end waits for at
 # most ~0.1 s of hashing; on a link slower than the hash it never binds.
-_HASH_LAG_BYTES = 128 * 1024 * 1024
+_HASH_LAG_BYTES = 64 * 1024 * 1024
 # A wait ends at this at the latest (the hash threads are shared by every download).
 _HASH_WAIT_MAX_S = 2.0
 # Journal saves the bytes trigger are at least this far apart: at hundreds of MB/s every
