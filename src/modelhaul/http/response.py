@@ -20,7 +20,7 @@ import aiohttp
 
 from ..errors import ModelhaulError
 from . import aiohttp_internals as internals
-from . import bodies
+from . import bodies, tlsbody
 from .errors import map_error
 from .receive import POLL_S
 
@@ -139,6 +139,8 @@ class Response:
             by_thread = self.take_socket(
                 block_bytes=how.thread_block_bytes, poll_s=POLL_S, use_pipe=how.use_pipe
             )
+            if by_thread is None:
+                by_thread = self.take_tls(block_bytes=how.thread_block_bytes, poll_s=POLL_S)
             if by_thread is not None:
                 return by_thread
         return self.take_body(block_bytes=how.pump_block_bytes, blocks=how.pump_blocks)
@@ -183,6 +185,37 @@ class Response:
             stall_s=self._stall_s,
             url=self.url,
             use_pipe=use_pipe,
+        )
+        self._taken = (transport, proto, body)
+        return head, body
+
+    def take_tls(self, *, block_bytes: int, poll_s: float) -> tuple[bytes, tlsbody.TlsBody] | None:
+        """Hand the rest of an HTTPS body to a TlsBody, decrypted in worker threads: (bytes
+        aiohttp already buffered, body). None over plain TCP, or where the connection or its
+        TLS layer cannot be taken over."""
+        found = self._takeover()
+        if found is None:
+            return None
+        transport, proto, length = found
+        raw = transport.get_extra_info("socket")
+        layer = internals.tls_layer_of(transport)
+        if layer is None or raw is None or raw.type != socket.SOCK_STREAM:
+            return None
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return None
+        try:
+            head = self._drain()
+        except ModelhaulError:  # what _drain raises; the duplicate must not leak
+            sock.close()
+            raise
+        internals.stop_parser(proto)
+        remaining = length - self._resp.content.total_bytes
+        # As in take_socket: parked on a protocol of its own, the TLS transport stays paused.
+        internals.swap_protocol(transport, proto, asyncio.Protocol())
+        body = tlsbody.TlsBody(
+            sock, layer, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url
         )
         self._taken = (transport, proto, body)
         return head, body
