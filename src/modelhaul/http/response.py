@@ -1,7 +1,8 @@
 """An open response: its body read in pieces through aiohttp, or taken over past it.
 
-``take_socket`` and ``take_body`` hand the rest of a plain length-delimited body to a SocketBody
-or a BodyPump (``bodies.py``) once aiohttp has parsed the headers. Neither reads past the body,
+``take_socket``, ``take_tls`` and ``take_body`` hand the rest of a plain length-delimited body to
+a SocketBody, a TlsBody (``tlsbody.py``) or a BodyPump (``bodies.py``) once aiohttp has parsed
+the headers. Neither reads past the body,
 so one received exactly to its end leaves the connection at a message boundary: ``release`` then
 gives it back to aiohttp's pool for the next request (no new TCP and TLS handshake per segment).
 A body cut short, an error, a stall or a cancel closes it. The takeover's touches of aiohttp's
@@ -30,8 +31,9 @@ class BulkReceive:
     """How the rest of a large body may be received past aiohttp (Response.take_over).
 
     Attributes:
-        thread_block_bytes: The block of blocking receives in worker threads (a SocketBody,
-            plain HTTP only); None where the bytes must pass through the event loop (say, an
+        thread_block_bytes: The block of blocking receives in worker threads (a SocketBody
+            over plain HTTP; over TLS a TlsBody, for which it is only the most one receive
+            asks for); None where the bytes must pass through the event loop (say, an
             in-order hash reads them there).
         use_pipe: Splice through a pipe where the system allows (False once the file's
             filesystem refused a splice).
@@ -128,9 +130,10 @@ class Response:
         self, how: BulkReceive
     ) -> tuple[bytes, bodies.SocketBody | bodies.BodyPump] | None:
         """Hand the rest of the body past aiohttp by the cheapest path this connection allows:
-        (bytes aiohttp already buffered, body). Blocking receives in worker threads (spliced
-        into the file on Linux) over plain TCP where ``how`` allows threads, else a BodyPump's
-        reusable buffers on the event loop (TLS). None: read with read_chunk as usual.
+        (bytes aiohttp already buffered, body). Where ``how`` allows threads, blocking receives
+        in worker threads: spliced into the file on Linux over plain TCP, decrypted there over
+        TLS (a TlsBody); else a BodyPump's reusable buffers on the event loop. None: read with
+        read_chunk as usual.
 
         Either way ``release`` gives the connection back to the pool when the body was received
         exactly to its end, and ``close`` drops it.
