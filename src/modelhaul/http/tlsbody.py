@@ -11,8 +11,8 @@ the GIL), so the loop only hears of whole blocks.
 The TLS state stays the connection's: ciphertext fed to the BIO and not decrypted remains there
 for asyncio, so a body received exactly to its end leaves the connection ready for the next
 request, as over plain TCP. While a receive runs the loop must not touch the TLS state: the
-TCP transport's reading is paused for the body's lifetime, and a body closed mid-receive aborts
-the connection instead of shutting TLS down (which would use the state from the loop).
+TCP transport's reading is paused for the body's lifetime, and a body not received to its end
+aborts the connection instead of shutting TLS down (which would use the state from the loop).
 """
 
 from __future__ import annotations
@@ -190,27 +190,28 @@ class TlsBody(SocketBody):
 
     def finish(self) -> bool:
         """As SocketBody.finish; the connection is intact only if the TLS layer has nothing to
-        send (say, an answer to a key update the thread decrypted) and the stream did not end."""
-        busy = self._receive_running()
-        intact = super().finish()
-        self._let_go(busy)
-        return intact and not busy and not self._ended and not self._layer.outgoing.pending
+        send (say, an answer to a key update the thread decrypted) and the stream did not end.
+        An intact connection's TCP transport reads again as it did before; any other is
+        aborted (see _let_go)."""
+        with self._lock:
+            busy = self._busy and not self._closing
+        intact = super().finish() and not busy
+        intact = intact and not self._ended and not self._layer.outgoing.pending
+        self._let_go(intact)
+        return intact
 
     def close(self) -> None:
-        """As SocketBody.close."""
-        busy = self._receive_running()
+        """As SocketBody.close, and the connection is aborted (see _let_go)."""
         super().close()
-        self._let_go(busy)
+        self._let_go(False)
 
-    def _receive_running(self) -> bool:
-        with self._lock:
-            return self._busy and not self._closing
-
-    def _let_go(self, busy: bool) -> None:
-        """Give the TLS state back to the loop: the TCP transport reads again as it did before.
-        While a receive still runs in its thread the connection is aborted instead, so that
-        closing it never shuts TLS down under the thread."""
-        if busy:
+    def _let_go(self, intact: bool) -> None:
+        """Give the connection back to the loop. Any but an intact one is aborted: a receive
+        may still be using the TLS state in its thread, which a TLS shutdown on the loop must
+        not touch, and the socket may still be in the blocking mode the thread set. The
+        caller hands the transport back to aiohttp's protocol before the loop runs again, so
+        aiohttp hears of the connection's end."""
+        if not intact:
             self._layer.transport.abort()
         elif self._raw_was_reading:
             self._raw_was_reading = False
