@@ -24,13 +24,16 @@ from helpers import download_config as config
 from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
 from modelhaul.http import bodies as transport
+from modelhaul.http import tlsbody
+from modelhaul.http.response import Response
 from origin import Fault, Origin
 
 
 @pytest.fixture
 def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The kind of every takeover during the test: "pump" (BodyPump) or "socket" (SocketBody),
-    the latter followed by "socket-pipe" or "socket-buffer", how it receives."""
+    """The kind of every takeover during the test: "pump" (BodyPump), "tls" (TlsBody) or
+    "socket" (SocketBody), the latter followed by "socket-pipe" or "socket-buffer", how it
+    receives."""
     made: list[str] = []
 
     class CountingPump(transport.BodyPump):
@@ -44,9 +47,20 @@ def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             made.append("socket")
             made.append("socket-pipe" if self.pipe_fd is not None else "socket-buffer")
 
+    class CountingTls(tlsbody.TlsBody):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append("tls")
+
     monkeypatch.setattr(transport, "BodyPump", CountingPump)
     monkeypatch.setattr(transport, "SocketBody", CountingSocket)
+    monkeypatch.setattr(tlsbody, "TlsBody", CountingTls)
     return made
+
+
+def pump_tls_bodies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TLS bodies go to a BodyPump on the event loop, as when no thread may receive them."""
+    monkeypatch.setattr(Response, "take_tls", lambda self, **kwargs: None)
 
 
 async def test_large_plain_http_bodies_are_received_by_blocking_reads(
@@ -126,7 +140,7 @@ async def test_small_bodies_and_capped_transfers_stay_with_aiohttp(
     ],
     ids=["reset", "truncated", "empty", "stalled", "overlong"],
 )
-@pytest.mark.parametrize("kind", ["socket-pipe", "socket-buffer", "pump"])
+@pytest.mark.parametrize("kind", ["socket-pipe", "socket-buffer", "pump", "tls"])
 async def test_a_taken_over_segment_that_fails_midway_still_gives_the_right_file(
     origin: Origin,
     tls_origin: Origin,
@@ -141,6 +155,8 @@ async def test_a_taken_over_segment_that_fails_midway_still_gives_the_right_file
         pytest.skip("no splice on this system")
     if kind == "socket-buffer":  # as where pipes are not to be had
         monkeypatch.setattr(transport, "_open_pipe", lambda size: None)
+    if kind == "pump":
+        pump_tls_bodies(monkeypatch)
     server = origin if kind.startswith("socket") else tls_origin
     data = blob(48 * MiB, seed=4)
     server.add_file("f.bin", data)
@@ -180,9 +196,17 @@ def tls_origin(tls_pair: tuple[Path, Path]) -> Iterator[Origin]:
         yield origin
 
 
-async def test_tls_bodies_go_through_the_buffered_protocol(
-    tls_origin: Origin, tmp_path: Path, state_dir: Path, takeovers: list[str]
+@pytest.mark.parametrize("kind", ["tls", "pump"])
+async def test_tls_bodies_are_decrypted_in_threads_or_the_buffered_protocol(
+    tls_origin: Origin,
+    tmp_path: Path,
+    state_dir: Path,
+    takeovers: list[str],
+    kind: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    if kind == "pump":
+        pump_tls_bodies(monkeypatch)
     data = blob(24 * MiB, seed=5)
     tls_origin.add_file("tls.bin", data)
     assert tls_origin.url("tls.bin").startswith("https://")
@@ -194,8 +218,9 @@ async def test_tls_bodies_go_through_the_buffered_protocol(
         )
     assert (tmp_path / "tls.bin").read_bytes() == data
     assert result.sha256 == sha(data)
-    # Blocking reads would bypass the TLS layer: a TLS body never goes to a SocketBody.
-    assert takeovers.count("pump") >= 2
+    # Blocking reads of the bare socket would bypass the TLS layer: a TLS body never goes to a
+    # plain SocketBody, only to a TlsBody (threads decrypting) or a BodyPump.
+    assert takeovers.count(kind) >= 2
     assert "socket" not in takeovers
 
 

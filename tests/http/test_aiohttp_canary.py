@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import os
 import re
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,7 +25,9 @@ from aiohttp.client_proto import ResponseHandler
 from helpers import blob
 from modelhaul.config import MiB
 from modelhaul.http import aiohttp_internals as internals
+from modelhaul.http.receive import FileSink, receive_into
 from modelhaul.http.session import Transport
+from modelhaul.policy.segments import Segment
 from origin import Origin
 
 SRC = Path(internals.__file__).parent
@@ -203,6 +207,50 @@ async def hand_back(origin: Origin) -> None:
         check(name, b"".join(parts) == other, "the next response on it came out wrong")
 
 
+async def tls_layer(origin: Origin) -> None:
+    name = "asyncio SSLProtocol layer (_ssl_protocol, _sslobj, _incoming, _transport)"
+    data = blob(8 * MiB, seed=13)
+    with Origin(tls=True) as tls_origin:
+        tls_origin.add_file("canary.bin", data)
+        async with Transport(limit_per_host=1, stall_timeout_s=5.0, verify_tls=False) as tr:
+            resp = await tr.request("GET", tls_origin.url("canary.bin"))
+            found = internals.connection_of(resp._resp)
+            assert found is not None
+            transport, _proto = found
+            layer = internals.tls_layer_of(transport)
+            check(name, layer is not None, "the TLS layer of an HTTPS connection is not found")
+            assert layer is not None
+            check(name, layer.sslobj is transport.get_extra_info("ssl_object"), "not its TLS")
+            check(name, layer.raw.get_extra_info("socket") is not None, "no TCP transport")
+            check(name, layer.raw.is_reading(), "the TCP transport under it does not read")
+            # The whole path: decrypted in a thread, and the connection goes back to the pool.
+            taken = resp.take_tls(block_bytes=MiB, poll_s=0.5)
+            check(name, taken is not None, "the body was not taken over")
+            assert taken is not None
+            head, body = taken
+            fd = os.memfd_create("canary")
+            try:
+                seg = Segment(start=len(head), end=len(data), pos=len(head))
+                sink = FileSink(fd, threading.Lock())
+                while seg.pos < seg.end:
+                    n = await asyncio.to_thread(
+                        receive_into, body, sink, seg, seg.pos, seg.end - seg.pos
+                    )
+                    check(name, n >= 0, "the body ended early")
+                    seg.pos += n
+                got = head + os.pread(fd, len(data), len(head))
+            finally:
+                os.close(fd)
+            check(name, got == data, "the decrypted body came out wrong")
+            resp.release()
+            check(name, layer.raw.is_reading(), "the TCP transport does not read again")
+            nxt = await tr.request("GET", tls_origin.url("canary.bin"))
+            check(name, nxt._resp.connection is not None, "the next response has no connection")
+            assert nxt._resp.connection is not None
+            check(name, nxt._resp.connection.transport is transport, "it was not reused")
+            nxt.close()
+
+
 CANARIES: dict[str, Callable[[Origin], Awaitable[None]]] = {
     "ClientSession._retry_connection": retry_connection,
     "ClientSession._get_netrc_auth": netrc_auth,
@@ -213,6 +261,7 @@ CANARIES: dict[str, Callable[[Origin], Awaitable[None]]] = {
     "ResponseHandler.transport (protocol swap)": protocol_swap,
     "StreamReader.read_nowait drain": read_nowait_drain,
     "ResponseHandler hand back after a takeover": hand_back,
+    "asyncio SSLProtocol layer (_ssl_protocol, _sslobj, _incoming, _transport)": tls_layer,
 }
 
 
@@ -249,7 +298,8 @@ async def test_a_large_body_is_taken_over(origin: Origin, use_socket: bool) -> N
 # The private names (and asyncio attributes) the internals module wraps.
 _PRIVATE = re.compile(
     r"\._retry_connection|\._get_netrc_auth|\._tail\b|\.max_size\b|\.set_protocol\(|"
-    r"\.read_nowait\(|\.protocol\b|aiohttp\.client_proto|\._parser\b|\.feed_eof\("
+    r"\.read_nowait\(|\.protocol\b|aiohttp\.client_proto|\._parser\b|\.feed_eof\(|"
+    r"\._ssl_protocol\b|\._sslobj\b|\._incoming\b|\._outgoing\b"
 )
 
 

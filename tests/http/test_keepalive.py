@@ -1,6 +1,7 @@
 """Connections stay alive across segments after a taken-over body.
 
-A large body is read past aiohttp (a BodyPump over TLS, a SocketBody over plain HTTP), so
+A large body is read past aiohttp (a TlsBody or a BodyPump over TLS, a SocketBody over plain
+HTTP), so
 aiohttp's parser never sees it end. A body received exactly to its end leaves the connection at
 a message boundary, and it goes back to aiohttp's pool: the next segment costs no TCP (and TLS)
 handshake. A body cut short, or one followed by anything, must never be reused. The origin counts
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,9 +25,11 @@ from helpers import blob, sha
 from helpers import download_config as config
 from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
-from modelhaul.http import bodies
+from modelhaul.http import bodies, tlsbody
+from modelhaul.http.receive import FileSink, receive_into
 from modelhaul.http.response import Response
 from modelhaul.http.session import Transport
+from modelhaul.policy.segments import Segment
 from origin import Origin
 
 CHUNK = 6 * MiB
@@ -39,7 +43,7 @@ def tls_origin() -> Iterator[Origin]:
 
 @pytest.fixture
 def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The kind of every takeover during the test: "pump" or "socket"."""
+    """The kind of every takeover during the test: "pump", "tls" or "socket"."""
     made: list[str] = []
 
     class CountingPump(bodies.BodyPump):
@@ -52,8 +56,14 @@ def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
             super().__init__(*args, **kwargs)  # type: ignore[arg-type]
             made.append("socket")
 
+    class CountingTls(tlsbody.TlsBody):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append("tls")
+
     monkeypatch.setattr(bodies, "BodyPump", CountingPump)
     monkeypatch.setattr(bodies, "SocketBody", CountingSocket)
+    monkeypatch.setattr(tlsbody, "TlsBody", CountingTls)
     return made
 
 
@@ -62,18 +72,24 @@ def served_by(scheme: str, origin: Origin, tls_origin: Origin) -> Origin:
 
 
 @pytest.mark.parametrize("connections", [2, 4])
-@pytest.mark.parametrize("scheme", ["https", "http"])
+@pytest.mark.parametrize(
+    ("scheme", "kind"), [("https", "tls"), ("https", "pump"), ("http", "socket")]
+)
 async def test_each_connection_carries_many_chunks(
     scheme: str,
+    kind: str,
     connections: int,
     origin: Origin,
     tls_origin: Origin,
     tmp_path: Path,
     state_dir: Path,
     takeovers: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Before, every chunk was a new connection (and TLS handshake); now at most one per
     connection allowed, and one more where the end of a body was given to another (a steal)."""
+    if kind == "pump":  # TLS bodies on the event loop, as when no thread may receive them
+        monkeypatch.setattr(Response, "take_tls", lambda self, **kwargs: None)
     server = served_by(scheme, origin, tls_origin)
     data = blob(4 * connections * CHUNK + 12345, seed=connections)
     server.add_file("big.bin", data)
@@ -88,7 +104,6 @@ async def test_each_connection_carries_many_chunks(
     assert result.sha256 == sha(data)
     gets = [r for r in server.requests_for("big.bin") if r.method == "GET"]
     assert len(gets) >= 4 * connections  # the premise: many chunks, each its own request
-    kind = "pump" if scheme == "https" else "socket"
     assert takeovers.count(kind) >= 3 * connections  # ... most read past aiohttp
     assert server.connections_accepted <= connections + 1
     if scheme == "https":
@@ -142,6 +157,8 @@ async def read_taken(resp: Response, kind: str, limit: int) -> bytes:
 
         await asyncio.to_thread(receive)
         return bytes(out)
+    if kind == "tls":
+        return await read_tls(resp, limit)
     taken_pump = resp.take_body(block_bytes=MiB, blocks=2)
     assert taken_pump is not None
     head, pump = taken_pump
@@ -156,6 +173,31 @@ async def read_taken(resp: Response, kind: str, limit: int) -> bytes:
     return bytes(out)
 
 
+async def read_tls(resp: Response, limit: int) -> bytes:
+    """As read_taken, through a TlsBody: decrypted in a thread into a file, as the engine does."""
+    taken = resp.take_tls(block_bytes=MiB, poll_s=0.5)
+    assert taken is not None
+    head, body = taken
+    out = bytearray(head[:limit])
+    fd = os.memfd_create("tls-body")  # a file off the disk
+    try:
+        seg = Segment(start=len(out), end=limit, pos=len(out))
+        sink = FileSink(fd, threading.Lock())
+
+        def receive() -> None:
+            while seg.pos < seg.end:
+                n = receive_into(body, sink, seg, seg.pos, min(MiB, seg.end - seg.pos))
+                if n < 0:
+                    return
+                seg.pos += n
+
+        await asyncio.to_thread(receive)
+        out += os.pread(fd, seg.pos - len(out), len(out))
+    finally:
+        os.close(fd)
+    return bytes(out)
+
+
 async def read_all(resp: Response) -> bytes:
     parts = []
     while chunk := await resp.read_chunk():
@@ -164,7 +206,8 @@ async def read_all(resp: Response) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("scheme", "kind"), [("http", "socket"), ("http", "pump"), ("https", "pump")]
+    ("scheme", "kind"),
+    [("http", "socket"), ("http", "pump"), ("https", "pump"), ("https", "tls")],
 )
 @pytest.mark.parametrize("whole", [True, False], ids=["whole", "cut-short"])
 async def test_a_taken_over_connection_is_reused_only_after_its_whole_body(
@@ -208,3 +251,24 @@ async def test_a_reused_connection_serves_many_takeovers_in_a_row(
             assert got == data
     assert takeovers == ["pump", "socket"] * 3
     assert origin.connections_accepted == 1
+
+
+async def test_a_tls_connection_alternates_threads_and_the_loop(
+    tls_origin: Origin, takeovers: list[str]
+) -> None:
+    """A TlsBody leaves the TLS state where asyncio expects it: the next body on the same
+    connection is decrypted by the loop (a BodyPump), and the one after by a thread again."""
+    data = blob(6 * MiB, seed=7)
+    tls_origin.add_file("c.bin", data)
+    async with Transport(limit_per_host=1, stall_timeout_s=5.0, verify_tls=False) as tr:
+        for i in range(6):
+            kind = "pump" if i % 2 else "tls"
+            resp = await tr.request("GET", tls_origin.url("c.bin"))
+            try:
+                got = await read_taken(resp, kind, len(data))
+            finally:
+                resp.release()
+            assert got == data
+    assert takeovers == ["tls", "pump"] * 3
+    assert tls_origin.connections_accepted == 1
+    assert tls_origin.tls_handshakes == 1

@@ -13,6 +13,8 @@ the slow, public path, which is correct but slower; the canary is what notices.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
@@ -32,6 +34,7 @@ INTERNALS: tuple[str, ...] = (
     "ResponseHandler.transport (protocol swap)",
     "StreamReader.read_nowait drain",
     "ResponseHandler hand back after a takeover",
+    "asyncio SSLProtocol layer (_ssl_protocol, _sslobj, _incoming, _transport)",
 )
 
 
@@ -150,3 +153,49 @@ def hand_back(
     restore_protocol(transport, proto)
     proto._parser = None
     content.feed_eof()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsLayer:
+    """The parts of an asyncio TLS connection a worker thread decrypts with (tlsbody.py).
+
+    Attributes:
+        transport: The TLS transport aiohttp holds.
+        raw: The TCP transport under it, whose reading is paused while a thread decrypts.
+        sslobj: The connection's TLS state; SSLObject.read releases the GIL while OpenSSL
+            decrypts, so a worker thread can decrypt straight into a block.
+        incoming: The memory BIO the TLS state reads ciphertext from. What a thread feeds it
+            and does not decrypt stays there for asyncio, as if the loop had received it.
+    """
+
+    transport: asyncio.Transport
+    raw: asyncio.Transport
+    sslobj: ssl.SSLObject
+    incoming: ssl.MemoryBIO
+    outgoing: ssl.MemoryBIO
+
+
+def tls_layer_of(transport: asyncio.Transport) -> TlsLayer | None:
+    """The TLS layer of ``transport`` if it is asyncio's TLS transport with an established
+    session and nothing waiting to be sent; None otherwise (a plain transport, another event
+    loop, a changed asyncio)."""
+    proto = getattr(transport, "_ssl_protocol", None)
+    if proto is None:
+        return None
+    raw = getattr(proto, "_transport", None)
+    sslobj = getattr(proto, "_sslobj", None)
+    incoming = getattr(proto, "_incoming", None)
+    outgoing = getattr(proto, "_outgoing", None)
+    state = getattr(getattr(proto, "_state", None), "name", "")
+    if (
+        not isinstance(sslobj, ssl.SSLObject)
+        or not isinstance(incoming, ssl.MemoryBIO)
+        or not isinstance(outgoing, ssl.MemoryBIO)
+        or raw is None
+        or not hasattr(raw, "is_reading")
+        or state != "WRAPPED"
+        or getattr(proto, "_write_backlog", True)
+        or outgoing.pending
+    ):
+        return None
+    return TlsLayer(transport, raw, sslobj, incoming, outgoing)

@@ -1,10 +1,12 @@
 """The rest of a response body, received past aiohttp: BodyPump, SocketBody and the splice pipe.
 
-Once a ranged response's headers are parsed (``response.Response.take_body`` and
-``take_socket``), the body's bytes no longer go through aiohttp's parser: over TLS a BodyPump
-(a buffered protocol on the event loop) receives them into a few reusable blocks; over plain
-TCP a SocketBody receives whole blocks with blocking reads in a worker thread, on Linux spliced
-through a pipe so that they never enter the process. These are the hot paths of a download.
+Once a ranged response's headers are parsed (``response.Response.take_body``, ``take_socket``
+and ``take_tls``), the body's bytes no longer go through aiohttp's parser: over plain TCP a
+SocketBody receives whole blocks with blocking reads in a worker thread, on Linux spliced
+through a pipe so that they never enter the process; over TLS its subclass TlsBody
+(``tlsbody.py``) does the same and decrypts in the thread. A BodyPump (a buffered protocol on
+the event loop) receives into a few reusable blocks where the loop must see the bytes (an
+in-order hash). These are the hot paths of a download.
 """
 
 from __future__ import annotations

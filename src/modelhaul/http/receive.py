@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..disk.files import WriteFailed, pwritev_all, pwritev_locked
 from ..policy.segments import Segment
 from .bodies import SocketBody
+from .tlsbody import TlsBody
 
 # The longest one receive_into blocks; a SocketBody for it is taken with this poll_s.
 POLL_S = 0.5
@@ -55,6 +56,8 @@ def receive_into(body: SocketBody, sink: FileSink, seg: Segment, offset: int, wa
         WriteFailed: the file refused the bytes; ``written`` says how many reached it.
         TransferError: the receive failed (StallTimeout once nothing came for too long).
     """
+    if isinstance(body, TlsBody):
+        return body.decrypt_to_file(sink.fd, sink.lock, seg, offset, want)
     if body.pipe_fd is not None:
         return _splice_write(body, sink, seg, offset, want)
     n = body.recv_block(want)

@@ -1,7 +1,8 @@
 """An open response: its body read in pieces through aiohttp, or taken over past it.
 
-``take_socket`` and ``take_body`` hand the rest of a plain length-delimited body to a SocketBody
-or a BodyPump (``bodies.py``) once aiohttp has parsed the headers. Neither reads past the body,
+``take_socket``, ``take_tls`` and ``take_body`` hand the rest of a plain length-delimited body to
+a SocketBody, a TlsBody (``tlsbody.py``) or a BodyPump (``bodies.py``) once aiohttp has parsed
+the headers. Neither reads past the body,
 so one received exactly to its end leaves the connection at a message boundary: ``release`` then
 gives it back to aiohttp's pool for the next request (no new TCP and TLS handshake per segment).
 A body cut short, an error, a stall or a cancel closes it. The takeover's touches of aiohttp's
@@ -20,7 +21,7 @@ import aiohttp
 
 from ..errors import ModelhaulError
 from . import aiohttp_internals as internals
-from . import bodies
+from . import bodies, tlsbody
 from .errors import map_error
 from .receive import POLL_S
 
@@ -30,8 +31,9 @@ class BulkReceive:
     """How the rest of a large body may be received past aiohttp (Response.take_over).
 
     Attributes:
-        thread_block_bytes: The block of blocking receives in worker threads (a SocketBody,
-            plain HTTP only); None where the bytes must pass through the event loop (say, an
+        thread_block_bytes: The block of blocking receives in worker threads (a SocketBody
+            over plain HTTP; over TLS a TlsBody, for which it is only the most one receive
+            asks for); None where the bytes must pass through the event loop (say, an
             in-order hash reads them there).
         use_pipe: Splice through a pipe where the system allows (False once the file's
             filesystem refused a splice).
@@ -128,9 +130,10 @@ class Response:
         self, how: BulkReceive
     ) -> tuple[bytes, bodies.SocketBody | bodies.BodyPump] | None:
         """Hand the rest of the body past aiohttp by the cheapest path this connection allows:
-        (bytes aiohttp already buffered, body). Blocking receives in worker threads (spliced
-        into the file on Linux) over plain TCP where ``how`` allows threads, else a BodyPump's
-        reusable buffers on the event loop (TLS). None: read with read_chunk as usual.
+        (bytes aiohttp already buffered, body). Where ``how`` allows threads, blocking receives
+        in worker threads: spliced into the file on Linux over plain TCP, decrypted there over
+        TLS (a TlsBody); else a BodyPump's reusable buffers on the event loop. None: read with
+        read_chunk as usual.
 
         Either way ``release`` gives the connection back to the pool when the body was received
         exactly to its end, and ``close`` drops it.
@@ -139,6 +142,8 @@ class Response:
             by_thread = self.take_socket(
                 block_bytes=how.thread_block_bytes, poll_s=POLL_S, use_pipe=how.use_pipe
             )
+            if by_thread is None:
+                by_thread = self.take_tls(block_bytes=how.thread_block_bytes, poll_s=POLL_S)
             if by_thread is not None:
                 return by_thread
         return self.take_body(block_bytes=how.pump_block_bytes, blocks=how.pump_blocks)
@@ -183,6 +188,37 @@ class Response:
             stall_s=self._stall_s,
             url=self.url,
             use_pipe=use_pipe,
+        )
+        self._taken = (transport, proto, body)
+        return head, body
+
+    def take_tls(self, *, block_bytes: int, poll_s: float) -> tuple[bytes, tlsbody.TlsBody] | None:
+        """Hand the rest of an HTTPS body to a TlsBody, decrypted in worker threads: (bytes
+        aiohttp already buffered, body). None over plain TCP, or where the connection or its
+        TLS layer cannot be taken over."""
+        found = self._takeover()
+        if found is None:
+            return None
+        transport, proto, length = found
+        raw = transport.get_extra_info("socket")
+        layer = internals.tls_layer_of(transport)
+        if layer is None or raw is None or raw.type != socket.SOCK_STREAM:
+            return None
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return None
+        try:
+            head = self._drain()
+        except ModelhaulError:  # what _drain raises; the duplicate must not leak
+            sock.close()
+            raise
+        internals.stop_parser(proto)
+        remaining = length - self._resp.content.total_bytes
+        # As in take_socket: parked on a protocol of its own, the TLS transport stays paused.
+        internals.swap_protocol(transport, proto, asyncio.Protocol())
+        body = tlsbody.TlsBody(
+            sock, layer, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url
         )
         self._taken = (transport, proto, body)
         return head, body
