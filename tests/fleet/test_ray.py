@@ -13,7 +13,9 @@ import hashlib
 import json
 import os
 import random
+import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -185,9 +187,11 @@ def test_one_pull_per_node_and_every_node_byte_exact(
         _assert_byte_exact(n["path"], ray_cluster.roots[n["node_id"]], MODEL_A)
         assert n["wall_s"] > 0 and n["address"]
         assert n["bytes_from_upstream"] + n["bytes_from_peers"] > 0
-    # One mirror per node, each on its own port, all given to every node as peers.
+    # One mirror per node, each on its own port, all given to every node as peers; all stopped.
     assert len(set(record["peers"])) == 3
     assert all(p.startswith("http://") for p in record["peers"])
+    for root in ray_cluster.roots.values():
+        assert not _processes_with_env(f"HF_HUB_CACHE={root}", argv_has=b"main\0serve\0")
 
 
 @PENDING_PEERS
@@ -216,8 +220,9 @@ def test_options_a_node_cannot_take_are_refused_before_ray_is_asked() -> None:
         pull_on_ray("org/x", local_dir="models")  # relative to which node's directory?
 
 
-def _processes_with_env(entry: str) -> list[int]:
-    """Processes whose environment holds ``entry``: the killed node's raylet, workers, pulls."""
+def _processes_with_env(entry: str, *, argv_has: bytes = b"") -> list[int]:
+    """Processes whose environment holds ``entry`` (a node's raylet, workers, mirror, pull) and
+    whose command line holds ``argv_has``."""
     found = []
     needle = entry.encode() + b"\0"
     for proc in Path("/proc").iterdir():
@@ -225,11 +230,55 @@ def _processes_with_env(entry: str) -> list[int]:
             continue
         try:
             env = (proc / "environ").read_bytes()
+            argv = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if needle in env + b"\0":
+        if needle in env + b"\0" and argv_has in argv:
             found.append(int(proc.name))
     return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_nodes_command_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """The tie: ``modelhaul serve`` started the way a node starts it dies when its starter (the
+    Ray worker) is SIGKILLed, so nothing outlives its node or actor."""
+    starter = (
+        "import subprocess, sys\n"
+        "from modelhaul.cluster.node import modelhaul_argv\n"
+        "child = subprocess.Popen(modelhaul_argv('serve', '--port', '0', '--json'),"
+        " stdout=subprocess.PIPE, text=True)\n"
+        "child.stdout.readline()\n"
+        "print(child.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", starter],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
+    child = 0
+    try:
+        assert proc.stdout is not None
+        child = int(proc.stdout.readline())
+        assert _alive(child)
+        proc.kill()
+        proc.wait(timeout=10)
+        wait_until(lambda: not _alive(child), 10, "the tied child to die with its starter")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if child and _alive(child):  # only when the test failed: stop what it started
+            os.kill(child, signal.SIGKILL)
 
 
 def _partial_bytes(root: Path) -> int:
@@ -241,7 +290,9 @@ def test_a_node_killed_mid_pull_fails_alone(ray_cluster: RayCluster, fake_hub: F
     victim = ray_cluster.nodes[-1]
     victim_root = ray_cluster.roots[victim.node_id]
     outcome: list[ClusterPullResult] = []
-    fake_hub.set_speed_limit(256 * KiB)  # per response: the pull lasts several seconds
+    # Per response, so 4 MiB over two connections take a node ~16 s: the kill lands mid-pull, and
+    # a pull that outlived its node would still be running when its processes are looked for.
+    fake_hub.set_speed_limit(128 * KiB)
     try:
         puller = threading.Thread(
             target=lambda: outcome.append(
@@ -250,8 +301,16 @@ def test_a_node_killed_mid_pull_fails_alone(ray_cluster: RayCluster, fake_hub: F
         )
         puller.start()
         wait_until(lambda: _partial_bytes(victim_root) > 0, 120, "the victim's pull to start")
+        assert _processes_with_env(f"HF_HUB_CACHE={victim_root}")  # the check below can fail
         ray_cluster.cluster.remove_node(victim, allow_graceful=False)
-        fake_hub.set_speed_limit(None)  # the survivors need not crawl
+        # Nothing of the dead node keeps writing into its store: its pull (and its mirror) died
+        # with their Ray worker, well before the throttled pull could have finished.
+        wait_until(
+            lambda: not _processes_with_env(f"HF_HUB_CACHE={victim_root}"),
+            8,
+            "the killed node's processes to be gone",
+        )
+        fake_hub.set_speed_limit(None)  # new requests of the survivors need not crawl
         puller.join(timeout=180)
         assert not puller.is_alive()
     finally:
@@ -269,9 +328,3 @@ def test_a_node_killed_mid_pull_fails_alone(ray_cluster: RayCluster, fake_hub: F
         _assert_byte_exact(n.path, ray_cluster.roots[n.node_id], MODEL_B)
     said = result.to_dict()
     assert said["status"] == "failed" and "1 of 3 nodes failed" in said["error"]["message"]
-    # Nothing of the dead node keeps writing into its store: its pull died with its worker.
-    wait_until(
-        lambda: not _processes_with_env(f"HF_HUB_CACHE={victim_root}"),
-        30,
-        "the killed node's processes to be gone",
-    )
