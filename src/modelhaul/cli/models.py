@@ -36,7 +36,7 @@ from ..sources.model import ModelFile, ModelSpec
 from ..store.chunks import CHUNK_BYTES
 from ..store.listing import local_files
 from ..store.repo import NotInStore, RepoStore, hf_cache_root
-from . import via_server
+from . import ray_pull, via_server
 from .options import add_transfer_options, download_config, state_dir
 from .output import make_renderer
 from .render import Renderer, error_dict, interrupted_error, print_error
@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     add_transfer_options(p)
     via_server.add_via_server_option(p)
+    ray_pull.add_ray_option(p)
     p.set_defaults(run=run_pull)
 
     v = sub.add_parser(
@@ -204,6 +205,8 @@ def _cancelled(args: argparse.Namespace, renderer: Renderer, held: dict[str, boo
 
 
 async def run_pull(args: argparse.Namespace) -> int:
+    if ray_pull.wants_ray(args):
+        return await ray_pull.run_ray_pull(args)
     if (code := await via_server.maybe_via_server(args)) is not None:
         return code
     # Created first: --json promises a result line last, even for a bad command line.
