@@ -286,9 +286,11 @@ def fleet_table(
             continue
         if v.name not in medians:
             bad = next(r for r in mine if not r.ok)
+            good = [f"{r.slowest:.2f}" for r in mine if r.ok]
+            passed = f"; the other runs' slowest: {', '.join(good)} s" if good else ""
             rows.append(
                 f"| {v.name} | {len(mine[0].walls)} | FAILED ({sum(not r.ok for r in mine)} "
-                f"of {len(mine)} runs) after {bad.slowest:.1f} s: {_cell(bad.error)} "
+                f"of {len(mine)} runs) after {bad.slowest:.1f} s: {_cell(bad.error)}{passed} "
                 f"| | {max(r.upstream_bytes for r in mine) / MiB:.0f} | | | "
                 f"{statistics.median(r.server_cpu for r in mine):.1f} | | |"
             )
