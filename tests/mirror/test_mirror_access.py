@@ -8,12 +8,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError
 
 from fakehub import FakeHub
 from modelhaul.mirror.access import ACCEPT_TTL_S, AccessCache
 from modelhaul.server.security import AccessPolicy
 from modelhaul.store.repo import RepoStore
-from server_harness import ServerThread, service_config
+from server_harness import ServerThread, point_hub_at_mirror, service_config
 
 GOOD = "hf_good_token"
 WEIGHTS = bytes(range(256)) * 2048  # 512 KiB, LFS
@@ -109,3 +111,24 @@ def test_an_acceptance_is_remembered_sixty_seconds_by_a_hash_of_the_token(tmp_pa
     assert not cache.accepted(f"Bearer {GOOD}", rs), "remembered at most 60 s"
     assert GOOD not in repr(vars(cache)), "the token itself is never kept"
     assert ACCEPT_TTL_S == 60
+
+
+def test_stock_clients_with_two_tokens(
+    hub: FakeHub,
+    gated: str,
+    mirror: ServerThread,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    point_hub_at_mirror(mirror, tmp_path, monkeypatch)
+    good = hf_hub_download(
+        "org/gated", "model.safetensors", token=GOOD, cache_dir=tmp_path / "good"
+    )
+    assert Path(good).read_bytes() == WEIGHTS
+    with pytest.raises(HfHubHTTPError) as refused:
+        hf_hub_download(
+            "org/gated", "model.safetensors", token="hf_someone_else", cache_dir=tmp_path / "bad"
+        )
+    assert refused.value.response.status_code in (401, 403)
+    assert not list((tmp_path / "bad").rglob("model.safetensors"))
+    assert hub.cdn_bytes(hashlib.sha256(WEIGHTS).hexdigest()) == len(WEIGHTS)

@@ -104,6 +104,8 @@ def test_the_page_shows_mirrored_traffic_live(hub: FakeHub, mirror: ServerThread
                 arg=[ROW, len(data)],
                 timeout=20_000,
             )
+            # The store table shows the mirrored model too.
+            expect(page.locator('#store-body tr[data-name="org/web"]')).to_be_visible()
             upstream = int(page.locator(ROW).get_attribute("data-upstream") or 0)
             assert len(data) <= upstream <= 1.05 * len(data)
             expect(page.locator(f"{ROW} .ratio")).to_contain_text("×")

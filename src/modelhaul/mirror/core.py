@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from .traffic import MirrorTraffic, TrafficListener
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
 _MAX_REVISIONS = 10_000
+STORE_TELL_S = 1.0
 
 
 def _sha_of(body: bytes) -> str | None:
@@ -89,6 +90,7 @@ class HubMirror:
         symlinks: bool = True,
         timeout_s: float = 30.0,
         on_traffic: TrafficListener | None = None,
+        on_store_change: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.store_root = store_root
         self.symlinks = symlinks
@@ -99,6 +101,10 @@ class HubMirror:
         self.access = AccessCache()
         self.watch = PrefixWatch()
         self.traffic = MirrorTraffic(on_traffic)  # bytes served and fetched, per model
+        # Told (at most every STORE_TELL_S) that files landed, so the page's store view shows
+        # mirrored models: the service rescans its store.
+        self._on_store_change = on_store_change
+        self._store_telling: asyncio.TimerHandle | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str]] = set()  # (repo folder, commit) listed or under way
@@ -127,6 +133,8 @@ class HubMirror:
         if self._unsubscribe is not None:
             self._unsubscribe()
         self.traffic.close()
+        if self._store_telling is not None:
+            self._store_telling.cancel()
         await self.flights.close()
         for task in self._settling:
             task.cancel()
@@ -226,6 +234,7 @@ class HubMirror:
                 await asyncio.to_thread(
                     _record, rs, hp.path, facts, refs, self.symlinks, auth is None
                 )
+            self._store_changed()
 
         task = self._spawn(settle())
         key = (str(rs.folder), facts.commit)
@@ -270,6 +279,17 @@ class HubMirror:
             served = await self._serve(rec.path, rec.repo, file, None, fetch=True)
             if not served.in_flight:  # the blob made it into the store after all
                 await asyncio.to_thread(drop_flight, rec.repo, rec.etag)
+
+    def _store_changed(self) -> None:
+        if self._on_store_change is None or self._store_telling is not None:
+            return
+
+        def tell() -> None:
+            self._store_telling = None
+            if self._on_store_change is not None:
+                self._spawn(_awaited(self._on_store_change()))
+
+        self._store_telling = asyncio.get_running_loop().call_later(STORE_TELL_S, tell)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
@@ -348,6 +368,10 @@ def _not_accepted(upstream: str, commit: str) -> Relay:
         code="GatedRepo",
         commit=commit,
     )
+
+
+async def _awaited(awaitable: Awaitable[object]) -> None:
+    await awaitable
 
 
 async def _no_body(start: int, end: int) -> AsyncIterator[bytes]:
