@@ -143,6 +143,7 @@ class ModelhaulError(Exception):
     # subclass with a ``default_hint`` of its own sets it back to None.
     default_remedy: ClassVar[Remedy | None] = None
 
+    # Subclasses repeat this constructor's shape on purpose: each adds the facts it carries.
     def __init__(
         self, message: str, *, hint: str | None = None, remedy: Remedy | None = None
     ) -> None:
@@ -178,8 +179,7 @@ class InvalidInput(ModelhaulError, ValueError):
 class TargetConflict(InvalidInput):
     """Two downloads would write the same file: only one of them could be what is on disk.
 
-    ``path`` is the file both would write; ``urls`` are the two URLs, the one already holding
-    the path first.
+    ``path`` is the file both would write; ``urls`` the two URLs, the one holding it first.
     """
 
     default_hint = "Give each download its own destination file."
