@@ -30,7 +30,7 @@ from conftest import cli_env, modelhaul_cmd
 from fakehub import FakeHub
 from modelhaul.cli.main import build_parser
 from modelhaul.cluster import ClusterPullResult, pull_on_ray
-from modelhaul.errors import InvalidInput
+from modelhaul.errors import InvalidInput, ModelhaulError
 from server_harness import wait_until
 
 pytestmark = pytest.mark.timeout(300)
@@ -97,6 +97,19 @@ def _node_env(base: Path, hub: FakeHub) -> dict[str, str]:
         "NO_PROXY": "*",
         "no_proxy": "*",
     }
+
+
+def test_options_a_node_cannot_take_are_refused_before_ray_is_asked() -> None:
+    with pytest.raises(InvalidInput, match="peers"):
+        pull_on_ray("org/x", peers=["http://a:1"])  # the cluster's mirrors are the peers
+    with pytest.raises(InvalidInput, match="absolute"):
+        pull_on_ray("org/x", local_dir="models")  # relative to which node's directory?
+
+
+def test_an_address_that_refuses_is_said_at_once() -> None:
+    """Runs before the cluster exists (no connection yet in this process)."""
+    with pytest.raises(ModelhaulError, match=r"cannot reach the Ray cluster at 127\.0\.0\.1:1"):
+        pull_on_ray("org/x", address="127.0.0.1:1")
 
 
 @pytest.fixture(scope="module")
@@ -211,13 +224,6 @@ def test_import_and_cli_do_not_load_ray_without_the_option() -> None:
         [*modelhaul_cmd()[:1], "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
     assert out.stdout.strip() == "False"
-
-
-def test_options_a_node_cannot_take_are_refused_before_ray_is_asked() -> None:
-    with pytest.raises(InvalidInput, match="peers"):
-        pull_on_ray("org/x", peers=["http://a:1"])  # the cluster's mirrors are the peers
-    with pytest.raises(InvalidInput, match="absolute"):
-        pull_on_ray("org/x", local_dir="models")  # relative to which node's directory?
 
 
 def _processes_with_env(entry: str, *, argv_has: bytes = b"") -> list[int]:
