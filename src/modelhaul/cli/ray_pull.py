@@ -81,6 +81,8 @@ async def run_ray_pull(args: argparse.Namespace) -> int:
         # The command's Hub, when it names one, is every node's (each node's own otherwise).
         endpoint = os.environ.get("HF_ENDPOINT") or None
         with ray_session(args.ray or None):
+            if not args.json:  # with --json, stdout is the result line alone
+                renderer.notice(f"pulling {args.source} on every node of the Ray cluster")
             # pull_on_ray blocks (Ray's API does): a thread keeps this loop free for Ctrl-C.
             result = await asyncio.to_thread(pull_on_ray, args.source, endpoint=endpoint, **options)
     except ModelhaulError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -128,9 +129,33 @@ def connect(ray: Any, address: str | None) -> bool:
     """Connect (or start a local cluster); True when this call made the connection."""
     if ray.is_initialized():
         return False
-    # Nodes' logs stay on the nodes: each node's result carries what its failure needs.
-    ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    _check_reachable(address)
+    try:
+        # Nodes' logs stay on the nodes: each node's result carries what its failure needs.
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:  # what ray.init raises for these
+        raise ModelhaulError(
+            f"cannot connect to the Ray cluster at {address or 'RAY_ADDRESS or this machine'}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
+            hint="Check the address ('ray status' on the head node), or give none to start a "
+            "local cluster.",
+        ) from exc
     return True
+
+
+def _check_reachable(address: str | None) -> None:
+    """A HOST:PORT that refuses at once is said at once (``ray.init`` retries it for minutes)."""
+    host, _, port = (address or "").rpartition(":")
+    if not host or "://" in host or not port.isdigit():
+        return  # none, "auto", "ray://...": Ray finds or checks these itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        raise ModelhaulError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}",
+            hint="Check the address ('ray status' on the head node), or give none to start a "
+            "local cluster.",
+        ) from None
 
 
 @contextlib.contextmanager
