@@ -93,7 +93,28 @@ def find_modelhaul(cmd: str | None) -> list[str] | None:
     missing = [o for o in ("--sha256", "-x", "--limit-rate", "-i", "--json") if o not in cp.stdout]
     if missing:
         log(f"warning: `modelhaul get --help` does not mention {missing}")
+    compile_bytecode(argv)
     return argv
+
+
+def compile_bytecode(argv: list[str]) -> None:
+    """Compile modelhaul's modules once, as `pip install` does: with PYTHONDONTWRITEBYTECODE set
+    (as on the project's machines) a source checkout is otherwise recompiled by every timed run."""
+    if "-m" in argv:
+        python = argv[: argv.index("-m")]
+    else:
+        try:
+            shebang = Path(argv[-1]).read_text().splitlines()[0]
+        except (OSError, IndexError):
+            return
+        if not shebang.startswith("#!"):
+            return
+        python = [*argv[:-1], *shlex.split(shebang[2:])]
+    code = "import compileall, os, modelhaul; compileall.compile_dir(os.path.dirname(modelhaul.__file__), quiet=1)"
+    env = {k: v for k, v in clean_env().items() if k != "PYTHONDONTWRITEBYTECODE"}
+    cp = subprocess.run([*python, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    if cp.returncode != 0:
+        log(f"warning: could not compile modelhaul's bytecode: {cp.stderr.strip()[-200:]}")
 
 
 def default_peer_python() -> str:
