@@ -57,6 +57,7 @@ from ..http.session import Transport, sleep_s
 from ..policy.paths import plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
+from ..policy.slices import RangeSources
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .plan import open_fresh_part, open_part
@@ -142,6 +143,7 @@ class Downloader:
         part_path: Path | None = None,
         journal_path: Path | None = None,
         lock: bool = True,
+        sources: RangeSources | None = None,
     ) -> Result:
         """Download ``url`` to ``dest``, resuming and verifying; returns a Result.
 
@@ -185,6 +187,7 @@ class Downloader:
             on_phase=on_phase,
             on_target=on_target,
             force=force,
+            sources=sources,
         )
         t = Transfer(
             facts=facts,

@@ -28,6 +28,7 @@ from ..events import Phase, Progress, Result, State, TaskEvent
 from ..http.session import Transport
 from ..policy.paths import TargetPaths, plan_paths
 from ..policy.ratelimit import TokenBucket
+from ..policy.slices import RangeSources
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .claims import Claims, materialize_aliases
@@ -137,11 +138,13 @@ class DownloadManager:
         rate_limit: float | None = None,
         headers: Mapping[str, str] | None = None,
         paused: bool = False,
+        sources: RangeSources | None = None,
     ) -> DownloadHandle:
         """Queue a download and return its handle at once.
 
         Adding the same URL and target again (or the same expected SHA-256 for another path)
-        returns the existing download: the bytes are fetched once.
+        returns the existing download: the bytes are fetched once. ``sources`` gives each range
+        its own source (peers, ``policy.slices``); ``url`` still names the download.
         """
         if self._closed:
             raise RuntimeError("the manager is closed")
@@ -173,6 +176,7 @@ class DownloadManager:
             priority=priority,
             rate_limit=rate_limit,
         )
+        task.sources = sources
         self._claims.share(keys, task)
         self._set_state(task, State.PAUSED if paused else State.QUEUED)
         self._schedule()
@@ -379,6 +383,7 @@ class DownloadManager:
             on_progress=lambda p: self._on_progress(task, p),
             on_phase=lambda phase, size: self._on_phase(task, phase, size),
             on_target=lambda path: self._claims.claim(task, path),
+            sources=task.sources,
         )
         if task.received_before:
             result = replace(

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import ModelhaulError
 from ..events import Progress, Result, State
 from ..policy.paths import TargetPaths
+from ..policy.slices import RangeSources
 from .limits import TaskBucket
 
 ACTIVE = (State.RUNNING, State.VERIFYING)
@@ -69,6 +70,7 @@ class Task:
     error: ModelhaulError | None = None
     result: Result | None = None
     aliases: list[Path] = field(default_factory=list)
+    sources: RangeSources | None = None  # where each range comes from (peers), if not the URL
 
     def stop_run(self) -> None:
         """Cancel the running download as a pause: its partial data and journal stay."""

@@ -65,6 +65,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         store_root=service.config.store_root,
         manager_of=lambda: service.manager,
         symlinks=service.config.symlinks,
+        slices_dir=service.config.state_dir / "mirror-slices",
     )
     app.state.mirror = mirror  # the Hugging Face mirror under /hf (routes/hf.py)
     app.add_middleware(Guard, policy=policy)
