@@ -15,12 +15,13 @@ from typing import Any
 
 from conftest import cli_env, modelhaul_cmd
 from fakehub import FakeHub
+from helpers import blob, sha
 from modelhaul.store.repo import RepoStore
 from server_harness import ServerProcess
 
 KiB = 1024
 MiB = 1024 * KiB
-REPO = "org/fleet-model"
+LFS_BYTES = 1024
 PULL_TIMEOUT_S = 90.0
 
 
@@ -68,8 +69,8 @@ class Node:
         folder = self.state / "mirror-slices"
         return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
-    def snapshot_bytes(self, commit: str, path: str) -> bytes:
-        return RepoStore(self.store, REPO).snapshot_file(commit, path).read_bytes()
+    def snapshot_bytes(self, repo: str, commit: str, path: str) -> bytes:
+        return RepoStore(self.store, repo).snapshot_file(commit, path).read_bytes()
 
 
 @dataclass
@@ -108,9 +109,9 @@ class Pull:
 
 
 def start_pull(
-    node: Node, hub: FakeHub, peers: list[str] | None, slice_bytes: int, *extra: str
+    node: Node, hub: FakeHub, repo: str, peers: list[str] | None, slice_bytes: int, *extra: str
 ) -> Pull:
-    args = ["pull", REPO, "--json"]
+    args = ["pull", repo, "--json"]
     if peers:
         args += ["--peers", ",".join(peers), "--slice-size", str(slice_bytes)]
     proc = subprocess.Popen(
@@ -128,7 +129,27 @@ def run_pulls(pulls: list[Pull]) -> list[Pull]:
 
 
 def upstream_bytes(hub: FakeHub, files: dict[str, bytes]) -> int:
-    return sum(hub.cdn_bytes(path) for path in files)
+    """What the CDN sent of these files (keyed by content: paths repeat across repos)."""
+    return sum(hub.cdn_bytes(sha(c)) for c in files.values() if len(c) >= LFS_BYTES)
+
+
+def add_model(
+    hub: FakeHub, repo: str, n_files: int, file_bytes: int
+) -> tuple[str, dict[str, bytes]]:
+    """A model of ``n_files`` LFS files (content unique to ``repo``) and a small config."""
+    seed = int(sha(repo.encode())[:8], 16)
+    files = {f"model-{i}.safetensors": blob(file_bytes, seed=seed + i) for i in range(n_files)}
+    files["config.json"] = b'{"model_type": "fleet"}'
+    return hub.add_repo(repo, files, lfs_threshold=LFS_BYTES), files
+
+
+def assert_every_node_has(
+    nodes: list[Node], repo: str, commit: str, files: dict[str, bytes]
+) -> None:
+    for node in nodes:
+        for path, content in files.items():
+            got = node.snapshot_bytes(repo, commit, path)
+            assert got == content, f"node {node.index}: {path} differs"
 
 
 def stop_all(nodes: list[Node]) -> None:
@@ -148,3 +169,13 @@ def serve_warnings(nodes: list[Node]) -> str:
                 if "WARNING" in line or "ERROR" in line or "rror" in line
             ]
     return "\n".join(lines[-40:])
+
+
+def notices(pulls: list[Pull]) -> list[str]:
+    """What the pulls noticed (peers left out, and why)."""
+    return [
+        f"node{p.node.index}: {x['message']}"
+        for p in pulls
+        for x in p.lines
+        if x.get("event") == "notice"
+    ]

@@ -308,7 +308,10 @@ class ModelPuller:
                 )
                 if on_file:
                     on_file(FileEvent(path=f.path, phase=FilePhase.QUEUED, download_id=handle.id))
-                result = await handle.wait()
+                try:
+                    result = await handle.wait()
+                finally:
+                    _tell_dropped(sources, f.path, on_file)
                 received += result.bytes_transferred
                 break
             except ModelhaulError as exc:
@@ -465,6 +468,13 @@ async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
     if not lock.waited and rs.record(f.blob_id) is None:
         return False
     return await asyncio.to_thread(blob_good, rs, f)
+
+
+def _tell_dropped(router: SliceRouter | None, path: str, on_file: FileCallback | None) -> None:
+    """Say which peers a file's download left out, and why (once per file)."""
+    if router is not None and on_file is not None:
+        for peer, why in router.dropped.items():
+            on_file(FileEvent(path=path, phase=FilePhase.MIRROR, reason=f"peer {peer}: {why}"))
 
 
 def _every_url_failed(errors: list[ModelhaulError]) -> ModelhaulError:
