@@ -109,7 +109,7 @@ def test_the_fleet_takes_about_as_long_as_one_node_alone(hub: FakeHub, nodes: li
     assert slowest <= (3.0 if busy else 1.3) * alone[0].wall_s, (slowest, alone[0].wall_s)
 
 
-def test_a_lying_peer_is_caught_and_every_node_ends_byte_exact(
+def test_a_lying_peer_is_caught_by_the_sha256_and_every_node_ends_byte_exact(
     hub: FakeHub, nodes: list[Node]
 ) -> None:
     repo = "org/lied-to"
@@ -120,6 +120,8 @@ def test_a_lying_peer_is_caught_and_every_node_ends_byte_exact(
         assert liar.bytes_lied > 0
     _check(pulls, nodes)
     assert_every_node_has(nodes[:-1], repo, commit, files)
+    # Caught by the file's SHA-256, then fetched again from upstream alone.
+    assert any("SHA-256 mismatch" in n for n in notices(pulls)), notices(pulls)
 
 
 def test_skewed_peer_lists_stay_correct(hub: FakeHub, nodes: list[Node]) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import xxhash
 
-from ..errors import ModelhaulError, TransferError
+from ..errors import ModelhaulError, TransferError, TruncatedBody
 from ..http.session import Transport, sleep_s
 from ..policy.headers import parse_content_range
 from ..policy.hubpaths import HubPath
@@ -188,7 +188,7 @@ class SliceFlights:
             while flight.received < flight.stop - flight.start:
                 data = await resp.read_chunk()
                 if not data:
-                    raise BodyCut("the upstream ended the slice early")
+                    raise TruncatedBody("the upstream ended the slice early")
                 data = data[: flight.stop - flight.start - flight.received]
                 os.pwrite(fd, data, flight.received)  # the page cache: microseconds
                 update(data)
