@@ -5,13 +5,12 @@ With ``modelhaul pull --peers`` each node asks a slice's owner for it (the reque
 file for that (N nodes would cost N whole files upstream): it fetches only the slices it is
 asked for, each once however many nodes ask at the same time (single flight per slice), into
 its state directory, apart from the store's blobs (a slice is not a verified blob). Every reader
-is served from the growing slice file as bytes arrive. The xxh3-128 of each slice, as received
-from upstream, is computed in the same pass and kept beside it.
+is served from the growing slice file as bytes arrive.
 
 Access stays the mirror's: the route asks the upstream Hub about the file with the caller's
 token first (``HubMirror.resolve``), and the slice is fetched with that caller's own credentials.
-Nothing here is verified against the file's SHA-256: the node that assembles the file does that,
-and drops a peer whose bytes do not match.
+Nothing here is verified against the file's SHA-256 (a slice is not the file): the node that
+assembles the file does that, and fetches a file that does not match again from upstream.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import xxhash
 
 from ..errors import ModelhaulError, TransferError, TruncatedBody
 from ..http.session import Transport, sleep_s
@@ -61,7 +58,6 @@ class SliceFlight:
     stop: int
     done: asyncio.Future[None]
     received: int = 0  # bytes written to the part file (from ``start``)
-    xxh3: str | None = None  # of the whole slice, once complete
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -142,7 +138,7 @@ class SliceFlights:
             await asyncio.to_thread(flight.path.parent.mkdir, parents=True, exist_ok=True)
             fd = os.open(flight.part, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
-                digest = await self._fetch(flight, file, fd)
+                await self._fetch(flight, file, fd)
             finally:
                 os.close(fd)
             os.replace(flight.part, flight.path)
@@ -153,29 +149,25 @@ class SliceFlights:
             flight.part.unlink(missing_ok=True)
             flight.done.set_exception(exc)
         else:
-            flight.xxh3 = digest
             flight.done.set_result(None)
         finally:
             flight.grew()
 
-    async def _fetch(self, flight: SliceFlight, file: UpstreamFile, fd: int) -> str:
-        """Receive the slice into ``fd``, resuming after failures; its xxh3-128."""
+    async def _fetch(self, flight: SliceFlight, file: UpstreamFile, fd: int) -> None:
+        """Receive the slice into ``fd``, resuming after failures."""
         retry = Retry(total=self._retries, initial_s=0.2, max_s=2.0)
-        hasher = xxhash.xxh3_128()
         while True:
             before = flight.received
             try:
-                await self._receive(flight, file, fd, hasher)
-                return hasher.hexdigest()
+                await self._receive(flight, file, fd)
+                return
             except TransferError as exc:
                 retry = retry.increment(exc, gained=flight.received > before)
                 if not exc.retryable or retry.is_exhausted():
                     raise
                 await sleep_s(retry.wait_s(getattr(exc, "retry_after_s", None)))
 
-    async def _receive(
-        self, flight: SliceFlight, file: UpstreamFile, fd: int, hasher: xxhash.xxh3_128
-    ) -> None:
+    async def _receive(self, flight: SliceFlight, file: UpstreamFile, fd: int) -> None:
         first = flight.start + flight.received
         headers = {**dict(file.headers), "Range": f"bytes={first}-{flight.stop - 1}"}
         resp = await self._transport.request("GET", file.url, headers=headers)
@@ -183,7 +175,6 @@ class SliceFlights:
             cr = parse_content_range(resp.headers.get("Content-Range"))
             if resp.status != 206 or cr is None or cr.start != first or cr.total != file.facts.size:
                 raise TransferError(f"the upstream did not send bytes {first}- of the slice")
-            update = hasher.update
             resp.set_read_size(_READ_BYTES)
             while flight.received < flight.stop - flight.start:
                 data = await resp.read_chunk()
@@ -191,7 +182,6 @@ class SliceFlights:
                     raise TruncatedBody("the upstream ended the slice early")
                 data = data[: flight.stop - flight.start - flight.received]
                 os.pwrite(fd, data, flight.received)  # the page cache: microseconds
-                update(data)
                 flight.received += len(data)
                 flight.grew()
         finally:
