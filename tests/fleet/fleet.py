@@ -22,7 +22,7 @@ from server_harness import ServerProcess
 KiB = 1024
 MiB = 1024 * KiB
 LFS_BYTES = 1024
-PULL_TIMEOUT_S = 90.0
+PULL_TIMEOUT_S = 240.0
 
 
 @dataclass

@@ -15,7 +15,7 @@ import pytest
 from fakehub import FakeHub
 from helpers import blob
 from modelhaul.policy.slices import SLICE_HEADER
-from server_harness import ServerThread, service_config
+from server_harness import ServerThread, service_config, wait_until
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -54,9 +54,10 @@ def test_eight_askers_of_one_slice_cost_the_upstream_that_slice_once(
     # A range inside a slice already here costs nothing more; the next slice costs one slice.
     assert _get(mirror, start + 10, start + 20).content == CONTENT[start + 10 : start + 20]
     assert _get(mirror, start + SLICE, start + SLICE + 5).content == CONTENT[start + SLICE :][:5]
-    assert hub.cdn_bytes(SHA) == 2 * SLICE
     # Kept in the service's state directory, not as a (partial) blob of the store.
     slices = mirror.config.state_dir / "mirror-slices" / SHA
+    wait_until(lambda: (slices / f"{SLICE}-4").exists(), 20, "the second slice complete")
+    assert hub.cdn_bytes(SHA) == 2 * SLICE
     assert sorted(p.name for p in slices.iterdir()) == [f"{SLICE}-3", f"{SLICE}-4"]
     assert not list(mirror.config.store_root.rglob(f"*{SHA}*"))
 
