@@ -61,6 +61,9 @@ class FileEvent:
     phase: FilePhase
     download_id: str | None = None
     reason: str | None = None
+    # With DONE: where the bytes came from (peers, issue 17), None when nothing was fetched.
+    bytes_from_peers: int | None = None
+    bytes_from_upstream: int | None = None
 
     def __post_init__(self) -> None:
         if (self.phase is FilePhase.QUEUED) != (self.download_id is not None):

@@ -194,6 +194,8 @@ class FakeHub:
         self._retry_after_s = 1
         self._faults: dict[str, list[_Fault]] = {}
         self._speed_bytes_per_s: int | None = None
+        self._total_bytes_per_s: int | None = None
+        self._total_next = 0.0  # when the capped CDN may send its next piece (loop time)
         self._lies: dict[str, bytes] = {}
         self._log: list[RequestRecord] = []
         self._sent: dict[tuple[Site, str], int] = {}
@@ -388,6 +390,13 @@ class FakeHub:
             raise ValueError(f"bytes_per_s must be >= 1, got {bytes_per_s}")
         with self._lock:
             self._speed_bytes_per_s = bytes_per_s
+
+    def set_total_speed_limit(self, bytes_per_s: int | None) -> None:
+        """Cap all file bodies together at ``bytes_per_s`` (an uplink); None removes it."""
+        if bytes_per_s is not None and bytes_per_s < 1:
+            raise ValueError(f"bytes_per_s must be >= 1, got {bytes_per_s}")
+        with self._lock:
+            self._total_bytes_per_s = bytes_per_s
 
     def lie_about(self, key: str, content: bytes) -> None:
         """Serve ``content`` as this blob's body from now on; headers stay the real blob's."""
@@ -830,8 +839,11 @@ class FakeHub:
         fault = self._take_fault(blob.sha256)
         with self._lock:
             speed = self._speed_bytes_per_s
+            total = self._total_bytes_per_s
             content = self._lies.get(blob.sha256, blob.content)
         chunk_bytes = _CHUNK_BYTES if speed is None else max(1, min(_CHUNK_BYTES, speed // 20))
+        if total is not None:
+            chunk_bytes = max(1, min(chunk_bytes, total // 50))
         body = memoryview(content)[start:stop]
         pause_at = len(body) if fault is None else min(len(body), fault.after_bytes)
         loop = asyncio.get_running_loop()
@@ -848,6 +860,10 @@ class FakeHub:
                 pause_at = len(body)
             if speed is not None:  # pacing a throttled response, not synchronisation
                 await asyncio.sleep(max(0.0, started + sent / speed - loop.time()))
+            if total is not None:  # the shared uplink: each piece books its time on it
+                now = loop.time()
+                self._total_next = max(now, self._total_next) + chunk_bytes / total
+                await asyncio.sleep(self._total_next - now - chunk_bytes / total)
             if self._closing:
                 return _cut(request)
             piece = body[sent : min(pause_at, sent + chunk_bytes)]

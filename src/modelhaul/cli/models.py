@@ -39,6 +39,7 @@ from ..store.repo import NotInStore, RepoStore, hf_cache_root
 from . import ray_pull, via_server
 from .options import add_transfer_options, download_config, state_dir
 from .output import make_renderer
+from .peers import add_peer_options, peer_options
 from .render import Renderer, error_dict, interrupted_error, print_error
 
 if TYPE_CHECKING:  # the engine and aiohttp: imported where the commands run, not to parse
@@ -73,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "-j", "--jobs", type=int, metavar="N", help="files in flight (default: adaptive)"
     )
     add_transfer_options(p)
+    add_peer_options(p)
     via_server.add_via_server_option(p)
     ray_pull.add_ray_option(p)
     p.set_defaults(run=run_pull)
@@ -245,7 +247,7 @@ async def _pull(
 
     source = await resolve_source(args.source, env, config)
     async with manager_for(args, config) as mgr:
-        puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks)
+        puller = ModelPuller(env.cache_root, mgr, symlinks=env.symlinks, **peer_options(args))
         if isinstance(source, HubRef):
             if env.offline:
                 return _offline(puller, source, None, renderer)
@@ -289,6 +291,8 @@ async def _pull(
                     "path": str(rs.snapshot_file(spec.commit, path)),
                     "size": f.size,
                     "sha256": f.sha256 or f.blob_id,
+                    "bytes_from_peers": event.bytes_from_peers or 0,
+                    "bytes_from_upstream": event.bytes_from_upstream or 0,
                 }
                 renderer.file_done(path, record)
 

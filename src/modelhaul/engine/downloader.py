@@ -57,6 +57,7 @@ from ..policy.paths import plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
 from ..policy.segments import Demand
+from ..policy.slices import RangeSources
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .plan import open_fresh_part, open_part
@@ -137,6 +138,7 @@ class Downloader(AsyncResource):
         journal_path: Path | None = None,
         lock: bool = True,
         demand: Demand | None = None,
+        sources: RangeSources | None = None,
     ) -> Result:
         """Download ``url`` to ``dest``, resuming and verifying; returns a Result.
 
@@ -182,6 +184,7 @@ class Downloader(AsyncResource):
             on_target=on_target,
             force=force,
             demand=demand,
+            sources=sources,
         )
         t = Transfer(
             facts=facts,

@@ -31,7 +31,7 @@ from ..policy.headers import (
 from ..policy.ranges import RangeSet
 from ..policy.segments import Segment
 from .plan import journaled, may_split, plan_segments
-from .transfer import Transfer, retry_of
+from .transfer import Transfer, retry_of, route, settle
 
 _PROBE_BYTES = 8 * 1024 * 1024
 
@@ -66,16 +66,21 @@ async def _probe_once(t: Transfer, config: DownloadConfig, transport: Transport)
     if wanted is None:
         return None
     start, stop = wanted
+    url, credential_url, stop = route(t, headers, start, stop)
+    # From several sources (peers) the file is known by its SHA-256, not a validator.
+    validated = t.facts.sources is None
     if not t.single:
         headers["Range"] = f"bytes={start}-" + ("" if stop is None else str(stop - 1))
-        validator = st.validator() if resuming else None
+        validator = st.validator() if resuming and validated else None
         if validator:
             headers["If-Range"] = validator
     try:
-        resp = await transport.request(
-            "GET", t.request_url, headers=headers, credential_url=t.facts.url
-        )
-    except HTTPStatusError as exc:
+        resp = await transport.request("GET", url, headers=headers, credential_url=credential_url)
+    except TransferError as exc:
+        if (again := settle(t, start, 0, exc)) is not exc:
+            raise again from exc  # a peer failed: the next source, whatever the status
+        if not isinstance(exc, HTTPStatusError):
+            raise
         if exc.status == 416 and not resuming and not t.single:
             # An empty file cannot satisfy bytes=0-...; ask again without Range.
             t.single = True
@@ -103,7 +108,7 @@ async def _probe_once(t: Transfer, config: DownloadConfig, transport: Transport)
         if cr is None or cr.total is None or cr.start != start:
             resp.close()
             raise RangeNotHonoured("the server sent a Content-Range that does not match")
-        if resuming and (cr.total != st.size or etag_changed(st.etag, etag)):
+        if resuming and (cr.total != st.size or (validated and etag_changed(st.etag, etag))):
             resp.close()
             raise RemoteChanged("the remote file changed since the partial download")
         t.size = cr.total

@@ -16,19 +16,22 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from ..config import RetryPolicy
 from ..disk.hashing import PrefixHasher
 from ..disk.journal import Journal, JournalState
 from ..disk.writeback import Writeback
-from ..errors import ModelhaulError
+from ..errors import ModelhaulError, NetworkError, TransferError
 from ..events import PhaseCallback, Progress
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
 from ..policy.segments import Demand, SegmentScheduler
+from ..policy.segments import SegmentScheduler
+from ..policy.slices import RangeSources
 
 ProgressCallback = Callable[[Progress], None]
+_Stop = TypeVar("_Stop", int, int | None)
 NoticeCallback = Callable[[str], None]
 
 # The end of a segment whose body has no known length: the body's end is the file's.
@@ -55,6 +58,8 @@ class TransferFacts:
     on_target: Callable[[Path], None] | None = None
     force: bool = False
     demand: Demand | None = None  # ranges readers of the partial file wait for
+    # Where each range comes from when not all from ``url`` (peers, issue 17; policy.slices).
+    sources: RangeSources | None = None
     started: float = field(default_factory=time.monotonic)
 
 
@@ -119,6 +124,29 @@ class Transfer:
         job.add_done_callback(self.writes.discard)
 
 
+def route(t: Transfer, headers: dict[str, str], start: int, stop: _Stop) -> tuple[str, str, _Stop]:
+    """Where to ask for the bytes from ``start``: (URL, credential URL, stop clipped to that
+    source's part); ``headers`` get the source's own. Without sources: the one URL."""
+    if t.facts.sources is None or t.single:
+        return t.request_url, t.facts.url, stop
+    lease = t.facts.sources.lease_nowait(start, UNKNOWN_END if stop is None else stop)
+    headers.update(lease.headers)
+    return lease.url, lease.credential_url, cast(_Stop, lease.stop)
+
+
+def settle(
+    t: Transfer, start: int, gained: int, error: TransferError | None
+) -> TransferError | None:
+    """The request for the bytes from ``start`` ended (``error``: it failed); the error to go
+    on with: a peer's failure of any kind is one to retry (from the next source)."""
+    if t.facts.sources is None:
+        return error
+    peer = t.facts.sources.settle(start, gained, error)
+    if error is None or peer is None:
+        return error
+    return NetworkError(f"the peer {peer} failed ({error.message}); asking the next source")
+
+
 def retry_of(policy: RetryPolicy, *, total: int | None = None, free: int = 0) -> Retry:
     """A fresh Retry with the configured backoff (``total`` defaults to ``policy.retries``)."""
     return Retry(
@@ -139,4 +167,6 @@ __all__ = [
     "Transfer",
     "TransferFacts",
     "retry_of",
+    "route",
+    "settle",
 ]

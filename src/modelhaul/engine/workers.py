@@ -31,7 +31,7 @@ from .probe import Probe, etag_changed
 from .progress import emit_progress
 from .stages import stage
 from .streams import Streams
-from .transfer import UNKNOWN_END, Transfer, retry_of
+from .transfer import UNKNOWN_END, Transfer, retry_of, route, settle
 
 _TICK_S = 0.1
 
@@ -101,18 +101,20 @@ class Workers:
                         t.attempts += 1
                         resp = await self._open_segment(t, seg)
                     await self.streams.stream(t, seg, resp)
+                    settle(t, before, seg.pos - before, None)
                     stage("segment_done_before_journal")
                     resp.release()
                     resp = None
                     retry = retry.reset()
                     self._finish_segment(t, seg)
                     seg = None
-                except TransferError as exc:
+                except TransferError as failed:
                     if resp is not None:
                         resp.close()
                         resp = None
+                    exc = settle(t, before, seg.pos - before, failed) or failed
                     if isinstance(exc, RemoteChanged) or not exc.retryable:
-                        raise
+                        raise  # (a peer's failure became a retryable one)
                     t.history.append(exc)
                     if t.single:
                         # No ranges: whatever arrived is useless for a retry from byte 0.
@@ -149,13 +151,15 @@ class Workers:
 
     async def _open_segment(self, t: Transfer, seg: Segment) -> Response:
         headers = dict(t.facts.headers)
-        headers["Range"] = f"bytes={seg.pos}-{seg.end - 1}"
-        validator = t.state.validator()
+        url, credential_url, stop = route(t, headers, seg.pos, seg.end)
+        headers["Range"] = f"bytes={seg.pos}-{stop - 1}"
+        # From several sources (peers) the file is known by its SHA-256, not a validator.
+        validator = t.state.validator() if t.facts.sources is None else None
         if validator:
             headers["If-Range"] = validator
         try:
             resp = await self.transport.request(
-                "GET", t.request_url, headers=headers, credential_url=t.facts.url
+                "GET", url, headers=headers, credential_url=credential_url
             )
         except HTTPStatusError as exc:
             if (
@@ -176,7 +180,7 @@ class Workers:
         if cr is None or cr.start != seg.pos or cr.total != t.size:
             resp.close()
             raise RemoteChanged("the server's Content-Range does not match the file")
-        if etag_changed(t.state.etag, resp.headers.get("ETag")):
+        if t.facts.sources is None and etag_changed(t.state.etag, resp.headers.get("ETag")):
             resp.close()
             raise RemoteChanged("the remote file changed (another ETag)")
         # The server may send less than asked: the stream stops at the response's end and the

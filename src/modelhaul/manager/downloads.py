@@ -28,6 +28,7 @@ from ..policy.lifecycle import AsyncResource
 from ..policy.paths import TargetPaths, plan_paths
 from ..policy.ratelimit import TokenBucket
 from ..policy.segments import Demand
+from ..policy.slices import RangeSources
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .claims import Claims, materialize_aliases
@@ -134,12 +135,15 @@ class DownloadManager(AsyncResource):
         headers: Mapping[str, str] | None = None,
         paused: bool = False,
         demand: Demand | None = None,
+        sources: RangeSources | None = None,
     ) -> DownloadHandle:
         """Queue a download and return its handle at once.
 
         Adding the same URL and target again (or the same expected SHA-256 for another path)
         returns the existing download: the bytes are fetched once. ``demand``: ranges readers
         of the partial file wait for (a new download only), fetched before plan order.
+        returns the existing download: the bytes are fetched once. ``sources`` gives each range
+        its own source (peers, ``policy.slices``); ``url`` still names the download.
         """
         # The target arguments repeat Downloader.download's: this is the manager's own call.
         if self._closed:
@@ -173,6 +177,7 @@ class DownloadManager(AsyncResource):
             rate_limit=rate_limit,
         )
         task.demand = demand
+        task.sources = sources
         self._claims.share(keys, task)
         self._set_state(task, State.PAUSED if paused else State.QUEUED)
         self._schedule()
@@ -380,6 +385,7 @@ class DownloadManager(AsyncResource):
             on_phase=lambda phase, size: self._on_phase(task, phase, size),
             on_target=lambda path: self._claims.claim(task, path),
             demand=task.demand,
+            sources=task.sources,
         )
         if task.received_before:
             result = replace(

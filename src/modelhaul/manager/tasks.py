@@ -10,6 +10,7 @@ from ..errors import ModelhaulError
 from ..events import Progress, Result, State
 from ..policy.paths import TargetPaths
 from ..policy.segments import Demand
+from ..policy.slices import RangeSources
 from .limits import TaskBucket
 
 ACTIVE = (State.RUNNING, State.VERIFYING)
@@ -74,6 +75,7 @@ class Task:
     result: Result | None = None
     aliases: list[Path] = field(default_factory=list)
     demand: Demand | None = None  # ranges readers of the partial file wait for
+    sources: RangeSources | None = None  # where each range comes from (peers), if not the URL
 
     def stop_run(self) -> None:
         """Cancel the running download as a pause: its partial data and journal stay."""

@@ -44,6 +44,8 @@ from .offline import (
 )
 from .resume import drop_flight, record_flight, recorded_flights
 from .traffic import MirrorTraffic, TrafficListener
+from .offline import info_of, stored_commit, tree_cache_files, tree_of, whole_tree
+from .slices import SliceFlights
 
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -91,6 +93,7 @@ class HubMirror:
         timeout_s: float = 30.0,
         on_traffic: TrafficListener | None = None,
         on_store_change: Callable[[], Awaitable[object]] | None = None,
+        slices_dir: Path | None = None,
     ) -> None:
         self.store_root = store_root
         self.symlinks = symlinks
@@ -105,6 +108,8 @@ class HubMirror:
         # mirrored models: the service rescans its store.
         self._on_store_change = on_store_change
         self._store_telling: asyncio.TimerHandle | None = None
+        # Peers' slice requests (issue 17), kept in slices_dir; None: served whole-file.
+        self.slices = SliceFlights(slices_dir, stall_timeout_s=timeout_s) if slices_dir else None
         self._unsubscribe: Callable[[], None] | None = None
         self._settling: set[asyncio.Task[None]] = set()
         self._listed: set[tuple[str, str]] = set()  # (repo folder, commit) listed or under way
@@ -136,6 +141,8 @@ class HubMirror:
         if self._store_telling is not None:
             self._store_telling.cancel()
         await self.flights.close()
+        if self.slices is not None:
+            await self.slices.close()
         for task in self._settling:
             task.cancel()
         await asyncio.gather(*self._settling, return_exceptions=True)
@@ -173,9 +180,17 @@ class HubMirror:
 
     # ------------------------------------------------------------------ files
 
-    async def resolve(self, hp: HubPath, auth: str | None, *, fetch: bool) -> Relay | ServedFile:
+    async def resolve(
+        self, hp: HubPath, auth: str | None, *, fetch: bool, slice_bytes: int | None = None
+    ) -> Relay | ServedFile:
         """What a HEAD (``fetch`` False) or GET of a resolve URL answers: the Hub's error or
-        redirect as it is, or the file (fetched upstream on a GET if the store lacks it)."""
+        redirect as it is, or the file (fetched upstream on a GET if the store lacks it; a
+        peer's request names its ``slice_bytes``, and only the slices it reads are fetched)."""
+        peer = self.slices if slice_bytes is not None and fetch else None
+        if peer is not None and (known := peer.known(hp, auth)) is not None:
+            return await self._serve(
+                hp, self.repo(hp), known, auth, fetch=True, slice_bytes=slice_bytes
+            )
         try:
             answer = await self.hub.head(hp, auth)
         except ModelhaulError as exc:
@@ -193,10 +208,19 @@ class HubMirror:
         rs = self.repo(hp)
         self.access.accept(auth, rs)
         self._remember(rs, hp.revision, file.facts.commit)
-        return await self._serve(hp, rs, file, auth, fetch=fetch)
+        if peer is not None:
+            peer.learn(hp, auth, file)
+        return await self._serve(hp, rs, file, auth, fetch=fetch, slice_bytes=slice_bytes)
 
     async def _serve(
-        self, hp: HubPath, rs: RepoStore, file: UpstreamFile, auth: str | None, *, fetch: bool
+        self,
+        hp: HubPath,
+        rs: RepoStore,
+        file: UpstreamFile,
+        auth: str | None,
+        *,
+        fetch: bool,
+        slice_bytes: int | None = None,
     ) -> ServedFile:
         facts = file.facts
         blob = rs.blob_path(facts.etag)
@@ -207,6 +231,10 @@ class HubMirror:
             return ServedFile(facts, lambda a, b: count(key, file_chunks(blob, a, b)))
         if not fetch:
             return ServedFile(facts, _no_body)
+        if slice_bytes is not None and facts.lfs and (slices := self.slices) is not None:
+            return ServedFile(
+                facts, lambda a, b: slices.chunks(file, slice_bytes, a, b), in_flight=True
+            )
         self._follow_manager()
         flight = self.flights.join(rs, file)
         settled = self._settle(hp, rs, facts, flight, auth)

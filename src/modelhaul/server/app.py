@@ -68,6 +68,7 @@ def create_app(service: Service, policy: AccessPolicy, *, version: str = "0.1.0"
         symlinks=service.config.symlinks,
         on_traffic=service.publish_mirror_traffic,  # the page's mirror table, live
         on_store_change=service.refresh_store,  # and mirrored models in its store table
+        slices_dir=service.config.state_dir / "mirror-slices",
     )
     app.state.mirror = mirror  # the Hugging Face mirror under /hf (routes/hf.py)
     app.add_middleware(Guard, policy=policy)

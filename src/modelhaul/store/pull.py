@@ -25,9 +25,11 @@ from ..errors import (
     human_bytes,
 )
 from ..events import FileCallback, FileEvent, FilePhase, Result
+from ..fleet.routing import DEFAULT_SLICE_BYTES, check_slice_bytes, parse_peers, router_for
 from ..manager.downloads import DownloadManager
 from ..manager.handle import DownloadHandle
 from ..policy.paths import part_paths
+from ..policy.slices import SliceRouter
 from ..sources.model import ModelFile, ModelSpec
 from .chunks import EMPTY_GIT_OID, EMPTY_SHA256
 from .listing import (
@@ -62,6 +64,8 @@ class PullResult:
     bytes_fetched: int
     offline: bool = False
     local_dir: Path | None = None
+    bytes_from_peers: int = 0
+    bytes_from_upstream: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -73,6 +77,8 @@ class PullResult:
             "files": len(self.fetched) + len(self.present),
             "fetched": list(self.fetched),
             "bytes_fetched": self.bytes_fetched,
+            "bytes_from_peers": self.bytes_from_peers,
+            "bytes_from_upstream": self.bytes_from_upstream,
             "offline": self.offline,
             "local_dir": str(self.local_dir) if self.local_dir else None,
             "error": None,
@@ -80,7 +86,12 @@ class PullResult:
 
 
 class ModelPuller:
-    """Pulls ModelSpecs into a store through a DownloadManager."""
+    """Pulls ModelSpecs into a store through a DownloadManager.
+
+    ``peers``: other nodes' ``modelhaul serve`` base URLs; each slice (``slice_bytes``) of a
+    large Hub file then comes from the peer that owns it, which fetched it upstream once
+    (``fleet.routing``, issue 17).
+    """
 
     def __init__(
         self,
@@ -89,11 +100,15 @@ class ModelPuller:
         *,
         symlinks: bool = True,
         check_disk_space: bool = True,
+        peers: Sequence[str] = (),
+        slice_bytes: int = DEFAULT_SLICE_BYTES,
     ) -> None:
         self.root = root
         self.manager = manager
         self.symlinks = symlinks
         self.check_disk_space = check_disk_space
+        self.peers = parse_peers(peers)
+        self.slice_bytes = check_slice_bytes(slice_bytes)
 
     def repo(self, spec: ModelSpec) -> RepoStore:
         return RepoStore(self.root, spec.repo_id, spec.repo_type)
@@ -129,12 +144,12 @@ class ModelPuller:
         for f in missing:
             by_blob.setdefault(f.blob_id, []).append(f)
         results = await asyncio.gather(
-            *(self._fetch_blob(rs, files, priority, on_file) for files in by_blob.values()),
+            *(self._fetch_blob(rs, files, priority, on_file, spec) for files in by_blob.values()),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
         fetched: list[ModelFile] = []
-        received = 0
+        received = from_peers = 0
         for files, r in zip(by_blob.values(), results, strict=True):
             if isinstance(r, BaseException):
                 continue
@@ -142,7 +157,8 @@ class ModelPuller:
                 present.extend(files)
             else:
                 fetched.extend(files)
-                received += r
+                received += r[0]
+                from_peers += r[1]
         for f in (*present, *fetched):
             stage("linking")
             with writing(rs.snapshot_file(spec.commit, f.path)):
@@ -166,6 +182,8 @@ class ModelPuller:
             present=tuple(sorted((f.path for f in present), key=order.__getitem__)),
             bytes_fetched=received,
             local_dir=local_dir,
+            bytes_from_peers=from_peers,
+            bytes_from_upstream=received - from_peers,
         )
 
     async def _sort_files(
@@ -213,11 +231,12 @@ class ModelPuller:
         files: Sequence[ModelFile],
         priority: int,
         on_file: FileCallback | None,
-    ) -> int | None:
-        """Fetch the blob of ``files`` (all share it); the bytes received for it, or None if
-        another process fetched it meanwhile."""
+        spec: ModelSpec,
+    ) -> tuple[int, int] | None:
+        """Fetch the blob of ``files`` (all share it); the bytes received for it and how many
+        of them from peers, or None if another process fetched it meanwhile."""
         f = files[0]
-        received: int | None = 0
+        received: tuple[int, int] | None = (0, 0)
         if f.size == 0:
             await asyncio.to_thread(_write_empty_blob, rs, f)
         else:
@@ -225,10 +244,19 @@ class ModelPuller:
                 if await _done_meanwhile(rs, f, lock):
                     received = None
                 else:
-                    received = await self._download(rs, f, priority, on_file)
+                    router = router_for(spec, f, self.peers, self.slice_bytes)
+                    received = await self._download(rs, f, priority, on_file, router)
         if on_file:
+            peers, upstream = (received[1], received[0] - received[1]) if received else (0, 0)
             for g in files:
-                on_file(FileEvent(path=g.path, phase=FilePhase.DONE))
+                on_file(
+                    FileEvent(
+                        path=g.path,
+                        phase=FilePhase.DONE,
+                        bytes_from_peers=peers,
+                        bytes_from_upstream=upstream,
+                    )
+                )
         return received
 
     @staticmethod
@@ -246,16 +274,26 @@ class ModelPuller:
         return BlobLock(rs.lock_path(f.blob_id), on_wait=on_wait)
 
     async def _download(
-        self, rs: RepoStore, f: ModelFile, priority: int, on_file: FileCallback | None
-    ) -> int:
+        self,
+        rs: RepoStore,
+        f: ModelFile,
+        priority: int,
+        on_file: FileCallback | None,
+        router: SliceRouter | None = None,
+    ) -> tuple[int, int]:
         """Download one blob from its first URL that works, then verify and record it;
-        returns the bytes received over the network for it (a resume's missing part only)."""
+        returns the bytes received over the network for it (a resume's missing part only),
+        and how many of them came from peers (``router``: tried first; a file that fails its
+        SHA-256 through peers is fetched again from upstream alone)."""
         blob = rs.blob_path(f.blob_id)
         errors: list[ModelhaulError] = []
         received = 0
         result: Result | None = None
-        for i, url in enumerate(f.urls):
-            # Credentials belong to the primary URL's host; mirrors get none.
+        tries = [(0, router)] if router else []
+        tries += [(i, None) for i in range(len(f.urls))]
+        for n, (i, sources) in enumerate(tries):
+            url = f.urls[i]
+            # Credentials belong to the primary URL's host (and its peers); mirrors get none.
             headers = dict(f.headers) if i == 0 else {}
             handle: DownloadHandle | None = None
             try:
@@ -266,10 +304,14 @@ class ModelPuller:
                     expected_size=f.size if f.size >= 0 else None,
                     headers=headers,
                     priority=priority,
+                    sources=sources,
                 )
                 if on_file:
                     on_file(FileEvent(path=f.path, phase=FilePhase.QUEUED, download_id=handle.id))
-                result = await handle.wait()
+                try:
+                    result = await handle.wait()
+                finally:
+                    _tell_dropped(sources, f.path, on_file)
                 received += result.bytes_transferred
                 break
             except ModelhaulError as exc:
@@ -278,7 +320,7 @@ class ModelPuller:
                 if handle is not None:  # what a failed URL delivered was still received
                     received += self.manager.info(handle.id).bytes_received
                 errors.append(exc)
-                if on_file and i + 1 < len(f.urls):
+                if on_file and n + 1 < len(tries):
                     on_file(FileEvent(path=f.path, phase=FilePhase.MIRROR, reason=exc.message))
         else:
             raise _every_url_failed(errors)
@@ -299,7 +341,7 @@ class ModelPuller:
                 chunk_bytes=hashed.chunk_bytes if hashed else 0,
                 chunk_xxh3=hashed.chunk_xxh3 if hashed else (),
             )
-        return received
+        return received, min(received, router.bytes_from_peers if router else 0)
 
     # ------------------------------------------------------------------ offline
 
@@ -417,7 +459,7 @@ class ModelPuller:
             if await _done_meanwhile(rs, f, lock):
                 return 0
             await asyncio.to_thread(prepare_chunk_repair, rs, f)
-            return await self._download(rs, f, 0, on_file)
+            return (await self._download(rs, f, 0, on_file))[0]
 
 
 async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
@@ -426,6 +468,13 @@ async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
     if not lock.waited and rs.record(f.blob_id) is None:
         return False
     return await asyncio.to_thread(blob_good, rs, f)
+
+
+def _tell_dropped(router: SliceRouter | None, path: str, on_file: FileCallback | None) -> None:
+    """Say which peers a file's download left out, and why (once per file)."""
+    if router is not None and on_file is not None:
+        for peer, why in router.dropped.items():
+            on_file(FileEvent(path=path, phase=FilePhase.MIRROR, reason=f"peer {peer}: {why}"))
 
 
 def _every_url_failed(errors: list[ModelhaulError]) -> ModelhaulError:

@@ -23,7 +23,9 @@ from starlette.types import Receive, Scope, Send
 from ...errors import InvalidInput, ModelhaulError
 from ...mirror.answers import Relay, file_headers, hub_error
 from ...mirror.core import HubMirror, ServedFile
+from ...mirror.slices import slice_bytes_of
 from ...policy.hubpaths import parse_api_path, parse_resolve_path, requested_range, split_raw
+from ...policy.slices import SLICE_HEADER
 from ..security import AccessPolicy
 
 router = APIRouter()
@@ -86,7 +88,10 @@ async def hub_resolve(rest: str, request: Request, mirror: MirrorDep) -> Respons
     except InvalidInput as exc:
         return _relayed(hub_error(404, exc.message, code="EntryNotFound"))
     head = request.method == "HEAD"
-    answer = await mirror.resolve(hp, _caller_auth(request), fetch=not head)
+    slice_bytes = slice_bytes_of(request.headers.get(SLICE_HEADER))  # a peer's (issue 17)
+    answer = await mirror.resolve(
+        hp, _caller_auth(request), fetch=not head, slice_bytes=slice_bytes
+    )
     if isinstance(answer, Relay):
         return _relayed(answer)
     return _file_response(answer, request, head=head)
