@@ -27,7 +27,6 @@ from ..events import PhaseCallback, Progress
 from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
 from ..policy.segments import Demand, SegmentScheduler
-from ..policy.segments import SegmentScheduler
 from ..policy.slices import RangeSources
 
 ProgressCallback = Callable[[Progress], None]

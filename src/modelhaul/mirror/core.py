@@ -43,9 +43,8 @@ from .offline import (
     whole_tree,
 )
 from .resume import drop_flight, record_flight, recorded_flights
-from .traffic import MirrorTraffic, TrafficListener
-from .offline import info_of, stored_commit, tree_cache_files, tree_of, whole_tree
 from .slices import SliceFlights
+from .traffic import MirrorTraffic, TrafficListener
 
 log = logging.getLogger("modelhaul.mirror")
 _REDIRECTS = (301, 302, 303, 307, 308)
