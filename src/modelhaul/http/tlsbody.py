@@ -33,6 +33,10 @@ from .errors import map_error
 STAGE_BYTES = 256 * 1024
 # Ciphertext taken per socket receive: several records per call.
 RAW_BYTES = 128 * 1024
+# The least one receive job may ask for. A job holds no memory of its own beyond a lent buffer,
+# so asking for more only means fewer hand-offs to the loop (each costs it a wake-up and the
+# bookkeeping of a write); the poll interval still bounds how long a job runs.
+MIN_ASK_BYTES = 4 * 1024 * 1024
 
 
 class _BufferPool:
@@ -82,7 +86,7 @@ class TlsBody(SocketBody):
         # No block of its own (block_bytes=0): a receive decrypts into a pooled buffer and
         # writes it (decrypt_to_file); block_bytes stays what one receive job may ask for.
         super().__init__(sock, remaining, 0, poll_s, stall_s=stall_s, url=url, use_pipe=False)
-        self.block_bytes = block_bytes
+        self.block_bytes = max(block_bytes, MIN_ASK_BYTES)
         self._layer = layer
         self._ended = False
         # The TCP transport's reading is the body's to restore: asyncio would otherwise
@@ -218,4 +222,4 @@ class TlsBody(SocketBody):
             self._layer.raw.resume_reading()
 
 
-__all__ = ["RAW_BYTES", "STAGE_BYTES", "TlsBody"]
+__all__ = ["MIN_ASK_BYTES", "RAW_BYTES", "STAGE_BYTES", "TlsBody"]
