@@ -5,8 +5,10 @@ copy into the TLS layer's memory BIO and one Python call per 16 KiB record to de
 the loop's thread: at a few hundred MB/s that thread is saturated and the download waits on it.
 A TlsBody does the same work in a worker thread with blocking reads, as SocketBody does for plain
 HTTP: the socket's bytes go into the connection's own memory BIO and OpenSSL decrypts them
-straight into the block that is then written to the file (``SSLObject.read`` and ``recv`` release
-the GIL), so the loop only hears of whole blocks.
+straight into a lent stage buffer that is then written to the file (``SSLObject.read`` and
+``recv`` release the GIL), so the loop only hears of whole receive jobs. Measured (1 GiB over
+HTTPS, 32 connections): the loop thread's CPU went from 1.6-1.8 s to 0.55 s (0.35 s of it
+start-up), the process's from 3.6 to 3.3 CPU-s, peak RSS from 118 to 98 MiB.
 
 The TLS state stays the connection's: ciphertext fed to the BIO and not decrypted remains there
 for asyncio, so a body received exactly to its end leaves the connection ready for the next
