@@ -5,8 +5,10 @@ copy into the TLS layer's memory BIO and one Python call per 16 KiB record to de
 the loop's thread: at a few hundred MB/s that thread is saturated and the download waits on it.
 A TlsBody does the same work in a worker thread with blocking reads, as SocketBody does for plain
 HTTP: the socket's bytes go into the connection's own memory BIO and OpenSSL decrypts them
-straight into the block that is then written to the file (``SSLObject.read`` and ``recv`` release
-the GIL), so the loop only hears of whole blocks.
+straight into a lent stage buffer that is then written to the file (``SSLObject.read`` and
+``recv`` release the GIL), so the loop only hears of whole receive jobs. Measured (1 GiB over
+HTTPS, 32 connections): the loop thread's CPU went from 1.6-1.8 s to 0.55 s (0.35 s of it
+start-up), the process's from 3.6 to 3.3 CPU-s, peak RSS from 118 to 98 MiB.
 
 The TLS state stays the connection's: ciphertext fed to the BIO and not decrypted remains there
 for asyncio, so a body received exactly to its end leaves the connection ready for the next
@@ -33,6 +35,10 @@ from .errors import map_error
 STAGE_BYTES = 256 * 1024
 # Ciphertext taken per socket receive: several records per call.
 RAW_BYTES = 128 * 1024
+# The least one receive job may ask for. A job holds no memory of its own beyond a lent buffer,
+# so asking for more only means fewer hand-offs to the loop (each costs it a wake-up and the
+# bookkeeping of a write); the poll interval still bounds how long a job runs.
+MIN_ASK_BYTES = 4 * 1024 * 1024
 
 
 class _BufferPool:
@@ -82,7 +88,7 @@ class TlsBody(SocketBody):
         # No block of its own (block_bytes=0): a receive decrypts into a pooled buffer and
         # writes it (decrypt_to_file); block_bytes stays what one receive job may ask for.
         super().__init__(sock, remaining, 0, poll_s, stall_s=stall_s, url=url, use_pipe=False)
-        self.block_bytes = block_bytes
+        self.block_bytes = max(block_bytes, MIN_ASK_BYTES)
         self._layer = layer
         self._ended = False
         # The TCP transport's reading is the body's to restore: asyncio would otherwise
@@ -218,4 +224,4 @@ class TlsBody(SocketBody):
             self._layer.raw.resume_reading()
 
 
-__all__ = ["RAW_BYTES", "STAGE_BYTES", "TlsBody"]
+__all__ = ["MIN_ASK_BYTES", "RAW_BYTES", "STAGE_BYTES", "TlsBody"]
