@@ -148,6 +148,35 @@ class Response:
                 return by_thread
         return self.take_body(block_bytes=how.pump_block_bytes, blocks=how.pump_blocks)
 
+    def _hand_over(
+        self,
+        transport: asyncio.Transport,
+        proto: internals.ResponseProtocol,
+        length: int,
+        raw: socket.socket,
+    ) -> tuple[socket.socket, bytes, int] | None:
+        """Take the connection from aiohttp for a SocketBody or a TlsBody: (a duplicate of its
+        socket, bytes aiohttp already buffered, body bytes still to come). None where the socket
+        cannot be duplicated."""
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return None
+        try:
+            head = self._drain()
+        except ModelhaulError:  # what _drain raises; the duplicate must not leak
+            sock.close()
+            raise
+        internals.stop_parser(proto)
+        remaining = length - self._resp.content.total_bytes
+        # The socket is the body's alone from here. aiohttp's protocol outlives a response on
+        # a pooled connection: an earlier response still draining its buffer resumes reading
+        # through it, and the event loop would then take bytes from under the body. Parked on a
+        # protocol of its own, the transport (plain or TLS) stays paused and open for the hand
+        # back.
+        internals.swap_protocol(transport, proto, asyncio.Protocol())
+        return sock, head, remaining
+
     def take_socket(
         self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
     ) -> tuple[bytes, bodies.SocketBody] | None:
@@ -164,22 +193,10 @@ class Response:
             or raw.type != socket.SOCK_STREAM
         ):
             return None
-        try:
-            sock = socket.socket(fileno=os.dup(raw.fileno()))
-        except OSError:
+        taken = self._hand_over(transport, proto, length, raw)
+        if taken is None:
             return None
-        try:
-            head = self._drain()
-        except ModelhaulError:  # what _drain raises; the duplicate must not leak
-            sock.close()
-            raise
-        internals.stop_parser(proto)
-        remaining = length - self._resp.content.total_bytes
-        # The socket is the body's alone from here. aiohttp's protocol outlives a response on
-        # a pooled connection: an earlier response still draining its buffer resumes reading
-        # through it, and the event loop would then take bytes from under the body. Parked on a
-        # protocol of its own, the transport stays paused and open for the hand back.
-        internals.swap_protocol(transport, proto, asyncio.Protocol())
+        sock, head, remaining = taken
         body = bodies.SocketBody(
             sock,
             remaining,
@@ -204,19 +221,10 @@ class Response:
         layer = internals.tls_layer_of(transport)
         if layer is None or raw is None or raw.type != socket.SOCK_STREAM:
             return None
-        try:
-            sock = socket.socket(fileno=os.dup(raw.fileno()))
-        except OSError:
+        taken = self._hand_over(transport, proto, length, raw)
+        if taken is None:
             return None
-        try:
-            head = self._drain()
-        except ModelhaulError:  # what _drain raises; the duplicate must not leak
-            sock.close()
-            raise
-        internals.stop_parser(proto)
-        remaining = length - self._resp.content.total_bytes
-        # As in take_socket: parked on a protocol of its own, the TLS transport stays paused.
-        internals.swap_protocol(transport, proto, asyncio.Protocol())
+        sock, head, remaining = taken
         body = tlsbody.TlsBody(
             sock, layer, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url
         )
@@ -242,7 +250,7 @@ class Response:
             remaining, block_bytes=block_bytes, blocks=blocks, stall_s=self._stall_s
         )
         self._taken = (transport, proto, pump)
-        # As in take_socket: an earlier response on this connection may still pause or resume
+        # As in _hand_over: an earlier response on this connection may still pause or resume
         # reading through aiohttp's protocol; the swap takes the transport from it, release()
         # and close() give it back.
         internals.swap_protocol(transport, proto, pump)
