@@ -82,8 +82,7 @@ class PullResult:
 class ModelPuller:
     """Pulls ModelSpecs into a store through a DownloadManager."""
 
-    # Arguments kept as fields: alike other constructors (SocketBody's) in shape only.
-    def __init__(
+    def __init__(  # its arguments kept as fields: alike SocketBody's in shape only
         self,
         root: Path,
         manager: DownloadManager,
