@@ -215,7 +215,7 @@ class TransferError(ModelhaulError):
         "Check the network connection, proxy (HTTPS_PROXY) and CA settings, then run again."
     )
 
-    def __init__(
+    def __init__(  # alike other errors' in shape, each naming its own facts: not shared
         self,
         message: str,
         *,
@@ -412,7 +412,7 @@ class IntegrityError(ModelhaulError):
         "again the published checksum may be wrong."
     )
 
-    def __init__(
+    def __init__(  # its own facts, by name (as TransferError's: deliberately not shared)
         self,
         message: str,
         *,

@@ -140,6 +140,7 @@ class Result:
     chunk_bytes: int = 0
     chunk_xxh3: tuple[str, ...] = field(default=(), repr=False)
 
+    # The result line names its own fields: alike PullResult.to_dict in shape only.
     def to_dict(self) -> dict[str, Any]:
         return {
             "event": "result",

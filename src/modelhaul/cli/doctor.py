@@ -27,6 +27,8 @@ _LABELS = {True: "ok", False: "FAIL", None: "skip"}
 _MARKS = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[dim]–[/]"}
 
 
+# Parsers are declared whole, a command at a time: alike in shape only (each names its own
+# flags and help, the CLI contract), so nothing is shared but add_transfer_options.
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "doctor",

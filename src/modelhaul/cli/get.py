@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 _SHARED_HOST_CONNECTIONS = 16
 
 
+# Parsers are declared whole, a command at a time: alike in shape only (each names its own
+# flags and help, the CLI contract), so nothing is shared but add_transfer_options.
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "get",

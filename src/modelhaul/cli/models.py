@@ -405,6 +405,8 @@ async def run_verify(args: argparse.Namespace) -> int:
         print_refusal(exc)
         renderer.result(_failed(exc))
         return 1
+    # Ends as run_pull does (a failure rendered, a cancel recorded), each line a shared helper
+    # already: the five that stay are the control flow, which a helper would only hide.
     except ModelhaulError as exc:
         return _fail(renderer, exc)
     except asyncio.CancelledError:

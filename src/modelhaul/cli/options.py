@@ -19,6 +19,8 @@ from ..errors import InvalidInput
 from ..policy.units import parse_rate
 
 
+# The options every transfer command takes, declared once; a command's own flags stay in
+# its register(), alike in shape only.
 def add_transfer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-x",

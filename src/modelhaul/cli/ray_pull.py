@@ -11,27 +11,10 @@ import os
 import sys
 from typing import Any
 
+from ..cluster import PULL_OPTIONS
 from ..errors import InvalidInput, ModelhaulError, human_bytes
 from .output import make_renderer
 from .render import error_dict, print_error
-
-# The pull options each node is given, as ``pull_on_ray`` names them (argparse dest = keyword).
-_FORWARDED = (
-    "include",
-    "exclude",
-    "local_dir",
-    "max_store_size",
-    "jobs",
-    "connections",
-    "max_connections",
-    "limit_rate",
-    "retries",
-    "timeout",
-    "header",
-    "allow_insecure_redirects",
-    "insecure",
-    "slice_size",  # from the peers option set, when present
-)
 
 
 def add_ray_option(p: argparse.ArgumentParser) -> None:
@@ -60,7 +43,7 @@ def pull_options(args: argparse.Namespace) -> dict[str, Any]:
         raise InvalidInput("--via-server and --ray do not go together")
     defaults = {"max_connections": 32, "retries": 3, "timeout": 30.0}
     options = {}
-    for name in _FORWARDED:
+    for name in sorted(PULL_OPTIONS):  # the cluster's list: the one source of truth
         value = getattr(args, name, None)
         if value in (None, False, []) or defaults.get(name) == value:
             continue

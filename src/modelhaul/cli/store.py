@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # (and --help) start without it.
 
 
+# Parsers are declared whole, a command at a time: alike in shape only (each names its own
+# flags and help, the CLI contract), so nothing is shared but add_transfer_options.
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "ls",

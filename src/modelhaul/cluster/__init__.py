@@ -6,7 +6,7 @@ their work runs. Inside: ``driver.py`` places the work and collects results, ``n
 runs on a node (its mirror, its pull), ``results.py`` the values returned.
 """
 
-from .driver import pull_on_ray, ray_session
+from .driver import PULL_OPTIONS, pull_on_ray, ray_session
 from .results import ClusterPullResult, NodeResult
 
-__all__ = ["ClusterPullResult", "NodeResult", "pull_on_ray", "ray_session"]
+__all__ = ["PULL_OPTIONS", "ClusterPullResult", "NodeResult", "pull_on_ray", "ray_session"]

@@ -34,6 +34,7 @@ class NodeResult:
     def ok(self) -> bool:
         return self.status == "completed"
 
+    # The JSON line names its own fields: alike other to_dict/to_json in shape only.
     def to_dict(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,

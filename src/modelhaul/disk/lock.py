@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
+from ..policy.lifecycle import AsyncResource
 
-class AsyncFileLock:
+
+class AsyncFileLock(AsyncResource):
     """An exclusive lock on ``path`` held across processes, used as ``async with``.
 
     Args:
@@ -78,13 +78,11 @@ class AsyncFileLock:
     def is_locked(self) -> bool:
         return self._lock.is_locked
 
-    async def __aenter__(self) -> Self:
+    # ``async with``: AsyncResource enters by open and leaves by aclose, whatever happened.
+    async def open(self) -> None:
         await self.acquire()
-        return self
 
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def aclose(self) -> None:
         self.release()
 
 

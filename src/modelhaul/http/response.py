@@ -14,8 +14,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import aiohttp
 
@@ -24,6 +25,9 @@ from . import aiohttp_internals as internals
 from . import bodies, tlsbody
 from .errors import map_error
 from .receive import POLL_S
+
+# The body a takeover builds: a SocketBody, or its TLS kind.
+_Body = TypeVar("_Body", bound=bodies.SocketBody)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -148,19 +152,22 @@ class Response:
                 return by_thread
         return self.take_body(block_bytes=how.pump_block_bytes, blocks=how.pump_blocks)
 
-    def take_socket(
-        self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
-    ) -> tuple[bytes, bodies.SocketBody] | None:
-        """Hand the rest of a plain-TCP body to a SocketBody: (bytes aiohttp already buffered,
-        body). None over TLS or where the connection cannot be taken over."""
+    def _take_stream(
+        self, make: Callable[[socket.socket, int, internals.TlsLayer | None], _Body], *, tls: bool
+    ) -> tuple[bytes, _Body] | None:
+        """Take the connection from aiohttp for the body ``make`` builds from (a duplicate of the
+        socket, body bytes still to come, the TLS layer when ``tls``): (bytes aiohttp already
+        buffered, body). None over the other kind of connection (TLS or plain), or where the
+        connection cannot be taken over."""
         found = self._takeover()
         if found is None:
             return None
         transport, proto, length = found
         raw = transport.get_extra_info("socket")
+        layer = internals.tls_layer_of(transport) if tls else None
         if (
             raw is None
-            or transport.get_extra_info("ssl_object") is not None
+            or (layer is None if tls else transport.get_extra_info("ssl_object") is not None)
             or raw.type != socket.SOCK_STREAM
         ):
             return None
@@ -178,50 +185,46 @@ class Response:
         # The socket is the body's alone from here. aiohttp's protocol outlives a response on
         # a pooled connection: an earlier response still draining its buffer resumes reading
         # through it, and the event loop would then take bytes from under the body. Parked on a
-        # protocol of its own, the transport stays paused and open for the hand back.
+        # protocol of its own, the transport (plain or TLS) stays paused and open for the hand
+        # back.
         internals.swap_protocol(transport, proto, asyncio.Protocol())
-        body = bodies.SocketBody(
-            sock,
-            remaining,
-            block_bytes,
-            poll_s,
-            stall_s=self._stall_s,
-            url=self.url,
-            use_pipe=use_pipe,
-        )
+        body = make(sock, remaining, layer)
         self._taken = (transport, proto, body)
         return head, body
+
+    def take_socket(
+        self, *, block_bytes: int, poll_s: float, use_pipe: bool = True
+    ) -> tuple[bytes, bodies.SocketBody] | None:
+        """Hand the rest of a plain-TCP body to a SocketBody: (bytes aiohttp already buffered,
+        body). None over TLS or where the connection cannot be taken over."""
+
+        def make(sock: socket.socket, remaining: int, _: object) -> bodies.SocketBody:
+            return bodies.SocketBody(
+                sock,
+                remaining,
+                block_bytes,
+                poll_s,
+                stall_s=self._stall_s,
+                url=self.url,
+                use_pipe=use_pipe,
+            )
+
+        return self._take_stream(make, tls=False)
 
     def take_tls(self, *, block_bytes: int, poll_s: float) -> tuple[bytes, tlsbody.TlsBody] | None:
         """Hand the rest of an HTTPS body to a TlsBody, decrypted in worker threads: (bytes
         aiohttp already buffered, body). None over plain TCP, or where the connection or its
         TLS layer cannot be taken over."""
-        found = self._takeover()
-        if found is None:
-            return None
-        transport, proto, length = found
-        raw = transport.get_extra_info("socket")
-        layer = internals.tls_layer_of(transport)
-        if layer is None or raw is None or raw.type != socket.SOCK_STREAM:
-            return None
-        try:
-            sock = socket.socket(fileno=os.dup(raw.fileno()))
-        except OSError:
-            return None
-        try:
-            head = self._drain()
-        except ModelhaulError:  # what _drain raises; the duplicate must not leak
-            sock.close()
-            raise
-        internals.stop_parser(proto)
-        remaining = length - self._resp.content.total_bytes
-        # As in take_socket: parked on a protocol of its own, the TLS transport stays paused.
-        internals.swap_protocol(transport, proto, asyncio.Protocol())
-        body = tlsbody.TlsBody(
-            sock, layer, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url
-        )
-        self._taken = (transport, proto, body)
-        return head, body
+
+        def make(
+            sock: socket.socket, remaining: int, layer: internals.TlsLayer | None
+        ) -> tlsbody.TlsBody:
+            assert layer is not None  # _take_stream gives up without one
+            return tlsbody.TlsBody(
+                sock, layer, remaining, block_bytes, poll_s, stall_s=self._stall_s, url=self.url
+            )
+
+        return self._take_stream(make, tls=True)
 
     def take_body(self, *, block_bytes: int, blocks: int) -> tuple[bytes, bodies.BodyPump] | None:
         """Hand the rest of the body to a BodyPump: (bytes aiohttp already buffered, pump).
@@ -242,7 +245,7 @@ class Response:
             remaining, block_bytes=block_bytes, blocks=blocks, stall_s=self._stall_s
         )
         self._taken = (transport, proto, pump)
-        # As in take_socket: an earlier response on this connection may still pause or resume
+        # As in _take_stream: an earlier response on this connection may still pause or resume
         # reading through aiohttp's protocol; the swap takes the transport from it, release()
         # and close() give it back.
         internals.swap_protocol(transport, proto, pump)

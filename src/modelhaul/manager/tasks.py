@@ -40,6 +40,8 @@ class TaskInfo:
 
 
 @dataclass(slots=True, eq=False)
+# A record of its own facts: its fields look like other records' (AvailabilityEvent) only
+# in shape.
 class Task:
     """One download as the manager tracks it; changed only on the manager's loop."""
 

@@ -99,6 +99,8 @@ class Segment:
 class SegmentScheduler:
     """Hands out segments of ``[0, size)`` minus what is already held."""
 
+    # Each argument kept as a field: a shape every constructor repeats (Transport's too),
+    # not logic to share.
     def __init__(
         self,
         size: int,

@@ -56,6 +56,8 @@ class JobRunner:
 
     # ------------------------------------------------------------------ adding
 
+    # The request's fields by name, as the route's body names them: alike other signatures
+    # in shape only.
     def add_url(
         self,
         url: str,
@@ -184,6 +186,8 @@ class JobRunner:
                 if not jobs:
                     del self._by_task[tid]
 
+    # Keyword calls alike others' (the manager's download, the routes') in shape only: a Job
+    # is rebuilt from its saved row, field by field.
     def _restore(self, row: JobRow) -> None:
         assert row.id is not None
         job = Job(

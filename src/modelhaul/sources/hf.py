@@ -62,6 +62,7 @@ def parse_hf_uri(text: str) -> HubRef:
 class HubSource:
     """Resolves a HubRef to a ModelSpec through the Hub API."""
 
+    # Signature alike other constructors' (Downloader's) in shape only: its own settings.
     def __init__(
         self,
         *,

@@ -105,6 +105,7 @@ class _Pull:
 class ModelAvailability:
     """Tracks and provides models for an application."""
 
+    # Signature alike other constructors' (HttpError's) in shape only: its own collaborators.
     def __init__(
         self,
         root: Path,

@@ -93,7 +93,7 @@ class ModelPuller:
     (``fleet.routing``, issue 17).
     """
 
-    def __init__(
+    def __init__(  # its arguments kept as fields: alike SocketBody's in shape only
         self,
         root: Path,
         manager: DownloadManager,

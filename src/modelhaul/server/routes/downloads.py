@@ -61,6 +61,8 @@ async def get_download(download_id: DownloadId, service: ServiceDep) -> dict[str
     return service.download(download_id)
 
 
+# One function a route, not a loop over a table: FastAPI takes each docstring as the
+# route's OpenAPI description, and each calls its own service method.
 @_steer("pause")
 async def pause(download_id: DownloadId, service: ServiceDep) -> dict[str, Any]:
     """Stop fetching, keep the partial data."""

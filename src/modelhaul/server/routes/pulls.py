@@ -12,6 +12,7 @@ from .deps import ServiceDep, TrustedDep, queue_route, queued
 router = APIRouter()
 
 
+# Alike add_download in shape only: each route takes its own body and queues its own job.
 @queue_route(router, "/api/pulls")
 async def pull_model(
     body: PullModel, response: Response, service: ServiceDep, local: TrustedDep
