@@ -171,6 +171,7 @@ class Downloader(AsyncResource):
             sweep_orphans(part.parent)
         merged = {k: v for k, v in self.config.headers}
         merged.update(headers or {})
+        # The download's arguments by name, into the one value that holds them (alike in shape only).
         facts = TransferFacts(
             url=url,
             part=part,
