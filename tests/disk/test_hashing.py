@@ -3,7 +3,6 @@ whatever pieces the bytes arrive in (received buffers, blocks read back, a growi
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import random
@@ -74,41 +73,6 @@ async def test_prefix_hasher_reports_a_file_shorter_than_promised(tmp_path: Path
     try:
         with pytest.raises(OSError, match="end of file"):
             await hasher.digest(path.stat().st_size + 100)
-    finally:
-        await hasher.aclose()
-        os.close(fd)
-
-
-async def test_a_wait_for_the_hash_ends_once_it_caught_up(tmp_path: Path) -> None:
-    data = os.urandom(6 * 1024 * 1024)
-    path = tmp_path / "f"
-    path.write_bytes(data)
-    fd = os.open(path, os.O_RDONLY)
-    hasher = PrefixHasher(fd)
-    try:
-        hasher.advance(len(data))
-        async with asyncio.timeout(30):
-            await hasher.wait_unhashed_below(1024 * 1024)
-        assert hasher.unhashed_bytes < 1024 * 1024
-        assert hasher.hashed_bytes > len(data) - 1024 * 1024
-        assert await hasher.digest(len(data)) == hashlib.sha256(data).hexdigest()
-    finally:
-        await hasher.aclose()
-        os.close(fd)
-
-
-async def test_a_wait_for_the_hash_ends_when_hashing_fails(tmp_path: Path) -> None:
-    path = tmp_path / "f"
-    path.write_bytes(b"x" * 1000)
-    fd = os.open(path, os.O_RDONLY)
-    hasher = PrefixHasher(fd)
-    try:
-        hasher.advance(5000)  # more than the file holds: the hash thread fails at its end
-        async with asyncio.timeout(30):
-            await hasher.wait_unhashed_below(1)
-        assert hasher.unhashed_bytes > 0
-        with pytest.raises(OSError):
-            await hasher.digest(5000)
     finally:
         await hasher.aclose()
         os.close(fd)

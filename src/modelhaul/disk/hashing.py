@@ -114,22 +114,6 @@ class PrefixHasher:
     def hashed_bytes(self) -> int:
         return self._pos
 
-    @property
-    def unhashed_bytes(self) -> int:
-        """Announced final by ``advance`` but not hashed yet. Read without the lock: a hint
-        that may be a moment old, cheap enough to ask after every receive."""
-        return self._target - self._pos
-
-    async def wait_unhashed_below(self, limit: int) -> None:
-        """Wait until fewer than ``limit`` announced bytes are left to hash, or hashing ended
-        (closed or failed: ``digest`` reports that)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        with self._lock:
-            self._waiters.append((loop, fut, self._target - limit + 1))
-            self._wake_locked()
-        await fut
-
     def advance(self, end: int) -> None:
         """The bytes before ``end`` are final; hash them in the background. Never blocks."""
         with self._lock:

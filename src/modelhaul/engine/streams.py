@@ -10,7 +10,6 @@ only a length check, the limiter and a list append.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -40,14 +39,6 @@ _PUMP_BLOCK_BYTES = 512 * 1024
 # What a blocking receive asks for first, and the least it asks for (SocketBody).
 _SOCKET_FIRST_ASK = 1024 * 1024
 _SOCKET_MIN_ASK = 64 * 1024
-# How far the SHA-256 of the completed prefix may fall behind before the receives wait for it.
-# On a fast link the one hash thread is the slowest part, and left alone the scheduler gives it
-# about half a core against the receive threads and the server: it then finished 1-3 s after
-# the last byte of 4 GiB (one core idle meanwhile). Held within this, the end waits for at
-# most ~0.1 s of hashing; on a link slower than the hash it never binds.
-_HASH_LAG_BYTES = 64 * 1024 * 1024
-# A wait ends at this at the latest (the hash threads are shared by every download).
-_HASH_WAIT_MAX_S = 2.0
 # Journal saves the bytes trigger are at least this far apart: at hundreds of MB/s every
 # journal_every_bytes would be dozens of file replacements a second on the event loop.
 _JOURNAL_MIN_GAP_S = 0.25
@@ -185,7 +176,6 @@ class Streams:
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
                     return
-                await _let_hash_catch_up(t)
                 got = await pump.next_block(BATCH_MAX_AGE_S, resp.url)
                 if got is None:
                     raise TruncatedBody(
@@ -248,7 +238,6 @@ class Streams:
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
                     return
-                await _let_hash_catch_up(t)
                 at = seg.pos
                 want = min(ask, stop - at)
                 seg.claimed = at + want
@@ -292,8 +281,12 @@ class Streams:
         Returns the bytes written since the journal was last saved."""
         if since_journal >= self.config.segments.journal_every_bytes:
             if time.monotonic() - t.journal_saved_at >= _JOURNAL_MIN_GAP_S:
-                save_journal(t)
-            since_journal = 0  # else the next trigger or the tick saves it (journal_dirty)
+                save_journal(t)  # which advances the writeback too
+            elif t.writeback is not None:
+                # The save waits for the next trigger or the tick (journal_dirty); the disk
+                # need not: what is left dirty at the end is what the final fsync waits for.
+                t.writeback.advance(t.state.done)
+            since_journal = 0
         if t.facts.expected_size is not None and seg.pos > t.facts.expected_size:
             raise IntegrityError(f"{t.dest.name}: the server sent more than expected")
         return since_journal
@@ -338,17 +331,6 @@ class Streams:
         t.journal_dirty = True
         if t.hasher is not None:
             t.hasher.advance(state.done.prefix_end())
-
-
-async def _let_hash_catch_up(t: Transfer) -> None:
-    """Before the next receive: when the prefix hash trails by more than _HASH_LAG_BYTES,
-    wait until it is back within half of that (two int reads when it is not)."""
-    hasher = t.hasher
-    if hasher is None or hasher.unhashed_bytes <= _HASH_LAG_BYTES:
-        return
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(_HASH_WAIT_MAX_S):
-            await hasher.wait_unhashed_below(_HASH_LAG_BYTES // 2)
 
 
 async def _outcome_of(job: Future[int]) -> int:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 
-from ..config import DownloadConfig
+from ..config import DownloadConfig, MiB
 from ..errors import (
     HTTPStatusError,
     ModelhaulError,
@@ -34,6 +34,12 @@ from .streams import Streams
 from .transfer import UNKNOWN_END, Transfer, retry_of, route, settle
 
 _TICK_S = 0.1
+# The chunks in flight at the end complete together (idle connections steal their tails), so
+# the hashed prefix jumps by about half of them at the last byte: 16 connections x 64 MiB
+# left ~0.5 GiB to hash after the last byte of 4 GiB. When that much is in flight, the last
+# chunks get smaller, down to this, so the end leaves a few MiB per connection.
+_END_CHUNK_BYTES = 4 * MiB
+_END_IN_FLIGHT_BYTES = 256 * MiB
 
 
 class Workers:
@@ -200,6 +206,9 @@ class Workers:
             await asyncio.sleep(_TICK_S)
             now = time.monotonic()
             emit_progress(t)
+            if t.sched is not None and t.size is not None and seg_cfg.chunk_bytes is None:
+                base = seg_cfg.chunk_for(t.size, t.target)
+                t.sched.set_chunk_bytes(end_chunk_bytes(base, t.sched.unassigned_bytes, t.target))
             if t.journal_dirty and now - t.journal_saved_at >= seg_cfg.journal_every_s:
                 save_journal(t)
             if not auto or t.throttled or t.sched is None:
@@ -227,6 +236,16 @@ class Workers:
             level_start, window_start = now, None
 
 
+def end_chunk_bytes(chunk_bytes: int, unassigned_bytes: int, connections: int) -> int:
+    """The chunk to hand out next: ``chunk_bytes``, or less near the end of a file whose
+    chunks in flight would hold more than _END_IN_FLIGHT_BYTES (then each connection's next
+    chunk is its share of what is left, no less than _END_CHUNK_BYTES)."""
+    if chunk_bytes * connections <= _END_IN_FLIGHT_BYTES:
+        return chunk_bytes
+    share = unassigned_bytes // max(1, connections)
+    return max(_END_CHUNK_BYTES, min(chunk_bytes, share - share % MiB))
+
+
 def _primary_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     """The error to report from a torn-down task group: ours first, the first one seen."""
     flat: list[BaseException] = []
@@ -248,4 +267,4 @@ def _primary_error(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     return flat[0] if flat else eg
 
 
-__all__ = ["Workers"]
+__all__ = ["Workers", "end_chunk_bytes"]
