@@ -24,6 +24,7 @@ from helpers import download_config as config
 from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
 from modelhaul.http import bodies as transport
+from modelhaul.http import response as response_module
 from modelhaul.http import tlsbody
 from modelhaul.http.response import Response
 from origin import Fault, Origin
@@ -55,6 +56,7 @@ def takeovers(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(transport, "BodyPump", CountingPump)
     monkeypatch.setattr(transport, "SocketBody", CountingSocket)
     monkeypatch.setattr(tlsbody, "TlsBody", CountingTls)
+    monkeypatch.setattr(response_module, "TLS_IN_THREADS", True)  # off by default
     return made
 
 

@@ -30,13 +30,19 @@ from .receive import POLL_S
 _Body = TypeVar("_Body", bound=bodies.SocketBody)
 
 
+# HTTPS bodies decrypted in worker threads (a TlsBody) cost less CPU, but took longer on the quiet
+# benchmark: case E (1 GiB over HTTPS, 20 MB/s per connection, 30 ms) 5.06 s against 3.13 s with
+# the event loop's BodyPump, medians of 3. Off until the cause is found; tests turn it on.
+TLS_IN_THREADS = False
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BulkReceive:
     """How the rest of a large body may be received past aiohttp (Response.take_over).
 
     Attributes:
         thread_block_bytes: The block of blocking receives in worker threads (a SocketBody
-            over plain HTTP; over TLS a TlsBody, for which it is only the most one receive
+            over plain HTTP; over TLS, with TLS_IN_THREADS, a TlsBody, for which it is the most one receive
             asks for); None where the bytes must pass through the event loop (say, an
             in-order hash reads them there).
         use_pipe: Splice through a pipe where the system allows (False once the file's
@@ -146,7 +152,7 @@ class Response:
             by_thread = self.take_socket(
                 block_bytes=how.thread_block_bytes, poll_s=POLL_S, use_pipe=how.use_pipe
             )
-            if by_thread is None:
+            if by_thread is None and TLS_IN_THREADS:
                 by_thread = self.take_tls(block_bytes=how.thread_block_bytes, poll_s=POLL_S)
             if by_thread is not None:
                 return by_thread

@@ -8,7 +8,9 @@ HTTP: the socket's bytes go into the connection's own memory BIO and OpenSSL dec
 straight into a lent stage buffer that is then written to the file (``SSLObject.read`` and
 ``recv`` release the GIL), so the loop only hears of whole receive jobs. Measured (1 GiB over
 HTTPS, 32 connections): the loop thread's CPU went from 1.6-1.8 s to 0.55 s (0.35 s of it
-start-up), the process's from 3.6 to 3.3 CPU-s, peak RSS from 118 to 98 MiB.
+start-up), the process's from 3.6 to 3.3 CPU-s, peak RSS from 118 to 98 MiB. But on the quiet
+benchmark (case E, 20 MB/s per connection) it took 5.06 s where the loop's BodyPump took 3.13 s,
+so Response.take_over uses it only with ``response.TLS_IN_THREADS`` set (off by default).
 
 The TLS state stays the connection's: ciphertext fed to the BIO and not decrypted remains there
 for asyncio, so a body received exactly to its end leaves the connection ready for the next
