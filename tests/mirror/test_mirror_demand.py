@@ -55,13 +55,17 @@ def test_a_wanted_range_inside_a_long_segment_in_flight_splits_it() -> None:
     assert sched.next_nowait() is None
 
 
+def two_connection_mirror(hub: FakeHub, tmp_path: Path, chunk_bytes: int) -> ServerThread:
+    """A mirror whose engine fetches with two connections of ``chunk_bytes`` chunks."""
+    config = service_config(tmp_path, hf_endpoint=hub.endpoint)
+    segments = replace(config.download.segments, connections=2, chunk_bytes=chunk_bytes)
+    return ServerThread(replace(config, download=replace(config.download, segments=segments)))
+
+
 @pytest.fixture
 def slow_mirror(hub: FakeHub, tmp_path: Path) -> Iterator[ServerThread]:
     """Two connections of 4 MiB chunks: plan order is slow and predictable."""
-    config = service_config(tmp_path, hf_endpoint=hub.endpoint)
-    segments = replace(config.download.segments, connections=2, chunk_bytes=4 * MiB)
-    config = replace(config, download=replace(config.download, segments=segments))
-    with ServerThread(config) as server:
+    with two_connection_mirror(hub, tmp_path, 4 * MiB) as server:
         yield server
 
 
@@ -122,10 +126,7 @@ def test_with_every_connection_busy_a_want_shortens_the_longest_segment() -> Non
 @pytest.fixture
 def busy_mirror(hub: FakeHub, tmp_path: Path) -> Iterator[ServerThread]:
     """Two connections of 32 MiB chunks: each busy for 16 s at 2 MiB/s."""
-    config = service_config(tmp_path, hf_endpoint=hub.endpoint)
-    segments = replace(config.download.segments, connections=2, chunk_bytes=32 * MiB)
-    config = replace(config, download=replace(config.download, segments=segments))
-    with ServerThread(config) as server:
+    with two_connection_mirror(hub, tmp_path, 32 * MiB) as server:
         yield server
 
 

@@ -17,10 +17,9 @@ MiB = 1024 * 1024
 URL = "/hf/org/big/resolve/main/model.safetensors"
 
 
-def test_a_mirror_killed_mid_fetch_resumes_from_the_journal(hub: FakeHub, tmp_path: Path) -> None:
-    big = random.Random(11).randbytes(40 * MiB)
-    sha = hashlib.sha256(big).hexdigest()
-    hub.add_repo("org/big", {"model.safetensors": big})
+def kill_mid_fetch(hub: FakeHub, tmp_path: Path, sha: str, size: int) -> int:
+    """Start a mirror, let a client's GET bring 12 MiB of the file upstream, then kill -9 the
+    mirror; returns how many connections it had opened to the CDN."""
     hub.set_speed_limit(2 * MiB)
     first = ServerProcess(tmp_path, "--upstream", hub.endpoint)
     try:
@@ -35,8 +34,16 @@ def test_a_mirror_killed_mid_fetch_resumes_from_the_journal(hub: FakeHub, tmp_pa
             first.kill()
     finally:
         first.kill()
-    assert hub.cdn_bytes(sha) < len(big), "killed before the upstream was done"
+    assert hub.cdn_bytes(sha) < size, "killed before the upstream was done"
     hub.set_speed_limit(None)
+    return connections
+
+
+def test_a_mirror_killed_mid_fetch_resumes_from_the_journal(hub: FakeHub, tmp_path: Path) -> None:
+    big = random.Random(11).randbytes(40 * MiB)
+    sha = hashlib.sha256(big).hexdigest()
+    hub.add_repo("org/big", {"model.safetensors": big})
+    connections = kill_mid_fetch(hub, tmp_path, sha, len(big))
 
     second = ServerProcess(tmp_path, "--upstream", hub.endpoint)
     try:
@@ -55,22 +62,7 @@ def test_a_restarted_mirror_resumes_its_fetches_before_any_client_asks(
     big = random.Random(12).randbytes(40 * MiB)
     sha = hashlib.sha256(big).hexdigest()
     commit = hub.add_repo("org/big", {"model.safetensors": big})
-    hub.set_speed_limit(2 * MiB)
-    first = ServerProcess(tmp_path, "--upstream", hub.endpoint)
-    try:
-        with (
-            httpx.Client(base_url=first.url, timeout=30) as c,
-            contextlib.suppress(httpx.HTTPError),
-            c.stream("GET", URL) as resp,
-        ):
-            assert resp.status_code == 200
-            hub.wait_bytes(sha, 12 * MiB, timeout_s=60, site="cdn")
-            connections = sum(1 for r in hub.requests if r.site == "cdn" and r.method == "GET")
-            first.kill()
-    finally:
-        first.kill()
-    assert hub.cdn_bytes(sha) < len(big), "killed before the upstream was done"
-    hub.set_speed_limit(None)
+    connections = kill_mid_fetch(hub, tmp_path, sha, len(big))
 
     store = Path(os.environ["HF_HUB_CACHE"]) / "models--org--big"
     second = ServerProcess(tmp_path, "--upstream", hub.endpoint)

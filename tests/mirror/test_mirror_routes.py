@@ -258,14 +258,21 @@ def test_upstream_down_serves_the_store_and_504s_the_rest(
         assert "unreachable" in answer.headers["X-Error-Message"]
 
 
-def test_upstream_down_a_whole_model_is_still_served_in_full(
-    paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path
-) -> None:
+def mirror_then_stop_upstream(paged_hub: FakeHub, tmp_path: Path) -> str:
+    """Pull org/model through the mirror once, wait for its listing, stop the upstream: the
+    commit."""
     commit = paged_hub.add_repo("org/model", FILES)
     snapshot_download("org/model", cache_dir=tmp_path / "a")
     listing = store_root() / "models--org--model" / "trees" / f"{commit}.json"
     wait_until(listing.exists, 20, "the mirror keeps the Hub's listing of the commit")
     paged_hub.stop()
+    return commit
+
+
+def test_upstream_down_a_whole_model_is_still_served_in_full(
+    paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path
+) -> None:
+    commit = mirror_then_stop_upstream(paged_hub, tmp_path)
 
     fresh = Path(snapshot_download("org/model", cache_dir=tmp_path / "b"))
 
@@ -280,11 +287,7 @@ def test_upstream_down_a_whole_model_is_still_served_in_full(
 def test_upstream_down_the_tree_is_paged_as_the_hub_pages_it(
     paged_hub: FakeHub, mirror: ServerThread, tmp_path: Path
 ) -> None:
-    commit = paged_hub.add_repo("org/model", FILES)
-    snapshot_download("org/model", cache_dir=tmp_path / "a")
-    listing = store_root() / "models--org--model" / "trees" / f"{commit}.json"
-    wait_until(listing.exists, 20, "the mirror keeps the Hub's listing of the commit")
-    paged_hub.stop()
+    commit = mirror_then_stop_upstream(paged_hub, tmp_path)
     mirror._server.config.app.state.mirror.tree_page_size = 2  # the Hub's is 1000
     api = HfApi(endpoint=f"{mirror.url}/hf")
 
