@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,6 +69,21 @@ def slow_mirror(hub: FakeHub, tmp_path: Path) -> Iterator[ServerThread]:
         yield server
 
 
+def read_range(
+    c: httpx.Client, url: str, start: int, end: int, upstream: Callable[[], int]
+) -> tuple[float, int, bytes]:
+    """GET bytes [start, end) of ``url``: (seconds to the first body bytes, upstream bytes
+    fetched by then, the body)."""
+    began = time.monotonic()
+    with c.stream("GET", url, headers={"Range": f"bytes={start}-{end - 1}"}) as resp:
+        assert resp.status_code == 206
+        chunks = resp.iter_raw()
+        first = next(chunks)
+        first_at = time.monotonic() - began
+        upstream_then = upstream()
+        return first_at, upstream_then, first + b"".join(chunks)
+
+
 def test_a_range_near_the_end_of_a_cold_file_comes_first(
     hub: FakeHub, slow_mirror: ServerThread
 ) -> None:
@@ -78,17 +93,8 @@ def test_a_range_near_the_end_of_a_cold_file_comes_first(
     hub.set_speed_limit(4 * MiB)  # per connection: plan order reaches the tail after ~7 s
     start, end = len(big) - 8 * MiB, len(big) - 7 * MiB
     url = "/hf/org/tail/resolve/main/model.safetensors"
-    began = time.monotonic()
-    with (
-        httpx.Client(base_url=slow_mirror.url, timeout=60) as c,
-        c.stream("GET", url, headers={"Range": f"bytes={start}-{end - 1}"}) as resp,
-    ):
-        assert resp.status_code == 206
-        chunks = resp.iter_raw()
-        first = next(chunks)
-        first_at = time.monotonic() - began
-        upstream_then = hub.cdn_bytes(sha)
-        body = first + b"".join(chunks)
+    with httpx.Client(base_url=slow_mirror.url, timeout=60) as c:
+        first_at, upstream_then, body = read_range(c, url, start, end, lambda: hub.cdn_bytes(sha))
     assert body == big[start:end]
 
     # Plan order would have fetched the 56 MiB before the range first.
@@ -146,14 +152,7 @@ def test_a_range_asked_mid_flight_does_not_wait_for_a_whole_chunk(
         next(whole.iter_raw())
         # The first request (8 MiB) done, both connections are on 32 MiB chunks.
         hub.wait_bytes(sha, 20 * MiB, timeout_s=30, site="cdn")
-        began = time.monotonic()
-        with c.stream("GET", url, headers={"Range": f"bytes={start}-{end - 1}"}) as resp:
-            assert resp.status_code == 206
-            chunks = resp.iter_raw()
-            first = next(chunks)
-            first_at = time.monotonic() - began
-            upstream_then = hub.cdn_bytes(sha)
-            body = first + b"".join(chunks)
+        first_at, upstream_then, body = read_range(c, url, start, end, lambda: hub.cdn_bytes(sha))
     assert body == big[start:end]
 
     # Without room made, both 32 MiB chunks (64 MiB, 16 s) come before the range.
