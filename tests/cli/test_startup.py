@@ -113,8 +113,7 @@ def test_get_help_loads_neither_the_transport_nor_the_hub_client() -> None:
     assert loaded(modules, HEAVY + ENGINE) == []
 
 
-# demo runs its own origin server in-process: its module imports aiohttp's web server by design.
-@pytest.mark.parametrize("command", [c for c in COMMANDS if c not in ("get", "demo")])
+@pytest.mark.parametrize("command", [c for c in COMMANDS if c != "get"])
 def test_every_commands_help_parses_without_anything_heavy(command: str) -> None:
     proc, modules = run_traced(command, "--help")
 

@@ -13,24 +13,18 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..config import DownloadConfig, ManagerConfig, RetryPolicy, SegmentPolicy, Timeouts
 from ..errors import Cancelled, InvalidInput, ModelhaulError, human_bytes, plural
 from ..events import EventKind, Result, TaskEvent
-from ..http.demo_origin import (
-    RETRY_AFTER_S,
-    DemoContent,
-    DemoFaults,
-    DemoOrigin,
-    DemoStats,
-    InjectedFault,
-)
-from ..manager.downloads import DownloadManager
 from ..policy.units import parse_size
 from .output import make_renderer
 from .render import JsonRenderer, Renderer
 from .words import cli_error
+
+if TYPE_CHECKING:  # the origin and the manager load aiohttp: only a run imports them
+    from ..http.demo_origin import DemoFaults, DemoStats, InjectedFault
 
 DEFAULT_SIZE = "256M"
 STALL_TIMEOUT_S = 2.0
@@ -74,6 +68,8 @@ def _size(text: str) -> int:
 
 
 async def run(args: argparse.Namespace) -> int:
+    from ..http.demo_origin import DemoContent, DemoFaults, DemoOrigin
+
     try:
         size = _size(args.size)
     except ModelhaulError as exc:
@@ -113,6 +109,8 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _download(url: str, folder: Path, expected: str, renderer: Renderer) -> Result:
+    from ..manager.downloads import DownloadManager
+
     config = DownloadConfig(
         retry=RetryPolicy(retries=DEMO_RETRIES),
         timeouts=Timeouts(stall_s=STALL_TIMEOUT_S, connect_s=10.0),
@@ -156,6 +154,8 @@ def fault_line(fault: InjectedFault, faults: DemoFaults) -> str:
             f"fault injected: the origin stalled {into} into {span} "
             f"(silent for {faults.stall_s:g} s; the stall timeout is {STALL_TIMEOUT_S:g} s)"
         )
+    from ..http.demo_origin import RETRY_AFTER_S
+
     return f"fault injected: the origin answered HTTP 503 (Retry-After: {RETRY_AFTER_S})"
 
 
