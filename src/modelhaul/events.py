@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ModelhaulError
+from .policy.slices import PeerDrop
 from .remedies import Words
 
 
@@ -64,6 +65,8 @@ class FileEvent:
     # With DONE: where the bytes came from (peers, issue 17), None when nothing was fetched.
     bytes_from_peers: int | None = None
     bytes_from_upstream: int | None = None
+    # With DONE: the peers left out while fetching this file, and why (issue 17).
+    dropped_peers: tuple[PeerDrop, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.phase is FilePhase.QUEUED) != (self.download_id is not None):

@@ -20,6 +20,7 @@ class LyingPeer:
         self.host = host
         self.url = ""
         self.bytes_lied = 0
+        self.asked: list[str] = []  # the path of every request, in order
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
@@ -55,6 +56,7 @@ class LyingPeer:
             await runner.cleanup()
 
     async def _forward(self, request: web.Request, session: ClientSession) -> web.StreamResponse:
+        self.asked.append(request.path)
         headers = {k: v for k, v in request.headers.items() if k.lower() in _PASSED}
         async with session.request(
             request.method, self.target + request.raw_path, headers=headers, allow_redirects=False

@@ -27,6 +27,9 @@ def _pull(*args: str, **env: str) -> tuple[int, dict[str, object]]:
         (("--peers", "http://10.0.0.2:8471,ftp://x"), {}, "--peers"),
         ((), {"MODELHAUL_PEERS": "ftp://x"}, "--peers"),
         (("--peers", "http://10.0.0.2:8471", "--slice-size", "1K"), {}, "--slice-size"),
+        # The service would pull without them: refused, not ignored.
+        (("--via-server", "--peers", "http://10.0.0.2:8471"), {}, "--via-server"),
+        (("--via-server", "--slice-size", "1M"), {}, "--via-server"),
     ],
 )
 def test_bad_peer_options_fail_as_invalid_input(

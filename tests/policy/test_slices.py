@@ -10,6 +10,9 @@ from modelhaul.errors import NetworkError, StallTimeout
 from modelhaul.policy.slices import (
     MAX_IDLE_CLOSES,
     SLICE_HEADER,
+    DropReason,
+    PeerDrop,
+    Served,
     SliceRouter,
     owners,
     slice_span,
@@ -47,13 +50,16 @@ def test_slice_span_clips_the_last_slice() -> None:
     assert slice_span(2, 10, 25) == (20, 25)
 
 
-def _router(size: int = 100, peers: list[str] = PEERS) -> SliceRouter:
+def _router(
+    size: int = 100, peers: list[str] = PEERS, dropped: dict[str, PeerDrop] | None = None
+) -> SliceRouter:
     return SliceRouter(
         sha256=SHA,
         size=size,
         slice_bytes=10,
         peer_urls={p: f"{p}/hf/file" for p in peers},
         upstream_url="http://hub/file",
+        dropped=dropped,
     )
 
 
@@ -85,6 +91,25 @@ def test_a_failed_peer_is_dropped_and_its_slices_go_to_the_next_owner_then_upstr
     )
     assert r.settle(3, 7, None) is None
     assert (r.bytes_from_peers, r.bytes_from_upstream) == (3, 7)
+    # The reasons are typed; what each peer sent is kept (to find a liar afterwards).
+    assert r.dropped[first].reason is DropReason.STALLED
+    assert [d.peer for d in r.drops_here()] == [first, second]
+    assert r.served == [Served(0, 3, first)]
+
+
+def test_a_peer_dropped_for_one_file_is_asked_nothing_for_the_others() -> None:
+    dropped: dict[str, PeerDrop] = {}
+    one, other = (
+        _router(peers=PEERS[:1], dropped=dropped),
+        _router(peers=PEERS[:1], dropped=dropped),
+    )
+    one.lease_nowait(0, 100)
+    one.settle(0, 0, NetworkError("connection refused", kind="refused"))
+    assert dropped[PEERS[0]].reason is DropReason.FAILED
+    assert other.lease_nowait(0, 100).peer is None
+    assert other.drops_here() == ()  # told once, by the file that dropped it
+    other.drop(PEERS[0], DropReason.LIED, "again")
+    assert dropped[PEERS[0]].reason is DropReason.FAILED  # the first reason stays
 
 
 def test_router_refuses_a_zero_slice() -> None:
@@ -106,3 +131,11 @@ def test_a_peer_closing_idle_connections_is_dropped_only_when_it_keeps_doing_it(
     r2.lease_nowait(0, 100)
     r2.settle(0, 0, NetworkError("connection refused", kind="refused"))
     assert PEERS[0] in r2.dropped
+    # A reset before the first byte is the same race (the request reached a closing socket).
+    r3 = _router(peers=PEERS[:1])
+    r3.lease_nowait(0, 100)
+    r3.settle(0, 0, NetworkError("connection reset", kind="reset"))
+    assert not r3.dropped
+    r3.lease_nowait(0, 100)
+    r3.settle(0, 5, NetworkError("connection reset", kind="reset"))  # mid-body: dropped
+    assert r3.dropped[PEERS[0]].reason is DropReason.FAILED

@@ -285,14 +285,14 @@ async def _pull(
                 renderer.notice(f"{path}: {verb} ({event.reason})")
             elif event.phase is FilePhase.DONE:
                 f = by_path[path]
-                record = {
-                    "status": "completed",
-                    "file": path,
+                record: dict[str, object] = {"status": "completed", "file": path}
+                record |= {
                     "path": str(rs.snapshot_file(spec.commit, path)),
                     "size": f.size,
                     "sha256": f.sha256 or f.blob_id,
                     "bytes_from_peers": event.bytes_from_peers or 0,
                     "bytes_from_upstream": event.bytes_from_upstream or 0,
+                    "dropped_peers": [d.to_dict() for d in event.dropped_peers],
                 }
                 renderer.file_done(path, record)
 

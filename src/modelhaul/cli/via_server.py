@@ -46,6 +46,13 @@ async def maybe_via_server(args: argparse.Namespace) -> int | None:
     try:
         if getattr(args, "header", None):
             raise InvalidInput("-H/--header cannot be used with --via-server")
+        if getattr(args, "peers", None) or getattr(args, "slice_size", None):
+            # The service pulls with its own settings: peers given here would be ignored.
+            raise InvalidInput(
+                "--peers and --slice-size cannot be used with --via-server",
+                hint="Drop --via-server to pull through peers from this process (the "
+                "service's pulls take no peers).",
+            )
         if args.command == "get":
             entries = _get_entries(args)
         elif args.command == "pull":

@@ -57,7 +57,8 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
 
 
 async def verify(t: Transfer) -> tuple[int, str]:
-    """The size and SHA-256 of the received file; a mismatch with the expected one removes it.
+    """The size and SHA-256 of the received file; a mismatch with the expected one removes it
+    (kept when the bytes came from several sources: the caller sorts them out).
 
     Raises:
         IntegrityError: the digest is not the expected SHA-256.
@@ -82,8 +83,11 @@ async def verify(t: Transfer) -> tuple[int, str]:
             t.chunk_bytes, t.chunk_xxh3 = t.hasher.chunks()
     expected = t.facts.expected_sha256
     if expected and digest != expected:
-        drop_journal(t)
-        t.facts.part.unlink(missing_ok=True)
+        if t.facts.sources is None:
+            drop_journal(t)
+            t.facts.part.unlink(missing_ok=True)
+        # else kept (its journal says every byte is held): the caller finds which source
+        # sent wrong bytes and refetches only theirs (fleet.liars).
         raise IntegrityError(
             f"SHA-256 mismatch for {t.dest.name}: expected {expected}, got {digest}"
         )

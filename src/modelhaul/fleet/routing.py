@@ -9,11 +9,11 @@ detour and go upstream.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 
 from ..errors import InvalidInput
 from ..policy.hubpaths import HubPath
-from ..policy.slices import SliceRouter, normalize_peer
+from ..policy.slices import PeerDrop, SliceRouter, normalize_peer
 from ..policy.urls import check_url
 from ..sources.model import ModelFile, ModelSpec
 
@@ -64,9 +64,14 @@ def peer_file_url(peer: str, spec: ModelSpec, f: ModelFile) -> str:
 
 
 def router_for(
-    spec: ModelSpec, f: ModelFile, peers: Sequence[str], slice_bytes: int
+    spec: ModelSpec,
+    f: ModelFile,
+    peers: Sequence[str],
+    slice_bytes: int,
+    dropped: MutableMapping[str, PeerDrop] | None = None,
 ) -> SliceRouter | None:
-    """The router of ``f``'s ranges over ``peers``; None when the file goes upstream whole."""
+    """The router of ``f``'s ranges over ``peers``; None when the file goes upstream whole.
+    ``dropped``: the peers left out so far, shared by the files of one pull."""
     if not peers or spec.source != "hf" or f.sha256 is None or f.size < MIN_PEER_FILE_BYTES:
         return None
     return SliceRouter(
@@ -75,6 +80,7 @@ def router_for(
         slice_bytes=slice_bytes,
         peer_urls={p: peer_file_url(p, spec, f) for p in peers},
         upstream_url=f.urls[0],
+        dropped=dropped,
     )
 
 

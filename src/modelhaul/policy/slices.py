@@ -19,8 +19,9 @@ the download, and counts the bytes from peers and from upstream. No I/O happens 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 
@@ -73,8 +74,37 @@ class RangeSources(Protocol):
         ...
 
 
-# Connections a peer may close before sending a byte before it is dropped (idle keep-alive
-# connections it timed out, reused at the wrong moment).
+class DropReason(StrEnum):
+    """Why a peer was left out of a pull (the ``reason`` of ``--json``'s ``dropped_peers``)."""
+
+    FAILED = "failed"  # refused, reset, answered an error or sent less than asked
+    STALLED = "stalled"  # sent nothing for the stall timeout
+    LIED = "lied"  # sent bytes that differ from the upstream's
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDrop:
+    """One peer left out of a pull: ``reason`` is typed, ``detail`` is for people."""
+
+    peer: str
+    reason: DropReason
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"peer": self.peer, "reason": self.reason.value, "detail": self.detail}
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """Bytes ``[start, stop)`` of a file as ``peer`` sent them."""
+
+    start: int
+    stop: int
+    peer: str
+
+
+# Connections a peer may close or reset before sending a byte before it is dropped (idle
+# keep-alive connections it timed out, reused at the wrong moment).
 MAX_IDLE_CLOSES = 8
 # The request header that asks a peer's mirror for one slice: the slice size in bytes.
 SLICE_HEADER = "X-Modelhaul-Slice"
@@ -100,6 +130,7 @@ class SliceRouter:
         slice_bytes: int,
         peer_urls: Mapping[str, str],
         upstream_url: str,
+        dropped: MutableMapping[str, PeerDrop] | None = None,
     ) -> None:
         if slice_bytes <= 0:
             raise ValueError(f"slice_bytes must be positive, got {slice_bytes}")
@@ -108,7 +139,11 @@ class SliceRouter:
         self.slice_bytes = slice_bytes
         self._urls = {normalize_peer(p): u for p, u in peer_urls.items()}
         self._upstream = upstream_url
-        self.dropped: dict[str, str] = {}  # peer -> why
+        # Peer -> why it was left out; shared by the files of one pull (a peer dropped for
+        # one file is asked nothing for the others).
+        self.dropped: MutableMapping[str, PeerDrop] = {} if dropped is None else dropped
+        self.served: list[Served] = []  # what each peer sent, to find a liar afterwards
+        self.dropped_here: list[str] = []  # the peers this router dropped, in order
         self.bytes_from_peers = 0
         self.bytes_from_upstream = 0
         self.bytes_by_peer: dict[str, int] = {}
@@ -145,26 +180,40 @@ class SliceRouter:
             return None
         self.bytes_from_peers += gained
         self.bytes_by_peer[peer] = self.bytes_by_peer.get(peer, 0) + gained
+        if gained:
+            self.served.append(Served(start, start + gained, peer))
         if error is None:
             return peer
-        if gained == 0 and str(getattr(error, "kind", "")) == "closed":
-            # A kept-alive connection the peer had just closed: not the peer's fault, unless
-            # it keeps happening (a dead peer is refused or reset, and dropped at once).
+        if gained == 0 and str(getattr(error, "kind", "")) in ("closed", "reset"):
+            # A kept-alive connection the peer had just closed (reset when our request reached
+            # it as it closed): not the peer's fault, unless it keeps happening (a dead peer
+            # refuses the next connection, and is dropped at once).
             self._closes[peer] = self._closes.get(peer, 0) + 1
             if self._closes[peer] <= MAX_IDLE_CLOSES:
                 return peer
-        self.drop(peer, str(error))
+        stalled = getattr(error, "category", None) == "timeout"
+        self.drop(peer, DropReason.STALLED if stalled else DropReason.FAILED, str(error))
         return peer
 
-    def drop(self, peer: str, why: str) -> None:
-        """Ask ``peer`` nothing more in this download."""
-        self.dropped.setdefault(normalize_peer(peer), why)
+    def drop(self, peer: str, reason: DropReason, detail: str) -> None:
+        """Ask ``peer`` nothing more in this pull (the first reason stays)."""
+        key = normalize_peer(peer)
+        if key not in self.dropped:
+            self.dropped[key] = PeerDrop(key, reason, detail)
+            self.dropped_here.append(key)
+
+    def drops_here(self) -> tuple[PeerDrop, ...]:
+        """The peers this router dropped (others of the pull may have dropped more)."""
+        return tuple(self.dropped[p] for p in self.dropped_here)
 
 
 __all__ = [
     "MAX_IDLE_CLOSES",
     "SLICE_HEADER",
+    "DropReason",
+    "PeerDrop",
     "RangeSources",
+    "Served",
     "SliceRouter",
     "SourceLease",
     "normalize_peer",

@@ -25,11 +25,12 @@ from ..errors import (
     human_bytes,
 )
 from ..events import FileCallback, FileEvent, FilePhase, Result
+from ..fleet.liars import LieCheck, drop_liars, hold_for_check, tell_dropped
 from ..fleet.routing import DEFAULT_SLICE_BYTES, check_slice_bytes, parse_peers, router_for
 from ..manager.downloads import DownloadManager
 from ..manager.handle import DownloadHandle
 from ..policy.paths import part_paths
-from ..policy.slices import SliceRouter
+from ..policy.slices import PeerDrop, SliceRouter
 from ..sources.model import ModelFile, ModelSpec
 from .chunks import EMPTY_GIT_OID, EMPTY_SHA256
 from .listing import (
@@ -66,6 +67,7 @@ class PullResult:
     local_dir: Path | None = None
     bytes_from_peers: int = 0
     bytes_from_upstream: int = 0
+    dropped_peers: tuple[PeerDrop, ...] = ()  # left out of the pull, and why
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -79,6 +81,7 @@ class PullResult:
             "bytes_fetched": self.bytes_fetched,
             "bytes_from_peers": self.bytes_from_peers,
             "bytes_from_upstream": self.bytes_from_upstream,
+            "dropped_peers": [d.to_dict() for d in self.dropped_peers],
             "offline": self.offline,
             "local_dir": str(self.local_dir) if self.local_dir else None,
             "error": None,
@@ -143,8 +146,12 @@ class ModelPuller:
         by_blob: dict[str, list[ModelFile]] = {}
         for f in missing:
             by_blob.setdefault(f.blob_id, []).append(f)
+        dropped: dict[str, PeerDrop] = {}  # a peer dropped for one file is for all
         results = await asyncio.gather(
-            *(self._fetch_blob(rs, files, priority, on_file, spec) for files in by_blob.values()),
+            *(
+                self._fetch_blob(rs, files, priority, on_file, spec, dropped)
+                for files in by_blob.values()
+            ),
             return_exceptions=True,
         )
         errors = [r for r in results if isinstance(r, BaseException)]
@@ -184,6 +191,7 @@ class ModelPuller:
             local_dir=local_dir,
             bytes_from_peers=from_peers,
             bytes_from_upstream=received - from_peers,
+            dropped_peers=tuple(dropped.values()),
         )
 
     async def _sort_files(
@@ -232,11 +240,13 @@ class ModelPuller:
         priority: int,
         on_file: FileCallback | None,
         spec: ModelSpec,
+        dropped: dict[str, PeerDrop],
     ) -> tuple[int, int] | None:
         """Fetch the blob of ``files`` (all share it); the bytes received for it and how many
         of them from peers, or None if another process fetched it meanwhile."""
         f = files[0]
         received: tuple[int, int] | None = (0, 0)
+        router = router_for(spec, f, self.peers, self.slice_bytes, dropped)  # None: upstream
         if f.size == 0:
             await asyncio.to_thread(_write_empty_blob, rs, f)
         else:
@@ -244,19 +254,13 @@ class ModelPuller:
                 if await _done_meanwhile(rs, f, lock):
                     received = None
                 else:
-                    router = router_for(spec, f, self.peers, self.slice_bytes)
                     received = await self._download(rs, f, priority, on_file, router)
         if on_file:
             peers, upstream = (received[1], received[0] - received[1]) if received else (0, 0)
+            drops = router.drops_here() if router else ()
             for g in files:
-                on_file(
-                    FileEvent(
-                        path=g.path,
-                        phase=FilePhase.DONE,
-                        bytes_from_peers=peers,
-                        bytes_from_upstream=upstream,
-                    )
-                )
+                done = FileEvent(path=g.path, phase=FilePhase.DONE, dropped_peers=drops)
+                on_file(replace(done, bytes_from_peers=peers, bytes_from_upstream=upstream))
         return received
 
     @staticmethod
@@ -283,12 +287,13 @@ class ModelPuller:
     ) -> tuple[int, int]:
         """Download one blob from its first URL that works, then verify and record it;
         returns the bytes received over the network for it (a resume's missing part only),
-        and how many of them came from peers (``router``: tried first; a file that fails its
-        SHA-256 through peers is fetched again from upstream alone)."""
+        and how many of them came from peers (``router``: tried first; a file failing its SHA-256
+        gets what peers sent again from upstream, and liars are dropped: fleet.liars)."""
         blob = rs.blob_path(f.blob_id)
         errors: list[ModelhaulError] = []
         received = 0
         result: Result | None = None
+        check: LieCheck | None = None
         tries = [(0, router)] if router else []
         tries += [(i, None) for i in range(len(f.urls))]
         for n, (i, sources) in enumerate(tries):
@@ -303,15 +308,12 @@ class ModelPuller:
                     sha256=f.sha256,
                     expected_size=f.size if f.size >= 0 else None,
                     headers=headers,
-                    priority=priority,
+                    priority=priority + (check is not None),  # a caught file first
                     sources=sources,
                 )
                 if on_file:
                     on_file(FileEvent(path=f.path, phase=FilePhase.QUEUED, download_id=handle.id))
-                try:
-                    result = await handle.wait()
-                finally:
-                    _tell_dropped(sources, f.path, on_file)
+                result = await handle.wait()
                 received += result.bytes_transferred
                 break
             except ModelhaulError as exc:
@@ -320,10 +322,15 @@ class ModelPuller:
                 if handle is not None:  # what a failed URL delivered was still received
                     received += self.manager.info(handle.id).bytes_received
                 errors.append(exc)
+                if (held := await hold_for_check(blob, f, sources, exc)) is not None:
+                    check = held  # upstream resends what peers sent; if that fails, all of it
+                    tries.append((0, None))
                 if on_file and n + 1 < len(tries):
                     on_file(FileEvent(path=f.path, phase=FilePhase.MIRROR, reason=exc.message))
         else:
+            tell_dropped(router, f.path, on_file)
             raise _every_url_failed(errors)
+        await drop_liars(router, check, blob, f.path, on_file)
         if not blob.is_file():
             raise ModelhaulError(f"{f.path}: the download reported success but left no file")
         if f.sha256 is None:
@@ -468,13 +475,6 @@ async def _done_meanwhile(rs: RepoStore, f: ModelFile, lock: BlobLock) -> bool:
     if not lock.waited and rs.record(f.blob_id) is None:
         return False
     return await asyncio.to_thread(blob_good, rs, f)
-
-
-def _tell_dropped(router: SliceRouter | None, path: str, on_file: FileCallback | None) -> None:
-    """Say which peers a file's download left out, and why (once per file)."""
-    if router is not None and on_file is not None:
-        for peer, why in router.dropped.items():
-            on_file(FileEvent(path=path, phase=FilePhase.MIRROR, reason=f"peer {peer}: {why}"))
 
 
 def _every_url_failed(errors: list[ModelhaulError]) -> ModelhaulError:
