@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from conftest import cli_env, modelhaul_cmd
 from fakehub import FakeHub
 from helpers import blob, sha
@@ -65,9 +67,11 @@ class Node:
         return self
 
     def sliced_bytes(self) -> int:
-        """What this node's mirror fetched upstream for peers (its slice files)."""
-        folder = self.state / "mirror-slices"
-        return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        """What this node's mirror fetched upstream for peers since it started (its counter:
+        slice files go once the node's store holds the file)."""
+        with httpx.Client(timeout=10) as client:
+            totals = client.get(f"{self.url}/api/mirror/totals").json()
+        return int(totals["slice_upstream_bytes"])
 
     def snapshot_bytes(self, repo: str, commit: str, path: str) -> bytes:
         return RepoStore(self.store, repo).snapshot_file(commit, path).read_bytes()

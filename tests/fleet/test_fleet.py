@@ -88,33 +88,44 @@ def test_eight_nodes_fetch_each_slice_upstream_once_and_share_the_uploads(
         assert per_file["model-0.safetensors"] == 24 * MiB
 
 
-@pytest.mark.timeout(300)  # sixteen processes on a shared machine
+@pytest.mark.timeout(420)  # sixteen processes and 4.5 GiB on a shared machine
 def test_the_fleet_takes_about_as_long_as_one_node_alone(hub: FakeHub, nodes: list[Node]) -> None:
-    """The upstream link (capped) is the bottleneck: eight nodes through peers need about the
-    time one node needs alone, where eight nodes each on their own would need eight times it."""
-    cap, slice_bytes = 4 * MiB, 1 * MiB
-    add_model(hub, "org/alone", 4, 8 * MiB)
+    """The issue's fleet: eight nodes pull a 4-file model of 512 MiB at once through an upstream
+    capped at 20 MiB/s. The capped link is the bottleneck: through peers eight nodes need about
+    the time one node needs alone (each on its own they would need eight times it), the upstream
+    sends the model about once, and the owners share the uploads."""
+    cap, slice_bytes, file_bytes = 20 * MiB, 2 * MiB, 128 * MiB
+    add_model(hub, "org/alone", 4, file_bytes)
     hub.set_total_speed_limit(cap)
     alone = run_pulls([start_pull(nodes[0], hub, "org/alone", None, slice_bytes)])
     _check(alone, nodes)
-    commit, files = add_model(hub, "org/together", 4, 8 * MiB)
+    commit, files = add_model(hub, "org/together", 4, file_bytes)
     size = sum(len(c) for c in files.values())
     peers = [m.url for m in nodes]
+    owned_before = [n.sliced_bytes() for n in nodes]
     pulls = run_pulls([start_pull(n, hub, "org/together", peers, slice_bytes) for n in nodes])
     _check(pulls, nodes)
     assert_every_node_has(nodes, "org/together", commit, files)
     assert upstream_bytes(hub, files) <= 1.05 * size, notices(pulls)[:20]
+    # 256 slices: each owner fetched (and so uploaded to the eight nodes) about its share.
+    owned = [n.sliced_bytes() - b for n, b in zip(nodes, owned_before, strict=True)]
+    assert max(owned) <= 2 * min(owned), owned
     slowest = max(p.wall_s for p in pulls)
-    # Sixteen processes need CPU where one waits on the link: on a machine busy with other work
-    # they queue for it. Timed against the issue's 1.3x where the load is within the cores, 3x
-    # up to twice that (still far below the 8x of every node on its own); beyond, not timed.
+    ratio = slowest / alone[0].wall_s
+    print(f"fleet: slowest {slowest:.1f} s, alone {alone[0].wall_s:.1f} s, ratio {ratio:.2f}")
+    # Sixteen processes need CPU (4 GiB received, hashed and served) where one node alone waits
+    # on the link: on a machine busy with other work they queue for the cores, and the wall
+    # time measures that queue, not the fleet. So the issue's 1.3x is asserted only while the
+    # load is within the cores, 3x up to twice that (still far below the 8x of every node on
+    # its own); beyond, the ratio is reported, not asserted.
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     if load <= 2:
         bound = 1.3 if load <= 1 else 3.0
-        assert slowest <= bound * alone[0].wall_s, (slowest, alone[0].wall_s, load)
+        assert ratio <= bound, (slowest, alone[0].wall_s, load)
     else:
         warnings.warn(
-            f"not timed: load {load:.1f} per core ({slowest:.1f} s vs {alone[0].wall_s:.1f} s)",
+            f"wall not asserted: load {load:.1f} per core; ratio {ratio:.2f} "
+            f"({slowest:.1f} s vs {alone[0].wall_s:.1f} s alone)",
             stacklevel=1,
         )
 
@@ -124,14 +135,44 @@ def test_a_lying_peer_is_caught_by_the_sha256_and_every_node_ends_byte_exact(
 ) -> None:
     repo = "org/lied-to"
     commit, files = add_model(hub, repo, 2, 4 * MiB)
+    size = sum(len(c) for c in files.values())
     with LyingPeer(nodes[-1].url, nodes[-1].host) as liar:
         peers = [m.url for m in nodes[:-1]] + [liar.url]
         pulls = run_pulls([start_pull(n, hub, repo, peers, 256 * KiB) for n in nodes[:-1]])
         assert liar.bytes_lied > 0
     _check(pulls, nodes)
     assert_every_node_has(nodes[:-1], repo, commit, files)
-    # Caught by the file's SHA-256, then fetched again from upstream alone.
+    # Caught by the file's SHA-256, then what peers sent fetched again from upstream alone.
     assert any("SHA-256 mismatch" in n for n in notices(pulls)), notices(pulls)
+    # The liar, and only the liar, is named: compared with the upstream's bytes, no honest
+    # peer's differ. Each node refetches at most what peers sent it of the files it caught.
+    blamed = [d for p in pulls for d in p.result["dropped_peers"] if d["reason"] == "lied"]
+    assert blamed and {d["peer"] for d in blamed} == {liar.url}, blamed
+    assert upstream_bytes(hub, files) <= (1.05 + len(blamed)) * size
+
+
+def test_a_liar_is_dropped_for_the_rest_of_the_pull(hub: FakeHub, nodes: list[Node]) -> None:
+    """One file at a time (-j 1) from an honest peer and a liar: the file that caught it gets
+    what peers sent again from upstream, before any file not yet started (its refetch goes
+    first), and the liar is asked nothing about those files."""
+    repo = "org/lied-to-once"
+    commit, files = add_model(hub, repo, 4, 2 * MiB)
+    with LyingPeer(nodes[-1].url, nodes[-1].host) as liar:
+        pull = run_pulls(
+            [start_pull(nodes[0], hub, repo, [nodes[1].url, liar.url], 128 * KiB, "-j", "1")]
+        )[0]
+    _check([pull], nodes)
+    assert_every_node_has(nodes[:1], repo, commit, files)
+    lfs = [name for name in files if name.endswith(".safetensors")]
+    asked = {name for name in lfs for path in liar.asked if path.endswith("/" + name)}
+    # The file in flight when the first one was caught may have asked it too; no other did.
+    assert 1 <= len(asked) <= 2, (asked, notices([pull]))
+    assert pull.result["dropped_peers"] == [
+        {"peer": liar.url, "reason": "lied", "detail": pull.result["dropped_peers"][0]["detail"]}
+    ]
+    by_file = {f["file"]: f["dropped_peers"] for f in pull.files}
+    assert sum(len(d) for d in by_file.values()) == 1  # told once, by the file that caught it
+    assert any(f"peer {liar.url}" in n and "lied" in n for n in notices([pull])), notices([pull])
 
 
 def test_skewed_peer_lists_stay_correct(hub: FakeHub, nodes: list[Node]) -> None:

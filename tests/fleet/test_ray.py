@@ -214,6 +214,16 @@ def test_the_cluster_costs_the_upstream_one_copy(pulled_a: Pulled) -> None:
     assert pulled_a.upstream_bytes <= 1.05 * size, (pulled_a.upstream_bytes, size)
     assert pulled_a.record["bytes_from_upstream"] <= 1.05 * size
     assert pulled_a.record["bytes_from_peers"] >= 2 * size * 0.95
+    # The pulls' upstream bytes leave out what each node's mirror fetched for the others; with
+    # it the record accounts for what the Hub sent.
+    mirrors = [n["mirror_bytes_from_upstream"] for n in pulled_a.record["nodes"]]
+    assert all(isinstance(m, int) for m in mirrors), mirrors
+    total = pulled_a.record["bytes_from_upstream"] + pulled_a.record["mirror_bytes_from_upstream"]
+    assert total == sum(mirrors) + pulled_a.record["bytes_from_upstream"]
+    assert 0.95 * pulled_a.upstream_bytes <= total <= 1.05 * pulled_a.upstream_bytes, (
+        total,
+        pulled_a.upstream_bytes,
+    )
 
 
 def test_import_and_cli_do_not_load_ray_without_the_option() -> None:

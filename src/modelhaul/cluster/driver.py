@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..errors import InvalidInput, ModelhaulError
@@ -208,6 +209,7 @@ def _pull_everywhere(
             for nid in urls
         }
         results += [_outcome(ray, nid, nodes[nid], ref) for nid, ref in pulls.items()]
+        results = _with_mirror_bytes(ray, mirrors, results)
     finally:
         _stop(ray, mirrors)
     return ClusterPullResult(
@@ -242,6 +244,21 @@ def _outcome(ray: Any, node_id: str, address: str, ref: Any) -> NodeResult:
     except ray.exceptions.RayError as exc:
         what = f"the pull task failed: {_first_line(exc)}"
     return node_failure(node_id, address, what, _RERUN_HINT)
+
+
+def _with_mirror_bytes(
+    ray: Any, mirrors: Mapping[str, Any], results: list[NodeResult]
+) -> list[NodeResult]:
+    """Each result with what its node's mirror fetched upstream for the fleet (a dead node's
+    mirror says nothing: None)."""
+    asked = {nid: actor.upstream_bytes.remote() for nid, actor in mirrors.items()}
+    fetched: dict[str, int | None] = {}
+    for nid, ref in asked.items():
+        try:
+            fetched[nid] = ray.get(ref, timeout=MIRROR_STOP_S)
+        except ray.exceptions.RayError:
+            fetched[nid] = None
+    return [replace(r, mirror_bytes_from_upstream=fetched.get(r.node_id)) for r in results]
 
 
 def _stop(ray: Any, mirrors: Mapping[str, Any]) -> None:

@@ -113,13 +113,14 @@ class Mirror:
     ) -> None:
         options = {"host": node_address(), "port": 0, "json": True, "upstream": upstream}
         args = ["serve", *options_argv(options)]
+        self._env = node_env(store_root=store_root, endpoint=upstream)
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - kept open while the mirror runs
         self._proc = subprocess.Popen(
             modelhaul_argv(*args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            env=node_env(store_root=store_root, endpoint=upstream),
+            env=self._env,
             text=True,
         )
         self._url = self._wait_listening(start_timeout_s)
@@ -156,6 +157,26 @@ class Mirror:
 
     def url(self) -> str:
         return self._url
+
+    def upstream_bytes(self) -> int | None:
+        """What the mirror fetched upstream since it started (slices for peers included), as
+        its ``GET /api/mirror/totals`` says; None when it does not say (gone, or older)."""
+        import urllib.request
+
+        from ..config import default_state_dir
+        from ..errors import ModelhaulError
+        from ..server.security import read_token, token_path
+
+        request = urllib.request.Request(f"{self._url}/api/mirror/totals")
+        try:
+            token = read_token(token_path(default_state_dir(self._env)))
+            if token:  # needed off loopback
+                request.add_header("Authorization", f"Bearer {token}")
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                value = json.loads(answer.read()).get("upstream_bytes")
+        except (ModelhaulError, OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, int) else None
 
     def stop(self) -> int | None:
         """Stop the service gracefully (SIGTERM), then for good after 10 s; its exit status."""

@@ -29,6 +29,9 @@ class NodeResult:
     bytes_from_peers: int = 0
     wall_s: float = 0.0
     error: dict[str, Any] | None = None
+    # What the node's mirror fetched upstream (for every node that asked it, issue 17): the
+    # pull's bytes_from_upstream leaves it out. None: the mirror did not say.
+    mirror_bytes_from_upstream: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -45,6 +48,7 @@ class NodeResult:
             "bytes_from_peers": self.bytes_from_peers,
             "wall_s": round(self.wall_s, 3),
             "error": self.error,
+            "mirror_bytes_from_upstream": self.mirror_bytes_from_upstream,
         }
 
     def describe(self) -> str:
@@ -98,6 +102,9 @@ class ClusterPullResult:
             "peers": list(self.peers),
             "bytes_from_upstream": sum(n.bytes_from_upstream for n in self.nodes),
             "bytes_from_peers": sum(n.bytes_from_peers for n in self.nodes),
+            "mirror_bytes_from_upstream": sum(
+                n.mirror_bytes_from_upstream or 0 for n in self.nodes
+            ),
             "error": error,
         }
 

@@ -227,6 +227,8 @@ class HubMirror:
         key = MirrorTraffic.key(rs)
         if await asyncio.to_thread(_vouched, rs, facts.etag, facts.size):
             self._settle(hp, rs, facts, None, auth)
+            if slice_bytes is not None and self.slices is not None:
+                self.slices.release(facts.etag)  # served from the blob from now on
             return ServedFile(facts, lambda a, b: count(key, file_chunks(blob, a, b)))
         if not fetch:
             return ServedFile(facts, _no_body)

@@ -10,17 +10,25 @@ is served from the growing slice file as bytes arrive.
 Access stays the mirror's: the route asks the upstream Hub about the file with the caller's
 token first (``HubMirror.resolve``), and the slice is fetched with that caller's own credentials.
 Nothing here is verified against the file's SHA-256 (a slice is not the file): the node that
-assembles the file does that, and fetches a file that does not match again from upstream.
+assembles the file does that, and fetches what peers sent of a file that does not match again
+from upstream (fleet.liars).
+
+Slice files are scratch: a file's slices go once its blob is in this store (the mirror then
+serves the blob, ``release``), and any slice nobody asked for in ``idle_s`` goes at the next
+``sweep`` (run at most every ``SWEEP_EVERY_S`` as slices are asked for, the first time at the
+first slice asked for after a start).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ModelhaulError, TransferError, TruncatedBody
 from ..http.session import Transport, sleep_s
@@ -38,6 +46,10 @@ MIN_SLICE_BYTES = 64 * 1024
 MAX_SLICE_BYTES = 4 * 1024**3
 _READ_BYTES = 1024 * 1024
 _MAX_KNOWN = 10_000
+# A slice nobody asked for in this long is removed (the nodes of one pull ask for it within
+# minutes of each other; a node that comes later costs the upstream that slice again).
+SLICE_IDLE_S = 3600.0
+SWEEP_EVERY_S = 60.0
 
 
 def slice_bytes_of(header: str | None) -> int | None:
@@ -72,8 +84,19 @@ class SliceFlight:
 class SliceFlights:
     """The slices this mirror fetches or holds, under ``root`` (the service's state dir)."""
 
-    def __init__(self, root: Path, *, stall_timeout_s: float = 30.0, retries: int = 3) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        stall_timeout_s: float = 30.0,
+        retries: int = 3,
+        idle_s: float = SLICE_IDLE_S,
+    ) -> None:
         self.root = root
+        self.idle_s = idle_s
+        self._swept_at: float | None = None
+        self.fetched_bytes = 0  # what slices cost the upstream since the start
+        self._released: set[str] = set()  # files whose slices went (they are in the store)
         self._transport = Transport(stall_timeout_s=stall_timeout_s)
         self._retries = retries
         self._flights: dict[Path, SliceFlight] = {}
@@ -106,11 +129,12 @@ class SliceFlights:
         flight = self._flights.get(path)
         if flight is not None:
             return flight
+        self._sweep_soon()
         start, stop = slice_span(index, slice_bytes, facts.size)
         done = asyncio.get_running_loop().create_future()
         flight = SliceFlight(path=path, start=start, stop=stop, done=done)
         done.add_done_callback(lambda f: f.cancelled() or f.exception())  # seen if unawaited
-        if _complete(path, stop - start):
+        if _complete(path, stop - start, touch=True):
             flight.received = stop - start
             done.set_result(None)
             return flight
@@ -183,9 +207,43 @@ class SliceFlights:
                 data = data[: flight.stop - flight.start - flight.received]
                 os.pwrite(fd, data, flight.received)  # the page cache: microseconds
                 flight.received += len(data)
+                self.fetched_bytes += len(data)
                 flight.grew()
         finally:
             resp.close()
+
+    def release(self, sha256: str) -> None:
+        """The file ``sha256`` is in this store now: its slices are no longer needed (those
+        under way finish for their readers and go at a later sweep)."""
+        if sha256 in self._released:
+            return
+        self._released.add(sha256)
+        busy = {p for p in self._flights if p.parent.name == sha256}
+        self._spawn(asyncio.to_thread(_remove_slices, self.root / sha256, busy, None))
+
+    async def sweep(self) -> int:
+        """Remove every slice nobody asked for in ``idle_s``; the number of files removed."""
+        self._swept_at = self._clock()
+        busy = set(self._flights)
+        oldest = time.time() - self.idle_s
+        dirs = await asyncio.to_thread(
+            lambda: list(self.root.iterdir()) if self.root.is_dir() else []
+        )
+        removed = 0
+        for d in dirs:
+            removed += await asyncio.to_thread(_remove_slices, d, busy, oldest)
+        return removed
+
+    def _sweep_soon(self) -> None:
+        if self._swept_at is None or self._clock() - self._swept_at >= SWEEP_EVERY_S:
+            self._swept_at = self._clock()
+            self._spawn(self.sweep())
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.create_task(work, name="slice-sweep")
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # best effort
 
     async def close(self) -> None:
         for runner in self._runners:
@@ -229,16 +287,46 @@ def _open_slice(flight: SliceFlight) -> int:
     raise BodyCut(f"the slice file {flight.path.name} is gone")
 
 
-def _complete(path: Path, size: int) -> bool:
+def _complete(path: Path, size: int, *, touch: bool = False) -> bool:
+    """Whether the slice file holds all ``size`` bytes; ``touch``: and mark it used now."""
     try:
-        return path.stat().st_size == size
+        if path.stat().st_size != size:
+            return False
+        if touch:
+            os.utime(path)  # the sweep's clock: one call per slice asked for
+        return True
     except OSError:
         return False
+
+
+def _remove_slices(folder: Path, busy: set[Path], older_than: float | None) -> int:
+    """Remove the slice files in ``folder`` not in ``busy`` (and, with ``older_than``, last
+    used before it), then the folder if empty; how many files went."""
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    for path in entries:
+        live = path.with_name(path.name.removesuffix(".part"))
+        if live in busy:
+            continue
+        try:
+            if older_than is None or path.stat().st_mtime < older_than:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only once empty
+    return removed
 
 
 __all__ = [
     "MAX_SLICE_BYTES",
     "MIN_SLICE_BYTES",
+    "SLICE_IDLE_S",
+    "SWEEP_EVERY_S",
     "SliceFlight",
     "SliceFlights",
     "slice_bytes_of",

@@ -68,6 +68,15 @@ async def mirror_traffic(mirror: MirrorDep) -> dict[str, list[dict[str, object]]
     return {"models": mirror.traffic.view()}
 
 
+@router.get("/api/mirror/totals", summary="All the Hub mirror fetched upstream")
+async def mirror_totals(mirror: MirrorDep) -> dict[str, int]:
+    """``upstream_bytes``: all the mirror fetched since the service started, the slices it
+    fetched for peers (``slice_upstream_bytes``, issue 17) included."""
+    sliced = mirror.slices.fetched_bytes if mirror.slices is not None else 0
+    whole = sum(int(str(m["upstream_bytes"])) for m in mirror.traffic.view())
+    return {"upstream_bytes": whole + sliced, "slice_upstream_bytes": sliced}
+
+
 @router.get("/hf/api/{rest:path}", include_in_schema=False)
 async def hub_api(rest: str, request: Request, mirror: MirrorDep) -> Response:
     """Repo info and tree pages, relayed from the upstream Hub with the caller's token."""
