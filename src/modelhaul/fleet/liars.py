@@ -42,13 +42,9 @@ class LieCheck:
     served: tuple[Served, ...]
     digests: tuple[str, ...]
 
-    @property
-    def refetch_bytes(self) -> int:
-        return sum(s.stop - s.start for s in self.served)
-
     def liars(self, blob: Path) -> dict[str, int]:
-        """Each peer whose bytes differ from the verified ``blob``'s, with how many bytes of
-        its ranges differ."""
+        """Each peer whose bytes differ from the verified ``blob``'s, with the size of its
+        ranges that differ."""
         now = range_digests(blob, self.served)
         found: dict[str, int] = {}
         for s, before, after in zip(self.served, self.digests, now, strict=True):
