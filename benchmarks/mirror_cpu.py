@@ -1,0 +1,145 @@
+"""The mirror's own CPU per GiB it serves: one ``modelhaul serve --upstream FAKEHUB``, N
+concurrent ``curl`` readers of one large LFS file over loopback.
+
+A micro benchmark of the serving path alone (case G measures stock clients too): the server's
+CPU seconds come from /proc/PID/stat, so they hold on a busy machine where wall times do not.
+Phases: ``cold`` (the file is fetched upstream once while every reader streams it from the
+growing partial file), then ``--reps`` times ``warm`` (the file is in the store).
+
+    PYTHONPATH=src .venv/bin/python benchmarks/mirror_cpu.py --size-mib 1024 --clients 8
+
+Prints one line per phase: wall, server CPU-s, server CPU-s per GiB served (cold: served plus
+fetched upstream counted separately), and the server's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "support")]
+
+from fakehub import FakeHub  # noqa: E402
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of the process (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def wait_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError("modelhaul serve did not listen")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def readers(url: str, n: int, size: int) -> float:
+    """n concurrent curl readers of url to /dev/null; wall seconds; each must get size bytes."""
+    t0 = time.monotonic()
+    procs = [
+        subprocess.Popen(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", url],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(n)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        if p.returncode != 0 or int(out or 0) != size:
+            raise RuntimeError(f"a reader got {out} bytes (exit {p.returncode}), not {size}")
+    return time.monotonic() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=3, help="warm phases")
+    ap.add_argument("--json", action="store_true", help="also print the results as JSON")
+    args = ap.parse_args()
+    size = args.size_mib * MiB
+    block = os.urandom(16 * MiB)
+    content = (block * (size // len(block) + 1))[:size]
+    results: list[dict[str, float | str]] = []
+    with tempfile.TemporaryDirectory(prefix="mirrorcpu-") as tmp, FakeHub() as hub:
+        hub.add_repo("bench/model", {"model.bin": content})
+        del content
+        port = free_port()
+        env = {
+            **os.environ,
+            "HF_HOME": f"{tmp}/hf_home",
+            "HF_HUB_CACHE": f"{tmp}/hub",
+            "MODELHAUL_STATE_DIR": f"{tmp}/state",
+        }
+        argv = [sys.executable, "-m", "modelhaul.cli.main", "serve", "--port", str(port)]
+        argv += ["--upstream", hub.endpoint, "-d", f"{tmp}/downloads"]
+        server = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL)
+        try:
+            wait_port(port)
+            url = f"http://127.0.0.1:{port}/hf/bench/model/resolve/main/model.bin"
+            phases = ["cold"] + ["warm"] * args.reps
+            for phase in phases:
+                c0 = cpu_s(server.pid)
+                wall = readers(url, args.clients, size)
+                used = cpu_s(server.pid) - c0
+                served_gib = args.clients * size / GiB
+                row = {
+                    "phase": phase,
+                    "wall_s": round(wall, 2),
+                    "server_cpu_s": round(used, 2),
+                    "cpu_s_per_gib_served": round(used / served_gib, 3),
+                    "rss_peak_mb": round(rss_peak_mb(server.pid), 1),
+                }
+                results.append(row)
+                print(
+                    f"{phase:5}  wall {wall:6.2f} s  server CPU {used:6.2f} s  "
+                    f"{used / served_gib:.3f} CPU-s/GiB served  peak RSS {row['rss_peak_mb']} MB",
+                    flush=True,
+                )
+        finally:
+            server.terminate()
+            server.wait(30)
+    warm = [float(r["server_cpu_s"]) for r in results if r["phase"] == "warm"]
+    if warm:
+        print(
+            f"warm median server CPU {statistics.median(warm):.2f} s "
+            f"(min {min(warm):.2f}, max {max(warm):.2f})"
+        )
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
