@@ -35,10 +35,10 @@ GiB = 1024 * MiB
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
-    """utime + stime of the process (all its threads)."""
+def cpu_s(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of the process (all its threads)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+    return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S
 
 
 def rss_peak_mb(pid: int) -> float:
@@ -111,20 +111,24 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/hf/bench/model/resolve/main/model.bin"
             phases = ["cold"] + ["warm"] * args.reps
             for phase in phases:
-                c0 = cpu_s(server.pid)
+                (u0, s0) = cpu_s(server.pid)
                 wall = readers(url, args.clients, size)
-                used = cpu_s(server.pid) - c0
+                (u1, s1) = cpu_s(server.pid)
+                used = u1 - u0 + s1 - s0
                 served_gib = args.clients * size / GiB
                 row = {
                     "phase": phase,
                     "wall_s": round(wall, 2),
                     "server_cpu_s": round(used, 2),
+                    "user_s": round(u1 - u0, 2),
+                    "sys_s": round(s1 - s0, 2),
                     "cpu_s_per_gib_served": round(used / served_gib, 3),
                     "rss_peak_mb": round(rss_peak_mb(server.pid), 1),
                 }
                 results.append(row)
                 print(
-                    f"{phase:5}  wall {wall:6.2f} s  server CPU {used:6.2f} s  "
+                    f"{phase:5}  wall {wall:6.2f} s  server CPU {used:6.2f} s "
+                    f"(user {u1 - u0:.2f}, sys {s1 - s0:.2f})  "
                     f"{used / served_gib:.3f} CPU-s/GiB served  peak RSS {row['rss_peak_mb']} MB",
                     flush=True,
                 )
