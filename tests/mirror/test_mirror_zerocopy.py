@@ -8,7 +8,10 @@ process (``ServerThread``), so the count shows which path a response took.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,7 @@ import pytest
 from fakehub import FakeHub
 from modelhaul.server import runner
 from modelhaul.server.uvicorn_internals import zero_copy_bytes
-from server_harness import ServerThread, service_config
+from server_harness import ServerThread, service_config, wait_until
 
 MiB = 1024 * 1024
 URL = "/hf/org/zc/resolve/main/model.safetensors"
@@ -76,6 +79,28 @@ def test_a_partial_file_goes_out_by_sendfile_while_it_is_fetched(
     assert whole == data
     assert ranged.status_code == 206 and ranged.content == data[span[0] : span[1]]
     assert zero_copy_bytes() - before == len(data) + span[1] - span[0]
+
+
+def test_a_client_that_goes_away_mid_file_ends_quietly(
+    hub: FakeHub, mirror: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = payload(4, 40 * MiB)
+    hub.add_repo("org/zc", {"model.safetensors": data})
+    assert get(mirror).content == data  # stored
+    uvicorn_log = logging.getLogger("uvicorn.error")  # uvicorn's loggers do not propagate
+    uvicorn_log.addHandler(caplog.handler)
+    try:
+        host, port = mirror.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as s:
+            s.sendall(f"GET {URL} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            assert s.recv(64 * 1024)  # the headers, maybe some body
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST
+        state = mirror._server.server_state  # uvicorn's: its requests in progress
+        wait_until(lambda: not state.tasks, 20, "the aborted response to end")
+        assert get(mirror).content == data  # and the next one is whole
+    finally:
+        uvicorn_log.removeHandler(caplog.handler)
+    assert "cut short" not in caplog.text and "ASGI callable" not in caplog.text, caplog.text
 
 
 def test_without_zero_copy_the_same_bytes_go_through_python(

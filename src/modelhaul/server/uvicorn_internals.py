@@ -101,8 +101,9 @@ async def _send_file(cycle: Any, message: Any) -> None:
     connection's flow control, nothing once the client went away."""
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
-    if cycle.disconnected:
-        return
+    transport = cycle.transport
+    if cycle.disconnected or transport.is_closing():
+        return  # as uvicorn drops a body for a client that went away
     if not cycle.response_started or cycle.response_complete:
         raise RuntimeError(f"'{ZERO_COPY}' outside a response body")
     file = message["file"]
@@ -112,13 +113,16 @@ async def _send_file(cycle: Any, message: Any) -> None:
     count = os.fstat(file.fileno()).st_size - offset if count is None else count
     if count <= 0:
         return
-    transport = cycle.transport
     parts = cycle.conn.send_with_data_passthrough(h11.Data(data=_Region(count)))
     for part in parts or ():
         if not isinstance(part, _Region):
             transport.write(part)  # chunked framing, if the response is chunked
             continue
-        sent = await _sendfile(transport, file, offset, count)
+        try:
+            sent = await _sendfile(transport, file, offset, count)
+        except ConnectionError:  # the client went away mid-file: as a write would, quietly
+            transport.close()
+            return
         if sent != count:  # the file is shorter: h11 counted bytes that will never come
             transport.close()
             raise OSError(f"sendfile sent {sent} of {count} bytes: the file ended")
