@@ -76,11 +76,15 @@ class _Region:
 
 def offer_zero_copy(cycle: Any) -> bool:
     """Make ``cycle`` (uvicorn's h11 request/response cycle) accept zero-copy messages and say so
-    in its scope's extensions; whether it could (not under TLS, nor on a changed uvicorn)."""
+    in its scope's extensions; whether it could (not under TLS, on another event loop, nor on a
+    changed uvicorn)."""
     if not all(hasattr(cycle, name) for name in _CYCLE_ATTRS):
         return False
-    if cycle.transport.get_extra_info("sslcontext") is not None:
-        return False
+    transport = cycle.transport
+    if transport.get_extra_info("sslcontext") is not None or not isinstance(
+        asyncio.get_running_loop(), asyncio.BaseEventLoop
+    ):
+        return False  # TLS; or a loop (uvloop) without asyncio's loop.sendfile
     send = cycle.send
 
     async def send_or_send_file(message: Any) -> None:
@@ -102,7 +106,7 @@ async def _send_file(cycle: Any, message: Any) -> None:
     if cycle.flow.write_paused and not cycle.disconnected:
         await cycle.flow.drain()
     transport = cycle.transport
-    if cycle.disconnected or transport.is_closing():
+    if cycle.disconnected:
         return  # as uvicorn drops a body for a client that went away
     if not cycle.response_started or cycle.response_complete:
         raise RuntimeError(f"'{ZERO_COPY}' outside a response body")
@@ -115,6 +119,8 @@ async def _send_file(cycle: Any, message: Any) -> None:
         return
     parts = cycle.conn.send_with_data_passthrough(h11.Data(data=_Region(count)))
     for part in parts or ():
+        if transport.is_closing():  # going away (h11 counted the bytes: it may end the body)
+            return
         if not isinstance(part, _Region):
             transport.write(part)  # chunked framing, if the response is chunked
             continue
