@@ -8,8 +8,9 @@ growing partial file), then ``--reps`` times ``warm`` (the file is in the store)
 
     PYTHONPATH=src .venv/bin/python benchmarks/mirror_cpu.py --size-mib 1024 --clients 8
 
-Prints one line per phase: wall, server CPU-s, server CPU-s per GiB served (cold: served plus
-fetched upstream counted separately), and the server's peak RSS.
+Prints one line per phase: wall, server CPU-s (user, system), the readers' CPU-s (kernel work
+can move between the two ends of a loopback connection), server CPU-s per GiB served (cold: the
+upstream fetch included), and the server's peak RSS.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -62,6 +64,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's reaped children (the readers; the server runs on)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def readers(url: str, n: int, size: int) -> float:
@@ -111,9 +119,9 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}/hf/bench/model/resolve/main/model.bin"
             phases = ["cold"] + ["warm"] * args.reps
             for phase in phases:
-                (u0, s0) = cpu_s(server.pid)
+                (u0, s0), k0 = cpu_s(server.pid), children_cpu_s()
                 wall = readers(url, args.clients, size)
-                (u1, s1) = cpu_s(server.pid)
+                (u1, s1), clients = cpu_s(server.pid), children_cpu_s() - k0
                 used = u1 - u0 + s1 - s0
                 served_gib = args.clients * size / GiB
                 row = {
@@ -122,13 +130,14 @@ def main() -> None:
                     "server_cpu_s": round(used, 2),
                     "user_s": round(u1 - u0, 2),
                     "sys_s": round(s1 - s0, 2),
+                    "clients_cpu_s": round(clients, 2),
                     "cpu_s_per_gib_served": round(used / served_gib, 3),
                     "rss_peak_mb": round(rss_peak_mb(server.pid), 1),
                 }
                 results.append(row)
                 print(
                     f"{phase:5}  wall {wall:6.2f} s  server CPU {used:6.2f} s "
-                    f"(user {u1 - u0:.2f}, sys {s1 - s0:.2f})  "
+                    f"(user {u1 - u0:.2f}, sys {s1 - s0:.2f})  clients CPU {clients:.2f} s  "
                     f"{used / served_gib:.3f} CPU-s/GiB served  peak RSS {row['rss_peak_mb']} MB",
                     flush=True,
                 )
