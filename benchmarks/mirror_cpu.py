@@ -72,21 +72,39 @@ def children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def readers(url: str, n: int, size: int) -> float:
-    """n concurrent curl readers of url to /dev/null; wall seconds; each must get size bytes."""
+# What huggingface_hub's http_get does: httpx, a stream read 10 MB at a time into a file.
+HTTPX_READER = """
+import sys, httpx
+n = 0
+with open(sys.argv[2], "wb") as f, httpx.stream("GET", sys.argv[1], timeout=60) as r:
+    for chunk in r.iter_bytes(10 * 1024 * 1024):
+        n += f.write(chunk)
+print(n)
+"""
+
+
+def reader_argv(kind: str, url: str, out: str) -> list[str]:
+    if kind == "httpx":
+        return [sys.executable, "-c", HTTPX_READER, url, out]
+    return ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", url]
+
+
+def readers(url: str, n: int, size: int, kind: str, tmp: str) -> float:
+    """n concurrent readers of url (curl to /dev/null, or httpx into a file as huggingface_hub
+    reads); wall seconds; each must get size bytes."""
     t0 = time.monotonic()
     procs = [
         subprocess.Popen(
-            ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", url],
-            stdout=subprocess.PIPE,
-            text=True,
+            reader_argv(kind, url, f"{tmp}/out-{i}"), stdout=subprocess.PIPE, text=True
         )
-        for _ in range(n)
+        for i in range(n)
     ]
     for p in procs:
         out, _ = p.communicate(timeout=600)
         if p.returncode != 0 or int(out or 0) != size:
             raise RuntimeError(f"a reader got {out} bytes (exit {p.returncode}), not {size}")
+    for i in range(n):
+        Path(f"{tmp}/out-{i}").unlink(missing_ok=True)
     return time.monotonic() - t0
 
 
@@ -95,6 +113,7 @@ def main() -> None:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3, help="warm phases")
+    ap.add_argument("--reader", choices=("curl", "httpx"), default="curl")
     ap.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = ap.parse_args()
     size = args.size_mib * MiB
@@ -120,7 +139,7 @@ def main() -> None:
             phases = ["cold"] + ["warm"] * args.reps
             for phase in phases:
                 (u0, s0), k0 = cpu_s(server.pid), children_cpu_s()
-                wall = readers(url, args.clients, size)
+                wall = readers(url, args.clients, size, args.reader, tmp)
                 (u1, s1), clients = cpu_s(server.pid), children_cpu_s() - k0
                 used = u1 - u0 + s1 - s0
                 served_gib = args.clients * size / GiB
