@@ -6,11 +6,17 @@ import contextlib
 import hashlib
 import os
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fakehub import FakeHub
+from modelhaul.mirror.resume import record_flight, recorded_flights
+from modelhaul.policy.hubpaths import HubPath
+from modelhaul.store.repo import RepoStore
 from server_harness import ServerProcess, wait_until
 
 MiB = 1024 * 1024
@@ -79,3 +85,23 @@ def test_a_restarted_mirror_resumes_its_fetches_before_any_client_asks(
     refetched = hub.cdn_bytes(sha) - len(big)
     assert refetched <= connections * 8 * MiB, f"{refetched} bytes fetched twice"
     assert not list(store.glob(".modelhaul/mirror-flights/*")), "the record is gone"
+
+
+def test_concurrent_records_of_one_fetch_all_succeed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The clients of one cold file record its fetch at once, each in a thread.
+    rs = RepoStore(tmp_path, "org/m", "model")
+    hp = HubPath(kind="resolve", repo_type="model", repo_id="org/m", revision="a" * 40, path="x")
+    for round_ in range(10):
+        etag = hashlib.sha256(str(round_).encode()).hexdigest()
+        start = threading.Barrier(8)
+
+        def record(etag: str = etag, start: threading.Barrier = start) -> None:
+            start.wait(10)
+            record_flight(rs, hp, "a" * 40, etag)
+
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: record(), range(8), timeout=30))
+    assert "could not record" not in caplog.text
+    assert len(recorded_flights(tmp_path)) == 10

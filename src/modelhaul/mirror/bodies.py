@@ -9,6 +9,11 @@ for (the engine fetches them next) and reads them as soon as they are written. T
 fails and it asks again. Bytes read from a partial file count only if that very file (the same
 inode) became the blob: a download that restarted wrote a new file, and a reader that had already
 sent bytes of the old one is cut short rather than sent a mix.
+
+Bodies are ``FileSpan``s, not bytes: a span names bytes of an open file that are final, so the
+server can hand them from the page cache to the socket (sendfile) without them passing through
+Python; a server that cannot reads them (``span_bytes``). The reader owns the file until it asks
+for the next span.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelhaulError
@@ -23,6 +29,9 @@ from ..events import EventKind, TaskEvent
 from .flights import Flight
 
 CHUNK_BYTES = 1024 * 1024
+# The most one span covers: the traffic count (the web page) and a client that went away are
+# seen once a span is sent; a span costs the server a few system calls, whatever its size.
+SPAN_BYTES = 32 * 1024 * 1024
 HOLD_BACK_BYTES = 64 * 1024
 # A waiting reader asks the engine for this much from where it is, not for all it will read:
 # a reader of the whole file must not make its far end urgent and starve a Range further on.
@@ -34,6 +43,31 @@ RECHECK_S = 0.5
 
 class BodyCut(ModelhaulError):
     """A response must end before its length: the bytes behind it are not (or no longer) good."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileSpan:
+    """Bytes ``[offset, offset + count)`` of the open file ``fd``, all final (written, and good
+    so far as the reader knows)."""
+
+    fd: int
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+async def span_bytes(span: FileSpan) -> AsyncIterator[bytes]:
+    """The bytes of ``span``, a chunk at a time (read in a thread), for a server that cannot
+    send a file as it is."""
+    pos, end = span.offset, span.offset + span.count
+    while pos < end:
+        data = await asyncio.to_thread(os.pread, span.fd, min(CHUNK_BYTES, end - pos), pos)
+        if not data:
+            raise BodyCut(f"the file ended at {pos}, before {end}")
+        pos += len(data)
+        yield data
 
 
 class PrefixWatch:
@@ -73,24 +107,21 @@ class PrefixWatch:
                 waiter.cancel()
 
 
-async def file_chunks(path: Path, start: int, end: int) -> AsyncIterator[bytes]:
-    """``[start, end)`` of a complete file, a chunk at a time (reads in a thread)."""
+async def file_chunks(path: Path, start: int, end: int) -> AsyncIterator[FileSpan]:
+    """``[start, end)`` of a complete file, a span at a time."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        async for chunk in _chunks_of(fd, start, end):
-            yield chunk
+        async for span in _spans_of(fd, start, end):
+            yield span
     finally:
         os.close(fd)
 
 
-async def _chunks_of(fd: int, start: int, end: int) -> AsyncIterator[bytes]:
-    pos = start
-    while pos < end:
-        data = await asyncio.to_thread(os.pread, fd, min(CHUNK_BYTES, end - pos), pos)
-        if not data:
-            raise BodyCut(f"the file ended at {pos}, before {end}")
-        pos += len(data)
-        yield data
+async def _spans_of(fd: int, start: int, end: int) -> AsyncIterator[FileSpan]:
+    if os.fstat(fd).st_size < end:
+        raise BodyCut(f"the file is shorter than {end} bytes")
+    for pos in range(start, end, SPAN_BYTES):
+        yield FileSpan(fd, pos, min(SPAN_BYTES, end - pos))
 
 
 async def flight_chunks(
@@ -99,7 +130,7 @@ async def flight_chunks(
     start: int,
     end: int,
     settled: asyncio.Future[None] | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[FileSpan]:
     """``[start, end)`` of a blob in flight: from its partial file as the prefix grows, the held
     back end (and anything left) once the blob is verified and in place, and (``settled``) the
     store's bookkeeping done, so a client that has the whole file finds it in the store too."""
@@ -114,11 +145,11 @@ async def flight_chunks(
             final = max(watch.final(flight.task_id), flight.demand.final_end(pos))
             limit = min(final, size - HOLD_BACK_BYTES, end)
             if fd is not None and limit > pos:
-                data = await asyncio.to_thread(os.pread, fd, min(CHUNK_BYTES, limit - pos), pos)
-                if not data:
-                    raise BodyCut(f"the partial file {flight.part} ended at {pos}")
-                pos += len(data)
-                yield data
+                # The partial file has its full size from the start (preallocated): a final
+                # byte is in it.
+                span = FileSpan(fd, pos, min(SPAN_BYTES, limit - pos))
+                pos += span.count
+                yield span
                 continue
             if wanted != pos:
                 wanted = pos
@@ -128,8 +159,8 @@ async def flight_chunks(
         if settled is not None:
             await asyncio.wait({settled})  # its failure is logged; the bytes are good
         if pos < end:
-            async for chunk in _rest_from_blob(flight, fd, start, pos, end):
-                yield chunk
+            async for span in _rest_from_blob(flight, fd, start, pos, end):
+                yield span
     finally:
         if fd is not None:
             os.close(fd)
@@ -137,15 +168,15 @@ async def flight_chunks(
 
 async def _rest_from_blob(
     flight: Flight, part_fd: int | None, start: int, pos: int, end: int
-) -> AsyncIterator[bytes]:
+) -> AsyncIterator[FileSpan]:
     blob_fd = os.open(flight.blob, os.O_RDONLY)
     try:
         if pos > start and (
             part_fd is None or os.fstat(part_fd).st_ino != os.fstat(blob_fd).st_ino
         ):
             raise BodyCut(f"{flight.blob.name}: the partial file served so far was replaced")
-        async for chunk in _chunks_of(blob_fd, pos, end):
-            yield chunk
+        async for span in _spans_of(blob_fd, pos, end):
+            yield span
     finally:
         os.close(blob_fd)
 
@@ -160,8 +191,11 @@ def _open_if_there(path: Path) -> int | None:
 __all__ = [
     "CHUNK_BYTES",
     "HOLD_BACK_BYTES",
+    "SPAN_BYTES",
     "BodyCut",
+    "FileSpan",
     "PrefixWatch",
     "file_chunks",
     "flight_chunks",
+    "span_bytes",
 ]

@@ -30,7 +30,7 @@ from ..policy.validate import is_blob_id, is_commit_hash
 from ..store.repo import RepoStore, writing
 from .access import AccessCache, mark_public
 from .answers import FileFacts, Relay, hub_error, json_answer, relay, unreachable
-from .bodies import PrefixWatch, file_chunks, flight_chunks
+from .bodies import FileSpan, PrefixWatch, file_chunks, flight_chunks
 from .flights import Flight, Flights
 from .hub import HubUpstream, UpstreamFile
 from .offline import (
@@ -63,10 +63,10 @@ def _sha_of(body: bytes) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class ServedFile:
-    """A file to serve: its facts, and its bytes ``[start, end)`` on demand."""
+    """A file to serve: its facts, and its bytes ``[start, end)`` on demand (spans of files)."""
 
     facts: FileFacts
-    chunks: Callable[[int, int], AsyncIterator[bytes]]
+    chunks: Callable[[int, int], AsyncIterator[FileSpan]]
     in_flight: bool = False
 
 
@@ -403,9 +403,9 @@ async def _awaited(awaitable: Awaitable[object]) -> None:
     await awaitable
 
 
-async def _no_body(start: int, end: int) -> AsyncIterator[bytes]:
+async def _no_body(start: int, end: int) -> AsyncIterator[FileSpan]:
     return
-    yield b""  # an async generator that yields nothing (HEAD)
+    yield  # an async generator that yields nothing (HEAD)
 
 
 def _vouched(rs: RepoStore, etag: str, size: int) -> bool:

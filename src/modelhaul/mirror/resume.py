@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def record_flight(rs: RepoStore, hp: HubPath, commit: str, etag: str) -> None:
     entry = {"repo_type": rs.repo_type, "repo_id": rs.repo_id, "commit": commit, "path": hp.path}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        # Unique per call: the clients of one cold file record it at once, in threads.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
         tmp.write_text(json.dumps(entry))
         os.replace(tmp, path)
     except OSError as exc:  # only a restart's head start is lost

@@ -37,7 +37,7 @@ from ..policy.hubpaths import HubPath
 from ..policy.retry import Retry
 from ..policy.slices import slice_span
 from .access import ACCEPT_TTL_S, token_key
-from .bodies import CHUNK_BYTES, BodyCut
+from .bodies import SPAN_BYTES, BodyCut, FileSpan
 from .hub import UpstreamFile
 
 # The most bytes a slice request may cover, and the least: a node asking for 1-byte slices
@@ -147,15 +147,15 @@ class SliceFlights:
 
     async def chunks(
         self, file: UpstreamFile, slice_bytes: int, start: int, end: int
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncIterator[FileSpan]:
         """``[start, end)`` of the file, slice by slice, each as its bytes arrive."""
         pos = start
         while pos < end:
             flight = self.join(file, slice_bytes, pos // slice_bytes)
             upto = min(end, flight.stop)
-            async for data in _read(flight, pos, upto):
-                pos += len(data)
-                yield data
+            async for span in _read(flight, pos, upto):
+                pos += span.count
+                yield span
 
     async def _fly(self, flight: SliceFlight, file: UpstreamFile) -> None:
         try:
@@ -252,8 +252,9 @@ class SliceFlights:
         await self._transport.close()
 
 
-async def _read(flight: SliceFlight, pos: int, upto: int) -> AsyncIterator[bytes]:
-    """``[pos, upto)`` (file offsets, inside the slice) as the flight makes them final."""
+async def _read(flight: SliceFlight, pos: int, upto: int) -> AsyncIterator[FileSpan]:
+    """``[pos, upto)`` (file offsets, inside the slice) as the flight makes them final; the
+    spans' offsets are in the slice file."""
     fd: int | None = None
     try:
         while pos < upto:
@@ -261,12 +262,9 @@ async def _read(flight: SliceFlight, pos: int, upto: int) -> AsyncIterator[bytes
             if have > pos:
                 if fd is None:
                     fd = _open_slice(flight)
-                n = min(CHUNK_BYTES, upto - pos, have - pos)
-                data = await asyncio.to_thread(os.pread, fd, n, pos - flight.start)
-                if not data:
-                    raise BodyCut(f"the slice file {flight.path.name} ended early")
-                pos += len(data)
-                yield data
+                n = min(SPAN_BYTES, upto - pos, have - pos)
+                yield FileSpan(fd, pos - flight.start, n)  # written: in the file
+                pos += n
                 continue
             if flight.done.done():
                 await flight.done  # raises what the fetch failed with: the response is cut

@@ -10,8 +10,8 @@ events of the mirror's own downloads. A change is told to the listener at most e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sized
+from typing import Any, TypeVar
 
 from ..store.repo import RepoStore
 
@@ -19,6 +19,7 @@ TELL_EVERY_S = 0.25
 _MAX_MODELS = 10_000
 
 Key = tuple[str, str]  # (repo type, repo id)
+_Piece = TypeVar("_Piece", bound=Sized)  # bytes, or a span of a file: counted by len()
 TrafficListener = Callable[[list[dict[str, Any]]], None]
 
 
@@ -66,7 +67,7 @@ class MirrorTraffic:
             for repo_type, repo_id in keys
         ]
 
-    async def counted(self, key: Key, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def counted(self, key: Key, chunks: AsyncIterator[_Piece]) -> AsyncIterator[_Piece]:
         """``chunks``, each counted as served once handed on."""
         try:
             async for chunk in chunks:

@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from .service import Service
+from .uvicorn_internals import http_protocol
 
 GRACEFUL_SHUTDOWN_S = 5
 
@@ -89,6 +90,7 @@ def make_server(
     config = uvicorn.Config(
         app,
         log_level=log_level,
+        http=http_protocol(),  # uvicorn's h11 protocol, offering zero-copy sends of files
         access_log=False,  # the page's login URL carries the token
         ws=websocket_impl(),
         lifespan="on",

@@ -22,11 +22,13 @@ from starlette.types import Receive, Scope, Send
 
 from ...errors import InvalidInput, ModelhaulError
 from ...mirror.answers import Relay, file_headers, hub_error
+from ...mirror.bodies import FileSpan, span_bytes
 from ...mirror.core import HubMirror, ServedFile
 from ...mirror.slices import slice_bytes_of
 from ...policy.hubpaths import parse_api_path, parse_resolve_path, requested_range, split_raw
 from ...policy.slices import SLICE_HEADER
 from ..security import AccessPolicy
+from ..uvicorn_internals import ZERO_COPY
 
 router = APIRouter()
 log = logging.getLogger("modelhaul.mirror")
@@ -126,14 +128,17 @@ def _file_response(served: ServedFile, request: Request, *, head: bool) -> Respo
 
 
 class StreamedBody(Response):
-    """A response whose body comes chunk by chunk, possibly still arriving from upstream.
+    """A response whose body comes span by span, possibly still arriving from upstream.
+
+    Each span goes out with the ASGI zero-copy extension where the server offers it (the
+    kernel sends the file's bytes, see ``uvicorn_internals``), else read chunk by chunk.
 
     A body that cannot be completed (the download failed, the partial file was replaced) ends
     the response early: the connection closes short of Content-Length, the client's size check
     fails and it asks again. A client that goes away stops the reading.
     """
 
-    def __init__(self, status: int, headers: dict[str, str], body: AsyncIterator[bytes] | None):
+    def __init__(self, status: int, headers: dict[str, str], body: AsyncIterator[FileSpan] | None):
         super().__init__(status_code=status, headers=headers)
         self._body = body
 
@@ -147,7 +152,8 @@ class StreamedBody(Response):
         if self._body is None:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        sender = asyncio.ensure_future(self._send_body(send))
+        zero_copy = ZERO_COPY in scope.get("extensions", {})
+        sender = asyncio.ensure_future(self._send_body(send, zero_copy=zero_copy))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:
             await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -160,11 +166,15 @@ class StreamedBody(Response):
         if isinstance(outcomes[0], Exception):
             log.error("mirror: response failed: %r", outcomes[0])
 
-    async def _send_body(self, send: Send) -> None:
+    async def _send_body(self, send: Send, *, zero_copy: bool) -> None:
         assert self._body is not None
         try:
-            async for chunk in self._body:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            async for span in self._body:
+                if zero_copy:
+                    await _send_span(send, span)
+                    continue
+                async for chunk in span_bytes(span):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ModelhaulError as exc:
             # Returning without the last message makes the server close the connection.
             log.warning("mirror: response cut short: %s", exc.message)
@@ -173,6 +183,13 @@ class StreamedBody(Response):
             log.warning("mirror: response cut short: %s", exc)
             return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _send_span(send: Send, span: FileSpan) -> None:
+    # The file object only lends the span's descriptor to sendfile, which wants one.
+    with open(span.fd, "rb", buffering=0, closefd=False) as file:
+        message = {"type": ZERO_COPY, "file": file, "offset": span.offset, "count": span.count}
+        await send({**message, "more_body": True})
 
 
 async def _wait_disconnect(receive: Receive) -> None:
