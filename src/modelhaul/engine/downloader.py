@@ -372,7 +372,11 @@ class Downloader(AsyncResource):
     async def _already_complete(self, t: Transfer) -> Result | None:
         """The Result without a request when the target is known done, else None."""
         facts = t.facts
-        known = None if facts.force else self.records.lookup(facts.url, facts.part)
+        # A record stands only for a file still in place: for a named target with nothing
+        # there (every file of a fresh list), no record is read.
+        present = t.dest.is_file()
+        use_record = not facts.force and (present or t.name_pending)
+        known = self.records.lookup(facts.url, facts.part) if use_record else None
         if known is not None and (
             not facts.expected_sha256 or known.sha256 == facts.expected_sha256
         ):
@@ -389,7 +393,7 @@ class Downloader(AsyncResource):
                 etag=known.etag,
                 already_complete=True,
             )
-        if facts.expected_sha256 and t.dest.is_file():
+        if facts.expected_sha256 and present:
             digest = await sha256_file_async(t.dest)
             if digest == facts.expected_sha256:
                 t.claim(t.dest)
