@@ -13,11 +13,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from helpers import blob, sha
 from modelhaul.config import ManagerConfig
 from modelhaul.engine.downloader import Downloader
+from modelhaul.errors import IntegrityError
 from modelhaul.manager.downloads import DownloadManager
-from origin import Origin
+from origin import Fault, Origin
 
 KiB = 1024
 
@@ -59,6 +62,45 @@ def test_a_small_file_costs_one_request(origin: Origin, tmp_path: Path) -> None:
     assert [(r.method, r.served) for r in requests] == [("GET", (0, len(data)))]
     # Nothing is left beside the file.
     assert sorted(p.name for p in out.iterdir()) == ["one.bin"]
+
+
+def test_a_small_body_cut_short_resumes_from_memory(origin: Origin, tmp_path: Path) -> None:
+    # A body that fits one write batch is held in memory until verified; a connection lost
+    # midway resumes with a ranged request for the rest, as on disk.
+    data = blob(300 * KiB, seed=3)
+    origin.add_file("cut.bin", data)
+    origin.plan("cut.bin", [Fault(drop_after=100 * KiB)])
+    out = tmp_path / "out"
+
+    async def go() -> None:
+        async with Downloader(state_dir=tmp_path / "state") as dl:
+            result = await dl.download(origin.url("cut.bin"), out / "cut.bin", sha256=sha(data))
+        assert result.size == len(data) and result.sha256 == sha(data)
+
+    asyncio.run(asyncio.wait_for(go(), 30))
+    assert (out / "cut.bin").read_bytes() == data
+    served = origin.ranges_served("cut.bin")
+    assert served[0][0] == 0 and served[-1][1] == len(data) and len(served) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["cut.bin"]
+
+
+def test_a_small_body_that_fails_its_checksum_leaves_nothing(
+    origin: Origin, tmp_path: Path
+) -> None:
+    data = blob(40 * KiB, seed=4)
+    origin.add_file("bad.bin", data)
+    out = tmp_path / "out"
+    state = tmp_path / "state"
+
+    async def go() -> None:
+        async with Downloader(state_dir=state) as dl:
+            await dl.download(origin.url("bad.bin"), out / "bad.bin", sha256=sha(b"other"))
+
+    with pytest.raises(IntegrityError):
+        asyncio.run(asyncio.wait_for(go(), 30))
+    # Verified before anything was written: no file, no partial file, no completion record.
+    assert not out.exists() or sorted(out.iterdir()) == []
+    assert not (state / "done").exists() or sorted((state / "done").iterdir()) == []
 
 
 def test_small_files_share_connections_with_j4(origin: Origin, tmp_path: Path) -> None:
