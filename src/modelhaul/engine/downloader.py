@@ -436,8 +436,13 @@ class Downloader(AsyncResource):
         start_writing(t, first, check_disk_space=self.config.check_disk_space)
         await self._workers.run(t, first)
         if t.memory is not None:
-            # No journal to drop after the rename: the record is written by the same job.
-            record = partial(self._record, t.facts.url, record_part, t.dest, t.state.etag)
+            # No journal to drop after the rename: the record is written by the same job. A
+            # body checked against a given SHA-256 gets none: a re-run checks that SHA-256 of
+            # the file in place (at most one write batch to hash) instead, and a record costs
+            # a file creation, 0.05-0.4 ms of CPU on ext4 while other files are being synced.
+            record = None
+            if not t.facts.expected_sha256:
+                record = partial(self._record, t.facts.url, record_part, t.dest, t.state.etag)
             size, digest = await publish_from_memory(t, record_part, record)
             return result_of(t, size, digest)
         size, digest = await verify(t)

@@ -117,12 +117,12 @@ async def publish(t: Transfer) -> None:
 
 
 async def publish_from_memory(
-    t: Transfer, shared: Path, record: Callable[[int, str], None]
+    t: Transfer, shared: Path, record: Callable[[int, str], None] | None
 ) -> tuple[int, str]:
     """Verify the body held in memory, write it to a partial file of this process alone
-    beside ``shared``, fsync it, rename it into place and ``record(size, digest)`` it: one
-    thread job for all of it, so a small file's hashing and file system calls never run on
-    the loop. Returns the size and SHA-256.
+    beside ``shared``, fsync it, rename it into place and ``record(size, digest)`` it (if
+    given): one thread job for all of it, so a small file's hashing and file system calls
+    never run on the loop. Returns the size and SHA-256.
 
     Raises:
         IntegrityError: the digest is not the expected SHA-256 (nothing was written).
@@ -158,7 +158,7 @@ def _verify_publish(
     expected: str | None,
     shared: Path,
     dest: Path,
-    record: Callable[[int, str], None],
+    record: Callable[[int, str], None] | None,
 ) -> Any:
     """The job of publish_from_memory, in a writer thread; returns the body's hasher."""
     hasher = FileDigest() if size > CHUNK_BYTES else hashlib.sha256()
@@ -175,7 +175,8 @@ def _verify_publish(
     if expected and digest != expected:
         raise IntegrityError(f"SHA-256 mismatch for {dest.name}: expected {expected}, got {digest}")
     publish_private(shared, dest, pieces)
-    record(size, digest)
+    if record is not None:
+        record(size, digest)
     return hasher
 
 
