@@ -105,6 +105,7 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
     _check_directory(directory, "the output directory", "Name a directory with -d.")
     jobs: list[_Job] = []
     by_target: dict[Path, _Job] = {}
+    checked = {directory}  # folders already judged: a list of many files shares a few
     for entry in entries:
         if args.output is not None:
             dest: Path | None = directory / args.output
@@ -118,9 +119,11 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
                     f"the output path {dest} is a directory",
                     hint="Give a file name with -o, or use -d DIR to download into a directory.",
                 )
-            _check_directory(
-                dest.parent, "the folder of the output path", "Name a file in a directory."
-            )
+            if dest.parent not in checked:
+                _check_directory(
+                    dest.parent, "the folder of the output path", "Name a file in a directory."
+                )
+                checked.add(dest.parent)
         target = Path(os.path.normpath(plan_paths(entry.url, dest, directory).dest))
         job = _Job(entry, dest, _label(entry, dest))
         if (first := by_target.get(target)) is not None:
@@ -219,15 +222,16 @@ async def run(args: argparse.Namespace) -> int:
     try:
         async with DownloadManager(mconf, download_config=config, state_dir=state_dir()) as mgr:
             mgr.subscribe(on_event)
+            directory = Path(args.dir)
             for job in jobs:
                 job.handle = mgr.add(
-                    job.entry.url, job.dest, directory=Path(args.dir), sha256=job.entry.sha256
+                    job.entry.url, job.dest, directory=directory, sha256=job.entry.sha256
                 )
                 by_id.setdefault(job.handle.id, []).append(job)
             # Nothing has run yet (no await since the first add): no event is missed.
             renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
             renderer.start()
-            _notice_busy(mgr, jobs, Path(args.dir), renderer)
+            _notice_busy(mgr, jobs, directory, renderer)
             for job in jobs:
                 await _wait(job)
     except asyncio.CancelledError:

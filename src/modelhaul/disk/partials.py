@@ -6,17 +6,20 @@ these questions through the manager (``DownloadManager.is_downloading`` / ``disc
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from filelock import FileLock
 from filelock import Timeout as LockTimeout
 
 from ..policy.paths import PART_SUFFIX, part_paths
+from .files import Buffer, commit_file, pwritev_all
 from .journal import Journal
 
 
@@ -49,7 +52,13 @@ def discard_partial(dest: Path, *, part: Path | None = None, journal: Path | Non
     Journal(journal or default_journal).remove()
 
 
-__all__ = ["discard_partial", "is_downloading", "lock_file_for"]
+__all__ = [
+    "create_private",
+    "discard_partial",
+    "is_downloading",
+    "lock_file_for",
+    "publish_private",
+]
 
 
 # A partial file of one process alone: "<name>.<pid>-<6 hex>.modelhaul.part".
@@ -76,6 +85,51 @@ def hold_private(fd: int) -> bool:
     except OSError:
         return True  # no locks here: no sweep either
     return os.fstat(fd).st_nlink > 0
+
+
+def create_private(shared: Path) -> tuple[int, Path]:
+    """A new partial file beside ``shared`` for this process alone, open and held
+    (``hold_private``): its descriptor and path.
+
+    Raises:
+        OSError: it could not be created.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for attempt in range(3):
+        part = private_part(shared)
+        fd = os.open(part, flags, 0o664)
+        # Lost only when a sweep took the new file before the lock: take another name (a
+        # third loss would fail at the rename, with the error of a file gone from under us).
+        if hold_private(fd) or attempt == 2:
+            break
+        os.close(fd)
+    return fd, part
+
+
+def publish_private(
+    shared: Path, dest: Path, pieces: Sequence[tuple[int, Sequence[Buffer]]]
+) -> None:
+    """Write a verified file held in memory (``pieces``: offset and buffers) to a new partial
+    file of this process alone beside ``shared``, fsync it and rename it to ``dest``; blocking
+    (a writer thread's job). That partial file never outlives a failure.
+
+    Raises:
+        OSError: creating, writing (WriteFailed) or committing failed.
+    """
+    fd, part = create_private(shared)
+    published = False
+    try:
+        for offset, bufs in pieces:
+            pwritev_all(fd, bufs, offset)
+        commit_file(fd, part, dest)
+        published = True
+    finally:
+        os.close(fd)
+        if not published:
+            # On a read-only or full filesystem the unlink may fail too: the first error is
+            # the one to tell.
+            with contextlib.suppress(OSError):
+                part.unlink(missing_ok=True)
 
 
 def sweep_orphans(directory: Path) -> int:

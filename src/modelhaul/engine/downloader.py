@@ -34,6 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from ..config import DownloadConfig, default_state_dir
@@ -62,7 +63,14 @@ from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from .plan import open_fresh_part, open_part
 from .probe import Probe, arrives_whole, close_probe, probe
-from .publish import end_attempt, publish, result_of, start_writing, verify
+from .publish import (
+    end_attempt,
+    publish,
+    publish_from_memory,
+    result_of,
+    start_writing,
+    verify,
+)
 from .stages import stage
 from .transfer import (
     NoticeCallback,
@@ -261,6 +269,14 @@ class Downloader(AsyncResource):
         """The rest of a small file whose probe brought all of it, into a partial file of this
         process alone; that file never outlives the attempt."""
         shared = t.facts.part
+        if self._fits_in_memory(t):
+            # No file until the body is verified: then one thread job writes and publishes it.
+            t.memory = []
+            try:
+                return await self._finish(t, first, shared)
+            finally:
+                t.memory = None
+                await end_attempt(t)
         try:
             for attempt in range(3):
                 t.facts = replace(t.facts, part=private_part(shared))
@@ -291,6 +307,17 @@ class Downloader(AsyncResource):
                 if result is None:  # a published file was renamed away; this one goes
                     t.facts.part.unlink(missing_ok=True)
                     t.facts = replace(t.facts, part=shared)  # for the ordinary path's restart
+
+    def _fits_in_memory(self, t: Transfer) -> bool:
+        """Whether the body is no larger than one write batch (which a stream holds in memory
+        anyway) and nobody reads the partial file while it arrives."""
+        facts = t.facts
+        return (
+            t.size is not None
+            and t.size <= self.config.segments.write_batch_bytes
+            and facts.demand is None
+            and facts.sources is None
+        )
 
     # ------------------------------------------------------------------ the whole download
 
@@ -339,13 +366,17 @@ class Downloader(AsyncResource):
             ) from exc
         _forget_probe(t)
         t.single = t.single or isinstance(exc, RangeNotHonoured)
-        t.inline_hash, t.inline_pos = None, 0
+        t.inline_hash, t.inline_pos, t.memory = None, 0, None
         return restarts
 
     async def _already_complete(self, t: Transfer) -> Result | None:
         """The Result without a request when the target is known done, else None."""
         facts = t.facts
-        known = None if facts.force else self.records.lookup(facts.url, facts.part)
+        # A record stands only for a file still in place: for a named target with nothing
+        # there (every file of a fresh list), no record is read.
+        present = t.dest.is_file()
+        use_record = not facts.force and (present or t.name_pending)
+        known = self.records.lookup(facts.url, facts.part) if use_record else None
         if known is not None and (
             not facts.expected_sha256 or known.sha256 == facts.expected_sha256
         ):
@@ -362,7 +393,7 @@ class Downloader(AsyncResource):
                 etag=known.etag,
                 already_complete=True,
             )
-        if facts.expected_sha256 and t.dest.is_file():
+        if facts.expected_sha256 and present:
             digest = await sha256_file_async(t.dest)
             if digest == facts.expected_sha256:
                 t.claim(t.dest)
@@ -404,13 +435,26 @@ class Downloader(AsyncResource):
         stage("probed")
         start_writing(t, first, check_disk_space=self.config.check_disk_space)
         await self._workers.run(t, first)
+        if t.memory is not None:
+            # No journal to drop after the rename: the record is written by the same job. A
+            # body checked against a given SHA-256 gets none: a re-run checks that SHA-256 of
+            # the file in place (at most one write batch to hash) instead, and a record costs
+            # a file creation, 0.05-0.4 ms of CPU on ext4 while other files are being synced.
+            record = None
+            if not t.facts.expected_sha256:
+                record = partial(self._record, t.facts.url, record_part, t.dest, t.state.etag)
+            size, digest = await publish_from_memory(t, record_part, record)
+            return result_of(t, size, digest)
         size, digest = await verify(t)
         t.claim(t.dest)
         await publish(t)
-        self.records.store(
-            t.facts.url, record_part, t.dest, size=size, sha256=digest, etag=t.state.etag
-        )
+        self._record(t.facts.url, record_part, t.dest, t.state.etag, size, digest)
         return result_of(t, size, digest)
+
+    def _record(
+        self, url: str, part: Path, dest: Path, etag: str | None, size: int, digest: str
+    ) -> None:
+        self.records.store(url, part, dest, size=size, sha256=digest, etag=etag)
 
 
 def _forget_probe(t: Transfer) -> None:

@@ -128,16 +128,7 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
         allocated = 0
     needed = max(0, t.size - allocated)
     if check_disk_space and needed:
-        free = shutil.disk_usage(t.facts.part.parent).free
-        if free < needed:
-            raise DiskFull(
-                f"not enough disk space for {t.dest.name}: needs {human_bytes(needed)} more, "
-                f"{human_bytes(free)} free in {t.facts.part.parent}",
-                need_bytes=needed,
-                free_bytes=free,
-                path=str(t.facts.part.parent),
-                remedy=Remedy.FREE_SHORTFALL,
-            )
+        check_free_space(t, needed)
     try:
         if os.fstat(t.fd).st_size > t.size:
             os.ftruncate(t.fd, t.size)
@@ -150,6 +141,20 @@ def prepare_file(t: Transfer, *, check_disk_space: bool) -> None:
             raise os_error(exc, t.facts.part, t.dest) from exc
         # Filesystems without fallocate still work; the space check above stands.
     save_journal(t)
+
+
+def check_free_space(t: Transfer, needed: int) -> None:
+    """Raise DiskFull when the partial file's folder has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(t.facts.part.parent).free
+    if free < needed:
+        raise DiskFull(
+            f"not enough disk space for {t.dest.name}: needs {human_bytes(needed)} more, "
+            f"{human_bytes(free)} free in {t.facts.part.parent}",
+            need_bytes=needed,
+            free_bytes=free,
+            path=str(t.facts.part.parent),
+            remedy=Remedy.FREE_SHORTFALL,
+        )
 
 
 def save_journal(t: Transfer) -> None:
@@ -176,6 +181,7 @@ def drop_journal(t: Transfer) -> None:
 
 
 __all__ = [
+    "check_free_space",
     "drop_journal",
     "journaled",
     "may_split",

@@ -14,10 +14,14 @@ import contextlib
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import wait as wait_futures
+from pathlib import Path
+from typing import Any
 
-from ..disk.files import commit_file, os_error
+from ..disk.files import Buffer, WriteFailed, commit_file, os_error
 from ..disk.hashing import CHUNK_BYTES, FileDigest, PrefixHasher
+from ..disk.partials import publish_private
 from ..disk.writeback import EVERY_BYTES, Writeback
 from ..errors import IntegrityError, ModelhaulError
 from ..events import Phase, Result
@@ -37,9 +41,10 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
     try:
         if t.facts.on_phase:
             t.facts.on_phase(Phase.PROBED, t.size)
-        prepare_file(t, check_disk_space=check_disk_space)
-        t.hasher = PrefixHasher(t.fd)
-        t.hasher.advance(t.state.done.prefix_end())
+        if t.memory is None:
+            prepare_file(t, check_disk_space=check_disk_space)
+            t.hasher = PrefixHasher(t.fd)
+            t.hasher.advance(t.state.done.prefix_end())
         t.resumed_from = t.bytes_done()
     except Exception:
         # No worker took the probe's response (a full disk, say): drop its connection,
@@ -50,6 +55,10 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
         # Large files are written back as their ranges become final: the fsync before the
         # rename then waits for little more than the last few MiB.
         t.writeback = Writeback(t.fd, t.size)
+    if t.memory is not None:
+        # A body held in memory is written, and so checked for space, by its publishing job:
+        # no free-space check (it is no larger than one write batch) and no hashing here.
+        return
     if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
         # A file of one chunk needs no chunk digests (a repair refetches it whole); a larger
         # one gets them from the same inline pass as its SHA-256.
@@ -111,6 +120,79 @@ async def publish(t: Transfer) -> None:
     drop_journal(t)
 
 
+async def publish_from_memory(
+    t: Transfer, shared: Path, record: Callable[[int, str], None] | None
+) -> tuple[int, str]:
+    """Verify the body held in memory, write it to a partial file of this process alone
+    beside ``shared``, fsync it, rename it into place and ``record(size, digest)`` it (if
+    given): one thread job for all of it, so a small file's hashing and file system calls
+    never run on the loop. Returns the size and SHA-256.
+
+    Raises:
+        IntegrityError: the digest is not the expected SHA-256 (nothing was written).
+    """
+    assert t.memory is not None
+    size = t.size if t.size is not None else t.bytes_done()
+    t.size = size
+    emit_progress(t, force=True)
+    if t.facts.on_phase:
+        t.facts.on_phase(Phase.VERIFYING, size)
+    stage("hashing")
+    t.claim(t.dest)  # before anything is published there; the hash is the job's
+    pieces, t.memory = t.memory, []  # the job owns them now
+    job = WRITE_POOL.submit(
+        _verify_publish, pieces, size, t.facts.expected_sha256, shared, t.dest, record
+    )
+    try:
+        hasher = await asyncio.wrap_future(job)
+    except WriteFailed as exc:
+        raise os_error(exc.cause, shared, t.dest) from exc.cause
+    except OSError as exc:
+        raise os_error(exc, shared, t.dest) from exc
+    t.chunk_bytes, t.chunk_xxh3 = 0, ()
+    if isinstance(hasher, FileDigest):
+        t.chunk_bytes, t.chunk_xxh3 = hasher.chunk_bytes, hasher.chunks()
+    stage("renamed_before_journal_removal")
+    return size, hasher.hexdigest()
+
+
+def _verify_publish(
+    pieces: list[tuple[int, list[Buffer]]],
+    size: int,
+    expected: str | None,
+    shared: Path,
+    dest: Path,
+    record: Callable[[int, str], None] | None,
+) -> Any:
+    """The job of publish_from_memory, in a writer thread; returns the body's hasher."""
+    hasher = FileDigest() if size > CHUNK_BYTES else hashlib.sha256()
+    at = 0
+    for offset, bufs in pieces:
+        if offset != at:  # out of order (a second connection): hash it assembled
+            hasher = FileDigest() if size > CHUNK_BYTES else hashlib.sha256()
+            hasher.update(_assemble(pieces, size))
+            break
+        for b in bufs:
+            hasher.update(b)  # large updates release the GIL: the loop runs meanwhile
+            at += len(b)
+    digest = hasher.hexdigest()
+    if expected and digest != expected:
+        raise IntegrityError(f"SHA-256 mismatch for {dest.name}: expected {expected}, got {digest}")
+    publish_private(shared, dest, pieces)
+    if record is not None:
+        record(size, digest)
+    return hasher
+
+
+def _assemble(pieces: list[tuple[int, list[Buffer]]], size: int) -> bytearray:
+    body = bytearray(size)
+    for offset, bufs in pieces:
+        for b in bufs:
+            body[offset : offset + len(b)] = b
+            offset += len(b)
+    return body
+
+
 def result_of(t: Transfer, size: int, digest: str) -> Result:
     """The Result of a published download."""
     return Result(
@@ -163,4 +245,11 @@ async def _stop_writeback(t: Transfer) -> None:
         t.writeback = None
 
 
-__all__ = ["end_attempt", "publish", "result_of", "start_writing", "verify"]
+__all__ = [
+    "end_attempt",
+    "publish",
+    "publish_from_memory",
+    "result_of",
+    "start_writing",
+    "verify",
+]

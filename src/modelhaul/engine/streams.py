@@ -298,6 +298,9 @@ class Streams:
         # task group cancels it mid-wait, and may finish after a clean restart has begun: its
         # bytes went to the old partial file, so the restart's fresh state must not hear of them.
         state = t.state
+        if t.memory is not None:
+            self._keep(t, list(bufs), offset)
+            return
         if t.inline_hash is not None:
             if offset == t.inline_pos:
                 try:
@@ -321,6 +324,14 @@ class Streams:
                 self._record_write(t, state, offset, exc.written)
             raise os_error(exc.cause, t.facts.part, t.dest) from exc.cause
         self._record_write(t, state, offset, n)
+
+    @staticmethod
+    def _keep(t: Transfer, bufs: list[Buffer], offset: int) -> None:
+        """A small file's bytes stay in memory until the thread job that verifies and
+        publishes it (see Transfer.memory)."""
+        assert t.memory is not None
+        t.memory.append((offset, bufs))
+        t.state.done.add(offset, offset + sum(map(len, bufs)))
 
     @staticmethod
     def _record_write(t: Transfer, state: JournalState, offset: int, n: int) -> None:

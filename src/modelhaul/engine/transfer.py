@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from ..config import RetryPolicy
+from ..disk.files import Buffer
 from ..disk.hashing import PrefixHasher
 from ..disk.journal import Journal, JournalState
 from ..disk.writeback import Writeback
@@ -89,6 +90,10 @@ class Transfer:
     # Small files arriving in order are written and hashed on the loop: no thread hand-offs.
     inline_hash: Any = None
     inline_pos: int = 0
+    # A body no larger than one write batch, kept here as (offset, buffers) until verified:
+    # one thread job then creates, writes, syncs and publishes its file. None: writes go to
+    # the partial file (fd).
+    memory: list[tuple[int, list[Buffer]]] | None = None
     # What verify() found besides the SHA-256: the xxh3-128 of each chunk, for the Result.
     chunk_bytes: int = 0
     chunk_xxh3: tuple[str, ...] = ()

@@ -56,6 +56,9 @@ class Workers:
             return
         t.alive = 0
         t.all_exited = asyncio.Event()
+        if t.memory is not None and t.target == 1:
+            await self._run_alone(t, probe)
+            return
         try:
             async with asyncio.TaskGroup() as tg:
                 if isinstance(probe, Response):
@@ -73,6 +76,31 @@ class Workers:
             primary = _primary_error(eg)
             # Hide the group, but keep the error's own cause (`from None` would erase it).
             raise primary from primary.__cause__
+        if t.size is not None and t.state.done.total() < t.size:
+            last = t.history[-1] if t.history else TruncatedBody("the download stopped early")
+            raise RetriesExhausted(last, list(t.history))
+
+    async def _run_alone(self, t: Transfer, probe: Probe) -> None:
+        """One connection for a body held in memory (no more are ever added, nothing is
+        journaled): its worker runs in this task, and the tick is a timer for progress."""
+        assert probe is not None
+        if isinstance(probe, Response):
+            first = (Segment(0, t.size if t.size is not None else UNKNOWN_END, 0), probe)
+        else:
+            first = probe
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            nonlocal timer
+            emit_progress(t)
+            timer = loop.call_later(_TICK_S, tick)
+
+        timer = loop.call_later(_TICK_S, tick)
+        t.alive = 1
+        try:
+            await self._worker(t, first)
+        finally:
+            timer.cancel()
         if t.size is not None and t.state.done.total() < t.size:
             last = t.history[-1] if t.history else TruncatedBody("the download stopped early")
             raise RetriesExhausted(last, list(t.history))

@@ -79,7 +79,7 @@ def _holds(task: Task, path: str) -> bool:
 
 def materialize_aliases(task: Task) -> None:
     """Give a completed download's file the other names its sharers asked for."""
-    if task.result is None:
+    if task.result is None or not task.aliases:
         return
     source = Path(task.result.path)
     for alias in task.aliases:

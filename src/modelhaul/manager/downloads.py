@@ -168,8 +168,9 @@ class DownloadManager(AsyncResource):
         task = self._new_task(
             url,
             paths,
-            dest=None if dest is None else Path(dest),
-            directory=None if directory is None else Path(directory),
+            # (a Path is kept: building it again costs more than the rest of an add)
+            dest=None if dest is None else _as_path(dest),
+            directory=None if directory is None else _as_path(directory),
             sha256=sha256,
             expected_size=expected_size,
             headers=dict(headers or {}),
@@ -476,6 +477,10 @@ class DownloadManager(AsyncResource):
 
     def _publish(self, event: TaskEvent) -> None:
         self._fanout.publish(event)
+
+
+def _as_path(path: str | os.PathLike[str]) -> Path:
+    return path if isinstance(path, Path) else Path(path)
 
 
 def _wrap(exc: BaseException) -> ModelhaulError:

@@ -3,6 +3,7 @@ relative paths from remote listings (Hub trees, manifests) that must stay inside
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ PART_SUFFIX = ".modelhaul.part"
 JOURNAL_SUFFIX = ".modelhaul.journal"
 
 
+@functools.lru_cache(maxsize=1024)
 def part_paths(dest: Path) -> tuple[Path, Path]:
-    """Where the partial file and its journal live for a target path."""
+    """Where the partial file and its journal live for a target path (remembered: the CLI,
+    the manager and the engine each ask for every file of a list)."""
     return dest.with_name(dest.name + PART_SUFFIX), dest.with_name(dest.name + JOURNAL_SUFFIX)
 
 
