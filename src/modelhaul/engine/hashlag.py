@@ -1,0 +1,96 @@
+"""What a download does while its SHA-256 trails the completed prefix: the hash is one serial
+thread, and whatever it has not hashed at the last byte is the tail the user waits for.
+
+Two reversible answers, each behind one SegmentPolicy value, steered every tick:
+
+- ``hash_cpu_lag_bytes``: past this lag the receive threads leave the hash one CPU
+  (engine.cpus; machines with 2-4 CPUs), given back once the lag is under a quarter of it.
+- ``hash_recv_lag_bytes``: past this lag fewer receives run at once, in proportion (twice the
+  lag, half the connections; never fewer than _MIN_RECEIVERS), none held back below it.
+
+Holding back every receive (tried before) idled a core: the answers here only shift the share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..config import SegmentPolicy
+from .cpus import RECEIVER_CPUS, ReceiverCpus
+from .stages import stage
+from .transfer import Transfer
+
+# So many receives always run: together they keep a core busy while the hash has the other.
+_MIN_RECEIVERS = 2
+
+
+class HashLagGuard:
+    """One download's steering by its hash lag, from the first tick to ``release``."""
+
+    def __init__(
+        self, t: Transfer, policy: SegmentPolicy, cpus: ReceiverCpus = RECEIVER_CPUS
+    ) -> None:
+        self._t = t
+        self._cpu_lag = policy.hash_cpu_lag_bytes
+        self._recv_lag = policy.hash_recv_lag_bytes
+        self._cpus = cpus
+        self._cpu_held = False
+
+    def steer_nowait(self) -> None:
+        """Hold or release the CPU, and set the receive cap, by the lag now (each tick)."""
+        if self._cpu_lag is None and self._recv_lag is None:
+            return
+        hasher = self._t.hasher
+        lag = 0 if hasher is None else hasher.unhashed_bytes
+        if self._cpu_lag is not None:
+            if not self._cpu_held and lag > self._cpu_lag:
+                self._cpu_held = self._cpus.hold()
+                if not self._cpu_held:
+                    self._cpu_lag = None  # not on this machine: stop asking
+            elif self._cpu_held and lag < self._cpu_lag // 4:
+                self._release_cpu()
+        if self._recv_lag is not None:
+            cap = None
+            if lag > self._recv_lag:
+                cap = max(_MIN_RECEIVERS, self._t.alive * self._recv_lag // lag)
+            set_receive_cap(self._t, cap)
+
+    def release(self) -> None:
+        """The receives are over (or failed): give everything back."""
+        self._release_cpu()
+        set_receive_cap(self._t, None)
+
+    def _release_cpu(self) -> None:
+        if self._cpu_held:
+            self._cpu_held = False
+            self._cpus.release()
+
+
+def set_receive_cap(t: Transfer, cap: int | None) -> None:
+    """At most ``cap`` receives of ``t`` at once from now on (None: no cap)."""
+    if cap != t.recv_cap:
+        if (cap is None) != (t.recv_cap is None):
+            stage("receive_cap_lifted" if cap is None else "receive_cap_set")
+        t.recv_cap = cap
+        _wake(t)
+
+
+async def wait_receive_turn(t: Transfer) -> None:
+    """Before a receive: wait while ``t``'s receive cap is reached."""
+    while t.recv_cap is not None and t.recv_active >= t.recv_cap:
+        await t.recv_turn.wait()
+
+
+def receive_ended(t: Transfer) -> None:
+    """A receive of ``t`` ended: its turn goes to a waiting one, if capped."""
+    t.recv_active -= 1
+    if t.recv_cap is not None:
+        _wake(t)
+
+
+def _wake(t: Transfer) -> None:
+    turn, t.recv_turn = t.recv_turn, asyncio.Event()
+    turn.set()
+
+
+__all__ = ["HashLagGuard", "receive_ended", "set_receive_cap", "wait_receive_turn"]
