@@ -24,6 +24,7 @@ from modelhaul.disk.hashing import sha256_file_async
 from modelhaul.engine import stages
 from modelhaul.engine.cpus import RECEIVER_CPUS, ReceiverCpus
 from modelhaul.engine.downloader import Downloader
+from modelhaul.engine.hashlag import next_receive_cap
 from origin import Fault, Origin
 
 # disk.hashing's pool runs this many hashes at once: keeping all busy stalls the prefix hash.
@@ -137,9 +138,9 @@ async def test_fewer_receives_run_while_the_hash_trails_and_all_again_after(
     origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
 ) -> None:
     def hook(name: str) -> None:
-        if "receive_cap" in name:
+        if name.startswith("receive_"):
             seen.append((name, None))
-        if name in ("receive_cap_set", "hashing"):
+        if name in ("receive_held", "hashing"):  # "hashing": it never engaged, finish anyway
             gate.open()
 
     stages.stage_hook = hook
@@ -148,6 +149,8 @@ async def test_fewer_receives_run_while_the_hash_trails_and_all_again_after(
     )
     names = [name for name, _ in seen]
     assert names and names[0] == "receive_cap_set" and names[-1] == "receive_cap_lifted", names
+    # A receive waited for its turn: the cap held connections back.
+    assert "receive_held" in names, names
 
 
 @needs_few_cpus
@@ -179,3 +182,14 @@ def test_more_cpus_than_the_bound_hold_nothing() -> None:
     cpus = ReceiverCpus(max_cpus=len(CPUS) - 1)
     assert not cpus.hold()
     assert not cpus.held
+
+
+def test_the_receive_cap_halves_while_the_hash_trails_and_doubles_back_to_none() -> None:
+    lag = 64 * MiB
+    assert next_receive_cap(None, 16, 10 * MiB, lag) is None  # no lag: no cap
+    assert next_receive_cap(None, 16, 100 * MiB, lag) == 8  # half the connections
+    assert next_receive_cap(8, 16, 100 * MiB, lag) == 4
+    assert next_receive_cap(2, 16, 500 * MiB, lag) == 2  # never below two
+    assert next_receive_cap(4, 16, 40 * MiB, lag) == 4  # between half and whole: kept
+    assert next_receive_cap(4, 16, 10 * MiB, lag) == 8  # under half: doubled
+    assert next_receive_cap(8, 16, 10 * MiB, lag) is None  # every connection again

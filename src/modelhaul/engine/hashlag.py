@@ -5,8 +5,9 @@ Two reversible answers, each behind one SegmentPolicy value, steered every tick:
 
 - ``hash_cpu_lag_bytes``: past this lag the receive threads leave the hash one CPU
   (engine.cpus; machines with 2-4 CPUs), given back once the lag is under a quarter of it.
-- ``hash_recv_lag_bytes``: past this lag fewer receives run at once, in proportion (twice the
-  lag, half the connections; never fewer than _MIN_RECEIVERS), none held back below it.
+- ``hash_recv_lag_bytes``: past this lag fewer receives run at once: half as many each tick
+  the lag stays over it (never fewer than _MIN_RECEIVERS), twice as many each tick it is
+  under half of it, until none is held back.
 
 Holding back every receive (tried before) idled a core: the answers here only shift the share.
 """
@@ -50,10 +51,9 @@ class HashLagGuard:
             elif self._cpu_held and lag < self._cpu_lag // 4:
                 self._release_cpu()
         if self._recv_lag is not None:
-            cap = None
-            if lag > self._recv_lag:
-                cap = max(_MIN_RECEIVERS, self._t.alive * self._recv_lag // lag)
-            set_receive_cap(self._t, cap)
+            set_receive_cap(
+                self._t, next_receive_cap(self._t.recv_cap, self._t.alive, lag, self._recv_lag)
+            )
 
     def release(self) -> None:
         """The receives are over (or failed): give everything back."""
@@ -64,6 +64,17 @@ class HashLagGuard:
         if self._cpu_held:
             self._cpu_held = False
             self._cpus.release()
+
+
+def next_receive_cap(cap: int | None, alive: int, lag: int, lag_bytes: int) -> int | None:
+    """The receive cap for the next tick: halved while the lag is over ``lag_bytes`` (from
+    the connections alive, never below _MIN_RECEIVERS), doubled once it is under half of it,
+    and lifted (None) when that reaches every connection."""
+    if lag > lag_bytes:
+        return max(_MIN_RECEIVERS, (alive if cap is None else cap) // 2)
+    if cap is None or lag >= lag_bytes // 2:
+        return cap
+    return None if 2 * cap >= alive else 2 * cap
 
 
 def set_receive_cap(t: Transfer, cap: int | None) -> None:
@@ -78,6 +89,7 @@ def set_receive_cap(t: Transfer, cap: int | None) -> None:
 async def wait_receive_turn(t: Transfer) -> None:
     """Before a receive: wait while ``t``'s receive cap is reached."""
     while t.recv_cap is not None and t.recv_active >= t.recv_cap:
+        stage("receive_held")
         await t.recv_turn.wait()
 
 
@@ -93,4 +105,10 @@ def _wake(t: Transfer) -> None:
     turn.set()
 
 
-__all__ = ["HashLagGuard", "receive_ended", "set_receive_cap", "wait_receive_turn"]
+__all__ = [
+    "HashLagGuard",
+    "next_receive_cap",
+    "receive_ended",
+    "set_receive_cap",
+    "wait_receive_turn",
+]
