@@ -125,11 +125,13 @@ class SegmentPolicy:
     recv_budget_bytes: int = 48 * MiB
     journal_every_bytes: int = 8 * MiB
     journal_every_s: float = 1.0
-    # While the SHA-256 trails the completed prefix by more than this, the receive threads
-    # leave it one CPU (machines with 2-4 CPUs; engine.cpus). None: never.
-    hash_cpu_lag_bytes: int | None = 64 * MiB
-    # Past this lag fewer receives run at once, in proportion to it (engine.hashlag). None: never.
-    hash_recv_lag_bytes: int | None = None
+    # While the SHA-256 trails the completed prefix by more than this, fewer receives run at
+    # once (engine.hashlag). None: never.
+    hash_recv_lag_bytes: int | None = 64 * MiB
+    # Past this lag the receive threads leave the hash one CPU (2-4 CPUs; engine.cpus). Off by
+    # default: on the shared VM it did not shorten the tail (the kernel's balancer moves other
+    # tasks onto the CPU left free). None: never.
+    hash_cpu_lag_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.connections is not None and not 1 <= self.connections <= 64:
