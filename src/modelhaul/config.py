@@ -127,7 +127,7 @@ class SegmentPolicy:
     journal_every_s: float = 1.0
     # While the SHA-256 trails the completed prefix by more than this, fewer receives run at
     # once (engine.hashlag). None: never.
-    hash_recv_lag_bytes: int | None = 64 * MiB
+    hash_recv_lag_bytes: int | None = 32 * MiB
     # Past this lag the receive threads leave the hash one CPU (2-4 CPUs; engine.cpus). Off by
     # default: on the shared VM it did not shorten the tail (the kernel's balancer moves other
     # tasks onto the CPU left free). None: never.

@@ -189,7 +189,8 @@ def test_the_receive_cap_halves_while_the_hash_trails_and_doubles_back_to_none()
     assert next_receive_cap(None, 16, 10 * MiB, lag) is None  # no lag: no cap
     assert next_receive_cap(None, 16, 100 * MiB, lag) == 8  # half the connections
     assert next_receive_cap(8, 16, 100 * MiB, lag) == 4
-    assert next_receive_cap(2, 16, 500 * MiB, lag) == 2  # never below two
+    assert next_receive_cap(2, 16, 500 * MiB, lag) == 1
+    assert next_receive_cap(1, 16, 500 * MiB, lag) == 1  # never below one: no full stop
     assert next_receive_cap(4, 16, 40 * MiB, lag) == 4  # between half and whole: kept
     assert next_receive_cap(4, 16, 10 * MiB, lag) == 8  # under half: doubled
     assert next_receive_cap(8, 16, 10 * MiB, lag) is None  # every connection again

@@ -12,6 +12,10 @@ CPU nearly to itself, the receives keep the others, and nothing stops. CPU affin
 unprivileged and undone exactly (the threads get back the mask the process had). On a busy
 machine the kernel still shares the left CPU fairly among other processes. With more than
 _MAX_CPUS CPUs a hash has a core anyway, and nothing is done.
+
+Off by default (SegmentPolicy.hash_cpu_lag_bytes; engine.hashlag steers it): on the loaded VM
+the tail did not get shorter, since the kernel's balancer moves other runnable tasks (the
+server's, other processes') onto the CPU the receives left; on a quiet machine it may.
 """
 
 from __future__ import annotations
