@@ -19,6 +19,7 @@ other runnable tasks onto the CPU left free), so only the first is on by default
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from ..config import SegmentPolicy
 from .cpus import RECEIVER_CPUS, ReceiverCpus
@@ -28,6 +29,9 @@ from .transfer import Transfer
 # At least one receive always runs: holding every receive back (tried before) idled a core.
 # One rather than two: on the loaded 2-core VM, 4 GiB, tail 1.25 -> 0.67 s (32 MiB of lag).
 _MIN_RECEIVERS = 1
+# The longest one receive is held back: a hash starved by other processes gains little from
+# it, and a server may close a connection that sat idle for long.
+_HOLD_MAX_S = 2.0
 
 
 class HashLagGuard:
@@ -92,10 +96,12 @@ def set_receive_cap(t: Transfer, cap: int | None) -> None:
 
 
 async def wait_receive_turn(t: Transfer) -> None:
-    """Before a receive: wait while ``t``'s receive cap is reached."""
-    while t.recv_cap is not None and t.recv_active >= t.recv_cap:
-        stage("receive_held")
-        await t.recv_turn.wait()
+    """Before a receive: wait while ``t``'s receive cap is reached, _HOLD_MAX_S at most."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_HOLD_MAX_S):
+            while t.recv_cap is not None and t.recv_active >= t.recv_cap:
+                stage("receive_held")
+                await t.recv_turn.wait()
 
 
 def receive_ended(t: Transfer) -> None:
