@@ -95,11 +95,17 @@ def set_receive_cap(t: Transfer, cap: int | None) -> None:
         _wake(t)
 
 
-async def wait_receive_turn(t: Transfer) -> None:
-    """Before a receive: wait while ``t``'s receive cap is reached, _HOLD_MAX_S at most."""
+async def wait_receive_turn(t: Transfer, pos: int) -> None:
+    """Before a receive at ``pos``: wait while ``t``'s receive cap is reached, _HOLD_MAX_S at
+    most. The receive that continues the completed prefix never waits: held back, the hash
+    would idle while the bytes after it pile up, then get them all at once."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_HOLD_MAX_S):
-            while t.recv_cap is not None and t.recv_active >= t.recv_cap:
+            while (
+                t.recv_cap is not None
+                and t.recv_active >= t.recv_cap
+                and pos > t.state.done.prefix_end()
+            ):
                 stage("receive_held")
                 await t.recv_turn.wait()
 

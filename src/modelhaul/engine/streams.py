@@ -236,7 +236,7 @@ class Streams:
         try:
             while True:
                 if t.recv_cap is not None:  # fewer receives while the hash trails
-                    await wait_receive_turn(t)
+                    await wait_receive_turn(t, seg.pos)
                 # Re-read every time: another connection may have stolen the tail.
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
