@@ -186,11 +186,18 @@ def test_more_cpus_than_the_bound_hold_nothing() -> None:
 
 def test_the_receive_cap_halves_while_the_hash_trails_and_doubles_back_to_none() -> None:
     lag = 64 * MiB
-    assert next_receive_cap(None, 16, 10 * MiB, lag) is None  # no lag: no cap
-    assert next_receive_cap(None, 16, 100 * MiB, lag) == 8  # half the connections
-    assert next_receive_cap(8, 16, 100 * MiB, lag) == 4
-    assert next_receive_cap(2, 16, 500 * MiB, lag) == 1
-    assert next_receive_cap(1, 16, 500 * MiB, lag) == 1  # never below one: no full stop
-    assert next_receive_cap(4, 16, 40 * MiB, lag) == 4  # between half and whole: kept
-    assert next_receive_cap(4, 16, 10 * MiB, lag) == 8  # under half: doubled
-    assert next_receive_cap(8, 16, 10 * MiB, lag) is None  # every connection again
+    assert next_receive_cap(None, 16, 10 * MiB, 0, lag) is None  # no lag: no cap
+    assert next_receive_cap(None, 16, 100 * MiB, 90 * MiB, lag) == 8  # half the connections
+    assert next_receive_cap(8, 16, 100 * MiB, 100 * MiB, lag) == 4  # not shrinking: halved
+    assert next_receive_cap(2, 16, 500 * MiB, 400 * MiB, lag) == 1
+    assert next_receive_cap(1, 16, 500 * MiB, 500 * MiB, lag) == 1  # never below one
+    assert next_receive_cap(4, 16, 40 * MiB, 30 * MiB, lag) == 4  # between half and whole: kept
+    assert next_receive_cap(4, 16, 10 * MiB, 40 * MiB, lag) == 8  # under half: doubled
+    assert next_receive_cap(8, 16, 10 * MiB, 20 * MiB, lag) is None  # every connection again
+
+
+def test_a_lag_the_hash_is_clearing_on_its_own_holds_nothing_back() -> None:
+    # The prefix jumped (a slow chunk completed): the lag is high but falls tick by tick.
+    lag = 64 * MiB
+    assert next_receive_cap(None, 16, 900 * MiB, 1000 * MiB, lag) is None
+    assert next_receive_cap(4, 16, 900 * MiB, 1000 * MiB, lag) == 4  # a cap set stays

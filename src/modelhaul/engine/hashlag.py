@@ -6,8 +6,8 @@ Two reversible answers, each behind one SegmentPolicy value, steered every tick:
 - ``hash_cpu_lag_bytes``: past this lag the receive threads leave the hash one CPU
   (engine.cpus; machines with 2-4 CPUs), given back once the lag is under a quarter of it.
 - ``hash_recv_lag_bytes``: past this lag fewer receives run at once: half as many each tick
-  the lag stays over it (never fewer than _MIN_RECEIVERS), twice as many each tick it is
-  under half of it, until none is held back.
+  the lag stays over it without shrinking (never fewer than _MIN_RECEIVERS), twice as many
+  each tick it is under half of it, until none is held back.
 
 Holding back every receive (tried before) idled a core: the answers here only shift the share.
 Measured on the shared 2-core VM (4 GiB to ext4, load 7-12 from others, alternating runs,
@@ -45,6 +45,7 @@ class HashLagGuard:
         self._recv_lag = policy.hash_recv_lag_bytes
         self._cpus = cpus
         self._cpu_held = False
+        self._prev_lag = 0
 
     def steer_nowait(self) -> None:
         """Hold or release the CPU, and set the receive cap, by the lag now (each tick)."""
@@ -60,9 +61,11 @@ class HashLagGuard:
             elif self._cpu_held and lag < self._cpu_lag // 4:
                 self._release_cpu()
         if self._recv_lag is not None:
-            set_receive_cap(
-                self._t, next_receive_cap(self._t.recv_cap, self._t.alive, lag, self._recv_lag)
+            cap = next_receive_cap(
+                self._t.recv_cap, self._t.alive, lag, self._prev_lag, self._recv_lag
             )
+            set_receive_cap(self._t, cap)
+        self._prev_lag = lag
 
     def release(self) -> None:
         """The receives are over (or failed): give everything back."""
@@ -75,11 +78,15 @@ class HashLagGuard:
             self._cpus.release()
 
 
-def next_receive_cap(cap: int | None, alive: int, lag: int, lag_bytes: int) -> int | None:
-    """The receive cap for the next tick: halved while the lag is over ``lag_bytes`` (from
-    the connections alive, never below _MIN_RECEIVERS), doubled once it is under half of it,
-    and lifted (None) when that reaches every connection."""
-    if lag > lag_bytes:
+def next_receive_cap(
+    cap: int | None, alive: int, lag: int, prev_lag: int, lag_bytes: int
+) -> int | None:
+    """The receive cap for the next tick: halved while the lag is over ``lag_bytes`` and not
+    shrinking since the last tick (``prev_lag``; from the connections alive, never below
+    _MIN_RECEIVERS), doubled once it is under half of it, and lifted (None) when that reaches
+    every connection. A lag that shrinks on its own is a jump of the prefix the hash is
+    clearing at full speed, not a starved hash: holding receives then would only cost time."""
+    if lag > lag_bytes and lag >= prev_lag:
         return max(_MIN_RECEIVERS, (alive if cap is None else cap) // 2)
     if cap is None or lag >= lag_bytes // 2:
         return cap
