@@ -125,6 +125,13 @@ class SegmentPolicy:
     recv_budget_bytes: int = 48 * MiB
     journal_every_bytes: int = 8 * MiB
     journal_every_s: float = 1.0
+    # While the SHA-256 trails the completed prefix by more than this, fewer receives run at
+    # once (engine.hashlag). None: never.
+    hash_recv_lag_bytes: int | None = 32 * MiB
+    # Past this lag the receive threads leave the hash one CPU (2-4 CPUs; engine.cpus). Off by
+    # default: on the shared VM it did not shorten the tail (the kernel's balancer moves other
+    # tasks onto the CPU left free). None: never.
+    hash_cpu_lag_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.connections is not None and not 1 <= self.connections <= 64:
@@ -145,6 +152,9 @@ class SegmentPolicy:
         _positive("journal_every_s", self.journal_every_s, allow_zero=True)
         if self.chunk_bytes is not None:
             _positive("chunk_bytes", self.chunk_bytes)
+        for name in ("hash_cpu_lag_bytes", "hash_recv_lag_bytes"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
 
     def recv_block_for(self, connections: int, live_bytes: int = 0, live: int = 0) -> int:
         """Block size for the next blocking receive of a file with ``connections`` connections

@@ -16,7 +16,7 @@ from ..config import (
     default_state_dir,
 )
 from ..errors import InvalidInput
-from ..policy.units import parse_rate
+from ..policy.units import parse_rate, parse_size
 
 
 # The options every transfer command takes, declared once; a command's own flags stay in
@@ -100,6 +100,7 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
         raise InvalidInput(f"--timeout must be a positive number of seconds, got {args.timeout}")
     # An explicit -x is what the user asked for; the automatic ceiling must not cut it down.
     max_connections = max(args.max_connections, args.connections or 1)
+    defaults = SegmentPolicy()
     return DownloadConfig(
         retry=RetryPolicy(retries=args.retries),
         timeouts=Timeouts(stall_s=args.timeout, connect_s=max(args.timeout, 10.0)),
@@ -107,12 +108,25 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
             connections=args.connections,
             max_connections=max_connections,
             initial_connections=min(16, max_connections),
+            hash_cpu_lag_bytes=lag_bytes("MODELHAUL_HASH_CPU_LAG", defaults.hash_cpu_lag_bytes),
+            hash_recv_lag_bytes=lag_bytes("MODELHAUL_HASH_RECV_LAG", defaults.hash_recv_lag_bytes),
         ),
         rate=RateLimit(rate_bytes_per_s=parse_rate(args.limit_rate)),
         headers=parse_headers(args.header),
         allow_https_downgrade=args.allow_insecure_redirects,
         verify_tls=not args.insecure,
     )
+
+
+def lag_bytes(name: str, default: int | None) -> int | None:
+    """A hash-lag threshold from the environment variable ``name`` ("64M"; "0" or "off":
+    never); unset, ``default`` (the library's)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    if text.lower() == "off":
+        return None
+    return parse_size(text, what=name) or None
 
 
 def state_dir() -> Path:

@@ -114,6 +114,12 @@ class PrefixHasher:
     def hashed_bytes(self) -> int:
         return self._pos
 
+    @property
+    def unhashed_bytes(self) -> int:
+        """Announced final by ``advance`` but not hashed yet (read without the lock: a hint
+        that may be a moment old)."""
+        return self._target - self._pos
+
     def advance(self, end: int) -> None:
         """The bytes before ``end`` are final; hash them in the background. Never blocks."""
         with self._lock:

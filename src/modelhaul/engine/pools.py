@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from .cpus import RECEIVER_CPUS
+
 # Writes to partial files and the fsync-and-rename of finished ones.
 WRITE_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-write")
 # Receive-and-write jobs of plain-HTTP bodies (SocketBody): one per connection at a time, each
 # at most a block or BATCH_MAX_AGE_S long, so the pool bounds threads, not connections.
-RECV_POOL = ThreadPoolExecutor(max_workers=64, thread_name_prefix="modelhaul-recv")
+# Each thread registers, so the receives can leave a trailing hash one CPU (engine.cpus).
+RECV_POOL = ThreadPoolExecutor(
+    max_workers=64, thread_name_prefix="modelhaul-recv", initializer=RECEIVER_CPUS.register
+)
 
 __all__ = ["RECV_POOL", "WRITE_POOL"]

@@ -22,6 +22,7 @@ from ..http.bodies import BodyPump, SocketBody
 from ..http.receive import FileSink, most_per_receive, receive_into
 from ..http.response import BulkReceive, Response
 from ..policy.segments import Segment
+from .hashlag import receive_ended, wait_receive_turn
 from .plan import save_journal
 from .pools import RECV_POOL, WRITE_POOL
 from .transfer import BATCH_MAX_AGE_S, UNKNOWN_END, Transfer
@@ -234,6 +235,8 @@ class Streams:
 
         try:
             while True:
+                if t.recv_cap is not None:  # fewer receives while the hash trails
+                    await wait_receive_turn(t, seg.pos)
                 # Re-read every time: another connection may have stolen the tail.
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
@@ -244,7 +247,11 @@ class Streams:
                 job = RECV_POOL.submit(receive_into, body, sink, seg, at, want)
                 t.track(job)
                 asked_at = loop.time()
-                n = await asyncio.wrap_future(job)
+                t.recv_active += 1
+                try:
+                    n = await asyncio.wrap_future(job)
+                finally:
+                    receive_ended(t)
                 job = None
                 if n == want and loop.time() - asked_at < BATCH_MAX_AGE_S / 2:
                     ask = min(block, 2 * ask)

@@ -107,6 +107,10 @@ class Transfer:
     write_lock: threading.Lock = field(default_factory=threading.Lock)
     recv_bytes: int = 0  # blocks held by this transfer's SocketBodies
     recv_bodies: int = 0
+    # Receives running now, and how many may (engine.hashlag: fewer while the hash trails).
+    recv_active: int = 0
+    recv_cap: int | None = None
+    recv_turn: asyncio.Event = field(default_factory=asyncio.Event)  # a receive slot freed
     splice_ok: bool = True  # False once the partial file's filesystem refused a splice
     last_progress_at: float = 0.0
 

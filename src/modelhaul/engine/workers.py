@@ -26,6 +26,7 @@ from ..http.response import Response
 from ..http.session import Transport, sleep_s
 from ..policy.headers import parse_content_range
 from ..policy.segments import Segment, next_connection_count
+from .hashlag import HashLagGuard
 from .plan import save_journal
 from .probe import Probe, etag_changed
 from .progress import emit_progress
@@ -59,6 +60,7 @@ class Workers:
         if t.memory is not None and t.target == 1:
             await self._run_alone(t, probe)
             return
+        guard = HashLagGuard(t, self.config.segments)
         try:
             async with asyncio.TaskGroup() as tg:
                 if isinstance(probe, Response):
@@ -69,13 +71,16 @@ class Workers:
                     self._spawn(tg, t, probe)
                     for _ in range(t.target - 1):
                         self._spawn(tg, t, None)
-                ticker = tg.create_task(self._tick(t, tg))
+                ticker = tg.create_task(self._tick(t, tg, guard))
                 await t.all_exited.wait()
                 ticker.cancel()
         except ExceptionGroup as eg:
             primary = _primary_error(eg)
             # Hide the group, but keep the error's own cause (`from None` would erase it).
             raise primary from primary.__cause__
+        finally:
+            # The receives are over: what is left to hash has every CPU (or shares them).
+            guard.release()
         if t.size is not None and t.state.done.total() < t.size:
             last = t.history[-1] if t.history else TruncatedBody("the download stopped early")
             raise RetriesExhausted(last, list(t.history))
@@ -222,8 +227,9 @@ class Workers:
         resp.end = cr.end
         return resp
 
-    async def _tick(self, t: Transfer, tg: asyncio.TaskGroup) -> None:
-        """Every tick: progress, journal flush, and (automatic mode) the connection count."""
+    async def _tick(self, t: Transfer, tg: asyncio.TaskGroup, guard: HashLagGuard) -> None:
+        """Every tick: progress, journal flush, the hash's CPU, and (automatic mode) the
+        connection count."""
         seg_cfg = self.config.segments
         auto = seg_cfg.connections is None and not t.single and t.target > 1
         level_start = time.monotonic()
@@ -234,6 +240,7 @@ class Workers:
             await asyncio.sleep(_TICK_S)
             now = time.monotonic()
             emit_progress(t)
+            guard.steer_nowait()
             if t.sched is not None and t.size is not None and seg_cfg.chunk_bytes is None:
                 base = seg_cfg.chunk_for(t.size, t.target)
                 t.sched.set_chunk_bytes(end_chunk_bytes(base, t.sched.unassigned_bytes, t.target))

@@ -1,0 +1,138 @@
+"""What a download does while its SHA-256 trails the completed prefix: the hash is one serial
+thread, and whatever it has not hashed at the last byte is the tail the user waits for.
+
+Two reversible answers, each behind one SegmentPolicy value, steered every tick:
+
+- ``hash_cpu_lag_bytes``: past this lag the receive threads leave the hash one CPU
+  (engine.cpus; machines with 2-4 CPUs), given back once the lag is under a quarter of it.
+- ``hash_recv_lag_bytes``: past this lag fewer receives run at once: half as many each tick
+  the lag stays over it without shrinking (never fewer than _MIN_RECEIVERS), twice as many
+  each tick it is under half of it, until none is held back.
+
+Holding back every receive (tried before) idled a core: the answers here only shift the share.
+Measured on the shared 2-core VM (4 GiB to ext4, load 7-12 from others, alternating runs,
+medians of 4-5): fewer receives past 32 MiB cut the tail after the last byte from 2.3-3.1 s
+to 0.7-1.3 s at the same CPU; leaving a CPU did not shorten it (the kernel's balancer moves
+other runnable tasks onto the CPU left free), so only the first is on by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from ..config import SegmentPolicy
+from .cpus import RECEIVER_CPUS, ReceiverCpus
+from .stages import stage
+from .transfer import Transfer
+
+# At least one receive always runs: holding every receive back (tried before) idled a core.
+# One rather than two: on the loaded 2-core VM, 4 GiB, tail 1.25 -> 0.67 s (32 MiB of lag).
+_MIN_RECEIVERS = 1
+# The longest one receive is held back: a hash starved by other processes gains little from
+# it, and a server may close a connection that sat idle for long.
+_HOLD_MAX_S = 2.0
+
+
+class HashLagGuard:
+    """One download's steering by its hash lag, from the first tick to ``release``."""
+
+    def __init__(
+        self, t: Transfer, policy: SegmentPolicy, cpus: ReceiverCpus = RECEIVER_CPUS
+    ) -> None:
+        self._t = t
+        self._cpu_lag = policy.hash_cpu_lag_bytes
+        self._recv_lag = policy.hash_recv_lag_bytes
+        self._cpus = cpus
+        self._cpu_held = False
+        self._prev_lag = 0
+
+    def steer_nowait(self) -> None:
+        """Hold or release the CPU, and set the receive cap, by the lag now (each tick)."""
+        if self._cpu_lag is None and self._recv_lag is None:
+            return
+        hasher = self._t.hasher
+        lag = 0 if hasher is None else hasher.unhashed_bytes
+        if self._cpu_lag is not None:
+            if not self._cpu_held and lag > self._cpu_lag:
+                self._cpu_held = self._cpus.hold()
+                if not self._cpu_held:
+                    self._cpu_lag = None  # not on this machine: stop asking
+            elif self._cpu_held and lag < self._cpu_lag // 4:
+                self._release_cpu()
+        if self._recv_lag is not None:
+            cap = next_receive_cap(
+                self._t.recv_cap, self._t.alive, lag, self._prev_lag, self._recv_lag
+            )
+            set_receive_cap(self._t, cap)
+        self._prev_lag = lag
+
+    def release(self) -> None:
+        """The receives are over (or failed): give everything back."""
+        self._release_cpu()
+        set_receive_cap(self._t, None)
+
+    def _release_cpu(self) -> None:
+        if self._cpu_held:
+            self._cpu_held = False
+            self._cpus.release()
+
+
+def next_receive_cap(
+    cap: int | None, alive: int, lag: int, prev_lag: int, lag_bytes: int
+) -> int | None:
+    """The receive cap for the next tick: halved while the lag is over ``lag_bytes`` and not
+    shrinking since the last tick (``prev_lag``; from the connections alive, never below
+    _MIN_RECEIVERS), doubled once it is under half of it, and lifted (None) when that reaches
+    every connection. A lag that shrinks on its own is a jump of the prefix the hash is
+    clearing at full speed, not a starved hash: holding receives then would only cost time."""
+    if lag > lag_bytes and lag >= prev_lag:
+        return max(_MIN_RECEIVERS, (alive if cap is None else cap) // 2)
+    if cap is None or lag >= lag_bytes // 2:
+        return cap
+    return None if 2 * cap >= alive else 2 * cap
+
+
+def set_receive_cap(t: Transfer, cap: int | None) -> None:
+    """At most ``cap`` receives of ``t`` at once from now on (None: no cap)."""
+    if cap != t.recv_cap:
+        if (cap is None) != (t.recv_cap is None):
+            stage("receive_cap_lifted" if cap is None else "receive_cap_set")
+        t.recv_cap = cap
+        _wake(t)
+
+
+async def wait_receive_turn(t: Transfer, pos: int) -> None:
+    """Before a receive at ``pos``: wait while ``t``'s receive cap is reached, _HOLD_MAX_S at
+    most. The receive that continues the completed prefix never waits: held back, the hash
+    would idle while the bytes after it pile up, then get them all at once."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_HOLD_MAX_S):
+            while (
+                t.recv_cap is not None
+                and t.recv_active >= t.recv_cap
+                and pos > t.state.done.prefix_end()
+            ):
+                stage("receive_held")
+                await t.recv_turn.wait()
+
+
+def receive_ended(t: Transfer) -> None:
+    """A receive of ``t`` ended: its turn goes to a waiting one, if capped."""
+    t.recv_active -= 1
+    if t.recv_cap is not None:
+        _wake(t)
+
+
+def _wake(t: Transfer) -> None:
+    turn, t.recv_turn = t.recv_turn, asyncio.Event()
+    turn.set()
+
+
+__all__ = [
+    "HashLagGuard",
+    "next_receive_cap",
+    "receive_ended",
+    "set_receive_cap",
+    "wait_receive_turn",
+]
