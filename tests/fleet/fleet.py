@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +129,11 @@ def start_pull(
 
 
 def run_pulls(pulls: list[Pull]) -> list[Pull]:
+    """Wait for every pull at once: each one's output is read as it comes (a pull whose stdout
+    pipe filled while another was waited for would stall) and its wall time ends at its exit."""
     deadline = time.monotonic() + PULL_TIMEOUT_S
-    return [p.wait(deadline) for p in pulls]
+    with ThreadPoolExecutor(max_workers=max(1, len(pulls))) as pool:
+        return list(pool.map(lambda p: p.wait(deadline), pulls))
 
 
 def upstream_bytes(hub: FakeHub, files: dict[str, bytes]) -> int:

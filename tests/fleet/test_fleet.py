@@ -115,13 +115,12 @@ def test_the_fleet_takes_about_as_long_as_one_node_alone(hub: FakeHub, nodes: li
     print(f"fleet: slowest {slowest:.1f} s, alone {alone[0].wall_s:.1f} s, ratio {ratio:.2f}")
     # Sixteen processes need CPU (4 GiB received, hashed and served) where one node alone waits
     # on the link: on a machine busy with other work they queue for the cores, and the wall
-    # time measures that queue, not the fleet. The issue asks 1.3x; on the 2-core VM, quiet,
-    # this measured 1.38-1.39 (not met: the gap is the fleet's, not the machine's load), so
-    # 1.6x is asserted while the load is within the cores, 3x up to twice that (still far
-    # below the 8x of every node on its own); beyond, the ratio is reported, not asserted.
+    # time measures that queue, not the fleet. So the issue's 1.3x is asserted only while the
+    # load is within the cores, 3x up to twice that (still far below the 8x of every node on
+    # its own); beyond, the ratio is reported, not asserted.
     load = os.getloadavg()[0] / (os.cpu_count() or 1)
     if load <= 2:
-        bound = 1.6 if load <= 1 else 3.0
+        bound = 1.3 if load <= 1 else 3.0
         assert ratio <= bound, (slowest, alone[0].wall_s, load)
     else:
         warnings.warn(
