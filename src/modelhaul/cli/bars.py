@@ -25,7 +25,7 @@ from rich.text import Text
 
 from ..errors import human_bytes, plural
 from ..events import Progress as ProgressRecord
-from .render import Renderer
+from .render import Renderer, sources_note
 
 
 class _Bars(Progress):
@@ -222,7 +222,10 @@ class RichRenderer(Renderer):
 def _done_line(record: dict[str, Any]) -> str:
     """A completed file as the piped output reports it: path, size, SHA-256."""
     size = human_bytes(record.get("size") or 0)
-    return f"[green]✓[/] {escape(str(record.get('path')))} {size} sha256 {record.get('sha256')}"
+    return (
+        f"[green]✓[/] {escape(str(record.get('path')))} {size} sha256 {record.get('sha256')}"
+        f"{escape(sources_note(record))}"
+    )
 
 
 def _average_speed(record: dict[str, Any]) -> float | None:

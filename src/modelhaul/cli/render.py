@@ -92,7 +92,8 @@ class PlainRenderer(Renderer):
     def file_done(self, key: str, record: dict[str, Any]) -> None:
         if record.get("status") == "completed":
             print(
-                f"modelhaul: {record['path']} {human_bytes(record['size'])} sha256 {record['sha256']}",
+                f"modelhaul: {record['path']} {human_bytes(record['size'])} sha256 {record['sha256']}"
+                f"{sources_note(record)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -101,6 +102,22 @@ class PlainRenderer(Renderer):
         files = record.get("files")  # a list's records (a pull's result gives a count)
         if isinstance(files, list) and files and record.get("status") in ("completed", "failed"):
             print(f"modelhaul: {files_summary(files)}", file=sys.stderr, flush=True)
+
+
+def sources_note(record: dict[str, Any]) -> str:
+    """' (96 MiB from peers, 0 B from upstream; dropped http://b:8080: lied)' for a file that
+    came through peers; nothing for one that did not (a pull without peers says no more)."""
+    from_peers = record.get("bytes_from_peers") or 0
+    dropped = record.get("dropped_peers") or []
+    if not from_peers and not dropped:
+        return ""
+    note = (
+        f" ({human_bytes(from_peers)} from peers, "
+        f"{human_bytes(record.get('bytes_from_upstream') or 0)} from upstream"
+    )
+    if dropped:
+        note += "; dropped " + ", ".join(f"{d['peer']}: {d['reason']}" for d in dropped)
+    return note + ")"
 
 
 def files_summary(records: list[dict[str, Any]]) -> str:
