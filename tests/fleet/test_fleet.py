@@ -102,6 +102,9 @@ def test_the_fleet_takes_about_as_long_as_one_node_alone(hub: FakeHub, nodes: li
     commit, files = add_model(hub, "org/together", 4, file_bytes)
     size = sum(len(c) for c in files.values())
     peers = [m.url for m in nodes]
+    # The machine's load before the fleet starts (the 1-minute average: after one node's
+    # half-minute alone, earlier tests weigh little), not the fleet's own sixteen processes.
+    load = os.getloadavg()[0] / (os.cpu_count() or 1)
     owned_before = [n.sliced_bytes() for n in nodes]
     pulls = run_pulls([start_pull(n, hub, "org/together", peers, slice_bytes) for n in nodes])
     _check(pulls, nodes)
@@ -115,12 +118,11 @@ def test_the_fleet_takes_about_as_long_as_one_node_alone(hub: FakeHub, nodes: li
     print(f"fleet: slowest {slowest:.1f} s, alone {alone[0].wall_s:.1f} s, ratio {ratio:.2f}")
     # Sixteen processes need CPU (4 GiB received, hashed and served) where one node alone waits
     # on the link: on a machine busy with other work they queue for the cores, and the wall
-    # time measures that queue, not the fleet. So the 1.3x is asserted only while the
-    # load is within the cores, 3x up to twice that (still far below the 8x of every node on
-    # its own); beyond, the ratio is reported, not asserted.
-    load = os.getloadavg()[0] / (os.cpu_count() or 1)
-    if load <= 2:
-        bound = 1.3 if load <= 1 else 3.0
+    # time measures that queue, not the fleet. Measured 1.09x quiet and 1.10x at a load of 4
+    # per core (2-core VM), so the 1.3x is asserted up to a load of 2 per core, 3x up
+    # to 4 (still far below the 8x of every node on its own); beyond, the ratio is reported.
+    if load <= 4:
+        bound = 1.3 if load <= 2 else 3.0
         assert ratio <= bound, (slowest, alone[0].wall_s, load)
     else:
         warnings.warn(
