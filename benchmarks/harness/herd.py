@@ -21,7 +21,9 @@ starts and is stopped after the last client exits.
 
 from __future__ import annotations
 
+import os
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -173,4 +175,27 @@ def herd_case(
             f"| upstream bytes ≤ 1.05× the model | {up:.3f}× "
             f"| {'met' if up <= 1.05 else 'not met'} |\n"
         )
+        md.append(_reach_note(runs, med["direct-1"]))
     return "\n".join(md), runs
+
+
+def _reach_note(runs: list[FleetRun], direct_s: float) -> str:
+    """Whether 1.5x was within this machine's reach at all: what the clients' CPU alone needs."""
+    cores = os.cpu_count() or 1
+    by = {
+        name: statistics.median(r.client_cpu for r in runs if r.variant == name and r.ok)
+        for name in (f"direct-{CLIENTS}", f"modelhaul-{CLIENTS}")
+        if any(r.variant == name and r.ok for r in runs)
+    }
+    if not by:
+        return ""
+    parts = [
+        f"{name}'s {CLIENTS} clients alone used {cpu:.1f} CPU-s: {cpu / cores:.1f} s on "
+        f"{cores} cores, {cpu / cores / direct_s:.2f}× direct-1"
+        for name, cpu in by.items()
+    ]
+    return (
+        "Reach: " + "; ".join(parts) + ". Where that is near or above 1.5×, the stock clients' "
+        "own CPU, not the mirror, decides the target on this machine (on a LAN they run on "
+        "their own machines).\n"
+    )
