@@ -51,6 +51,17 @@ def _case_a(f: _Finder) -> list[Row]:
     row = _speed(f, "A: modelhaul ≥ 1.3× curl", "A", "curl", "modelhaul", 1.3)
     if row:
         rows.append(row)
+    curl = f.get("A", "curl")
+    if floor and curl:
+        # The floor is receive + write + SHA-256 and nothing else: no verifying tool can beat it
+        # by much, so when it is not 1.3x curl, "1.3x curl" is out of this machine's reach.
+        rows.append(
+            (
+                "A: reach, floor-8+sha256 vs curl (the best a verifying tool can be)",
+                f"{curl.wall / floor.wall:.2f}× ({floor.wall:.2f} s vs curl {curl.wall:.2f} s)",
+                "info",
+            )
+        )
     hf = f.get("A", "hf_transfer-16")
     if mh and hf:
         rows.append(
