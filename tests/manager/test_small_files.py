@@ -203,7 +203,10 @@ def test_cpu_per_small_file(origin: Origin, tmp_path: Path, isolated_home: Path)
     # The event loop's own thread, in the same units (the best of three runs of the list):
     # measured 0.0094-0.0166 (0.83-1.58 ms), most runs above 0.011, while the loop still
     # created, wrote, hashed and recorded each small file itself; 0.0062-0.0103 (0.52-0.88 ms)
-    # once one writer-thread job does that, on the shared VM under load. The two overlap on a
-    # busy machine: this bound catches a return of the old per-file work in most runs.
+    # once one writer-thread job does that, on the shared VM under load. Session 10 (load
+    # 2-3, interleaved): that code 0.0064-0.0097, 8 runs of 13 above 0.0085; with -q building
+    # no events or result records, one listing per output folder and the proxy known by
+    # origin, 0.0053-0.0079. On a busy VM the two still overlap: this bound catches a return
+    # of the old per-file work in most runs, not all.
     loop_ms = loop_s * 1000
-    assert loop_ratio < 0.0110, f"{loop_ms:.2f} ms of loop CPU per file ({loop_ratio:.4f})"
+    assert loop_ratio < 0.0085, f"{loop_ms:.2f} ms of loop CPU per file ({loop_ratio:.4f})"
