@@ -235,11 +235,7 @@ class Downloader(AsyncResource):
         and no lock file, so no other process ever locked it (filelock keeps the file)."""
         facts = t.facts
         lock_path = self._lock_path(facts.part)
-        # os.access answers "no" without raising, as lexists does through FileNotFoundError.
-        return not any(
-            os.access(p, os.F_OK, follow_symlinks=False)
-            for p in (facts.part, facts.journal.path, lock_path)
-        )
+        return not any(map(_lexists, (facts.part, facts.journal.path, lock_path)))
 
     async def _download_unlocked(self, t: Transfer, on_notice: NoticeCallback | None) -> Result:
         """Probe before locking. A small file whose whole body is in that response needs no
@@ -466,6 +462,17 @@ class Downloader(AsyncResource):
         self, url: str, part: Path, dest: Path, etag: str | None, size: int, digest: str
     ) -> None:
         self.records.store(url, part, dest, size=size, sha256=digest, etag=etag)
+
+
+def _lexists(path: Path) -> bool:
+    """os.path.lexists, answering "no" without raising (lexists does, through
+    FileNotFoundError) where the system lets os.access leave a link unfollowed."""
+    if _ACCESS_NOFOLLOW:
+        return os.access(path, os.F_OK, follow_symlinks=False)
+    return os.path.lexists(path)
+
+
+_ACCESS_NOFOLLOW = os.access in os.supports_follow_symlinks
 
 
 def _forget_probe(t: Transfer) -> None:
