@@ -679,3 +679,24 @@ def test_ctrl_c_while_rate_limited_keeps_what_arrived(origin: Origin, work: Path
     assert last_json(reader.rest())["status"] == "cancelled"
     # Today 125-380 KiB are kept: the rest of what arrived sat in the bucket with its chunk.
     assert journal_done_bytes(work / "capped.bin.modelhaul.journal") >= 640 * 1024
+
+
+def test_a_list_entry_that_names_a_directory_is_refused(origin: Origin, work: Path) -> None:
+    # The first file of a folder is judged by a stat, later ones by one listing of the folder:
+    # a directory named by the third entry is refused as the first's would be, before any
+    # request is made.
+    for name in ("a.bin", "b.bin"):
+        origin.add_file(name, payload(1000))
+    dest = work / "out"
+    (dest / "taken").mkdir(parents=True)
+    listing = work / "list.txt"
+    listing.write_text(
+        "".join(f"{origin.url(n)}\n  out={out}\n" for n, out in [("a.bin", "a"), ("b.bin", "b")])
+        + f"{origin.url('a.bin')}\n  out=taken\n"
+    )
+    r = run_cli("get", "-i", str(listing), "-d", str(dest), "--json")
+    assert r.returncode == 2, r.stderr
+    assert json_lines(r.stdout)[-1]["error"]["message"] == (
+        f"the output path {dest / 'taken'} is a directory"
+    )
+    assert origin.requests == []

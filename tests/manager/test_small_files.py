@@ -127,12 +127,13 @@ def test_small_files_open_no_more_connections_than_in_flight(
     assert origin.connections() <= ManagerConfig().max_connections_per_host
 
 
-# Runs `get -i` in a fresh interpreter, after the imports: one file (twice), then many (three
+# Runs `get -i` in a fresh interpreter, after the imports: one file (twice), then many (five
 # times). The difference over the extra files is the cost of a file, start-up and set-up
 # excluded: of the whole process, and of the event loop's thread alone (the loop runs in the
 # main thread, so its CPU is time.thread_time there; the writer threads are not in it). A fixed
-# piece of pure-Python work is timed beside it: on a busy machine both slow down alike, so the
-# cost is judged in units of it.
+# piece of pure-Python work is timed beside it, and right after each run of the list: on a busy
+# machine both slow down alike, so the cost is judged in units of it (the loop's, of the one
+# timed next to it).
 _CPU_DRIVER = """
 import json, resource, sys, time
 from modelhaul.cli.main import main
@@ -159,11 +160,15 @@ ref = [cpu_s(reference)]
 first = cpu_s(get, ["get", "-i", one, "-d", out + "/one", "-q"])
 again = cpu_s(get, ["get", "-i", one, "-d", out + "/one-again", "-q"])
 many_s = cpu_s(get, ["get", "-i", many, "-d", out + "/many", "-q"])
-cpu_s(get, ["get", "-i", many, "-d", out + "/many-2", "-q"])
-cpu_s(get, ["get", "-i", many, "-d", out + "/many-3", "-q"])
-ref.append(cpu_s(reference))
+pairs = []  # (the loop's CPU for the list, the reference's right after it)
+for k in range(5):
+    if k:
+        cpu_s(get, ["get", "-i", many, "-d", out + f"/many-{k}", "-q"])
+    loop_s = LOOP[len(LOOP) - 1]
+    pairs.append((loop_s, cpu_s(reference)))
+ref.extend(r for _, r in pairs)
 print(json.dumps({"one": min(first, again), "many": many_s, "reference": min(ref),
-                  "loop_one": min(LOOP[1], LOOP[2]), "loop_many": min(LOOP[3], LOOP[4], LOOP[5])}))
+                  "loop_one": min(LOOP[1], LOOP[2]), "pairs": pairs}))
 """
 
 
@@ -193,17 +198,26 @@ def test_cpu_per_small_file(origin: Origin, tmp_path: Path, isolated_home: Path)
     # 0.011-0.020 both before and after the small files' writer-thread jobs (issue 15), which
     # moved the loop's file system calls to a thread rather than removing them.
     ratio = per_file_s / cpu["reference"]
-    loop_s = (cpu["loop_many"] - cpu["loop_one"]) / (n - 1)
-    loop_ratio = loop_s / cpu["reference"]
+    # The loop's cost per file in units of the reference timed next to it; the best run.
+    loop_ratio, loop_s = min(
+        ((m - cpu["loop_one"]) / (n - 1) / r, (m - cpu["loop_one"]) / (n - 1))
+        for m, r in cpu["pairs"]
+    )
     print(
         f"PER_FILE_MS {per_file_s * 1000:.3f} LOOP_MS {loop_s * 1000:.3f} "
         f"REF_S {cpu['reference']:.3f} RATIO {ratio:.4f} LOOP_RATIO {loop_ratio:.4f}"
     )
     assert ratio < 0.025, f"{per_file_s * 1000:.2f} ms of CPU per small file ({ratio:.4f})"
-    # The event loop's own thread, in the same units (the best of three runs of the list):
-    # measured 0.0094-0.0166 (0.83-1.58 ms), most runs above 0.011, while the loop still
-    # created, wrote, hashed and recorded each small file itself; 0.0062-0.0103 (0.52-0.88 ms)
-    # once one writer-thread job does that, on the shared VM under load. The two overlap on a
-    # busy machine: this bound catches a return of the old per-file work in most runs.
+    # The event loop's own thread (before session 10: the best of three runs of the list, over
+    # the least reference): measured 0.0094-0.0166 (0.83-1.58 ms), most runs above 0.011,
+    # while the loop still created, wrote, hashed and recorded each small file itself;
+    # 0.0062-0.0103 (0.52-0.88 ms) once one writer-thread job does that. Session 10, each run
+    # of the list over the reference timed right after it (the two met the same load), the
+    # best run, load average 2.5-4.9, 20 runs each interleaved: that code 0.0061-0.0087
+    # (median 0.0076, 9 runs of 20 at or above this bound); with -q building no events or
+    # result records, one listing per output folder and the proxy known by origin
+    # 0.0049-0.0078 (median 0.0062, one run at it). On a busy VM the two overlap: the bound
+    # keeps the new code green under load and catches a return of the old per-file work in
+    # about half the runs, not all.
     loop_ms = loop_s * 1000
-    assert loop_ratio < 0.0110, f"{loop_ms:.2f} ms of loop CPU per file ({loop_ratio:.4f})"
+    assert loop_ratio < 0.0078, f"{loop_ms:.2f} ms of loop CPU per file ({loop_ratio:.4f})"

@@ -29,9 +29,10 @@ def _check_out(entry: UrlEntry, source: str) -> UrlEntry:
     if entry.out is None:
         return entry
     try:
-        return replace(entry, out=safe_relpath(entry.out, where=f"{source}: out="))
+        out = safe_relpath(entry.out, where=f"{source}: out=")
     except InvalidInput as exc:
         raise InvalidInput(
             f"{source}: out={entry.out!r} is not a relative path inside the output directory",
             hint="Use a plain name or a relative path without '..' (the directory comes from -d).",
         ) from exc
+    return entry if out == entry.out else replace(entry, out=out)  # a copy only if it changed

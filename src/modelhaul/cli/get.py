@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import ManagerConfig
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError, TargetConflict
-from ..events import EventKind, Progress, State, TaskEvent
+from ..events import EventKind, Progress, Result, State, TaskEvent
 from ..policy.paths import plan_paths
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
@@ -69,8 +69,20 @@ class _Job:
     dest: Path | None  # None: named by the response, in the output directory
     label: str
     handle: DownloadHandle | None = None
-    record: dict[str, Any] | None = None
+    record: dict[str, Any] | None = None  # its result line, once asked for (record_of)
+    result: Result | None = None
     error: ModelhaulError | None = None
+
+    def record_of(self) -> dict[str, Any] | None:
+        """The file's result record once it ended, else None; built when first asked for
+        (-q shows none, so a quiet list builds none for its completed files)."""
+        if self.record is None and self.result is not None:
+            self.record = self.result.to_dict()
+            if self.dest is not None:
+                # A download shared with another job (one checksum, two names) was linked
+                # here too: this job's file is its own destination, never the other job's.
+                self.record["path"] = str(self.dest.absolute())
+        return self.record
 
 
 def collect_entries(args: argparse.Namespace) -> list[UrlEntry]:
@@ -104,8 +116,10 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
     directory = Path(args.dir)
     _check_directory(directory, "the output directory", "Name a directory with -d.")
     jobs: list[_Job] = []
-    by_target: dict[Path, _Job] = {}
-    checked = {directory}  # folders already judged: a list of many files shares a few
+    by_target: dict[str, _Job] = {}
+    # The folders files go to (a list of many files shares a few), with the names of the
+    # directories in each once a second file goes there: one listing, not a stat per file.
+    folders: dict[Path, frozenset[str] | None] = {}
     for entry in entries:
         if args.output is not None:
             dest: Path | None = directory / args.output
@@ -114,24 +128,52 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
         else:
             dest = None
         if dest is not None:
-            if dest.is_dir():
+            if _is_directory(dest, directory, folders):
                 raise InvalidInput(
                     f"the output path {dest} is a directory",
                     hint="Give a file name with -o, or use -d DIR to download into a directory.",
                 )
-            if dest.parent not in checked:
-                _check_directory(
-                    dest.parent, "the folder of the output path", "Name a file in a directory."
-                )
-                checked.add(dest.parent)
-        target = Path(os.path.normpath(plan_paths(entry.url, dest, directory).dest))
+            # What plan_paths would make of it, without the partial file's paths.
+            target = os.path.abspath(dest)
+        else:
+            target = os.path.normpath(plan_paths(entry.url, dest, directory).dest)
         job = _Job(entry, dest, _label(entry, dest))
         if (first := by_target.get(target)) is not None:
-            first.entry = _same_file(first.entry, entry, target)
+            first.entry = _same_file(first.entry, entry, Path(target))
             continue
         by_target[target] = job
         jobs.append(job)
     return jobs
+
+
+def _is_directory(dest: Path, directory: Path, folders: dict[Path, frozenset[str] | None]) -> bool:
+    """Whether ``dest`` is a directory (or a link to one). The first file of a folder asks
+    the file system (and judges the folder, unless it is the output ``directory``, judged
+    already); later ones look in one listing of the folder, kept in ``folders``."""
+    folder = dest.parent
+    if dest.name in ("", ".", ".."):
+        return dest.is_dir()
+    if folder not in folders:
+        if folder != directory:
+            _check_directory(folder, "the folder of the output path", "Name a file in a directory.")
+        folders[folder] = None
+        return dest.is_dir()
+    names = folders[folder]
+    if names is None:
+        names = folders[folder] = _directories_in(folder)
+    return dest.is_dir() if names is None else dest.name in names
+
+
+def _directories_in(folder: Path) -> frozenset[str] | None:
+    """The names of the directories (and links to them) in ``folder``: none if it is not there
+    yet, None if it cannot be listed."""
+    try:
+        with os.scandir(folder) as found:
+            return frozenset(e.name for e in found if e.is_dir())
+    except FileNotFoundError:
+        return frozenset()
+    except OSError:
+        return None
 
 
 def _check_directory(path: Path, what: str, hint: str) -> None:
@@ -204,13 +246,12 @@ async def run(args: argparse.Namespace) -> int:
     conns = config.segments.connections or config.segments.max_connections
     mconf = manager_config(args, conns, single=len(jobs) == 1)
     by_id: dict[str, list[_Job]] = {}
-    last: dict[str, Progress] = {}  # by task id
     renderer: Renderer = Renderer()
+    manager: DownloadManager | None = None
 
     def on_event(ev: TaskEvent) -> None:
         for job in by_id.get(ev.task_id, [])[:1]:
             if ev.kind is EventKind.PROGRESS and ev.progress is not None:
-                last[ev.task_id] = ev.progress
                 renderer.progress(job.label, ev.progress)
             elif ev.kind is EventKind.STATE and ev.state is State.VERIFYING:
                 renderer.verifying(job.label)
@@ -221,7 +262,10 @@ async def run(args: argparse.Namespace) -> int:
 
     try:
         async with DownloadManager(mconf, download_config=config, state_dir=state_dir()) as mgr:
-            mgr.subscribe(on_event)
+            manager = mgr
+            if args.json or not args.quiet:
+                # -q shows no event: the manager then builds none (four or more per file).
+                mgr.subscribe(on_event)
             directory = Path(args.dir)
             for job in jobs:
                 job.handle = mgr.add(
@@ -232,12 +276,15 @@ async def run(args: argparse.Namespace) -> int:
             renderer = make_renderer(json_mode=args.json, quiet=args.quiet, files=len(by_id))
             renderer.start()
             _notice_busy(mgr, jobs, directory, renderer)
+            # Every file ends before the results are collected: one wake-up for the list,
+            # not one per file.
+            await mgr.join()
             for job in jobs:
                 await _wait(job)
     except asyncio.CancelledError:
         # Reported once the manager has closed: by then each partial file is kept or dropped.
         renderer.stop()
-        record = _cancelled_record(jobs, last)
+        record = _cancelled_record(jobs, manager)
         renderer.result(record)
         args.interrupted = record["error"]["message"]  # what main says on stderr
         raise
@@ -253,11 +300,13 @@ def _notice_busy(
 
     The manager waits on the lock without telling anyone, so the CLI looks before it starts.
     """
-    for job in jobs:
-        if mgr.is_downloading(plan_paths(job.entry.url, job.dest, directory)):
-            renderer.notice(
-                f"another modelhaul process is downloading {job.label}; waiting for it to finish"
-            )
+    busy = mgr.downloading_among(
+        (job, plan_paths(job.entry.url, job.dest, directory)) for job in jobs
+    )
+    for job in busy:
+        renderer.notice(
+            f"another modelhaul process is downloading {job.label}; waiting for it to finish"
+        )
 
 
 async def _wait(job: _Job) -> None:
@@ -268,11 +317,7 @@ async def _wait(job: _Job) -> None:
         job.error = exc
         job.record = _failed_record(job.entry.url, exc)
     else:
-        job.record = result.to_dict()
-        if job.dest is not None:
-            # A download shared with another job (one checksum, two names) was linked here too:
-            # this job's file is its own destination, never the other job's.
-            job.record["path"] = str(job.dest.absolute())
+        job.result = result
 
 
 def _failed_dict(url: str | None, error: dict[str, str]) -> dict[str, Any]:
@@ -291,28 +336,54 @@ def _failed_record(url: str | None, exc: ModelhaulError) -> dict[str, Any]:
     return _failed_dict(url, error_dict(exc))
 
 
-def _cancelled_record(jobs: list[_Job], last: dict[str, Progress]) -> dict[str, Any]:
-    record = _failed_record(None, _interrupted(jobs, last))
+def _cancelled_record(jobs: list[_Job], manager: DownloadManager | None) -> dict[str, Any]:
+    record = _failed_record(None, _interrupted(jobs, manager))
     if len(jobs) == 1:
         job = jobs[0]
         record["url"] = job.entry.url
-        known = last.get(job.handle.id) if job.handle is not None else None
+        known = _last_progress(job, manager)
         record["path"] = (
             known.path if known else str(job.dest.absolute()) if job.dest is not None else None
         )
     else:
-        record["files"] = [j.record for j in jobs if j.record is not None]
+        record["files"] = [r for j in jobs if (r := j.record_of()) is not None]
     return record
 
 
-def _interrupted(jobs: list[_Job], last: dict[str, Progress]) -> Cancelled:
-    unfinished = [j for j in jobs if j.record is None]
-    return interrupted_error({j.label: _resumable(j, last) for j in unfinished})
+def _interrupted(jobs: list[_Job], manager: DownloadManager | None) -> Cancelled:
+    unfinished = [j for j in jobs if j.record_of() is None]
+    return interrupted_error({j.label: _resumable(j, manager) for j in unfinished})
 
 
-def _resumable(job: _Job, last: dict[str, Progress]) -> bool:
-    p = last.get(job.handle.id) if job.handle is not None else None
+def _last_progress(job: _Job, manager: DownloadManager | None) -> Progress | None:
+    """The last progress ``job``'s download reported (what its progress events said)."""
+    if manager is None or job.handle is None:
+        return None
+    return manager.last_progress(job.handle.id)
+
+
+def _resumable(job: _Job, manager: DownloadManager | None) -> bool:
+    p = _last_progress(job, manager)
     return p is None or p.resumable
+
+
+def _show_result(jobs: list[_Job], failures: list[_Job], renderer: Renderer) -> None:
+    records = [r for j in jobs if (r := j.record_of()) is not None]
+    if len(jobs) == 1:
+        renderer.result(records[0])
+        return
+    renderer.result(
+        {
+            "event": "result",
+            "status": "completed" if not failures else "failed",
+            "path": None,
+            "size": sum(r["size"] or 0 for r in records),
+            "bytes_transferred": sum(r.get("bytes_transferred") or 0 for r in records),
+            "sha256": None,
+            "error": failures[0].record["error"] if failures and failures[0].record else None,
+            "files": records,
+        }
+    )
 
 
 def _finish(jobs: list[_Job], renderer: Renderer) -> int:
@@ -320,22 +391,8 @@ def _finish(jobs: list[_Job], renderer: Renderer) -> int:
     for job in failures:
         assert job.error is not None
         print_error(job.error, what=job.label if len(jobs) > 1 else None)
-    records = [j.record for j in jobs if j.record is not None]
-    if len(jobs) == 1:
-        renderer.result(records[0])
-    else:
-        renderer.result(
-            {
-                "event": "result",
-                "status": "completed" if not failures else "failed",
-                "path": None,
-                "size": sum(r["size"] or 0 for r in records),
-                "bytes_transferred": sum(r.get("bytes_transferred") or 0 for r in records),
-                "sha256": None,
-                "error": failures[0].record["error"] if failures and failures[0].record else None,
-                "files": records,
-            }
-        )
+    if renderer.shows_result():  # -q shows none: no record is built for it
+        _show_result(jobs, failures, renderer)
     if not failures:
         return 0
     categories = {j.error.category for j in failures if j.error is not None}

@@ -37,6 +37,10 @@ class Renderer:
 
     def result(self, record: dict[str, Any]) -> None: ...
 
+    def shows_result(self) -> bool:
+        """Whether ``result`` shows anything (-q shows nothing: no record need be built)."""
+        return type(self).result is not Renderer.result
+
 
 class QuietRenderer(Renderer):
     """-q: nothing but the final error."""

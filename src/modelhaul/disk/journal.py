@@ -79,7 +79,11 @@ class Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._tmp = path.with_name(path.name + ".tmp")
+
+    @property
+    def _tmp(self) -> Path:
+        # Made when used: most journals (every small file's) are never written.
+        return self.path.with_name(self.path.name + ".tmp")
 
     def load(self) -> JournalState | None:
         try:

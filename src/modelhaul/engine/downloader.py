@@ -109,7 +109,7 @@ class Downloader(AsyncResource):
         state = state_dir or default_state_dir()
         self.lock_dir = state / "locks"
         self.records = CompletionRecords(state / "done")
-        self._swept: set[Path] = set()  # folders cleared of dead processes' private files
+        self._swept: set[str] = set()  # folders cleared of dead processes' private files
         self._own_transport = transport is None
         self.transport = transport or Transport.for_config(cfg)
         self._workers = Workers(cfg, self.transport)
@@ -172,12 +172,8 @@ class Downloader(AsyncResource):
             on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
-        if not os.path.isdir(dest.parent):  # one stat per file of a list, not a mkdir
-            make_folder(dest.parent)
-        if part.parent not in self._swept:  # once a folder: what killed processes left
-            self._swept.add(part.parent)
-            sweep_orphans(part.parent)
-        merged = {k: v for k, v in self.config.headers}
+        self._prepare_folders(dest, part)
+        merged = dict(self.config.headers)
         merged.update(headers or {})
         # The download's arguments by name, into the one value that holds them (alike in shape only).
         facts = TransferFacts(
@@ -208,6 +204,17 @@ class Downloader(AsyncResource):
         async with self._target_lock(part, on_notice, dest):
             return await self._download_locked(t)
 
+    def _prepare_folders(self, dest: Path, part: Path) -> None:
+        """Make the target's folder if missing (one stat per file of a list, not a mkdir) and
+        clear the partial file's folder of what killed processes left (once a folder)."""
+        # Folders by their text: a Path's parent is a new Path to build and hash per file.
+        if not os.path.isdir(os.path.dirname(dest)):
+            make_folder(dest.parent)
+        folder = os.path.dirname(part)
+        if folder not in self._swept:
+            self._swept.add(folder)
+            sweep_orphans(part.parent)
+
     # ------------------------------------------------------------------ locking
 
     def _lock_path(self, dest: Path) -> Path:
@@ -228,7 +235,7 @@ class Downloader(AsyncResource):
         and no lock file, so no other process ever locked it (filelock keeps the file)."""
         facts = t.facts
         lock_path = self._lock_path(facts.part)
-        return not any(map(os.path.lexists, (facts.part, facts.journal.path, lock_path)))
+        return not any(map(_lexists, (facts.part, facts.journal.path, lock_path)))
 
     async def _download_unlocked(self, t: Transfer, on_notice: NoticeCallback | None) -> Result:
         """Probe before locking. A small file whose whole body is in that response needs no
@@ -374,7 +381,7 @@ class Downloader(AsyncResource):
         facts = t.facts
         # A record stands only for a file still in place: for a named target with nothing
         # there (every file of a fresh list), no record is read.
-        present = t.dest.is_file()
+        present = os.access(t.dest, os.F_OK) and t.dest.is_file()  # no exception when absent
         use_record = not facts.force and (present or t.name_pending)
         known = self.records.lookup(facts.url, facts.part) if use_record else None
         if known is not None and (
@@ -455,6 +462,17 @@ class Downloader(AsyncResource):
         self, url: str, part: Path, dest: Path, etag: str | None, size: int, digest: str
     ) -> None:
         self.records.store(url, part, dest, size=size, sha256=digest, etag=etag)
+
+
+def _lexists(path: Path) -> bool:
+    """os.path.lexists, answering "no" without raising (lexists does, through
+    FileNotFoundError) where the system lets os.access leave a link unfollowed."""
+    if _ACCESS_NOFOLLOW:
+        return os.access(path, os.F_OK, follow_symlinks=False)
+    return os.path.lexists(path)
+
+
+_ACCESS_NOFOLLOW = os.access in os.supports_follow_symlinks
 
 
 def _forget_probe(t: Transfer) -> None:

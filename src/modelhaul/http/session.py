@@ -26,6 +26,8 @@ from .response import Response
 
 # A request's proxy and its credentials; (None, None) for a direct connection.
 Proxy = tuple[str | None, aiohttp.BasicAuth | None]
+# Origins whose proxy is remembered by their text (a Hub download meets three or four).
+_ORIGINS_KEPT = 256
 
 
 class Transport(AsyncResource):
@@ -61,6 +63,9 @@ class Transport(AsyncResource):
         self._netrc: netrc.netrc | bool | None = None  # None: not read yet; False: none
         self._netrc_path = default_netrc_path() if netrc_path is None else netrc_path
         self._proxies: dict[tuple[str, str], asyncio.Future[Proxy]] = {}  # by (scheme, host)
+        # The same answers by the URL's text up to its path ("http://host:port"): no parsing
+        # of the URL of every file of a list (urlsplit's own cache keeps 128 URLs).
+        self._proxy_by_origin: dict[str, Proxy] = {}
 
     @classmethod
     def for_config(cls, cfg: DownloadConfig, *, limit: int = 0, limit_per_host: int = 0) -> Self:
@@ -149,6 +154,16 @@ class Transport(AsyncResource):
     async def _proxy_for(self, url: str) -> Proxy:
         """The proxy the environment names for ``url`` (HTTP(S)_PROXY, NO_PROXY), as aiohttp's
         trust_env picks it; worked out once per scheme and host."""
+        origin = _origin_of(url)
+        known = self._proxy_by_origin.get(origin) if origin is not None else None
+        if known is not None:  # every request of a list but the first to its host
+            return known
+        proxy = await self._proxy_for_host(url)
+        if origin is not None and len(self._proxy_by_origin) < _ORIGINS_KEPT:
+            self._proxy_by_origin[origin] = proxy
+        return proxy
+
+    async def _proxy_for_host(self, url: str) -> Proxy:
         parts = urlsplit(url)
         key = (parts.scheme.lower(), (parts.hostname or "").lower())
         found = self._proxies.get(key)
@@ -177,6 +192,17 @@ class Transport(AsyncResource):
             return None
         login, account, password = entry
         return aiohttp.BasicAuth(login or account or "", password or "").encode()
+
+
+def _origin_of(url: str) -> str | None:
+    """``url``'s text before its path ("http://user@host:port"), or None when that is not
+    plain (no "//", or a query or fragment with no path before it)."""
+    start = url.find("//")
+    if start < 0:
+        return None
+    end = url.find("/", start + 2)
+    origin = url if end < 0 else url[:end]
+    return None if "?" in origin or "#" in origin else origin
 
 
 def _env_proxy(scheme: str, host: str, rc: netrc.netrc | None) -> Proxy:

@@ -13,10 +13,15 @@ import secrets
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
+from ..disk.partials import is_downloading, lock_file_for
 from ..errors import DiskFull, ModelhaulError, PermissionDenied, TargetConflict
 from ..events import State
+from ..policy.paths import TargetPaths
 from .tasks import Task
+
+Key = TypeVar("Key")
 
 
 class Claims:
@@ -125,3 +130,22 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def locked_among(lock_dir: Path, targets: Iterable[tuple[Key, TargetPaths]]) -> list[Key]:
+    """The keys of the ``targets`` some process holds the download lock of.
+
+    The lock folder is listed once: with no lock file in it (a fresh state directory, or lists
+    of small files, which take no lock) ``targets`` is not even iterated.
+    """
+    try:
+        held = set(os.listdir(lock_dir))
+    except OSError:
+        return []
+    if not held:
+        return []
+    return [
+        key
+        for key, paths in targets
+        if lock_file_for(lock_dir, paths.part).name in held and is_downloading(lock_dir, paths.part)
+    ]

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,12 +31,12 @@ from ..policy.segments import Demand
 from ..policy.slices import RangeSources
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
-from .claims import Claims, materialize_aliases
+from .claims import Claims, Key, locked_among, materialize_aliases
 from .fanout import EventCallback, EventStream, Fanout, progress_event, state_event, total_event
 from .handle import DownloadHandle
 from .limits import FairShare, TaskBucket, check_rate, within_host_limit
 from .queue import TaskQueue
-from .tasks import ACTIVE, Task, TaskInfo, completed_again, new_future
+from .tasks import ACTIVE, Task, TaskInfo, completed_again, fail, new_future
 
 
 class DownloadManager(AsyncResource):
@@ -112,9 +112,8 @@ class DownloadManager(AsyncResource):
             if task.state is State.QUEUED:
                 self._set_state(task, State.PAUSED)
             if not task.future.done():
-                task.future.set_exception(
-                    Cancelled(f"the manager closed before download {task.id} finished")
-                )
+                closed = Cancelled(f"the manager closed before download {task.id} finished")
+                fail(task.future, closed)
         self._fanout.end_streams()
         await self._transport.close()
 
@@ -329,6 +328,10 @@ class DownloadManager(AsyncResource):
     async def wait(self, task_id: str) -> Result:
         return await asyncio.shield(self._get(task_id).future)
 
+    def last_progress(self, task_id: str) -> Progress | None:
+        """The last progress the download reported while it ran (None before any)."""
+        return self._get(task_id).last
+
     async def join(self) -> None:
         """Wait until nothing is queued or running (paused downloads do not count)."""
         await self._queue.wait_idle()
@@ -363,12 +366,13 @@ class DownloadManager(AsyncResource):
 
     def _start(self, task: Task) -> None:
         task.pause_requested = task.cancel_requested = False
-        task.started_once = True
         task.received_before += task.received
         task.received = 0
-        # A fresh bucket: connections of a paused run booked bytes they never received, and a
-        # bucket never gives bookings back, so the old one would hold the new run back.
-        task.limiter = TaskBucket(task.rate_limit)
+        if task.started_once or task.rate_limit is not None:
+            # A fresh bucket: a paused run's connections booked bytes they never received (a
+            # bucket never gives bookings back), and a capped one saved none up while queued.
+            task.limiter = TaskBucket(task.rate_limit)
+        task.started_once = True
         self._set_state(task, State.RUNNING)
         task.runner = asyncio.create_task(self._run(task), name=f"modelhaul-{task.id}")
         task.runner.add_done_callback(lambda r, t=task: self._on_runner_done(t, r))
@@ -419,7 +423,7 @@ class DownloadManager(AsyncResource):
                 task.error = err
                 self._set_state(task, State.FAILED)
                 if not task.future.done():
-                    task.future.set_exception(err)
+                    fail(task.future, err)
         self._schedule()
 
     def _finish_cancelled(self, task: Task) -> None:
@@ -427,7 +431,7 @@ class DownloadManager(AsyncResource):
             self.discard_partial(task.paths)
         self._set_state(task, State.CANCELLED)
         if not task.future.done():
-            task.future.set_exception(Cancelled(f"download {task.id} was cancelled"))
+            fail(task.future, Cancelled(f"download {task.id} was cancelled"))
         self._schedule()
 
     # ------------------------------------------------------------------ partial files
@@ -435,6 +439,10 @@ class DownloadManager(AsyncResource):
     def is_downloading(self, paths: TargetPaths) -> bool:
         """True while some process (this one or another) holds the download lock of ``paths``."""
         return is_downloading(self.downloader.lock_dir, paths.part)
+
+    def downloading_among(self, targets: Iterable[tuple[Key, TargetPaths]]) -> list[Key]:
+        """The keys of the ``targets`` some process holds the download lock of."""
+        return locked_among(self.downloader.lock_dir, targets)
 
     def discard_partial(self, paths: TargetPaths) -> None:
         """Delete the partial data and journal of ``paths`` (what cancelling it means)."""
@@ -457,6 +465,8 @@ class DownloadManager(AsyncResource):
             return
         task.last = p
         task.size = p.total
+        if not self._fanout.listened():
+            return
         self._publish(progress_event(task, p))
         if self._fanout.total_due():
             self._publish(total_event(self._tasks.values(), idle=self._queue.idle()))
@@ -468,12 +478,13 @@ class DownloadManager(AsyncResource):
         self._publish_state(task)
         if was_running != (state is State.RUNNING):
             self._bandwidth.running_changed(task)
-        if self._queue.became_idle():
+        if self._queue.became_idle() and self._fanout.listened():
             # the last word on the aggregate
             self._publish(total_event(self._tasks.values(), idle=True))
 
     def _publish_state(self, task: Task) -> None:
-        self._publish(state_event(task))
+        if self._fanout.listened():
+            self._publish(state_event(task))
 
     def _publish(self, event: TaskEvent) -> None:
         self._fanout.publish(event)

@@ -73,6 +73,11 @@ class Fanout:
         for stream in list(self._streams):
             stream.end_nowait()
 
+    def listened(self) -> bool:
+        """Whether anyone hears events: if not, none need be built (a ``get -q`` of many
+        small files builds none of its four or more per file)."""
+        return bool(self._callbacks or self._streams)
+
     def total_due(self) -> bool:
         """Whether progress may carry an aggregate now: one per _TOTAL_EVERY_S at most."""
         now = time.monotonic()
@@ -106,17 +111,23 @@ def progress_event(task: Task, p: Progress) -> TaskEvent:
 
 
 def state_event(task: Task) -> TaskEvent:
-    info = task.info()
+    # What task.info() says of these fields, without building the whole snapshot.
+    result, error = task.result, task.error
+    if result is not None:
+        done: int = result.size
+        total: int | None = result.size
+    else:
+        done, total = (task.last.bytes_done if task.last else 0), task.size
     return TaskEvent(
         EventKind.STATE,
         task.id,
         task.state,
         time.time(),
-        error=info.error,
-        failure=info.failure,
-        result=info.result,
-        bytes_done=info.bytes_done,
-        total=info.total,
+        error=error.to_dict() if error else None,
+        failure=error,
+        result=result.to_dict() if result else None,
+        bytes_done=done,
+        total=total,
     )
 
 

@@ -113,15 +113,17 @@ class Task:
 
 
 def new_future() -> asyncio.Future[Result]:
-    """A future for a task's result whose exception counts as seen even if no one waits."""
-    future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-    future.add_done_callback(_mark_retrieved)
-    return future
+    """A future for a task's result (set with ``fail`` when the download fails)."""
+    return asyncio.get_running_loop().create_future()
 
 
-def _mark_retrieved(fut: asyncio.Future[Result]) -> None:
-    if not fut.cancelled():
-        fut.exception()
+def fail(future: asyncio.Future[Result], exc: BaseException) -> None:
+    """Fail a task's future with ``exc``, counted as seen even if no one waits for it.
+
+    (Marked here, not by a done callback: that cost a loop callback for every file.)
+    """
+    future.set_exception(exc)
+    future.exception()
 
 
 def completed_again(done: Result, alias: Path | None) -> Result:
