@@ -247,6 +247,12 @@ class NetworkError(TransferError):
         super().__init__(message, hint=hint, url=url)
         self.kind = None if kind is None else NetworkKind(kind)
 
+    @property  # type: ignore[override]
+    def retryable(self) -> bool:
+        # A certificate that did not verify will not verify on the next attempt either (curl
+        # and aria2c stop at once); four attempts only delayed the answer by seconds.
+        return self.kind is not NetworkKind.TLS
+
 
 class StallTimeout(TransferError):
     category = Category.TIMEOUT

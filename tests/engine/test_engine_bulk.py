@@ -23,6 +23,7 @@ from helpers import blob, sha
 from helpers import download_config as config
 from modelhaul.config import MiB
 from modelhaul.engine.downloader import Downloader
+from modelhaul.errors import NetworkError, NetworkKind
 from modelhaul.http import bodies as transport
 from modelhaul.http import response as response_module
 from modelhaul.http import tlsbody
@@ -231,6 +232,10 @@ async def test_tls_verification_stays_on_by_default(
 ) -> None:
     tls_origin.add_file("tls.bin", blob(1024, seed=6))
     async with Downloader(config(), state_dir=state_dir) as dl:
-        with pytest.raises(Exception, match="TLS verification failed"):
+        with pytest.raises(Exception, match="TLS verification failed") as failed:
             await asyncio.wait_for(dl.download(tls_origin.url("tls.bin"), tmp_path / "t"), 30)
     assert not (tmp_path / "t").exists()
+    # Not a transient failure: reported at the first attempt, not after the retry budget.
+    assert isinstance(failed.value, NetworkError), repr(failed.value)
+    assert failed.value.kind is NetworkKind.TLS
+    assert not failed.value.retryable
