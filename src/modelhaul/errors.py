@@ -7,16 +7,14 @@ fields (``DiskFull.need_bytes``, ``HTTPStatusError.status``, ``NetworkError.kind
 advice is computed from them and never recovered from the message's wording.
 
 A next step that names a setting is a ``remedy`` (a :class:`~modelhaul.remedies.Remedy`):
-``hint`` words it for the library's callers (``SegmentPolicy.connections``), and each face
-words it in its own terms with ``hint_in`` (the CLI its flags, ``cli/words.py``), so no
-command-line flag is written here.
+``hint`` words it for the library's callers (``SegmentPolicy.connections``), each face in its
+own terms with ``hint_in`` (the CLI its flags, ``cli/words.py``): no CLI flag is written here.
 
-Third-party errors are translated where the third party is called, chained with ``from exc``,
-and nowhere else: aiohttp's and the OS's network errors by ``map_error`` in ``http/`` (which
-``doctor`` calls too), huggingface_hub's by ``map_hub_error`` in ``sources/hf.py``, urllib's
-by the service client in ``client/service.py``. OS errors on local files (ENOSPC, EACCES) are
-told as ``DiskFull``/``PermissionDenied`` by the module that writes the file, which only it
-can name (``engine``, ``store``, ``manager``, ``server/security.py``).
+Third-party errors are translated where the third party is called, chained with ``from exc``:
+aiohttp's and the OS's network errors by ``map_error`` in ``http/`` (``doctor`` calls it too),
+huggingface_hub's by ``map_hub_error`` in ``sources/hf.py``, urllib's by ``client/service.py``.
+OS errors on local files (ENOSPC, EACCES) are told as ``DiskFull``/``PermissionDenied`` by the
+module that writes the file, which only it can name (engine, store, manager, server).
 
     ModelhaulError              category        fields
     ├── InvalidInput            invalid_input   bad URL, rate, hex, manifest, unsafe name
@@ -228,11 +226,9 @@ class TransferError(ModelhaulError):
 
 
 class NetworkError(TransferError):
-    """The connection failed.
-
-    ``kind`` says how, when the translator knows (a :class:`NetworkKind`), and ``url`` where
-    it was going; guidance is chosen from these facts, not from the message's wording.
-    """
+    """The connection failed: ``kind`` says how, when the translator knows (a
+    :class:`NetworkKind`; a certificate that did not verify is not retried), and ``url`` where
+    it was going. Guidance is chosen from these facts, not from the message's wording."""
 
     def __init__(
         self,
@@ -248,9 +244,7 @@ class NetworkError(TransferError):
         self.kind = None if kind is None else NetworkKind(kind)
 
     @property  # type: ignore[override]
-    def retryable(self) -> bool:
-        # A certificate that did not verify will not verify on the next attempt either (curl
-        # and aria2c stop at once); four attempts only delayed the answer by seconds.
+    def retryable(self) -> bool:  # a certificate fails again (curl stops at once, too)
         return self.kind is not NetworkKind.TLS
 
 
