@@ -1,10 +1,9 @@
 """The one exception tree of modelhaul.
 
-Every error carries a ``category`` (a :class:`Category`, a string that scripts match on in
-JSON output and the service's answers), a ``retryable`` flag, a ``message`` saying what
-happened, and a ``hint`` with the user's next step. Errors carry the facts guidance needs as
-fields (``DiskFull.need_bytes``, ``HTTPStatusError.status``, ``NetworkError.kind``...), so
-advice is computed from them and never recovered from the message's wording.
+Every error carries a ``category`` (a :class:`Category`, which scripts match in JSON output
+and the service's answers), a ``retryable`` flag, a ``message`` (what happened) and a ``hint``
+(the next step), and as fields the facts guidance needs (``DiskFull.need_bytes``,
+``NetworkError.kind``...): advice is computed from them, never from the message's wording.
 
 A next step that names a setting is a ``remedy`` (a :class:`~modelhaul.remedies.Remedy`):
 ``hint`` words it for the library's callers (``SegmentPolicy.connections``), each face in its
@@ -65,9 +64,8 @@ class Category(enum.StrEnum):
 
 CATEGORIES: tuple[Category, ...] = tuple(Category)
 
-# Failures another attempt cannot fix until the user changes something (the URL, a token, the
-# request): the web page offers to retry these after the fix, and to resume the others. Decided
-# by category, because a RetriesExhausted is never ``retryable`` even when its cause was.
+# Failures no attempt fixes until the user changes the URL, a token or the request (the web page
+# offers a retry after the fix, a resume for others); by category: RetriesExhausted never retries.
 PERMANENT_CATEGORIES = frozenset(
     {Category.NOT_FOUND, Category.AUTH, Category.CLIENT_ERROR, Category.INVALID_INPUT}
 )
@@ -82,6 +80,7 @@ class NetworkKind(enum.StrEnum):
     RESET = "reset"  # the peer reset the connection
     CLOSED = "closed"  # the peer closed it mid-response
     TLS = "tls"  # the certificate did not verify
+    TLS_NAME = "tls_name"  # the certificate is valid, but for another host name
     TLS_HANDSHAKE = "tls_handshake"  # the TLS handshake failed otherwise
     PROXY = "proxy"  # the proxy failed or refused to forward
 
@@ -113,8 +112,9 @@ def network_kind(exc: BaseException | None) -> NetworkKind | None:
         seen.add(id(exc))
         if isinstance(exc, socket.gaierror):
             return NetworkKind.DNS
-        if isinstance(exc, ssl.SSLCertVerificationError):
-            return NetworkKind.TLS
+        if isinstance(exc, ssl.SSLCertVerificationError):  # OpenSSL: 62 host name, 64 IP mismatch
+            code = getattr(getattr(exc, "certificate_error", exc), "verify_code", None)  # aiohttp
+            return NetworkKind.TLS_NAME if code in (62, 64) else NetworkKind.TLS
         if isinstance(exc, ssl.SSLError):
             return NetworkKind.TLS_HANDSHAKE
         if "ProxyError" in (c.__name__ for c in type(exc).__mro__):
@@ -227,7 +227,7 @@ class TransferError(ModelhaulError):
 
 class NetworkError(TransferError):
     """The connection failed: ``kind`` says how, when the translator knows (a
-    :class:`NetworkKind`; a certificate that did not verify is not retried), and ``url`` where
+    :class:`NetworkKind`; a certificate that did not verify is never retried), ``url`` where
     it was going. Guidance is chosen from these facts, not from the message's wording."""
 
     def __init__(
@@ -245,7 +245,7 @@ class NetworkError(TransferError):
 
     @property  # type: ignore[override]
     def retryable(self) -> bool:  # a certificate fails again (curl stops at once, too)
-        return self.kind is not NetworkKind.TLS
+        return self.kind not in (NetworkKind.TLS, NetworkKind.TLS_NAME)
 
 
 class StallTimeout(TransferError):

@@ -117,7 +117,7 @@ def test_transport_errors_read_as_plain_words_in_guidance() -> None:
         off_hub = explain(NetworkError("x", url=plain, kind=kind))
         on_hub = explain(NetworkError("x", url=hub, kind=kind))
         assert not any("HF_" in line for line in (off_hub.why or "", *off_hub.steps)), kind
-        if kind in ("dns", "refused", "unreachable", "tls_handshake"):
+        if kind in ("dns", "refused", "unreachable", "tls_handshake", "tls_name"):
             assert "HF_ENDPOINT (now https://huggingface.co)" in " ".join(on_hub.steps), kind
         if kind in ("reset", "closed"):
             assert "HF_HUB_OFFLINE=1" in " ".join(on_hub.steps), kind

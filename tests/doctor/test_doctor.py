@@ -428,6 +428,74 @@ async def test_ssl_cert_file_makes_the_certificate_trusted(
     assert checks["clock"].ok is True
 
 
+@pytest.fixture
+async def misnamed_endpoint(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
+    """An HTTPS server whose (trusted) certificate is for other.test only, reached as localhost:
+    the URL and the CA file to trust."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=other.test", "-keyout", str(key), "-out", str(cert),
+         "-addext", "subjectAltName=DNS:other.test"],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    app = web.Application()
+
+    async def answer(_request: web.Request) -> web.Response:
+        return web.Response(text="hub")
+
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
+    try:
+        yield f"https://localhost:{runner.addresses[0][1]}", cert
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_certificate_for_another_name_is_told_as_such_not_as_an_untrusted_ca(
+    misnamed_endpoint: tuple[str, Path], cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, ca = misnamed_endpoint
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    cfg = DoctorConfig(cache_root=cache, endpoint=url, ca_file=str(ca))
+    endpoint = by_name(await run_doctor(cfg))["endpoint"]
+    assert endpoint.ok is False
+    assert "the certificate is for another host name" in endpoint.detail, endpoint.detail
+    assert "another host name" in endpoint.fix and "SSL_CERT_FILE" not in endpoint.fix
+
+
+async def test_get_from_a_misnamed_host_fails_at_once_and_points_at_the_host(
+    misnamed_endpoint: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, ca = misnamed_endpoint
+    started = time.monotonic()
+    proc = await asyncio.to_thread(  # the server answers on this test's loop meanwhile
+        subprocess.run,
+        modelhaul_cmd("get", f"{url}/model.bin", "-o", str(tmp_path / "model.bin"), "--json"),
+        capture_output=True,
+        text=True,
+        env=dict(os.environ) | {"SSL_CERT_FILE": str(ca)},
+        timeout=60,
+        check=False,
+    )
+    took = time.monotonic() - started
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 1, proc.stderr
+    assert result["error"]["category"] == "network"
+    assert "the certificate is for another host name" in result["error"]["message"]
+    assert "SSL_CERT_FILE" not in proc.stderr and "Check the host" in proc.stderr, proc.stderr
+    assert "gave up after" not in result["error"]["message"]  # not retried: it cannot change
+    assert took < 20, took  # (four attempts with back-off took 5-6 s, here and on a quiet VM)
+    assert not (tmp_path / "model.bin").exists()
+
+
 # ---------------------------------------------------------------------------------- the CLI
 
 

@@ -18,7 +18,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import proxy_bypass_environment
 
-from ..errors import InvalidInput, human_duration
+from ..errors import InvalidInput, NetworkKind, human_duration, network_kind
 from ..http.probe import ProbeFailure, ProbeSession
 from ..policy.urls import check_url
 from .checks import Check, DoctorConfig, os_error_text
@@ -140,7 +140,8 @@ async def _connect_stages(
                 async with asyncio.timeout(config.timeout_s):
                     await writer.start_tls(ssl.create_default_context(), server_hostname=host)
             except (OSError, TimeoutError, ssl.SSLError) as exc:
-                return "tls", f"TLS handshake with {host} failed: {_tls_text(exc)}"
+                stage = "tls_name" if network_kind(exc) is NetworkKind.TLS_NAME else "tls"
+                return stage, f"TLS handshake with {host} failed: {_tls_text(exc)}"
             stages.append(_tls_summary(writer))
     finally:
         writer.close()
@@ -170,6 +171,8 @@ def _endpoint_fail(
         "certificate (a proxy or firewall re-signing TLS is the usual cause)"
         + (f"; SSL_CERT_FILE is now {ca}" if ca else "")
         + ". Also check the clock.",
+        "tls_name": "The certificate is for another host name: put the name it is for in "
+        "HF_ENDPOINT (not an IP address or an alias); no CA bundle changes that.",
         "proxy": "Check HTTPS_PROXY / HTTP_PROXY (user:password@ in the URL if it asks for "
         "credentials) and that the proxy is up; list hosts to reach directly in NO_PROXY.",
         "http": "The server answers but not well: try again later, or check HF_ENDPOINT.",
@@ -201,6 +204,8 @@ def check_clock(server_time: float | None, local_time: float | None, tolerance_s
 
 
 def _tls_text(exc: BaseException) -> str:
+    if network_kind(exc) is NetworkKind.TLS_NAME:
+        return f"the certificate is for another host name: {getattr(exc, 'verify_message', '')}"
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate not trusted: {exc.verify_message}"
     if isinstance(exc, TimeoutError):

@@ -53,18 +53,8 @@ def network(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
             proxy,
             *doctor,
         ]
-    if kind is NetworkKind.TLS:
-        return (
-            "the server's TLS certificate did not verify against the trusted CA bundle; behind "
-            "a corporate proxy or firewall that re-signs TLS this is the usual cause.",
-            [
-                "Point SSL_CERT_FILE at a CA bundle that includes your organisation's root "
-                "certificate (SSL_CERT_DIR for a directory of them).",
-                "Check that the system clock is right: certificates are only valid for a time "
-                "window.",
-                *doctor,
-            ],
-        )
+    if kind in (NetworkKind.TLS, NetworkKind.TLS_NAME):
+        return _certificate(kind, host, address, doctor)
     if kind is NetworkKind.TLS_HANDSHAKE:
         return (
             f"the TLS handshake with {host} failed: the port may not speak TLS (an http:// "
@@ -89,6 +79,32 @@ def network(err: ModelhaulError, ctx: Context) -> tuple[str, list[str]]:
         "the connection failed or was reset: a network outage, a proxy or firewall in the "
         "way, or an overloaded server.",
         steps,
+    )
+
+
+def _certificate(
+    kind: NetworkKind, host: str, address: str, doctor: list[str]
+) -> tuple[str, list[str]]:
+    """A certificate that did not verify: untrusted, or for another host name (where no CA
+    bundle helps)."""
+    if kind is NetworkKind.TLS_NAME:
+        return (
+            f"the server's TLS certificate is not for the name {host} was reached by: an IP "
+            "address or another alias of the host in the URL, or a proxy answering for it.",
+            [
+                f"Check the host in {address}: use the name the server's certificate is for.",
+                *doctor,
+            ],
+        )
+    return (
+        "the server's TLS certificate did not verify against the trusted CA bundle; behind "
+        "a corporate proxy or firewall that re-signs TLS this is the usual cause.",
+        [
+            "Point SSL_CERT_FILE at a CA bundle that includes your organisation's root "
+            "certificate (SSL_CERT_DIR for a directory of them).",
+            "Check that the system clock is right: certificates are only valid for a time window.",
+            *doctor,
+        ],
     )
 
 

@@ -20,8 +20,10 @@ from ..errors import (
     InvalidInput,
     ModelhaulError,
     NetworkError,
+    NetworkKind,
     StallTimeout,
     TruncatedBody,
+    network_kind,
 )
 from ..policy.backoff import parse_retry_after
 from ..policy.urls import host_of
@@ -72,6 +74,16 @@ _CONNECT_HINTS = {
 
 def _tls_error(exc: Exception, url: str, host: str) -> NetworkError:
     if isinstance(exc, ssl.SSLCertVerificationError):  # aiohttp's certificate error is one too
+        if network_kind(exc) is NetworkKind.TLS_NAME:
+            # Trusted or not, a certificate for another name fails whatever CA bundle is used.
+            return NetworkError(
+                f"TLS verification failed for {host}: the certificate is for another host name "
+                f"({_verify_message(exc) or 'hostname mismatch'})",
+                hint=f"Check the host in the URL: connect by the name the certificate is for, "
+                f"not by an address or an alias of {host}.",
+                url=url,
+                kind="tls_name",
+            )
         return NetworkError(
             f"TLS verification failed for {host}: {_certificate_problem(exc)}",
             hint="If you are behind a proxy with its own CA, point SSL_CERT_FILE at its "
@@ -156,9 +168,14 @@ def _os_reason(err: Exception | None) -> str:
     return "an unknown error"
 
 
-def _certificate_problem(exc: Exception) -> str:
+def _verify_message(exc: Exception) -> str | None:
     cert = getattr(exc, "certificate_error", exc)
     message = getattr(cert, "verify_message", None)
+    return message if isinstance(message, str) and message else None
+
+
+def _certificate_problem(exc: Exception) -> str:
+    message = _verify_message(exc)
     return f"certificate not trusted ({message})" if message else "certificate not trusted"
 
 
@@ -169,14 +186,14 @@ def _ssl_reason(exc: Exception) -> str:
 
 
 # The stage of a request that failed, as the doctor reports it.
-FailedStage = Literal["tls", "proxy", "http"]
+FailedStage = Literal["tls", "tls_name", "proxy", "http"]
 
 
 def failed_stage(exc: Exception) -> FailedStage:
-    """Which stage an aiohttp/OS error of a request failed at: TLS, the proxy, or the HTTP
-    exchange (everything else)."""
+    """Which stage an aiohttp/OS error of a request failed at: TLS (a certificate for another
+    host name apart), the proxy, or the HTTP exchange (everything else)."""
     if isinstance(exc, ssl.SSLError | aiohttp.ClientSSLError):
-        return "tls"
+        return "tls_name" if network_kind(exc) is NetworkKind.TLS_NAME else "tls"
     if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
         return "proxy"
     return "http"
