@@ -8,6 +8,7 @@ writes, so an unwritable cache is a path under a regular file (or under /proc).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -367,41 +368,50 @@ def test_parse_source_refuses_what_it_cannot_check(text: str) -> None:
 # ---------------------------------------------------------------------------------- TLS
 
 
-@pytest.fixture
-def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+def _certificate(folder: Path, name: str, alt_names: str) -> tuple[Path, Path]:
+    """A self-signed certificate for ``name`` (and ``alt_names``) and its key."""
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl command")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+         "-nodes", "-days", "1", "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
+         "-addext", f"subjectAltName={alt_names}"],
         check=True,
         capture_output=True,
     )  # fmt: skip
     return cert, key
 
 
-@pytest.fixture
-async def tls_endpoint(self_signed: tuple[Path, Path]) -> AsyncIterator[str]:
-    cert, key = self_signed
+@contextlib.asynccontextmanager
+async def _serve_tls(cert: Path, key: Path) -> AsyncIterator[str]:
+    """An HTTPS server on 127.0.0.1 that answers "hub" to everything; its URL by localhost."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
     app = web.Application()
 
-    async def root(_request: web.Request) -> web.Response:
+    async def answer(_request: web.Request) -> web.Response:
         return web.Response(text="hub")
 
-    app.router.add_route("*", "/", root)
+    app.router.add_route("*", "/{tail:.*}", answer)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    port = runner.addresses[0][1]
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
     try:
-        yield f"https://localhost:{port}"
+        yield f"https://localhost:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    return _certificate(tmp_path, "localhost", "DNS:localhost,IP:127.0.0.1")
+
+
+@pytest.fixture
+async def tls_endpoint(self_signed: tuple[Path, Path]) -> AsyncIterator[str]:
+    async with _serve_tls(*self_signed) as url:
+        yield url
 
 
 async def test_an_untrusted_certificate_fails_at_tls_and_names_ssl_cert_file(
@@ -432,31 +442,9 @@ async def test_ssl_cert_file_makes_the_certificate_trusted(
 async def misnamed_endpoint(tmp_path: Path) -> AsyncIterator[tuple[str, Path]]:
     """An HTTPS server whose (trusted) certificate is for other.test only, reached as localhost:
     the URL and the CA file to trust."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command")
-    cert, key = tmp_path / "other.pem", tmp_path / "other.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-days", "1", "-subj", "/CN=other.test", "-keyout", str(key), "-out", str(cert),
-         "-addext", "subjectAltName=DNS:other.test"],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
-    app = web.Application()
-
-    async def answer(_request: web.Request) -> web.Response:
-        return web.Response(text="hub")
-
-    app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx).start()
-    try:
-        yield f"https://localhost:{runner.addresses[0][1]}", cert
-    finally:
-        await runner.cleanup()
+    cert, key = _certificate(tmp_path, "other.test", "DNS:other.test")
+    async with _serve_tls(cert, key) as url:
+        yield url, cert
 
 
 async def test_a_certificate_for_another_name_is_told_as_such_not_as_an_untrusted_ca(
