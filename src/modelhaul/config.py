@@ -132,6 +132,9 @@ class SegmentPolicy:
     # default: on the shared VM it did not shorten the tail (the kernel's balancer moves other
     # tasks onto the CPU left free). None: never.
     hash_cpu_lag_bytes: int | None = None
+    # A receive that would start more than this far past the hashed bytes waits for the hash
+    # (the one continuing the completed prefix never does; engine.hashlag). None: never.
+    hash_window_bytes: int | None = 128 * MiB
 
     def __post_init__(self) -> None:
         if self.connections is not None and not 1 <= self.connections <= 64:
@@ -152,7 +155,7 @@ class SegmentPolicy:
         _positive("journal_every_s", self.journal_every_s, allow_zero=True)
         if self.chunk_bytes is not None:
             _positive("chunk_bytes", self.chunk_bytes)
-        for name in ("hash_cpu_lag_bytes", "hash_recv_lag_bytes"):
+        for name in ("hash_cpu_lag_bytes", "hash_recv_lag_bytes", "hash_window_bytes"):
             if getattr(self, name) is not None:
                 _positive(name, getattr(self, name))
 

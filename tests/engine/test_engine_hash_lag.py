@@ -1,6 +1,7 @@
 """While the SHA-256 trails the completed prefix, a download shifts CPU towards it: the receive
-threads leave it one CPU (hash_cpu_lag_bytes), or fewer receives run (hash_recv_lag_bytes).
-Both are undone when the lag is gone or the receives end.
+threads leave it one CPU (hash_cpu_lag_bytes), fewer receives run (hash_recv_lag_bytes), or
+receives far past the hashed bytes wait for it (hash_window_bytes). All are undone when the lag
+is gone or the receives end.
 
 To make the hash trail on purpose, the hash threads are kept busy reading FIFOs nobody writes
 yet (HashGate); the gate opens when the mechanism is seen engaged, so the download finishes.
@@ -24,7 +25,7 @@ from modelhaul.disk.hashing import sha256_file_async
 from modelhaul.engine import stages
 from modelhaul.engine.cpus import RECEIVER_CPUS, ReceiverCpus
 from modelhaul.engine.downloader import Downloader
-from modelhaul.engine.hashlag import next_receive_cap
+from modelhaul.engine.hashlag import must_wait_for_hash, next_receive_cap
 from origin import Fault, Origin
 
 # disk.hashing's pool runs this many hashes at once: keeping all busy stalls the prefix hash.
@@ -129,9 +130,14 @@ async def test_without_the_setting_the_cpus_are_left_alone(
     stages.stage_hook = lambda name: seen.append((name, None))
     gate.open()  # nothing engages to open it
     await _download(
-        origin, tmp_path / "big.bin", gate, hash_cpu_lag_bytes=None, hash_recv_lag_bytes=None
+        origin,
+        tmp_path / "big.bin",
+        gate,
+        hash_cpu_lag_bytes=None,
+        hash_recv_lag_bytes=None,
+        hash_window_bytes=None,
     )
-    assert not [name for name, _ in seen if "cpu" in name or "cap" in name]
+    assert not [name for name, _ in seen if "cpu" in name or "cap" in name or "window" in name]
 
 
 async def test_fewer_receives_run_while_the_hash_trails_and_all_again_after(
@@ -201,3 +207,35 @@ def test_a_lag_the_hash_is_clearing_on_its_own_holds_nothing_back() -> None:
     lag = 64 * MiB
     assert next_receive_cap(None, 16, 900 * MiB, 1000 * MiB, lag) is None
     assert next_receive_cap(4, 16, 900 * MiB, 1000 * MiB, lag) == 4  # a cap set stays
+
+
+async def test_receives_far_past_a_trailing_hash_wait_for_it(
+    origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
+) -> None:
+    def hook(name: str) -> None:
+        if name == "receive_window_held":
+            seen.append((name, None))
+        if name in ("receive_window_held", "hashing"):  # "hashing": it never engaged
+            gate.open()
+
+    stages.stage_hook = hook
+    await _download(
+        origin,
+        tmp_path / "big.bin",
+        gate,
+        hash_cpu_lag_bytes=None,
+        hash_recv_lag_bytes=None,
+        hash_window_bytes=4 * MiB,
+    )
+    # The hash stood still at 0 while the prefix grew past 4 MiB: a receive further on waited
+    # (and went on once the gate opened: the download completed and verified).
+    assert ("receive_window_held", None) in seen
+
+
+def test_only_a_receive_far_past_a_hash_that_trails_the_prefix_waits() -> None:
+    w = 128 * MiB
+    assert must_wait_for_hash(900 * MiB, 100 * MiB, 500 * MiB, w)  # the hash is 400 MiB behind
+    assert not must_wait_for_hash(200 * MiB, 100 * MiB, 500 * MiB, w)  # within the window
+    assert not must_wait_for_hash(500 * MiB, 100 * MiB, 500 * MiB, w)  # continues the prefix
+    # The hash keeps up with the prefix: the network sets the pace, segments may span far.
+    assert not must_wait_for_hash(900 * MiB, 400 * MiB, 500 * MiB, w)

@@ -110,6 +110,7 @@ def download_config(args: argparse.Namespace) -> DownloadConfig:
             initial_connections=min(16, max_connections),
             hash_cpu_lag_bytes=lag_bytes("MODELHAUL_HASH_CPU_LAG", defaults.hash_cpu_lag_bytes),
             hash_recv_lag_bytes=lag_bytes("MODELHAUL_HASH_RECV_LAG", defaults.hash_recv_lag_bytes),
+            hash_window_bytes=lag_bytes("MODELHAUL_HASH_WINDOW", defaults.hash_window_bytes),
         ),
         rate=RateLimit(rate_bytes_per_s=parse_rate(args.limit_rate)),
         headers=parse_headers(args.header),

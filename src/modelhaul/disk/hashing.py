@@ -193,6 +193,16 @@ class PrefixHasher:
             raise RuntimeError("hasher closed before the end")
         return self._hash.hexdigest()
 
+    async def reached(self, n: int) -> None:
+        """Wait until the first ``n`` bytes are hashed, or the hasher stopped."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._pos >= n or self._closed or self._error is not None:
+                return
+            self._waiters.append((loop, fut, n))
+        await fut
+
     def chunks(self) -> tuple[int, tuple[str, ...]]:
         """The chunk size and the xxh3-128 of each chunk hashed so far (after ``digest``: all)."""
         return self._hash.chunk_bytes, self._hash.chunks()

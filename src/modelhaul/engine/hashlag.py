@@ -1,19 +1,24 @@
 """What a download does while its SHA-256 trails the completed prefix: the hash is one serial
 thread, and whatever it has not hashed at the last byte is the tail the user waits for.
 
-Two reversible answers, each behind one SegmentPolicy value, steered every tick:
+Three reversible answers, each behind one SegmentPolicy value; the first two steered every
+tick, the third asked before each receive:
 
 - ``hash_cpu_lag_bytes``: past this lag the receive threads leave the hash one CPU
   (engine.cpus; machines with 2-4 CPUs), given back once the lag is under a quarter of it.
 - ``hash_recv_lag_bytes``: past this lag fewer receives run at once: half as many each tick
   the lag stays over it without shrinking (never fewer than _MIN_RECEIVERS), twice as many
   each tick it is under half of it, until none is held back.
+- ``hash_window_bytes``: past this lag a receive that would start more than this far past the
+  hashed bytes waits for the hash (wait_hash_window).
 
 Holding back every receive (tried before) idled a core: the answers here only shift the share.
 Measured on the shared 2-core VM (4 GiB to ext4, load 7-12 from others, alternating runs,
 medians of 4-5): fewer receives past 32 MiB cut the tail after the last byte from 2.3-3.1 s
 to 0.7-1.3 s at the same CPU; leaving a CPU did not shorten it (the kernel's balancer moves
-other runnable tasks onto the CPU left free), so only the first is on by default.
+other runnable tasks onto the CPU left free), so it is off by default. Later (session 11,
+quieter VM, 4 GiB from nginx on loopback, alternating, medians of 5-6) the cap alone left a
+1.2 s tail; with the window as well, 0.2 s at the same or a shorter wall.
 """
 
 from __future__ import annotations
@@ -117,6 +122,44 @@ async def wait_receive_turn(t: Transfer, pos: int) -> None:
                 await t.recv_turn.wait()
 
 
+async def wait_hash_window(t: Transfer, pos: int, window: int) -> None:
+    """Before a receive at ``pos``: while the hash trails the completed prefix by more than
+    ``window``, a receive starting more than ``window`` past the hashed bytes waits until it
+    is within it (_HOLD_MAX_S at most). The receive that continues the prefix never waits.
+
+    The receive cap alone left the hash ~1 GiB behind on loopback (one splicing receive
+    outruns it): 1.1-1.8 s to hash after the last byte of 4 GiB. A window counted from the
+    hashed bytes alone also held receives where the network sets the pace (case E: the
+    prefix jumps ~90 MiB as 8 MiB chunks land, and segments in flight span ~300 MiB), so it
+    applies only while the hash is the one behind."""
+    hasher = t.hasher
+    if hasher is None:
+        return
+    hashed = hasher.hashed_bytes
+    if not must_wait_for_hash(pos, hashed, t.state.done.prefix_end(), window):
+        return
+    stage("receive_window_held")
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_HOLD_MAX_S):
+            await hasher.reached(pos - window)
+
+
+async def wait_for_hash(t: Transfer, pos: int, window: int | None) -> None:
+    """Before a bulk receive at ``pos``: its turn under the receive cap, then the hash window
+    (None: none)."""
+    if t.recv_cap is not None:
+        await wait_receive_turn(t, pos)
+    if window is not None:
+        await wait_hash_window(t, pos, window)
+
+
+def must_wait_for_hash(pos: int, hashed: int, prefix: int, window: int) -> bool:
+    """Whether a receive at ``pos`` waits for the hash (wait_hash_window): it starts more than
+    ``window`` past the ``hashed`` bytes, past the completed ``prefix``, and the hash trails
+    that prefix by more than ``window``."""
+    return pos > hashed + window and pos > prefix and prefix - hashed > window
+
+
 def receive_ended(t: Transfer) -> None:
     """A receive of ``t`` ended: its turn goes to a waiting one, if capped."""
     t.recv_active -= 1
@@ -131,8 +174,11 @@ def _wake(t: Transfer) -> None:
 
 __all__ = [
     "HashLagGuard",
+    "must_wait_for_hash",
     "next_receive_cap",
     "receive_ended",
     "set_receive_cap",
+    "wait_for_hash",
+    "wait_hash_window",
     "wait_receive_turn",
 ]

@@ -22,7 +22,7 @@ from ..http.bodies import BodyPump, SocketBody
 from ..http.receive import FileSink, most_per_receive, receive_into
 from ..http.response import BulkReceive, Response
 from ..policy.segments import Segment
-from .hashlag import receive_ended, wait_receive_turn
+from .hashlag import receive_ended, wait_for_hash, wait_hash_window
 from .plan import save_journal
 from .pools import RECV_POOL, WRITE_POOL
 from .transfer import BATCH_MAX_AGE_S, UNKNOWN_END, Transfer
@@ -152,6 +152,7 @@ class Streams:
         interrupted stays with the write job, which may still be running in its thread.
         """
         limiters = t.facts.limiters
+        window = self._hash_window(t)
         since_journal = 0
         # Received and counted in seg.pos, not yet written; it starts at held_at.
         held: memoryview | bytes | None = None
@@ -177,6 +178,8 @@ class Streams:
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
                     return
+                if window is not None:  # as in _stream_socket
+                    await wait_hash_window(t, seg.pos, window)
                 got = await pump.next_block(BATCH_MAX_AGE_S, resp.url)
                 if got is None:
                     raise TruncatedBody(
@@ -227,6 +230,7 @@ class Streams:
         block = most_per_receive(body)
         sink = FileSink(t.fd, t.write_lock, t.splice_ok)
         ask = min(block, _SOCKET_FIRST_ASK)
+        window = self._hash_window(t)
 
         def landed(at: int, n: int) -> None:
             self._record_write(t, state, at, n)
@@ -235,8 +239,7 @@ class Streams:
 
         try:
             while True:
-                if t.recv_cap is not None:  # fewer receives while the hash trails
-                    await wait_receive_turn(t, seg.pos)
+                await wait_for_hash(t, seg.pos, window)  # while it trails: hashlag.py
                 # Re-read every time: another connection may have stolen the tail.
                 stop = min(seg.end, resp.end)
                 if seg.pos >= stop:
@@ -281,6 +284,11 @@ class Streams:
                 n = await _outcome_of(job)
                 if n > 0:
                     landed(at, n)
+
+    def _hash_window(self, t: Transfer) -> int | None:
+        """How far past the hashed bytes a receive of ``t`` may start (engine.hashlag); None
+        for a file readers wait on (the Hub mirror's): they must not wait for the hash."""
+        return None if t.facts.demand is not None else self.config.segments.hash_window_bytes
 
     def _after_write(self, t: Transfer, seg: Segment, since_journal: int) -> int:
         """After each batch: save the journal every few MiB, refuse a body longer than promised.
