@@ -30,9 +30,9 @@ from .receive import POLL_S
 _Body = TypeVar("_Body", bound=bodies.SocketBody)
 
 
-# HTTPS bodies decrypted in worker threads (a TlsBody) cost less CPU, but took longer on the quiet
-# benchmark: case E (1 GiB over HTTPS, 20 MB/s per connection, 30 ms) 5.06 s against 3.13 s with
-# the event loop's BodyPump, medians of 3. Off until the cause is found; tests turn it on.
+# HTTPS bodies decrypted in worker threads (a TlsBody) take the loop's TLS work off it, but are
+# no faster: case E (1 GiB over HTTPS, 20 MB/s per connection, 30 ms) 4.1 s against 3.8 s with
+# the event loop's BodyPump (tlsbody.py tells why). Off; tests turn it on.
 TLS_IN_THREADS = False
 
 

@@ -8,8 +8,11 @@ HTTP: the socket's bytes go into the connection's own memory BIO and OpenSSL dec
 straight into a lent stage buffer that is then written to the file (``SSLObject.read`` and
 ``recv`` release the GIL), so the loop only hears of whole receive jobs. Measured (1 GiB over
 HTTPS, 32 connections): the loop thread's CPU went from 1.6-1.8 s to 0.55 s (0.35 s of it
-start-up), the process's from 3.6 to 3.3 CPU-s, peak RSS from 118 to 98 MiB. But on the quiet
-benchmark (case E, 20 MB/s per connection) it took 5.06 s where the loop's BodyPump took 3.13 s,
+start-up), the process's from 3.6 to 3.3 CPU-s, peak RSS from 118 to 98 MiB. It was slower,
+though: each receive waited for a whole buffer (MSG_WAITALL), which cost a third of the
+throughput (1 GiB over HTTPS, 32 connections: 5.3-5.6 s against the loop's 3.4-3.8). Taking
+what has arrived, it is within 5-10 % of the loop (2.68 vs 2.55 s from nginx directly; 4.1 vs
+3.8 s in case E, where its many small receives cost +0.4 CPU-s of system time), but not ahead,
 so Response.take_over uses it only with ``response.TLS_IN_THREADS`` set (off by default).
 
 The TLS state stays the connection's: ciphertext fed to the BIO and not decrypted remains there
@@ -179,13 +182,11 @@ class TlsBody(SocketBody):
             if got and time.monotonic() >= deadline:
                 return got
             # The ciphertext still to come is at least the plaintext still wanted, less what the
-            # BIO holds: waiting for that much never waits past the body's end.
+            # BIO holds. Whatever has arrived is taken at once: waiting for a whole buffer
+            # (MSG_WAITALL) made the same body take 1.5x as long, over loopback too.
             surely = self.remaining - got - incoming.pending
             try:
-                if surely > 0:
-                    k = sock.recv_into(raw, min(len(raw), surely), socket.MSG_WAITALL)
-                else:
-                    k = sock.recv_into(raw, len(raw))
+                k = sock.recv_into(raw, min(len(raw), surely) if surely > 0 else len(raw))
             except BlockingIOError:  # SO_RCVTIMEO passed with no byte
                 return got
             except OSError as exc:
