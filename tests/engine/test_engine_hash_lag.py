@@ -26,6 +26,7 @@ from modelhaul.engine import stages
 from modelhaul.engine.cpus import RECEIVER_CPUS, ReceiverCpus
 from modelhaul.engine.downloader import Downloader
 from modelhaul.engine.hashlag import must_wait_for_hash, next_receive_cap
+from modelhaul.errors import ModelhaulError
 from origin import Fault, Origin
 
 # disk.hashing's pool runs this many hashes at once: keeping all busy stalls the prefix hash.
@@ -239,3 +240,40 @@ def test_only_a_receive_far_past_a_hash_that_trails_the_prefix_waits() -> None:
     assert not must_wait_for_hash(500 * MiB, 100 * MiB, 500 * MiB, w)  # continues the prefix
     # The hash keeps up with the prefix: the network sets the pace, segments may span far.
     assert not must_wait_for_hash(900 * MiB, 400 * MiB, 500 * MiB, w)
+
+
+async def test_a_resumed_download_does_not_wait_for_the_hash_to_reread_the_old_bytes(
+    origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
+) -> None:
+    data = blob(64 * MiB, seed=22)
+    origin.add_file("r.bin", data)
+    dest = tmp_path / "r.bin"
+    # A first run ends after 40 MiB: a reset after progress is retried, the retry gets
+    # nothing, which spends retries=0.
+    origin.plan("r.bin", [Fault(drop_after=40 * MiB), Fault(drop_after=0)])
+    state = tmp_path / "st"
+    async with Downloader(config(retries=0, connections=1), state_dir=state) as dl:
+        with pytest.raises(ModelhaulError):
+            await asyncio.wait_for(dl.download(origin.url("r.bin"), dest), 60)
+
+    def hook(name: str) -> None:
+        if name == "receive_window_held":
+            seen.append((name, None))
+        if name == "hashing":
+            gate.open()
+
+    stages.stage_hook = hook
+    origin.set_default("r.bin", Fault(rate_bytes_per_s=16 * MiB))
+    gate.close_all()  # the hash stands still at 0 while the rest (24 MiB) arrives
+    cfg = config(
+        connections=4, hash_cpu_lag_bytes=None, hash_recv_lag_bytes=None, hash_window_bytes=32 * MiB
+    )
+    async with Downloader(cfg, state_dir=state) as dl:
+        result = await asyncio.wait_for(
+            dl.download(origin.url("r.bin"), dest, sha256=sha(data)), 60
+        )
+    await asyncio.wait_for(asyncio.gather(*gate.jobs), 10)
+    assert result.resumed_from >= 32 * MiB and result.sha256 == sha(data)
+    # The hash trailed the prefix by ~40 MiB, more than the window, but all of that was the
+    # earlier run's: this run's 24 MiB never outran it by a window.
+    assert not seen, seen

@@ -135,7 +135,9 @@ async def wait_hash_window(t: Transfer, pos: int, window: int) -> None:
     hasher = t.hasher
     if hasher is None:
         return
-    hashed = hasher.hashed_bytes
+    # A resumed download's hash first reads what an earlier run left: holding this run's
+    # receives for that would only delay them (by seconds, on a slow link).
+    hashed = max(hasher.hashed_bytes, t.hash_resumed)
     if not must_wait_for_hash(pos, hashed, t.state.done.prefix_end(), window):
         return
     stage("receive_window_held")

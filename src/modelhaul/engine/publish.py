@@ -44,7 +44,8 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
         if t.memory is None:
             prepare_file(t, check_disk_space=check_disk_space)
             t.hasher = PrefixHasher(t.fd)
-            t.hasher.advance(t.state.done.prefix_end())
+            t.hash_resumed = t.state.done.prefix_end()
+            t.hasher.advance(t.hash_resumed)
         t.resumed_from = t.bytes_done()
     except Exception:
         # No worker took the probe's response (a full disk, say): drop its connection,

@@ -77,6 +77,8 @@ class Transfer:
     single: bool = False  # one connection, no ranges (origin ignores Range or size unknown)
     sched: SegmentScheduler | None = None
     hasher: PrefixHasher | None = None
+    # The completed prefix when hashing began: bytes of an earlier run the hash reads first.
+    hash_resumed: int = 0
     writeback: Writeback | None = None  # large files: final ranges written back early
     received: int = 0  # bytes received in this process (for speed and the result)
     attempts: int = 0
