@@ -88,6 +88,14 @@ def _masks() -> dict[int, set[int]]:
     return masks
 
 
+def _only(**setting: int) -> dict[str, int | None]:
+    """Download settings with every answer to a trailing hash off but ``setting``."""
+    off: dict[str, int | None] = dict.fromkeys(
+        ("hash_cpu_lag_bytes", "hash_recv_lag_bytes", "hash_window_bytes")
+    )
+    return {**off, **setting}
+
+
 async def _download(origin: Origin, dest: Path, gate: HashGate, **cfg: object) -> None:
     data = blob(48 * MiB, seed=21)
     origin.add_file("big.bin", data)
@@ -130,14 +138,7 @@ async def test_without_the_setting_the_cpus_are_left_alone(
 ) -> None:
     stages.stage_hook = lambda name: seen.append((name, None))
     gate.open()  # nothing engages to open it
-    await _download(
-        origin,
-        tmp_path / "big.bin",
-        gate,
-        hash_cpu_lag_bytes=None,
-        hash_recv_lag_bytes=None,
-        hash_window_bytes=None,
-    )
+    await _download(origin, tmp_path / "big.bin", gate, **_only())
     assert not [name for name, _ in seen if "cpu" in name or "cap" in name or "window" in name]
 
 
@@ -220,14 +221,7 @@ async def test_receives_far_past_a_trailing_hash_wait_for_it(
             gate.open()
 
     stages.stage_hook = hook
-    await _download(
-        origin,
-        tmp_path / "big.bin",
-        gate,
-        hash_cpu_lag_bytes=None,
-        hash_recv_lag_bytes=None,
-        hash_window_bytes=4 * MiB,
-    )
+    await _download(origin, tmp_path / "big.bin", gate, **_only(hash_window_bytes=4 * MiB))
     # The hash stood still at 0 while the prefix grew past 4 MiB: a receive further on waited
     # (and went on once the gate opened: the download completed and verified).
     assert ("receive_window_held", None) in seen
@@ -265,9 +259,7 @@ async def test_a_resumed_download_does_not_wait_for_the_hash_to_reread_the_old_b
     stages.stage_hook = hook
     origin.set_default("r.bin", Fault(rate_bytes_per_s=16 * MiB))
     gate.close_all()  # the hash stands still at 0 while the rest (24 MiB) arrives
-    cfg = config(
-        connections=4, hash_cpu_lag_bytes=None, hash_recv_lag_bytes=None, hash_window_bytes=32 * MiB
-    )
+    cfg = config(connections=4, **_only(hash_window_bytes=32 * MiB))
     async with Downloader(cfg, state_dir=state) as dl:
         result = await asyncio.wait_for(
             dl.download(origin.url("r.bin"), dest, sha256=sha(data)), 60
