@@ -132,8 +132,9 @@ class SegmentPolicy:
     # default: on the shared VM it did not shorten the tail (the kernel's balancer moves other
     # tasks onto the CPU left free). None: never.
     hash_cpu_lag_bytes: int | None = None
-    # A receive that would start more than this far past the hashed bytes waits for the hash
-    # (the one continuing the completed prefix never does; engine.hashlag). None: never.
+    # While the hash runs and trails the completed prefix by more than this, a receive that
+    # would start more than this far past the hashed bytes waits for it (the one continuing
+    # the prefix never does; engine.hashlag). None: never.
     hash_window_bytes: int | None = 128 * MiB
 
     def __post_init__(self) -> None:

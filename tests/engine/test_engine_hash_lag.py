@@ -21,7 +21,7 @@ import pytest
 from helpers import blob, sha
 from helpers import download_config as config
 from modelhaul.config import MiB
-from modelhaul.disk.hashing import sha256_file_async
+from modelhaul.disk.hashing import PrefixHasher, sha256_file_async
 from modelhaul.engine import stages
 from modelhaul.engine.cpus import RECEIVER_CPUS, ReceiverCpus
 from modelhaul.engine.downloader import Downloader
@@ -96,18 +96,50 @@ def _only(**setting: int) -> dict[str, int | None]:
     return {**off, **setting}
 
 
-async def _download(origin: Origin, dest: Path, gate: HashGate, **cfg: object) -> None:
+async def _download(origin: Origin, dest: Path, gate: HashGate | None, **cfg: object) -> None:
+    """48 MiB through 4 connections, with every hash thread kept busy (``gate``) or not."""
     data = blob(48 * MiB, seed=21)
     origin.add_file("big.bin", data)
     # 4 connections x 16 MiB/s: about 0.75 s of receiving, several ticks with the hash stalled.
     origin.set_default("big.bin", Fault(rate_bytes_per_s=16 * MiB))
-    gate.close_all()
+    if gate is not None:
+        gate.close_all()
     async with Downloader(config(connections=4, **cfg), state_dir=dest.parent / "st") as dl:
         result = await asyncio.wait_for(
             dl.download(origin.url("big.bin"), dest, sha256=sha(data)), 60
         )
     assert result.sha256 == sha(data)
-    await asyncio.wait_for(asyncio.gather(*gate.jobs), 10)
+    if gate is not None:
+        await asyncio.wait_for(asyncio.gather(*gate.jobs), 10)
+
+
+class HashHold:
+    """Holds every prefix hash on its thread before each span until ``release``: the hash
+    runs (``on_thread``) but stands still, as one starved of CPU."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._go = threading.Event()
+        self._go.set()
+        original = PrefixHasher._hash_span
+
+        def held(hasher: PrefixHasher, view: memoryview, start: int, end: int) -> int:
+            self._go.wait(30)
+            return original(hasher, view, start, end)
+
+        monkeypatch.setattr(PrefixHasher, "_hash_span", held)
+
+    def arm(self) -> None:
+        self._go.clear()
+
+    def release(self) -> None:
+        self._go.set()
+
+
+@pytest.fixture
+def hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[HashHold]:
+    h = HashHold(monkeypatch)
+    yield h
+    h.release()
 
 
 @needs_few_cpus
@@ -212,19 +244,36 @@ def test_a_lag_the_hash_is_clearing_on_its_own_holds_nothing_back() -> None:
 
 
 async def test_receives_far_past_a_trailing_hash_wait_for_it(
-    origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
+    origin: Origin, tmp_path: Path, hold: HashHold, seen: list[tuple[str, object]]
 ) -> None:
     def hook(name: str) -> None:
         if name == "receive_window_held":
             seen.append((name, None))
         if name in ("receive_window_held", "hashing"):  # "hashing": it never engaged
+            hold.release()
+
+    stages.stage_hook = hook
+    hold.arm()
+    await _download(origin, tmp_path / "big.bin", None, **_only(hash_window_bytes=4 * MiB))
+    # The hash stood still at 0 on its thread while the prefix grew past 4 MiB: a receive
+    # further on waited (and went on once released: the download completed and verified).
+    assert ("receive_window_held", None) in seen
+
+
+async def test_a_hash_waiting_for_a_thread_holds_no_receive(
+    origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
+) -> None:
+    def hook(name: str) -> None:
+        if name == "receive_window_held":
+            seen.append((name, None))
+        if name == "hashing":
             gate.open()
 
     stages.stage_hook = hook
+    # Every hash thread is busy with other files: this file's hash has not started, so its
+    # receives are not what holds it back.
     await _download(origin, tmp_path / "big.bin", gate, **_only(hash_window_bytes=4 * MiB))
-    # The hash stood still at 0 while the prefix grew past 4 MiB: a receive further on waited
-    # (and went on once the gate opened: the download completed and verified).
-    assert ("receive_window_held", None) in seen
+    assert not seen, seen
 
 
 def test_only_a_receive_far_past_a_hash_that_trails_the_prefix_waits() -> None:
@@ -237,7 +286,7 @@ def test_only_a_receive_far_past_a_hash_that_trails_the_prefix_waits() -> None:
 
 
 async def test_a_resumed_download_does_not_wait_for_the_hash_to_reread_the_old_bytes(
-    origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
+    origin: Origin, tmp_path: Path, hold: HashHold, seen: list[tuple[str, object]]
 ) -> None:
     data = blob(64 * MiB, seed=22)
     origin.add_file("r.bin", data)
@@ -254,17 +303,16 @@ async def test_a_resumed_download_does_not_wait_for_the_hash_to_reread_the_old_b
         if name == "receive_window_held":
             seen.append((name, None))
         if name == "hashing":
-            gate.open()
+            hold.release()
 
     stages.stage_hook = hook
     origin.set_default("r.bin", Fault(rate_bytes_per_s=16 * MiB))
-    gate.close_all()  # the hash stands still at 0 while the rest (24 MiB) arrives
+    hold.arm()  # the hash stands still at 0, on its thread, while the rest (24 MiB) arrives
     cfg = config(connections=4, **_only(hash_window_bytes=32 * MiB))
     async with Downloader(cfg, state_dir=state) as dl:
         result = await asyncio.wait_for(
             dl.download(origin.url("r.bin"), dest, sha256=sha(data)), 60
         )
-    await asyncio.wait_for(asyncio.gather(*gate.jobs), 10)
     assert result.resumed_from >= 32 * MiB and result.sha256 == sha(data)
     # The hash trailed the prefix by ~40 MiB, more than the window, but all of that was the
     # earlier run's: this run's 24 MiB never outran it by a window.

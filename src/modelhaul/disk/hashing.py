@@ -103,7 +103,8 @@ class PrefixHasher:
         self._hash = FileDigest()
         self._pos = 0
         self._target = 0
-        self._running = False
+        self._running = False  # submitted to the pool: queued or on a thread
+        self._on_thread = False
         self._closed = False
         self._error: BaseException | None = None
         self._lock = threading.Lock()
@@ -120,6 +121,12 @@ class PrefixHasher:
         that may be a moment old)."""
         return self._target - self._pos
 
+    @property
+    def on_thread(self) -> bool:
+        """Whether a pool thread is hashing for it now (False while it waits for one: the
+        pool is shared by every file of the process)."""
+        return self._on_thread
+
     def advance(self, end: int) -> None:
         """The bytes before ``end`` are final; hash them in the background. Never blocks."""
         with self._lock:
@@ -132,6 +139,13 @@ class PrefixHasher:
         _POOL.submit(self._run)
 
     def _run(self) -> None:
+        self._on_thread = True
+        try:
+            self._hash_while_behind()
+        finally:
+            self._on_thread = False
+
+    def _hash_while_behind(self) -> None:
         view = memoryview(bytearray(_READ_BYTES))
         while True:
             with self._lock:

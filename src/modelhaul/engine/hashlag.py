@@ -9,8 +9,8 @@ tick, the third asked before each receive:
 - ``hash_recv_lag_bytes``: past this lag fewer receives run at once: half as many each tick
   the lag stays over it without shrinking (never fewer than _MIN_RECEIVERS), twice as many
   each tick it is under half of it, until none is held back.
-- ``hash_window_bytes``: past this lag a receive that would start more than this far past the
-  hashed bytes waits for the hash (wait_hash_window).
+- ``hash_window_bytes``: past this lag, while the hash is on its thread, a receive that would
+  start more than this far past the hashed bytes waits for it (wait_hash_window).
 
 Holding back every receive (tried before) idled a core: the answers here only shift the share.
 Measured on the shared 2-core VM (4 GiB to ext4, load 7-12 from others, alternating runs,
@@ -133,7 +133,9 @@ async def wait_hash_window(t: Transfer, pos: int, window: int) -> None:
     prefix jumps ~90 MiB as 8 MiB chunks land, and segments in flight span ~300 MiB), so it
     applies only while the hash is the one behind."""
     hasher = t.hasher
-    if hasher is None:
+    # A hash waiting for a pool thread (more large files than hash threads) is not starved of
+    # CPU by these receives: holding them would only slow the file down.
+    if hasher is None or not hasher.on_thread:
         return
     # A resumed download's hash first reads what an earlier run left: holding this run's
     # receives for that would only delay them (by seconds, on a slow link).
