@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -94,6 +94,19 @@ def _only(**setting: int) -> dict[str, int | None]:
         ("hash_cpu_lag_bytes", "hash_recv_lag_bytes", "hash_window_bytes")
     )
     return {**off, **setting}
+
+
+def _watch_holds(seen: list[tuple[str, object]], let_go: Callable[[], None], *at: str) -> None:
+    """Note every hold of the hash window in ``seen``; ``let_go`` of a stalled hash at the
+    stages ``at`` and at "hashing" (where the window never engaged: the download must end)."""
+
+    def hook(name: str) -> None:
+        if name == "receive_window_held":
+            seen.append((name, None))
+        if name in (*at, "hashing"):
+            let_go()
+
+    stages.stage_hook = hook
 
 
 async def _download(origin: Origin, dest: Path, gate: HashGate | None, **cfg: object) -> None:
@@ -246,13 +259,7 @@ def test_a_lag_the_hash_is_clearing_on_its_own_holds_nothing_back() -> None:
 async def test_receives_far_past_a_trailing_hash_wait_for_it(
     origin: Origin, tmp_path: Path, hold: HashHold, seen: list[tuple[str, object]]
 ) -> None:
-    def hook(name: str) -> None:
-        if name == "receive_window_held":
-            seen.append((name, None))
-        if name in ("receive_window_held", "hashing"):  # "hashing": it never engaged
-            hold.release()
-
-    stages.stage_hook = hook
+    _watch_holds(seen, hold.release, "receive_window_held")
     hold.arm()
     await _download(origin, tmp_path / "big.bin", None, **_only(hash_window_bytes=4 * MiB))
     # The hash stood still at 0 on its thread while the prefix grew past 4 MiB: a receive
@@ -263,13 +270,7 @@ async def test_receives_far_past_a_trailing_hash_wait_for_it(
 async def test_a_hash_waiting_for_a_thread_holds_no_receive(
     origin: Origin, tmp_path: Path, gate: HashGate, seen: list[tuple[str, object]]
 ) -> None:
-    def hook(name: str) -> None:
-        if name == "receive_window_held":
-            seen.append((name, None))
-        if name == "hashing":
-            gate.open()
-
-    stages.stage_hook = hook
+    _watch_holds(seen, gate.open)
     # Every hash thread is busy with other files: this file's hash has not started, so its
     # receives are not what holds it back.
     await _download(origin, tmp_path / "big.bin", gate, **_only(hash_window_bytes=4 * MiB))
@@ -299,13 +300,7 @@ async def test_a_resumed_download_does_not_wait_for_the_hash_to_reread_the_old_b
         with pytest.raises(ModelhaulError):
             await asyncio.wait_for(dl.download(origin.url("r.bin"), dest), 60)
 
-    def hook(name: str) -> None:
-        if name == "receive_window_held":
-            seen.append((name, None))
-        if name == "hashing":
-            hold.release()
-
-    stages.stage_hook = hook
+    _watch_holds(seen, hold.release)
     origin.set_default("r.bin", Fault(rate_bytes_per_s=16 * MiB))
     hold.arm()  # the hash stands still at 0, on its thread, while the rest (24 MiB) arrives
     cfg = config(connections=4, **_only(hash_window_bytes=32 * MiB))
