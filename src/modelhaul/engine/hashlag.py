@@ -17,8 +17,8 @@ Measured on the shared 2-core VM (4 GiB to ext4, load 7-12 from others, alternat
 medians of 4-5): fewer receives past 32 MiB cut the tail after the last byte from 2.3-3.1 s
 to 0.7-1.3 s at the same CPU; leaving a CPU did not shorten it (the kernel's balancer moves
 other runnable tasks onto the CPU left free), so it is off by default. Later (session 11,
-quieter VM, 4 GiB from nginx on loopback, alternating, medians of 5-6) the cap alone left a
-1.2 s tail; with the window as well, 0.2 s at the same or a shorter wall.
+quieter VM, 4 GiB from nginx on loopback, alternating, two A/Bs of 4-6 rounds) the cap alone
+left a 0.5-1.4 s tail; with the window as well, 0.2 s, the wall the same within noise.
 """
 
 from __future__ import annotations

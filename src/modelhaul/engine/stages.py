@@ -9,8 +9,8 @@ stage_hook: Callable[[str], None] | None = None
 stage a download passes ("probed", "segment_done_before_journal", "hashing",
 "renamed_before_journal_removal"; store/pull.py adds "linking"; engine/cpus.py and
 engine/hashlag.py "hash_cpu_held", "hash_cpu_released", "receive_cap_set",
-"receive_held", "receive_cap_lifted" and "receive_window_held"), so a test can kill the process exactly there, or look at the process
-right then. None in normal use."""
+"receive_held", "receive_cap_lifted" and "receive_window_held"), so a test can kill the
+process exactly there, or look at the process right then. None in normal use."""
 
 
 def stage(name: str) -> None:
