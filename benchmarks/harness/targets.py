@@ -33,6 +33,11 @@ def _speed(f: _Finder, label: str, case: str, peer: str, mh: str, need: float) -
     return (label, f"{r:.2f}× ({b.wall:.2f} s vs {a.wall:.2f} s)", _verdict(r >= need))
 
 
+def _info(label: str, slower: Summary, faster: Summary, detail: str) -> Row:
+    """A ratio reported beside the targets, judged against none."""
+    return (label, f"{slower.wall / faster.wall:.2f}× ({detail})", "info")
+
+
 def _case_a(f: _Finder) -> list[Row]:
     if "A" not in f.sums:
         return []
@@ -55,22 +60,12 @@ def _case_a(f: _Finder) -> list[Row]:
     if floor and curl:
         # The floor is receive + write + SHA-256 and nothing else: no verifying tool can beat it
         # by much, so when it is not 1.3x curl, "1.3x curl" is out of this machine's reach.
-        rows.append(
-            (
-                "A: reach, floor-8+sha256 vs curl (the best a verifying tool can be)",
-                f"{curl.wall / floor.wall:.2f}× ({floor.wall:.2f} s vs curl {curl.wall:.2f} s)",
-                "info",
-            )
-        )
+        label = "A: reach, floor-8+sha256 vs curl (the best a verifying tool can be)"
+        rows.append(_info(label, curl, floor, f"{floor.wall:.2f} s vs curl {curl.wall:.2f} s"))
     hf = f.get("A", "hf_transfer-16")
     if mh and hf:
-        rows.append(
-            (
-                "A: hf_transfer-16 beside it (verifies nothing)",
-                f"{hf.wall / mh.wall:.2f}× ({hf.wall:.2f} s)",
-                "info",
-            )
-        )
+        label = "A: hf_transfer-16 beside it (verifies nothing)"
+        rows.append(_info(label, hf, mh, f"{hf.wall:.2f} s"))
     return rows
 
 
