@@ -132,6 +132,30 @@ async def test_small_bodies_and_capped_transfers_stay_with_aiohttp(
     assert takeovers == []
 
 
+async def test_a_file_of_a_few_mib_on_one_connection_is_received_past_aiohttp(
+    origin: Origin, tmp_path: Path, state_dir: Path, takeovers: list[str]
+) -> None:
+    # Past one write batch, a lone connection's body goes to threads (and the loop hashes
+    # nothing); one batch or less is held in memory and stays with aiohttp.
+    two = blob(2 * MiB + 5, seed=4)
+    origin.add_file("two.bin", two)
+    one = blob(MiB, seed=5)
+    origin.add_file("one.bin", one)
+    async with Downloader(config(connections=1), state_dir=state_dir) as dl:
+        first = await asyncio.wait_for(
+            dl.download(origin.url("two.bin"), tmp_path / "two.bin", sha256=sha(two)), 60
+        )
+        assert takeovers[0] == "socket"
+        taken = len(takeovers)
+        second = await asyncio.wait_for(
+            dl.download(origin.url("one.bin"), tmp_path / "one.bin", sha256=sha(one)), 60
+        )
+    assert len(takeovers) == taken
+    assert (tmp_path / "two.bin").read_bytes() == two and first.sha256 == sha(two)
+    assert (tmp_path / "one.bin").read_bytes() == one and second.sha256 == sha(one)
+    assert origin.ranges_served("two.bin") == [(0, len(two))]
+
+
 @pytest.mark.parametrize(
     "fault",
     [
