@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import modelhaul_cmd
+from conftest import cli_env, modelhaul_cmd
 from helpers import sha
 from origin import Fault, Origin
 
@@ -609,6 +609,42 @@ def test_ctrl_c_on_a_list_resumes_only_unfinished_files(origin: Origin, work: Pa
     assert (dest / "small.bin").read_bytes() == small
     assert (dest / "big.bin").read_bytes() == big
     assert refetched_bytes(origin, "big.bin", held) == 0
+
+
+def test_a_named_list_rerun_after_ctrl_c_finds_each_partial_file(
+    origin: Origin, work: Path
+) -> None:
+    # Entries with out= names: from the second file of a folder on, get judges what is on disk
+    # by one listing of the folder, and tells the engine which targets it saw nothing of.
+    # Files interrupted part-way must not be among them: their partial data is resumed.
+    files = {f"f{i}.bin": payload(3 * MiB, seed=60 + i) for i in range(4)}
+    for name, data in files.items():
+        origin.add_file(name, data)
+        origin.set_default(name, Fault(rate_bytes_per_s=MiB))
+    listing = work / "list.txt"
+    listing.write_text("".join(f"{origin.url(n)}\n  out={n}\n" for n in files))
+    dest = work / "out"
+    args = ("get", "-i", str(listing), "-d", str(dest), "-q", "-x", "1")
+    proc = start_cli(*args)
+    journals = [dest / f"{n}.modelhaul.journal" for n in files]
+    wait_until(lambda: all(journal_done(j) for j in journals), 30, "every file under way")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 130, stderr
+    held = {n: journal_done(j) for n, j in zip(files, journals, strict=True)}
+    assert all(held.values())
+
+    for name in files:
+        origin.set_default(name, None)
+    origin.reset_stats()
+    # From a state directory that never locked them (another HOME, a container): only the
+    # partial files and journals beside the targets tell what is held.
+    env = cli_env(MODELHAUL_STATE_DIR=str(work / "other-state"))
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    for name, data in files.items():
+        assert (dest / name).read_bytes() == data
+        assert refetched_bytes(origin, name, held[name]) == 0, name
 
 
 def test_kill_9_then_rerun_resumes(origin: Origin, work: Path) -> None:

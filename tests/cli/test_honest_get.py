@@ -408,13 +408,17 @@ async def test_a_full_disk_while_writing_names_the_target(
     assert ".modelhaul" not in info.value.message
 
 
+# known_absent (a named target): the caller saw no file, partial file or journal; the lock
+# file is still looked for, and another process's lock is still waited for.
+@pytest.mark.parametrize("known_absent", [False, True])
 async def test_waiting_for_another_process_names_the_target(
-    origin: Origin, tmp_path: Path, state_dir: Path
+    origin: Origin, tmp_path: Path, state_dir: Path, known_absent: bool
 ) -> None:
     data = blob(10_000, seed=9)
     origin.add_file("w.bin", data)
     url = origin.url("w.bin")
-    paths = plan_paths(url, None, tmp_path)
+    dest = tmp_path / "w.bin" if known_absent else None
+    paths = plan_paths(url, dest, tmp_path)
     held = FileLock(str(lock_file_for(state_dir / "locks", paths.part)), thread_local=False)
     held.acquire()
     notices: list[str] = []
@@ -426,7 +430,11 @@ async def test_waiting_for_another_process_names_the_target(
 
     try:
         async with Downloader(fast_config(), state_dir=state_dir) as dl:
-            task = asyncio.create_task(dl.download(url, directory=tmp_path, on_notice=on_notice))
+            task = asyncio.create_task(
+                dl.download(
+                    url, dest, directory=tmp_path, on_notice=on_notice, known_absent=known_absent
+                )
+            )
             await asyncio.wait_for(asyncio.to_thread(noticed.wait, 10), 15)
             held.release()
             result = await asyncio.wait_for(task, 30)

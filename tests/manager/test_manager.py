@@ -284,6 +284,38 @@ async def test_connections_per_host_are_limited(
 # ---------------------------------------------------------------------- pause / resume
 
 
+async def test_a_target_known_absent_is_looked_for_again_after_a_pause(
+    origin: Origin, tmp_path: Path, state_dir: Path
+) -> None:
+    # known_absent holds for the first run only: a paused run leaves a partial file and
+    # journal, which the next run resumes rather than fetching from the start.
+    data = blob(2 * MiB, seed=5)
+    origin.add_file("k.bin", data)
+    origin.set_default("k.bin", Fault(rate_bytes_per_s=1 * MiB))
+    dest = tmp_path / "k.bin"
+    async with DownloadManager(download_config=config(), state_dir=state_dir) as mgr:
+        rec = Recorder(mgr)
+        handle = mgr.add(origin.url("k.bin"), dest, known_absent=True)
+        await origin.wait_bytes_async("k.bin", 512 * KiB)
+        handle.pause()
+        await rec.wait_state(handle.id, State.PAUSED)
+        state = Journal(dest.with_name("k.bin.modelhaul.journal")).load()
+        assert state is not None and state.done.prefix_end() > 0
+        origin.set_default("k.bin", None)
+        # A lock file would send the run to the lock, which looks anyway: without it, only
+        # a look of the run's own finds the partial file.
+        for lock in (state_dir / "locks").iterdir():
+            lock.unlink()
+        before = len(origin.ranges_served("k.bin"))
+        handle.resume()
+        result = await handle.wait()
+    assert dest.read_bytes() == data
+    assert result.resumed_from == state.done.total()
+    assert all(
+        start >= state.done.prefix_end() for start, _ in origin.ranges_served("k.bin")[before:]
+    )
+
+
 async def test_pause_stops_the_origin_within_a_second_and_resume_fetches_no_range_twice(
     origin: Origin, tmp_path: Path, state_dir: Path
 ) -> None:

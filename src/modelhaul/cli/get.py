@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import ManagerConfig
 from ..errors import Cancelled, Category, InvalidInput, ModelhaulError, TargetConflict
 from ..events import EventKind, Progress, Result, State, TaskEvent
-from ..policy.paths import plan_paths
+from ..policy.paths import JOURNAL_SUFFIX, PART_SUFFIX, plan_paths
 from ..policy.urls import check_url
 from ..policy.validate import check_sha256
 from ..sources.url import UrlEntry
@@ -72,6 +72,9 @@ class _Job:
     record: dict[str, Any] | None = None  # its result line, once asked for (record_of)
     result: Result | None = None
     error: ModelhaulError | None = None
+    # Its folder's listing showed neither the file nor its partial file or journal (the
+    # engine need not look: Downloader.download's known_absent).
+    unseen: bool = False
 
     def record_of(self) -> dict[str, Any] | None:
         """The file's result record once it ended, else None; built when first asked for
@@ -117,9 +120,9 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
     _check_directory(directory, "the output directory", "Name a directory with -d.")
     jobs: list[_Job] = []
     by_target: dict[str, _Job] = {}
-    # The folders files go to (a list of many files shares a few), with the names of the
-    # directories in each once a second file goes there: one listing, not a stat per file.
-    folders: dict[Path, frozenset[str] | None] = {}
+    # The folders files go to (a list of many files shares a few), each listed once a second
+    # file goes there: one listing, not a stat per file here and four in the engine.
+    folders: dict[Path, _Listing | None] = {}
     for entry in entries:
         if args.output is not None:
             dest: Path | None = directory / args.output
@@ -127,8 +130,10 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
             dest = directory / entry.out
         else:
             dest = None
+        unseen = False
         if dest is not None:
-            if _is_directory(dest, directory, folders):
+            is_dir, unseen = _look_up(dest, directory, folders)
+            if is_dir:
                 raise InvalidInput(
                     f"the output path {dest} is a directory",
                     hint="Give a file name with -o, or use -d DIR to download into a directory.",
@@ -137,7 +142,7 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
             target = os.path.abspath(dest)
         else:
             target = os.path.normpath(plan_paths(entry.url, dest, directory).dest)
-        job = _Job(entry, dest, _label(entry, dest))
+        job = _Job(entry, dest, _label(entry, dest), unseen=unseen)
         if (first := by_target.get(target)) is not None:
             first.entry = _same_file(first.entry, entry, Path(target))
             continue
@@ -146,34 +151,52 @@ def plan_jobs(args: argparse.Namespace, entries: list[UrlEntry]) -> list[_Job]:
     return jobs
 
 
-def _is_directory(dest: Path, directory: Path, folders: dict[Path, frozenset[str] | None]) -> bool:
-    """Whether ``dest`` is a directory (or a link to one). The first file of a folder asks
-    the file system (and judges the folder, unless it is the output ``directory``, judged
+@dataclass(frozen=True, slots=True)
+class _Listing:
+    """What one listing of a folder showed (nothing, for one not made yet): every name in
+    it, and which are directories (or links to them)."""
+
+    names: frozenset[str]
+    dirs: frozenset[str]
+
+
+def _look_up(
+    dest: Path, directory: Path, folders: dict[Path, _Listing | None]
+) -> tuple[bool, bool]:
+    """(whether ``dest`` is a directory or a link to one, whether a listing of its folder
+    showed neither it nor its partial file or journal). The first file of a folder asks the
+    file system (and judges the folder, unless it is the output ``directory``, judged
     already); later ones look in one listing of the folder, kept in ``folders``."""
     folder = dest.parent
     if dest.name in ("", ".", ".."):
-        return dest.is_dir()
+        return dest.is_dir(), False
     if folder not in folders:
         if folder != directory:
             _check_directory(folder, "the folder of the output path", "Name a file in a directory.")
         folders[folder] = None
-        return dest.is_dir()
-    names = folders[folder]
-    if names is None:
-        names = folders[folder] = _directories_in(folder)
-    return dest.is_dir() if names is None else dest.name in names
+        return dest.is_dir(), False
+    listing = folders[folder]
+    if listing is None:
+        listing = folders[folder] = _list_folder(folder)
+    if listing is None:
+        return dest.is_dir(), False
+    name = dest.name
+    seen = {name, name + PART_SUFFIX, name + JOURNAL_SUFFIX} & listing.names
+    return name in listing.dirs, not seen
 
 
-def _directories_in(folder: Path) -> frozenset[str] | None:
-    """The names of the directories (and links to them) in ``folder``: none if it is not there
-    yet, None if it cannot be listed."""
+def _list_folder(folder: Path) -> _Listing | None:
+    """One listing of ``folder``: empty if it is not there yet, None if it cannot be listed."""
     try:
         with os.scandir(folder) as found:
-            return frozenset(e.name for e in found if e.is_dir())
+            entries = list(found)
     except FileNotFoundError:
-        return frozenset()
+        return _Listing(frozenset(), frozenset())
     except OSError:
         return None
+    return _Listing(
+        frozenset(e.name for e in entries), frozenset(e.name for e in entries if e.is_dir())
+    )
 
 
 def _check_directory(path: Path, what: str, hint: str) -> None:
@@ -269,7 +292,11 @@ async def run(args: argparse.Namespace) -> int:
             directory = Path(args.dir)
             for job in jobs:
                 job.handle = mgr.add(
-                    job.entry.url, job.dest, directory=directory, sha256=job.entry.sha256
+                    job.entry.url,
+                    job.dest,
+                    directory=directory,
+                    sha256=job.entry.sha256,
+                    known_absent=job.unseen,
                 )
                 by_id.setdefault(job.handle.id, []).append(job)
             # Nothing has run yet (no await since the first add): no event is missed.

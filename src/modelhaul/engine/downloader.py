@@ -147,6 +147,7 @@ class Downloader(AsyncResource):
         lock: bool = True,
         demand: Demand | None = None,
         sources: RangeSources | None = None,
+        known_absent: bool = False,
     ) -> Result:
         """Download ``url`` to ``dest``, resuming and verifying; returns a Result.
 
@@ -156,7 +157,9 @@ class Downloader(AsyncResource):
         fetched again unless ``force``; ``on_phase`` hears "probed" and "verifying";
         ``on_target`` hears the final path before anything is published there, and may refuse
         it by raising. ``demand``: ranges readers of the partial file wait for, fetched
-        before plan order.
+        before plan order. ``known_absent``: a listing of a named target's folder, moments ago,
+        showed no file, partial file or journal: they are not looked for again (a system call
+        each, on the loop). The lock file still is, and another process's lock waited for.
 
         Raises:
             InvalidInput: bad URL or checksum.
@@ -168,11 +171,12 @@ class Downloader(AsyncResource):
         sha256 = check_sha256(sha256)
         paths = plan_paths(url, dest, directory)
         dest = paths.dest
+        known_absent = known_absent and not paths.name_pending  # its name is still a guess
         if on_target is not None and not paths.name_pending:
             on_target(dest)  # before the lock: a refused target's partial file is not ours
         part = part_path or paths.part
         journal = Journal(journal_path or paths.journal)
-        self._prepare_folders(dest, part)
+        self._prepare_folders(dest, part, known_absent=known_absent)
         merged = dict(self.config.headers)
         merged.update(headers or {})
         # The download's arguments by name, into the one value that holds them (alike in shape only).
@@ -199,16 +203,18 @@ class Downloader(AsyncResource):
         )
         if not lock:
             return await self._download_locked(t)
-        if self._may_go_unlocked(t):
-            return await self._download_unlocked(t, on_notice)
+        if self._may_go_unlocked(t, files_absent=known_absent):
+            return await self._download_unlocked(t, on_notice, known_absent=known_absent)
         async with self._target_lock(part, on_notice, dest):
             return await self._download_locked(t)
 
-    def _prepare_folders(self, dest: Path, part: Path) -> None:
-        """Make the target's folder if missing (one stat per file of a list, not a mkdir) and
-        clear the partial file's folder of what killed processes left (once a folder)."""
+    def _prepare_folders(self, dest: Path, part: Path, *, known_absent: bool) -> None:
+        """Make the target's folder if missing (one stat per file of a list, not a mkdir; none
+        for a ``known_absent`` target in a folder an earlier file made or found) and clear the
+        partial file's folder of what killed processes left (once a folder)."""
         # Folders by their text: a Path's parent is a new Path to build and hash per file.
-        if not os.path.isdir(os.path.dirname(dest)):
+        at = os.path.dirname(dest)
+        if not (known_absent and at in self._swept) and not os.path.isdir(at):
             make_folder(dest.parent)
         folder = os.path.dirname(part)
         if folder not in self._swept:
@@ -230,20 +236,24 @@ class Downloader(AsyncResource):
 
         return AsyncFileLock(self._lock_path(part), on_wait=on_wait)
 
-    def _may_go_unlocked(self, t: Transfer) -> bool:
-        """Whether nothing of this target is on disk: no partial file or journal to resume,
-        and no lock file, so no other process ever locked it (filelock keeps the file)."""
+    def _may_go_unlocked(self, t: Transfer, *, files_absent: bool) -> bool:
+        """Whether nothing of this target is on disk: no partial file or journal to resume
+        (known when ``files_absent``), and no lock file, so no other process ever locked it
+        (filelock keeps the file)."""
         facts = t.facts
         lock_path = self._lock_path(facts.part)
+        if files_absent:
+            return not _lexists(lock_path)
         return not any(map(_lexists, (facts.part, facts.journal.path, lock_path)))
 
-    async def _download_unlocked(self, t: Transfer, on_notice: NoticeCallback | None) -> Result:
+    async def _download_unlocked(
+        self, t: Transfer, on_notice: NoticeCallback | None, *, known_absent: bool
+    ) -> Result:
         """Probe before locking. A small file whose whole body is in that response needs no
         lock, journal or shared partial file: it goes to a partial file of this process alone,
         and is published by rename as always (two processes at once both publish a verified
         file). Any other file takes the lock and goes on with the probe's response."""
-        done = await self._already_complete(t)
-        if done is not None:
+        if not known_absent and (done := await self._already_complete(t)) is not None:
             return done
         restarts = self._restart_budget()
         first: Probe = None

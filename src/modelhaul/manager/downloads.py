@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import DownloadConfig, ManagerConfig
 from ..disk.partials import discard_partial, is_downloading
 from ..engine.downloader import Downloader
-from ..errors import Cancelled, ModelhaulError
+from ..errors import Cancelled
 from ..events import Phase, Progress, Result, State, TaskEvent
 from ..http.session import Transport
 from ..policy.lifecycle import AsyncResource
@@ -36,7 +36,7 @@ from .fanout import EventCallback, EventStream, Fanout, progress_event, state_ev
 from .handle import DownloadHandle
 from .limits import FairShare, TaskBucket, check_rate, within_host_limit
 from .queue import TaskQueue
-from .tasks import ACTIVE, Task, TaskInfo, completed_again, fail, new_future
+from .tasks import ACTIVE, Task, TaskInfo, as_error, completed_again, fail, new_future
 
 
 class DownloadManager(AsyncResource):
@@ -135,14 +135,15 @@ class DownloadManager(AsyncResource):
         paused: bool = False,
         demand: Demand | None = None,
         sources: RangeSources | None = None,
+        known_absent: bool = False,
     ) -> DownloadHandle:
         """Queue a download and return its handle at once.
 
         Adding the same URL and target again (or the same expected SHA-256 for another path)
         returns the existing download: the bytes are fetched once. ``demand``: ranges readers
         of the partial file wait for (a new download only), fetched before plan order.
-        returns the existing download: the bytes are fetched once. ``sources`` gives each range
-        its own source (peers, ``policy.slices``); ``url`` still names the download.
+        ``sources`` gives each range its own source (peers, ``policy.slices``); ``url`` still
+        names the download. ``known_absent``: as Downloader.download's, for the first run.
         """
         # The target arguments repeat Downloader.download's: this is the manager's own call.
         if self._closed:
@@ -176,8 +177,7 @@ class DownloadManager(AsyncResource):
             priority=priority,
             rate_limit=rate_limit,
         )
-        task.demand = demand
-        task.sources = sources
+        task.demand, task.sources, task.known_absent = demand, sources, known_absent
         self._claims.share(keys, task)
         self._set_state(task, State.PAUSED if paused else State.QUEUED)
         self._schedule()
@@ -391,6 +391,7 @@ class DownloadManager(AsyncResource):
             on_target=lambda path: self._claims.claim(task, path),
             demand=task.demand,
             sources=task.sources,
+            known_absent=task.take_known_absent(),
         )
         if task.received_before:
             result = replace(
@@ -419,11 +420,10 @@ class DownloadManager(AsyncResource):
                 if not task.future.done():
                     task.future.set_result(result)
             else:
-                err = exc if isinstance(exc, ModelhaulError) else _wrap(exc)
-                task.error = err
+                task.error = as_error(exc)
                 self._set_state(task, State.FAILED)
                 if not task.future.done():
-                    fail(task.future, err)
+                    fail(task.future, task.error)
         self._schedule()
 
     def _finish_cancelled(self, task: Task) -> None:
@@ -492,9 +492,3 @@ class DownloadManager(AsyncResource):
 
 def _as_path(path: str | os.PathLike[str]) -> Path:
     return path if isinstance(path, Path) else Path(path)
-
-
-def _wrap(exc: BaseException) -> ModelhaulError:
-    err = ModelhaulError(f"unexpected error: {type(exc).__name__}: {exc}")
-    err.__cause__ = exc
-    return err

@@ -78,6 +78,13 @@ class Task:
     aliases: list[Path] = field(default_factory=list)
     demand: Demand | None = None  # ranges readers of the partial file wait for
     sources: RangeSources | None = None  # where each range comes from (peers), if not the URL
+    known_absent: bool = False  # for its first run: Downloader.download's known_absent
+
+    def take_known_absent(self) -> bool:
+        """``known_absent`` for the run starting now: the first only (a paused or failed
+        run may have left files behind, which later runs look for)."""
+        known, self.known_absent = self.known_absent, False
+        return known
 
     def stop_run(self) -> None:
         """Cancel the running download as a pause: its partial data and journal stay."""
@@ -115,6 +122,16 @@ class Task:
 def new_future() -> asyncio.Future[Result]:
     """A future for a task's result (set with ``fail`` when the download fails)."""
     return asyncio.get_running_loop().create_future()
+
+
+def as_error(exc: BaseException) -> ModelhaulError:
+    """``exc`` as the error a task fails with: a ModelhaulError as it is, anything else
+    told as unexpected (and kept as the cause)."""
+    if isinstance(exc, ModelhaulError):
+        return exc
+    err = ModelhaulError(f"unexpected error: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
 
 
 def fail(future: asyncio.Future[Result], exc: BaseException) -> None:
