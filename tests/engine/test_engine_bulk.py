@@ -135,11 +135,11 @@ async def test_small_bodies_and_capped_transfers_stay_with_aiohttp(
 async def test_a_file_of_a_few_mib_on_one_connection_is_received_past_aiohttp(
     origin: Origin, tmp_path: Path, state_dir: Path, takeovers: list[str]
 ) -> None:
-    # Past one write batch, a lone connection's body goes to threads (and the loop hashes
-    # nothing); one batch or less is held in memory and stays with aiohttp.
+    # A journaled file's (2 MiB or more) goes to threads, and the loop hashes nothing; a
+    # smaller one is held in memory, stays with aiohttp and is hashed by its publishing job.
     two = blob(2 * MiB + 5, seed=4)
     origin.add_file("two.bin", two)
-    one = blob(MiB, seed=5)
+    one = blob(2 * MiB - 1, seed=5)
     origin.add_file("one.bin", one)
     async with Downloader(config(connections=1), state_dir=state_dir) as dl:
         first = await asyncio.wait_for(

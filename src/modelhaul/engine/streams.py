@@ -31,11 +31,9 @@ _IOV_MAX = 512
 _READ_FAST_BYTES = 1024 * 1024
 _READ_CAPPED_BYTES = 64 * 1024
 # A response with at least this much body left is received past aiohttp (threads, or a
-# BodyPump), the rest of a segment read by aiohttp chunks. A lone connection (most files of a
-# few MiB) is taken over from _LONE_MIN_BYTES: past one write batch (a body held in memory) a
-# file is then received, written and hashed off the loop. Through aiohttp, hashed in order on
-# the loop, 1-4 MiB files cost the loop 3.8-3.9 ms each (case C's 28 such files: 35 % of its
-# loop CPU); taken over 1.9-2.0 ms, for 4.9-5.2 ms of process CPU against 4.1-4.3. With several
+# BodyPump), the rest of a segment read by aiohttp chunks. A lone connection's is taken over
+# from _LONE_MIN_BYTES (a file of a few MiB: its bytes are then received, written and hashed
+# off the loop; in order on the loop, 1-4 MiB files cost it about twice the CPU). With several
 # connections, a receive in a thread claims a block ahead, which a steal must leave alone.
 _BULK_MIN_BYTES = 4 * 1024 * 1024
 _LONE_MIN_BYTES = 1024 * 1024

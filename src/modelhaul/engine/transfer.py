@@ -89,7 +89,7 @@ class Transfer:
     throttled: bool = False
     journal_dirty: bool = False
     journal_written: bool = False  # a journal file exists for this transfer
-    # A body no larger than one write batch, kept here as (offset, buffers) until verified:
+    # A body smaller than a journaled file, kept here as (offset, buffers) until verified:
     # one thread job then creates, writes, syncs and publishes its file. None: writes go to
     # the partial file (fd).
     memory: list[tuple[int, list[Buffer]]] | None = None
