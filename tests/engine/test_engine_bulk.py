@@ -132,28 +132,22 @@ async def test_small_bodies_and_capped_transfers_stay_with_aiohttp(
     assert takeovers == []
 
 
-async def test_a_file_of_a_few_mib_on_one_connection_is_received_past_aiohttp(
+async def test_a_whole_body_under_2_mib_is_held_in_memory_not_taken_over(
     origin: Origin, tmp_path: Path, state_dir: Path, takeovers: list[str]
 ) -> None:
-    # A journaled file's (2 MiB or more) goes to threads, and the loop hashes nothing; a
-    # smaller one is held in memory, stays with aiohttp and is hashed by its publishing job.
-    two = blob(2 * MiB + 5, seed=4)
-    origin.add_file("two.bin", two)
-    one = blob(2 * MiB - 1, seed=5)
-    origin.add_file("one.bin", one)
+    # Smaller than a journaled file, it arrives whole in the first response, stays with
+    # aiohttp and is hashed and written by its publishing job; no partial file is left.
+    data = blob(2 * MiB - 1, seed=5)
+    origin.add_file("one.bin", data)
+    out = tmp_path / "out"
     async with Downloader(config(connections=1), state_dir=state_dir) as dl:
-        first = await asyncio.wait_for(
-            dl.download(origin.url("two.bin"), tmp_path / "two.bin", sha256=sha(two)), 60
+        result = await asyncio.wait_for(
+            dl.download(origin.url("one.bin"), out / "one.bin", sha256=sha(data)), 60
         )
-        assert takeovers[0] == "socket"
-        taken = len(takeovers)
-        second = await asyncio.wait_for(
-            dl.download(origin.url("one.bin"), tmp_path / "one.bin", sha256=sha(one)), 60
-        )
-    assert len(takeovers) == taken
-    assert (tmp_path / "two.bin").read_bytes() == two and first.sha256 == sha(two)
-    assert (tmp_path / "one.bin").read_bytes() == one and second.sha256 == sha(one)
-    assert origin.ranges_served("two.bin") == [(0, len(two))]
+    assert takeovers == []
+    assert (out / "one.bin").read_bytes() == data and result.sha256 == sha(data)
+    assert [p.name for p in out.iterdir()] == ["one.bin"]
+    assert origin.ranges_served("one.bin") == [(0, len(data))]
 
 
 @pytest.mark.parametrize(

@@ -388,7 +388,7 @@ class Downloader(AsyncResource):
             ) from exc
         _forget_probe(t)
         t.single = t.single or isinstance(exc, RangeNotHonoured)
-        t.memory = None
+        t.inline_hash, t.inline_pos, t.memory = None, 0, None
         return restarts
 
     async def _already_complete(self, t: Transfer) -> Result | None:

@@ -32,13 +32,16 @@ from .progress import emit_progress
 from .stages import stage
 from .transfer import Transfer
 
+# Small files arriving in order are written and hashed on the loop: no thread hand-offs.
+_INLINE_MAX_BYTES = 4 * 1024 * 1024
+
 
 def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
     """After the probe: size the partial file and start hashing its completed prefix."""
     try:
         if t.facts.on_phase:
             t.facts.on_phase(Phase.PROBED, t.size)
-        if t.memory is None:  # else its publishing job writes it, and so checks for space
+        if t.memory is None:
             prepare_file(t, check_disk_space=check_disk_space)
             t.hasher = PrefixHasher(t.fd)
             t.hash_resumed = t.state.done.prefix_end()
@@ -53,6 +56,14 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
         # Large files are written back as their ranges become final: the fsync before the
         # rename then waits for little more than the last few MiB.
         t.writeback = Writeback(t.fd, t.size)
+    if t.memory is not None:
+        # A body held in memory is written, and so checked for space, by its publishing job:
+        # no free-space check (it is no larger than one write batch) and no hashing here.
+        return
+    if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
+        # A file of one chunk needs no chunk digests (a repair refetches it whole); a larger
+        # one gets them from the same inline pass as its SHA-256.
+        t.inline_hash = FileDigest() if t.size > CHUNK_BYTES else hashlib.sha256()
 
 
 async def verify(t: Transfer) -> tuple[int, str]:
@@ -70,11 +81,16 @@ async def verify(t: Transfer) -> tuple[int, str]:
         t.facts.on_phase(Phase.VERIFYING, size)
     stage("hashing")
     t.chunk_bytes, t.chunk_xxh3 = 0, ()
-    assert t.hasher is not None
-    t.hasher.advance(t.state.done.prefix_end())
-    digest = await t.hasher.digest(size)
-    if size > CHUNK_BYTES:
-        t.chunk_bytes, t.chunk_xxh3 = t.hasher.chunks()
+    if t.inline_hash is not None and t.inline_pos == size:
+        digest = t.inline_hash.hexdigest()
+        if isinstance(t.inline_hash, FileDigest):
+            t.chunk_bytes, t.chunk_xxh3 = t.inline_hash.chunk_bytes, t.inline_hash.chunks()
+    else:
+        assert t.hasher is not None
+        t.hasher.advance(t.state.done.prefix_end())
+        digest = await t.hasher.digest(size)
+        if size > CHUNK_BYTES:
+            t.chunk_bytes, t.chunk_xxh3 = t.hasher.chunks()
     expected = t.facts.expected_sha256
     if expected and digest != expected:
         if t.facts.sources is None:

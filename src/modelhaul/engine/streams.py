@@ -2,7 +2,7 @@
 
 Three paths, chosen per segment: aiohttp chunks batched into pwritev (small or rate-capped
 bodies), and for a large body whatever ``Response.take_over`` picks (http/ owns the choice and
-the connection): a BodyPump's reusable buffers (TLS) or blocking receives in
+the connection): a BodyPump's reusable buffers (TLS, or an in-order hash) or blocking receives in
 a worker thread (plain HTTP, http.receive: spliced on Linux). This is the hot path: per chunk
 only a length check, the limiter and a list append.
 """
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 
 from ..config import DownloadConfig
-from ..disk.files import Buffer, WriteFailed, os_error, pwritev_locked
+from ..disk.files import Buffer, WriteFailed, os_error, pwritev_all, pwritev_locked
 from ..disk.journal import JournalState
 from ..errors import IntegrityError, TruncatedBody, human_bytes
 from ..http.bodies import BodyPump, SocketBody
@@ -31,12 +31,11 @@ _IOV_MAX = 512
 _READ_FAST_BYTES = 1024 * 1024
 _READ_CAPPED_BYTES = 64 * 1024
 # A response with at least this much body left is received past aiohttp (threads, or a
-# BodyPump), the rest of a segment read by aiohttp chunks. A lone connection's is taken over
-# from _LONE_MIN_BYTES (a file of a few MiB: its bytes are then received, written and hashed
-# off the loop; in order on the loop, 1-4 MiB files cost it about twice the CPU). With several
-# connections, a receive in a thread claims a block ahead, which a steal must leave alone.
+# BodyPump). Taking over a lone connection's 1-4 MiB too (tried in session 12) moved the loop's
+# hashing to threads but left a slow origin's progress at 0 for the first poll interval; the
+# files a list holds most of are held in memory and published by one thread job instead
+# (Downloader._fits_in_memory), and a lone connection's 2-4 MiB stays hashed in order here.
 _BULK_MIN_BYTES = 4 * 1024 * 1024
-_LONE_MIN_BYTES = 1024 * 1024
 _BULK_BLOCKS = 2
 # A BodyPump's buffer (mostly TLS bodies: plain HTTP goes through threads). Every connection
 # holds _BULK_BLOCKS of them; at 32 connections over HTTPS 1 MiB buffers took peak RSS to
@@ -69,9 +68,7 @@ class Streams:
         batch = self.config.segments.write_batch_bytes
         if (
             not capped
-            and t.memory is None  # a body held in memory has no file to receive into
-            and min(seg.end, stop) - seg.pos
-            >= (_LONE_MIN_BYTES if t.target == 1 else _BULK_MIN_BYTES)
+            and min(seg.end, stop) - seg.pos >= _BULK_MIN_BYTES
             and await self._stream_taken_over(t, seg, resp)
         ):
             return
@@ -125,9 +122,12 @@ class Streams:
         """Receive into ``seg`` past aiohttp, by the path ``Response.take_over`` picks; False
         when the response cannot be taken over (then stream reads it in chunks)."""
         how = BulkReceive(
+            # Blocking receives in threads, unless an in-order hash must see the bytes here.
             thread_block_bytes=self.config.segments.recv_block_for(
                 max(t.target, t.alive), t.recv_bytes, t.recv_bodies
-            ),
+            )
+            if t.inline_hash is None
+            else None,
             use_pipe=t.splice_ok,
             pump_block_bytes=min(self.config.segments.write_batch_bytes, _PUMP_BLOCK_BYTES),
             pump_blocks=_BULK_BLOCKS,
@@ -313,7 +313,7 @@ class Streams:
         return since_journal
 
     async def _write(self, t: Transfer, bufs: Sequence[Buffer], offset: int) -> None:
-        """Write ``bufs`` at ``offset`` in a writer thread (a body held in memory: keep them)."""
+        """Write ``bufs`` at ``offset`` (in a thread, but on the loop for a small file in order)."""
         # The state of the attempt this write belongs to, taken before anything can be
         # awaited. A write shielded in a worker's finally outlives the worker when a failing
         # task group cancels it mid-wait, and may finish after a clean restart has begun: its
@@ -322,6 +322,20 @@ class Streams:
         if t.memory is not None:
             self._keep(t, list(bufs), offset)
             return
+        if t.inline_hash is not None:
+            if offset == t.inline_pos:
+                try:
+                    n = pwritev_all(t.fd, bufs, offset)
+                except WriteFailed as exc:
+                    raise os_error(exc.cause, t.facts.part, t.dest) from exc.cause
+                for b in bufs:
+                    t.inline_hash.update(b)
+                t.inline_pos += n
+                t.state.done.add(offset, offset + n)
+                t.journal_dirty = True
+                return
+            # Out of order (a retry, a second connection): the file hasher takes over.
+            t.inline_hash = None
         job = WRITE_POOL.submit(pwritev_locked, t.fd, t.write_lock, bufs, offset)
         t.track(job)
         try:

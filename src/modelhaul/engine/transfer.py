@@ -89,6 +89,9 @@ class Transfer:
     throttled: bool = False
     journal_dirty: bool = False
     journal_written: bool = False  # a journal file exists for this transfer
+    # Small files arriving in order are written and hashed on the loop: no thread hand-offs.
+    inline_hash: Any = None
+    inline_pos: int = 0
     # A body smaller than a journaled file, kept here as (offset, buffers) until verified:
     # one thread job then creates, writes, syncs and publishes its file. None: writes go to
     # the partial file (fd).

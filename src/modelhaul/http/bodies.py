@@ -5,8 +5,8 @@ and ``take_tls``), the body's bytes no longer go through aiohttp's parser: over 
 SocketBody receives whole blocks with blocking reads in a worker thread, on Linux spliced
 through a pipe so that they never enter the process; over TLS its subclass TlsBody
 (``tlsbody.py``) does the same and decrypts in the thread. A BodyPump (a buffered protocol on
-the event loop) receives into a few reusable blocks where the bytes stay on the loop (TLS, while
-TLS_IN_THREADS is off). These are the hot paths of a download.
+the event loop) receives into a few reusable blocks where the loop must see the bytes (an
+in-order hash). These are the hot paths of a download.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class BulkReceive:
     Attributes:
         thread_block_bytes: The block of blocking receives in worker threads (a SocketBody
             over plain HTTP; over TLS, with TLS_IN_THREADS, a TlsBody, for which it is the most one receive
-            asks for); None where the bytes must pass through the event loop.
+            asks for); None where the bytes must pass through the event loop (say, an
+            in-order hash reads them there).
         use_pipe: Splice through a pipe where the system allows (False once the file's
             filesystem refused a splice).
         pump_block_bytes: The size of a BodyPump's reusable buffers.
