@@ -330,8 +330,9 @@ class Downloader(AsyncResource):
         anyway) and nobody reads the partial file while it arrives.
 
         Held in memory and published by one thread job, 1-2 MiB files cost the loop 2.1-2.2
-        ms each, 4.1-4.2 ms of process CPU (case C's 28 of 1.46 MB); received by threads into
-        a partial file, 1.8-2.0 and 4.5; hashed in order on the loop, 3.7 and 3.9.
+        ms each, 4.1-4.2 ms of process CPU (case C's 28 of 1.46 MB); hashed in order on the
+        loop, as 2-4 MiB files on one connection still are, 3.7 and 3.9; taken over by threads
+        into a partial file (tried), 1.8-2.0 and 4.5.
         """
         facts = t.facts
         return (

@@ -58,7 +58,7 @@ def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
         t.writeback = Writeback(t.fd, t.size)
     if t.memory is not None:
         # A body held in memory is written, and so checked for space, by its publishing job:
-        # no free-space check (it is no larger than one write batch) and no hashing here.
+        # no free-space check (it is smaller than 2 MiB) and no hashing here.
         return
     if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
         # A file of one chunk needs no chunk digests (a repair refetches it whole); a larger
