@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import xxhash
 
-from modelhaul.disk.hashing import CHUNK_BYTES, FileDigest, PrefixHasher
+from modelhaul.disk.hashing import CHUNK_BYTES, READ_BYTES, FileDigest, PrefixHasher
 
 
 def xxh3_chunks(data: bytes, chunk: int) -> tuple[str, ...]:
@@ -47,7 +47,7 @@ def test_file_digest_refuses_a_chunk_size_of_zero() -> None:
 
 
 async def test_prefix_hasher_gives_the_chunk_digests_of_the_file(tmp_path: Path) -> None:
-    data = os.urandom(2 * CHUNK_BYTES + 12345)
+    data = os.urandom(READ_BYTES + 2 * CHUNK_BYTES + 12345)  # reads, and chunks, straddled
     path = tmp_path / "f"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
@@ -67,7 +67,7 @@ async def test_prefix_hasher_gives_the_chunk_digests_of_the_file(tmp_path: Path)
 
 async def test_prefix_hasher_reports_a_file_shorter_than_promised(tmp_path: Path) -> None:
     path = tmp_path / "short"
-    path.write_bytes(os.urandom(3 * 512 * 1024 + 7))  # several reads, the last one short
+    path.write_bytes(os.urandom(2 * READ_BYTES + 7))  # several reads, the last one short
     fd = os.open(path, os.O_RDONLY)
     hasher = PrefixHasher(fd)
     try:
@@ -76,3 +76,25 @@ async def test_prefix_hasher_reports_a_file_shorter_than_promised(tmp_path: Path
     finally:
         await hasher.aclose()
         os.close(fd)
+
+
+async def test_files_hashed_one_after_another_do_not_see_each_others_bytes(
+    tmp_path: Path,
+) -> None:
+    """A hash thread reads every file through the same buffer: a short last read of a small
+    file must hash only its own bytes, not what a bigger file left behind in the buffer."""
+    sizes = [READ_BYTES + 999, 5000, 0, READ_BYTES // 2 + 1]
+    for i, size in enumerate(sizes):
+        data = random.Random(i).randbytes(size)
+        path = tmp_path / f"f{i}"
+        path.write_bytes(data)
+        fd = os.open(path, os.O_RDONLY)
+        hasher = PrefixHasher(fd)
+        try:
+            digest = await hasher.digest(size)
+            _, chunks = hasher.chunks()
+        finally:
+            await hasher.aclose()
+            os.close(fd)
+        assert digest == hashlib.sha256(data).hexdigest(), size
+        assert chunks == xxh3_chunks(data, CHUNK_BYTES), size

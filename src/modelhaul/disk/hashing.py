@@ -5,12 +5,15 @@ thread reads back the completed prefix (from the page cache) while the transfer 
 verification adds little wall time. hashlib releases the GIL on large updates, so this runs
 truly in parallel with the event loop.
 
-The prefix is read with ``preadv`` into one small buffer that stays in the CPU cache, and both
-hashes read it from there. That beats hashing straight from a memory map, although the map
-skips a copy: SHA-256 reading memory that is not in the cache is what costs. Measured on the
-2-core VM, per GiB from the page cache: 16 MiB maps 0.93 CPU-s, 512 KiB reads 0.71 (0.78 with
-the xxh3 below, which costs 0.16 more from a map). This thread is the one the end of a large
-download waits for, so every saving here comes off the tail.
+The prefix is read with ``preadv`` into a buffer, and both hashes read it from there. That beats
+hashing straight from a memory map, although the map skips a copy: SHA-256 reading memory that
+is not in the CPU cache is what costs. Measured on the 2-core VM, per GiB from the page cache:
+16 MiB maps 0.93 CPU-s, 512 KiB reads 0.71 (0.78 with the xxh3 below, which costs 0.16 more
+from a map). Reads of 512 KiB to 4 MiB cost the same alone (0.73-0.77 CPU-s per GiB with both
+hashes), but each read and each hash call hands the GIL back and takes it again: among a
+download's busy receive threads this thread waited 0.8-0.9 s for it over 4 GiB with 512 KiB
+reads, 0.6-0.75 s with 4 MiB. This thread is the one the end of a large download waits for,
+so every saving here comes off the tail.
 
 The same pass digests each ``CHUNK_BYTES`` piece with xxh3-128 (``FileDigest``), so a store can
 record per-chunk digests for repair without reading the file again. xxh3 is not cryptographic
@@ -35,11 +38,21 @@ CHUNK_BYTES = 2 * 1024 * 1024
 CHUNK_ALGO = "xxh3_128"
 
 _BLOCK = 4 * 1024 * 1024
-# One read of the prefix: small enough to stay in L2 (1-2 MiB a core) while both hashes read it.
-_READ_BYTES = 512 * 1024
+# One read of the prefix: few GIL turns per GiB (see above), two repair chunks.
+READ_BYTES = 4 * 1024 * 1024
 # Hashed between two looks at the target (a lock turn, and a wake-up for waiters).
 _SPAN_BYTES = 16 * 1024 * 1024
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="modelhaul-hash")
+# Each hash thread's read buffer, made once: a file's hash runs many times on its way (each
+# time the prefix grows past where it stopped), and so do the next files'.
+_BUFFERS = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    view: memoryview | None = getattr(_BUFFERS, "view", None)
+    if view is None:
+        view = _BUFFERS.view = memoryview(bytearray(READ_BYTES))
+    return view
 
 
 class FileDigest:
@@ -146,7 +159,7 @@ class PrefixHasher:
             self._on_thread = False
 
     def _hash_while_behind(self) -> None:
-        view = memoryview(bytearray(_READ_BYTES))
+        view = _read_buffer()
         while True:
             with self._lock:
                 target = self._target
