@@ -104,13 +104,14 @@ def set_receive_cap(t: Transfer, cap: int | None) -> None:
         if (cap is None) != (t.recv_cap is None):
             stage("receive_cap_lifted" if cap is None else "receive_cap_set")
         t.recv_cap = cap
-        _wake(t)
+        _hand_turns(t)
 
 
 async def wait_receive_turn(t: Transfer, pos: int) -> None:
     """Before a receive at ``pos``: wait while ``t``'s receive cap is reached, _HOLD_MAX_S at
-    most. The receive that continues the completed prefix never waits: held back, the hash
-    would idle while the bytes after it pile up, then get them all at once."""
+    most; a freed turn goes to the held receive at the lowest offset (engine.turns). The
+    receive that continues the completed prefix never waits: held back, the hash would idle
+    while the bytes after it pile up, then get them all at once."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(_HOLD_MAX_S):
             while (
@@ -119,7 +120,7 @@ async def wait_receive_turn(t: Transfer, pos: int) -> None:
                 and pos > t.state.done.prefix_end()
             ):
                 stage("receive_held")
-                await t.recv_turn.wait()
+                await t.recv_turns.wait(pos)
 
 
 async def wait_hash_window(t: Transfer, pos: int, window: int) -> None:
@@ -167,13 +168,15 @@ def must_wait_for_hash(pos: int, hashed: int, prefix: int, window: int) -> bool:
 def receive_ended(t: Transfer) -> None:
     """A receive of ``t`` ended: its turn goes to a waiting one, if capped."""
     t.recv_active -= 1
-    if t.recv_cap is not None:
-        _wake(t)
+    _hand_turns(t)
 
 
-def _wake(t: Transfer) -> None:
-    turn, t.recv_turn = t.recv_turn, asyncio.Event()
-    turn.set()
+def _hand_turns(t: Transfer) -> None:
+    """Wake as many held receives as the cap has room for now, lowest offsets first."""
+    if t.recv_cap is None:
+        t.recv_turns.wake()
+    elif t.recv_active < t.recv_cap:
+        t.recv_turns.wake(t.recv_cap - t.recv_active)
 
 
 __all__ = [

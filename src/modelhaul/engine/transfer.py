@@ -29,6 +29,7 @@ from ..policy.ratelimit import TokenBucket
 from ..policy.retry import Retry
 from ..policy.segments import Demand, SegmentScheduler
 from ..policy.slices import RangeSources
+from .turns import ReceiveTurns
 
 ProgressCallback = Callable[[Progress], None]
 _Stop = TypeVar("_Stop", int, int | None)
@@ -112,7 +113,7 @@ class Transfer:
     # Receives running now, and how many may (engine.hashlag: fewer while the hash trails).
     recv_active: int = 0
     recv_cap: int | None = None
-    recv_turn: asyncio.Event = field(default_factory=asyncio.Event)  # a receive slot freed
+    recv_turns: ReceiveTurns = field(default_factory=ReceiveTurns)  # receives held by the cap
     splice_ok: bool = True  # False once the partial file's filesystem refused a splice
     last_progress_at: float = 0.0
 
