@@ -13,15 +13,16 @@ async def _settle() -> None:
         await asyncio.sleep(0)
 
 
+async def _held(turns: ReceiveTurns, pos: int, woken: list[int]) -> None:
+    """A receive at ``pos`` waiting for its turn; noted in ``woken`` once it has it."""
+    await turns.wait(pos)
+    woken.append(pos)
+
+
 async def test_a_freed_turn_goes_to_the_lowest_offset_waiting() -> None:
     turns = ReceiveTurns()
     woken: list[int] = []
-
-    async def held(pos: int) -> None:
-        await turns.wait(pos)
-        woken.append(pos)
-
-    tasks = [asyncio.create_task(held(p)) for p in (300, 100, 200, 100)]
+    tasks = [asyncio.create_task(_held(turns, p, woken)) for p in (300, 100, 200, 100)]
     await _settle()
     assert len(turns) == 4 and woken == []
 
@@ -41,14 +42,9 @@ async def test_a_freed_turn_goes_to_the_lowest_offset_waiting() -> None:
 async def test_a_receive_that_stops_waiting_leaves_the_queue_and_takes_no_turn() -> None:
     turns = ReceiveTurns()
     woken: list[int] = []
-
-    async def held(pos: int) -> None:
-        await turns.wait(pos)
-        woken.append(pos)
-
     with_timeout = asyncio.create_task(asyncio.wait_for(turns.wait(10), 0.01))
-    later = asyncio.create_task(held(50))
-    cancelled = asyncio.create_task(held(20))
+    later = asyncio.create_task(_held(turns, 50, woken))
+    cancelled = asyncio.create_task(_held(turns, 20, woken))
     await _settle()
     cancelled.cancel()
     await asyncio.gather(with_timeout, cancelled, return_exceptions=True)
