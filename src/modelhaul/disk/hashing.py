@@ -11,9 +11,9 @@ is not in the CPU cache is what costs. Measured on the 2-core VM, per GiB from t
 16 MiB maps 0.93 CPU-s, 512 KiB reads 0.71 (0.78 with the xxh3 below, which costs 0.16 more
 from a map). Reads of 512 KiB to 4 MiB cost the same alone (0.73-0.77 CPU-s per GiB with both
 hashes), but each read and each hash call hands the GIL back and takes it again: among a
-download's busy receive threads this thread waited 0.8-0.9 s for it over 4 GiB with 512 KiB
-reads, 0.6-0.75 s with 4 MiB. This thread is the one the end of a large download waits for,
-so every saving here comes off the tail.
+download's busy receive threads, this thread spent 0.8-0.9 s of 4 GiB on its pool thread not
+running (waiting for the GIL or a CPU) with 512 KiB reads, 0.6-0.8 s with 4 MiB. This thread
+is the one the end of a large download waits for, so every saving here comes off the tail.
 
 The same pass digests each ``CHUNK_BYTES`` piece with xxh3-128 (``FileDigest``), so a store can
 record per-chunk digests for repair without reading the file again. xxh3 is not cryptographic
