@@ -98,7 +98,16 @@ class Journal:
             return None
 
     def save(self, state: JournalState) -> None:
-        data = json.dumps(state.to_json(), separators=(",", ":")).encode()
+        self.write(self.encode(state))
+
+    @staticmethod
+    def encode(state: JournalState) -> bytes:
+        """The journal's bytes for ``state``, a snapshot a later :meth:`write` can take to
+        another thread while ``state`` goes on changing."""
+        return json.dumps(state.to_json(), separators=(",", ":")).encode()
+
+    def write(self, data: bytes) -> None:
+        """Replace the journal with ``data`` (from :meth:`encode`)."""
         try:
             self._replace(data)
         except OSError as exc:

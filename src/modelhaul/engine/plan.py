@@ -6,6 +6,7 @@ Journal policy lives here: when a journal is loaded, saved (small files are not)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
@@ -14,9 +15,10 @@ import time
 from ..config import SegmentPolicy
 from ..disk.files import os_error, preallocate
 from ..disk.journal import JournalState
-from ..errors import DiskFull, human_bytes
+from ..errors import DiskFull, ModelhaulError, human_bytes
 from ..policy.segments import SegmentScheduler
 from ..remedies import Remedy
+from .pools import JOURNAL_POOL
 from .transfer import Transfer
 
 _JOURNAL_MIN_BYTES = 2 * 1024 * 1024
@@ -158,31 +160,67 @@ def check_free_space(t: Transfer, needed: int) -> None:
 
 
 def save_journal(t: Transfer) -> None:
-    """Record what the partial file holds (small files are not journaled: they restart)."""
+    """Record what the partial file holds (small files are not journaled: they restart).
+
+    The state is taken now; the file is written in JOURNAL_POOL. While an earlier save is
+    still being written this one is left to the next trigger (``journal_dirty``); a save that
+    failed raises here, at the next one, or where the journal is settled.
+    """
     if t.writeback is not None:  # the ranges recorded final: start writing them to disk
         t.writeback.advance(t.state.done)
     if not journaled(t.size):
         # Refetching a small file costs less than journaling it; it restarts instead.
         t.journal_dirty = False
         return
-    try:
-        t.facts.journal.save(t.state)
-    except OSError as exc:
-        raise os_error(exc, t.facts.journal.path, t.dest) from exc
+    if t.journal_job is not None:
+        if not t.journal_job.done():
+            t.journal_dirty = True
+            return
+        _landed(t)
+    job = JOURNAL_POOL.submit(t.facts.journal.write, t.facts.journal.encode(t.state))
+    t.journal_job = job
     t.journal_written = True
     t.journal_dirty = False
     t.journal_saved_at = time.monotonic()
 
 
-def drop_journal(t: Transfer) -> None:
+async def flush_journal(t: Transfer) -> None:
+    """Save the journal and wait until it is written (the end of an attempt)."""
+    await settle_journal(t)
+    save_journal(t)
+    await settle_journal(t)
+
+
+async def settle_journal(t: Transfer) -> None:
+    """Wait for the save being written, raising its error."""
+    if t.journal_job is not None:
+        with contextlib.suppress(OSError):  # raised by _landed, mapped
+            await asyncio.wrap_future(t.journal_job)
+        _landed(t)
+
+
+def _landed(t: Transfer) -> None:
+    job, t.journal_job = t.journal_job, None
+    if job is None or (exc := job.exception()) is None:
+        return
+    if isinstance(exc, OSError):
+        raise os_error(exc, t.facts.journal.path, t.dest) from exc
+    raise exc
+
+
+async def drop_journal(t: Transfer) -> None:
+    """Remove the journal once any save of it has landed (it would bring it back)."""
+    with contextlib.suppress(ModelhaulError):  # a failed save: the file is removed anyway
+        await settle_journal(t)
     if t.journal_written:
-        t.facts.journal.remove()
+        await asyncio.wrap_future(JOURNAL_POOL.submit(t.facts.journal.remove))
         t.journal_written = False
 
 
 __all__ = [
     "check_free_space",
     "drop_journal",
+    "flush_journal",
     "journaled",
     "may_split",
     "open_fresh_part",
@@ -190,4 +228,5 @@ __all__ = [
     "plan_segments",
     "prepare_file",
     "save_journal",
+    "settle_journal",
 ]

@@ -25,7 +25,7 @@ from ..disk.partials import publish_private
 from ..disk.writeback import EVERY_BYTES, Writeback
 from ..errors import IntegrityError, ModelhaulError
 from ..events import Phase, Result
-from .plan import drop_journal, prepare_file, save_journal
+from .plan import drop_journal, flush_journal, prepare_file, settle_journal
 from .pools import WRITE_POOL
 from .probe import Probe, close_probe
 from .progress import emit_progress
@@ -75,7 +75,9 @@ async def verify(t: Transfer) -> tuple[int, str]:
     """
     size = t.size if t.size is not None else t.bytes_done()
     t.size = size
-    save_journal(t)
+    # Landed before the hash: a run killed while hashing finds every byte journaled. The
+    # hash thread reads on meanwhile.
+    await flush_journal(t)
     emit_progress(t, force=True)
     if t.facts.on_phase:
         t.facts.on_phase(Phase.VERIFYING, size)
@@ -94,7 +96,7 @@ async def verify(t: Transfer) -> tuple[int, str]:
     expected = t.facts.expected_sha256
     if expected and digest != expected:
         if t.facts.sources is None:
-            drop_journal(t)
+            await drop_journal(t)
             t.facts.part.unlink(missing_ok=True)
         # else kept (its journal says every byte is held): the caller finds which source
         # sent wrong bytes and refetches only theirs (fleet.liars).
@@ -118,7 +120,7 @@ async def publish(t: Transfer) -> None:
     os.close(t.fd)
     t.fd = -1
     stage("renamed_before_journal_removal")
-    drop_journal(t)
+    await drop_journal(t)
 
 
 async def publish_from_memory(
@@ -219,9 +221,11 @@ async def end_attempt(t: Transfer) -> None:
     await _stop_writeback(t)
     if t.fd < 0:
         return
-    if t.facts.part.exists() and t.size is not None and t.state.done:
-        with contextlib.suppress(ModelhaulError):
-            save_journal(t)
+    with contextlib.suppress(ModelhaulError):
+        if t.facts.part.exists() and t.size is not None and t.state.done:
+            await flush_journal(t)
+        else:
+            await settle_journal(t)
     # A cancelled await does not stop a write already running in its thread; it
     # must end before the descriptor number can be reused by another open file.
     wait_futures(list(t.writes))
@@ -232,7 +236,7 @@ async def end_attempt(t: Transfer) -> None:
         # an origin that ignored Range answers the next run from byte 0 again):
         # leave no partial file behind.
         t.facts.part.unlink(missing_ok=True)
-        drop_journal(t)
+        await drop_journal(t)
     if t.received:
         # The last word on what this attempt received and whether it can resume,
         # for those who account across attempts (the manager, a pause, Ctrl-C).

@@ -89,7 +89,8 @@ class Transfer:
     target: int = 1
     throttled: bool = False
     journal_dirty: bool = False
-    journal_written: bool = False  # a journal file exists for this transfer
+    journal_written: bool = False  # a journal file exists (or is being written) for this transfer
+    journal_job: Future[None] | None = None  # the save in JOURNAL_POOL, until it is settled
     # Small files arriving in order are written and hashed on the loop: no thread hand-offs.
     inline_hash: Any = None
     inline_pos: int = 0
