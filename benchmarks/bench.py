@@ -45,7 +45,7 @@ from harness.limiter import LimiterRun, limiter_table, run_limiter_case
 from harness.nodes import nodes_case
 from harness.proxycheck import ProxyCheck, proxy_check, proxy_table, tls_line, tls_timings
 from harness.pull import pull_case
-from harness.report import HEADER, case_table, environment, tls_cpu
+from harness.report import HEADER, case_table, environment, sha256_rate, tls_cpu
 from harness.runner import Case, Ctx, Summary, run_case
 from harness.servers import Servers
 from harness.targets import targets_table
@@ -221,6 +221,7 @@ class Results:
         self.tls_timings: list[tuple[float, float]] = []
         self.hf_note = ""
         self.env_lines: list[str] = []
+        self.sha_gib_s: float | None = None  # SHA-256 on one core, best of three
         self.fleet: dict[str, list[FleetRun]] = {}  # cases G and H
         self.fleet_md: dict[str, str] = {}
 
@@ -290,7 +291,8 @@ def run_all(args: argparse.Namespace, data: Data, mh: list[str] | None) -> Resul
                     res.fleet_md[key], res.fleet[key] = fleet_case(
                         ctx, data.hub, args.reps, tool_re
                     )
-            res.env_lines = environment(ctx)
+            res.sha_gib_s = sha256_rate()
+            res.env_lines = environment(ctx, res.sha_gib_s)
     finally:
         shutil.rmtree(args.out_dir, ignore_errors=True)
     return res
@@ -324,7 +326,7 @@ def render(args: argparse.Namespace, argv: list[str] | None, res: Results, elaps
     if res.limiter is not None:
         md.append(limiter_table(res.limiter))
     md += [res.fleet_md[k] for k in sorted(res.fleet_md)]
-    tt = targets_table(res.sums, res.limiter, args.quick)
+    tt = targets_table(res.sums, res.limiter, args.quick, sha_gib_s=res.sha_gib_s)
     if tt:
         md.append(tt)
     return "\n".join(md)

@@ -100,7 +100,7 @@ def sha256_rate() -> float:
     return 0.25 / best
 
 
-def environment(ctx: Ctx) -> list[str]:
+def environment(ctx: Ctx, sha_gib_s: float) -> list[str]:
     py = ctx.peer_python
     git = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
     dirty = first_line(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"])
@@ -110,7 +110,7 @@ def environment(ctx: Ctx) -> list[str]:
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; host: {os.cpu_count()} CPUs, "
         f"{int(meminfo) / 2**20:.0f} GiB RAM, Linux {platform.release()}; "
         f"load average at start {os.getloadavg()[0]:.2f}; SHA-256 on one core "
-        f"{sha256_rate():.2f} GiB/s",
+        f"{sha_gib_s:.2f} GiB/s",
         f"- repo: {git}{' (src/ has uncommitted changes)' if dirty not in ('', '?') else ''}; "
         f"modelhaul command: `{shlex.join(ctx.mh) if ctx.mh else 'not available (peers only)'}`",
         f"- {first_line(['curl', '--version'])}",
