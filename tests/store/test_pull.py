@@ -651,6 +651,38 @@ def test_an_unreachable_hub_falls_back_to_a_complete_cached_model(
     assert time.monotonic() - started < 15, "a known-good cache should not wait out retries"
 
 
+def test_a_hub_api_that_answers_nothing_times_out_with_its_category(
+    hub: FakeHub, cache: Path
+) -> None:
+    hub.add_repo("org/model", FILES)
+    hub.stall_api(times=100)
+    started = time.monotonic()
+
+    run = run_cli("pull", "hf://org/model", "--json", "--timeout", "1", "--retries", "1")
+
+    hub.release_stalls()
+    assert run.code == 1, run.stderr
+    error = run.result["error"]
+    assert error["category"] == "timeout"
+    assert "--timeout" in error["hint"]
+    # Two tries of the model info, each cut after --timeout: not huggingface_hub's five more
+    # per call, nor no end at all (the calls had no timeout before).
+    assert len(hub_calls(hub)) == 2
+    assert time.monotonic() - started < 30
+
+
+def test_a_stalled_hub_falls_back_to_a_complete_cached_model(hub: FakeHub, cache: Path) -> None:
+    commit = hub.add_repo("org/model", FILES)
+    pull_now(hub, cache, "hf://org/model@main")
+    hub.stall_api(times=100)
+
+    run = run_cli("pull", "hf://org/model", "--json", "--timeout", "1")
+
+    hub.release_stalls()
+    assert run.code == 0, run.stderr
+    assert run.result["offline"] is True and run.result["path"].endswith(commit)
+
+
 def test_offline_without_the_model_fails_with_a_hint(hub: FakeHub, cache: Path) -> None:
     run = run_cli("pull", "hf://org/model", "--json", HF_HUB_OFFLINE="1")
 

@@ -191,6 +191,7 @@ class FakeHub:
         self._blobs: dict[str, _Blob] = {}
         self._token: str | None = None
         self._rate_limited = 0
+        self._api_stalls = 0
         self._retry_after_s = 1
         self._faults: dict[str, list[_Fault]] = {}
         self._speed_bytes_per_s: int | None = None
@@ -369,6 +370,12 @@ class FakeHub:
         with self._lock:
             self._rate_limited = n_requests
             self._retry_after_s = retry_after_s
+
+    def stall_api(self, times: int = 1) -> None:
+        """The next ``times`` API requests (model info, tree) get no answer until
+        ``release_stalls()`` (or ``stop()``, which cuts them)."""
+        with self._lock:
+            self._api_stalls = times
 
     def drop_after(self, key: str, n_bytes: int, *, times: int = 1) -> None:
         """The next ``times`` responses for this blob close the connection after ``n_bytes``."""
@@ -630,6 +637,15 @@ class FakeHub:
             if request.method not in ("GET", "HEAD"):
                 return _error(405, "Method not allowed")
             repo_type = next(t for t, p in _TYPE_PLURALS.items() if p == segments[1])
+            with self._lock:
+                stalled, self._api_stalls = self._api_stalls > 0, max(0, self._api_stalls - 1)
+            if stalled:
+                released = self._released
+                assert released is not None
+                await released.wait()
+                if self._closing:
+                    _cut(request)
+                    return _error(503, "the fake Hub is stopping")
             return self._api(request, repo_type, segments[2:])
         repo_type = "model"
         if segments and segments[0] in _RESOLVE_PREFIXES:

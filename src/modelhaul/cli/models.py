@@ -258,6 +258,7 @@ async def _pull(
                 token=env.token,
                 retry=config.retry,
                 network_retries=0 if cached else None,
+                timeouts=config.timeouts,
             )
             try:
                 spec = await hub.resolve(source)
@@ -456,7 +457,7 @@ async def _verify(
 ) -> VerifyReport:
     from ..store.pull import ModelPuller
 
-    hub = HubSource(endpoint=env.endpoint, token=env.token)
+    hub = HubSource(endpoint=env.endpoint, token=env.token, timeouts=config.timeouts)
 
     def headers_for(url: str) -> tuple[tuple[str, str], ...]:
         # Stored URLs carry no token: the Hub's own host gets it back, nobody else.

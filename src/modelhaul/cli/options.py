@@ -53,7 +53,8 @@ def add_transfer_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=30.0,
         metavar="SECONDS",
-        help="drop and resume a connection that delivers nothing for this long (default 30)",
+        help="drop and resume a connection that delivers nothing for this long; the Hub's "
+        "metadata calls get as long (default 30)",
     )
     p.add_argument(
         "-H",

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..config import RetryPolicy
+from ..config import RetryPolicy, Timeouts
 from ..errors import HTTPStatusError, InvalidInput, ModelhaulError, human_bytes, plural
 from ..guidance import TOKENS_PAGE, explain
 from ..http.errors import map_error
@@ -96,7 +96,12 @@ async def check_source(
 
 
 async def _check_hub_source(config: DoctorConfig, ref: HubRef) -> tuple[Check, int | None]:
-    hub = HubSource(endpoint=config.endpoint, token=config.token, retry=RetryPolicy(retries=0))
+    hub = HubSource(
+        endpoint=config.endpoint,
+        token=config.token,
+        retry=RetryPolicy(retries=0),
+        timeouts=Timeouts(connect_s=config.timeout_s, stall_s=config.timeout_s),
+    )
     try:
         spec = await hub.resolve(ref)
     except ModelhaulError as exc:

@@ -33,7 +33,7 @@ async def resolve_spec(
         return await fetch_manifest(source, timeouts)
     if is_manifest_path(source):  # absolute: checked by check_manifest_path when queued
         return await asyncio.to_thread(load_manifest_file, Path(source))
-    hub = HubSource(endpoint=hf_endpoint, token=hf_token)
+    hub = HubSource(endpoint=hf_endpoint, token=hf_token, timeouts=timeouts)
     return await hub.resolve(parse_hf_uri(source))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from ..config import RetryPolicy
+from ..config import RetryPolicy, Timeouts
 from ..errors import (
     Category,
     HTTPStatusError,
@@ -22,6 +22,7 @@ from ..errors import (
     ModelhaulError,
     NetworkError,
     RetriesExhausted,
+    StallTimeout,
     TransferError,
     network_kind,
 )
@@ -70,6 +71,7 @@ class HubSource:
         token: str | None = None,
         retry: RetryPolicy | None = None,
         network_retries: int | None = None,
+        timeouts: Timeouts | None = None,
     ) -> None:
         """A client for the Hub's metadata API.
 
@@ -79,11 +81,17 @@ class HubSource:
         retry: how often and how long to retry metadata calls (429, 5xx, network).
         network_retries: a separate, usually smaller budget for an unreachable Hub, for
             callers that have a fallback (a complete copy in the cache); None: ``retry``'s.
+        timeouts: how long a connection may take, and a Hub that sends nothing may keep a
+            call waiting (the downloads' ``--timeout``); default 30 s.
         """
         self.endpoint = (endpoint or DEFAULT_ENDPOINT).rstrip("/")
         self.token = token
         self._retry = retry or RetryPolicy(initial_delay_s=0.5, max_delay_s=10)
         self._network_retries = network_retries
+        t = timeouts or Timeouts()
+        # One number: huggingface_hub's session is httpx's or, before 1.0, requests', and both
+        # take a float. It bounds the connection and each wait for the next bytes.
+        self._timeout_s = max(t.connect_s, t.stall_s)
         # huggingface_hub is loaded by the Hub's users only (a manifest pull, 'get' and every
         # parse of the command line go without it), and then only its HTTP helpers: HfApi's
         # module (jobs, spaces, inference, YAML cards) costs 0.09 CPU-s more per pull.
@@ -135,7 +143,7 @@ class HubSource:
         url = self._api_url(ref)
         if ref.revision is not None:
             url = f"{url}/revision/{quote(ref.revision, safe='')}"
-        r = self._hf.get_session().get(url, headers=self._headers, timeout=None)
+        r = self._hf.get_session().get(url, headers=self._headers, timeout=self._timeout_s)
         self._hf.hf_raise_for_status(r)
         return r.json()
 
@@ -152,7 +160,16 @@ class HubSource:
         url: str | None = f"{self._api_url(ref)}/tree/{quote(commit, safe='')}"
         params: dict[str, Any] | None = {"recursive": True, "expand": False}
         while url is not None:
-            r = self._hf.http_backoff("GET", url, params=params, headers=self._headers)
+            # Its backoff for 429 and 5xx, per page; a network failure or timeout goes to
+            # _call, whose budget (and --timeout) the user set, not five more tries of its own.
+            r = self._hf.http_backoff(
+                "GET",
+                url,
+                params=params,
+                headers=self._headers,
+                timeout=self._timeout_s,
+                retry_on_exceptions=(),
+            )
             self._hf.hf_raise_for_status(r)
             page = r.json()
             if not isinstance(page, list) or not all(isinstance(e, dict) for e in page):
@@ -349,6 +366,14 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
                 retry_after_s=retry_after,
                 message=f"HTTP {status} from the Hub: {exc}",
             )
+    if _is_timeout(exc):
+        return StallTimeout(
+            f"the Hub at {endpoint} sent nothing for too long",
+            hint="The Hub or the network is slow or stalled: run again, or give it longer "
+            "with --timeout; with the model already in the cache, HF_HUB_OFFLINE=1 uses it "
+            "without the network.",
+            url=endpoint,
+        )
     if isinstance(exc, OSError | TransferError) or _is_transport_error(exc):
         return NetworkError(
             f"cannot reach the Hub at {endpoint}: {exc}",
@@ -410,6 +435,11 @@ def _path_in_resolve_url(url: str) -> str | None:
 
 def _status_of(exc: BaseException) -> int:
     return getattr(getattr(exc, "response", None), "status_code", 0) or 0
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    # httpx's TimeoutException family, requests' Timeout family, and the builtin TimeoutError.
+    return any("Timeout" in c.__name__ for c in type(exc).__mro__)
 
 
 def _is_transport_error(exc: BaseException) -> bool:
