@@ -251,13 +251,12 @@ async def _pull(
         if isinstance(source, HubRef):
             if env.offline:
                 return _offline(puller, source, None, renderer)
-            # With a complete copy at hand, an unreachable Hub is not worth waiting for.
-            cached = _cached_or_none(puller, source) is not None
             hub = HubSource(
                 endpoint=env.endpoint,
                 token=env.token,
                 retry=config.retry,
-                network_retries=0 if cached else None,
+                # With a complete copy at hand, an unreachable Hub is not worth waiting for.
+                network_retries=0 if _cached_or_none(puller, source) is not None else None,
                 timeouts=config.timeouts,
             )
             try:

@@ -367,13 +367,8 @@ def map_hub_error(exc: BaseException, ref: HubRef, endpoint: str) -> ModelhaulEr
                 message=f"HTTP {status} from the Hub: {exc}",
             )
     if _is_timeout(exc):
-        return StallTimeout(
-            f"the Hub at {endpoint} sent nothing for too long",
-            hint="The Hub or the network is slow or stalled: run again, or give it longer "
-            "with --timeout; with the model already in the cache, HF_HUB_OFFLINE=1 uses it "
-            "without the network.",
-            url=endpoint,
-        )
+        # Its remedy (a longer stall timeout) is worded by each face.
+        return StallTimeout(f"the Hub at {endpoint} sent nothing for too long", url=endpoint)
     if isinstance(exc, OSError | TransferError) or _is_transport_error(exc):
         return NetworkError(
             f"cannot reach the Hub at {endpoint}: {exc}",
