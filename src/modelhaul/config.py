@@ -206,6 +206,10 @@ class DownloadConfig:
     allow_https_downgrade: bool = False
     max_redirects: int = 10
     check_disk_space: bool = True
+    # The xxh3-128 of each 2 MiB chunk, from the hash's pass (Result.chunk_xxh3), for a store
+    # that repairs by chunk; a download that keeps no such record saves 0.04 CPU-s/GiB on the
+    # hash thread, the one the end of a large download waits for.
+    chunk_digests: bool = True
 
     def __post_init__(self) -> None:
         _positive("max_redirects", self.max_redirects, allow_zero=True)

@@ -98,3 +98,20 @@ async def test_files_hashed_one_after_another_do_not_see_each_others_bytes(
             os.close(fd)
         assert digest == hashlib.sha256(data).hexdigest(), size
         assert chunks == xxh3_chunks(data, CHUNK_BYTES), size
+
+
+async def test_prefix_hasher_without_chunk_digests_gives_the_sha256_alone(tmp_path: Path) -> None:
+    data = os.urandom(2 * CHUNK_BYTES + 7)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    hasher = PrefixHasher(fd, chunks=False)
+    try:
+        digest = await hasher.digest(len(data))
+        chunks = hasher.chunks()
+    finally:
+        await hasher.aclose()
+        os.close(fd)
+
+    assert digest == hashlib.sha256(data).hexdigest()
+    assert chunks == (0, ())

@@ -260,7 +260,8 @@ async def run(args: argparse.Namespace) -> int:
         return code
     try:
         entries = collect_entries(args)
-        config = download_config(args)
+        # No store records chunk digests of these files: SHA-256 alone on the hash thread.
+        config = replace(download_config(args), chunk_digests=False)
         jobs = plan_jobs(args, entries)
     except ModelhaulError as exc:
         if args.json:  # --json promises a result line last, even for a wrong command line

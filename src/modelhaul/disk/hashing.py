@@ -108,12 +108,12 @@ class PrefixHasher:
     """Hash ``[0, n)`` of an open file descriptor as ``advance(n)`` says it is complete.
 
     Besides the SHA-256 it keeps the xxh3-128 of each ``CHUNK_BYTES`` piece (``chunks``),
-    from the same read of every byte.
+    from the same read of every byte, unless ``chunks`` is False.
     """
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, chunks: bool = True) -> None:
         self._fd = fd
-        self._hash = FileDigest()
+        self._hash: FileDigest | hashlib._Hash = FileDigest() if chunks else hashlib.sha256()
         self._pos = 0
         self._target = 0
         self._running = False  # submitted to the pool: queued or on a thread
@@ -231,7 +231,10 @@ class PrefixHasher:
         await fut
 
     def chunks(self) -> tuple[int, tuple[str, ...]]:
-        """The chunk size and the xxh3-128 of each chunk hashed so far (after ``digest``: all)."""
+        """The chunk size and the xxh3-128 of each chunk hashed so far (after ``digest``: all);
+        ``(0, ())`` without chunk digests."""
+        if not isinstance(self._hash, FileDigest):
+            return 0, ()
         return self._hash.chunk_bytes, self._hash.chunks()
 
     async def aclose(self) -> None:

@@ -456,7 +456,7 @@ class Downloader(AsyncResource):
         """After the probe: fetch what is missing, verify, publish, record as done for the
         partial file a re-run would look for (``record_part``)."""
         stage("probed")
-        start_writing(t, first, check_disk_space=self.config.check_disk_space)
+        start_writing(t, first, self.config)
         await self._workers.run(t, first)
         if t.memory is not None:
             # No journal to drop after the rename: the record is written by the same job. A

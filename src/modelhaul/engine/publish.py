@@ -19,6 +19,7 @@ from concurrent.futures import wait as wait_futures
 from pathlib import Path
 from typing import Any
 
+from ..config import DownloadConfig
 from ..disk.files import Buffer, WriteFailed, commit_file, os_error
 from ..disk.hashing import CHUNK_BYTES, FileDigest, PrefixHasher
 from ..disk.partials import publish_private
@@ -36,14 +37,15 @@ from .transfer import Transfer
 _INLINE_MAX_BYTES = 4 * 1024 * 1024
 
 
-def start_writing(t: Transfer, first: Probe, *, check_disk_space: bool) -> None:
-    """After the probe: size the partial file and start hashing its completed prefix."""
+def start_writing(t: Transfer, first: Probe, config: DownloadConfig) -> None:
+    """After the probe: size the partial file and start hashing its completed prefix (with
+    the xxh3 of each chunk, if ``config.chunk_digests``)."""
     try:
         if t.facts.on_phase:
             t.facts.on_phase(Phase.PROBED, t.size)
         if t.memory is None:
-            prepare_file(t, check_disk_space=check_disk_space)
-            t.hasher = PrefixHasher(t.fd)
+            prepare_file(t, check_disk_space=config.check_disk_space)
+            t.hasher = PrefixHasher(t.fd, chunks=config.chunk_digests)
             t.hash_resumed = t.state.done.prefix_end()
             t.hasher.advance(t.hash_resumed)
         t.resumed_from = t.bytes_done()
