@@ -17,14 +17,15 @@ from origin import Origin
 
 
 @pytest.mark.parametrize("chunk_digests", [True, False])
+@pytest.mark.parametrize("connections", [1, 4])  # 3 MiB on 1: hashed inline as it arrives
 async def test_chunk_digests_are_computed_only_when_asked_for(
-    origin: Origin, tmp_path: Path, state_dir: Path, chunk_digests: bool
+    origin: Origin, tmp_path: Path, state_dir: Path, chunk_digests: bool, connections: int
 ) -> None:
-    data = blob(12 * MiB + 5, seed=21)  # journaled: hashed by the prefix hasher
+    # On 4 connections, 12 MiB is journaled and hashed by the prefix hasher.
+    data = blob(12 * MiB + 5 if connections > 1 else 3 * MiB + 5, seed=21)
     origin.add_file("c.bin", data)
-    async with Downloader(
-        config(connections=4, chunk_digests=chunk_digests), state_dir=state_dir
-    ) as dl:
+    cfg = config(connections=connections, chunk_digests=chunk_digests)
+    async with Downloader(cfg, state_dir=state_dir) as dl:
         result = await dl.download(origin.url("c.bin"), tmp_path / "c.bin")
 
     assert result.sha256 == sha(data)

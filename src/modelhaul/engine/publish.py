@@ -64,8 +64,9 @@ def start_writing(t: Transfer, first: Probe, config: DownloadConfig) -> None:
         return
     if t.size is not None and t.size <= _INLINE_MAX_BYTES and t.target == 1 and not t.state.done:
         # A file of one chunk needs no chunk digests (a repair refetches it whole); a larger
-        # one gets them from the same inline pass as its SHA-256.
-        t.inline_hash = FileDigest() if t.size > CHUNK_BYTES else hashlib.sha256()
+        # one gets them, when asked for, from the same inline pass as its SHA-256.
+        chunked = config.chunk_digests and t.size > CHUNK_BYTES
+        t.inline_hash = FileDigest() if chunked else hashlib.sha256()
 
 
 async def verify(t: Transfer) -> tuple[int, str]:
